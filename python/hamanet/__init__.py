@@ -1,0 +1,26 @@
+"""hamanet: fast, trustworthy TCP networking for Python on Linux.
+
+An edge-triggered epoll reactor in Rust owns the sockets and buffers, releases the GIL
+while it waits and does I/O, and calls your ``Handler`` with everything each wakeup read.
+"""
+
+import sys
+
+if not sys.platform.startswith("linux"):
+    raise ImportError(
+        f"hamanet runs on Linux only (it is built on epoll); this is {sys.platform!r}"
+    )
+
+from ._endpoint import Client, Server
+from ._hamanet import LifecycleError, Session, SessionClosedError
+from ._handler import Handler
+
+__all__ = [
+    "Client",
+    "Handler",
+    "LifecycleError",
+    "Server",
+    "Session",
+    "SessionClosedError",
+]
+__version__ = "0.1.0"

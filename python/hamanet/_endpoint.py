@@ -1,0 +1,253 @@
+"""Server and Client (the seed's NetServer and NetClient) over the native reactor."""
+
+from __future__ import annotations
+
+import atexit
+import math
+import threading
+import weakref
+from typing import Any, Optional
+
+from ._hamanet import LifecycleError, Loop, Session
+from ._handler import Handler, bound_callbacks
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_BACKLOG = 1024
+DEFAULT_STOP_TIMEOUT = 5.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+#: How long one blocking wait lasts before Python gets to handle signals (Ctrl-C).
+_WAIT_SLICE = 0.1
+
+_live: weakref.WeakSet[_Endpoint] = weakref.WeakSet()
+
+
+def _check_port(port: Any) -> int:
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, not {type(port).__name__!r}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be between 0 and 65535 (0 picks a free port), got {port}")
+    return port
+
+
+def _check_host(host: Any) -> str:
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str such as '127.0.0.1', not {type(host).__name__!r}")
+    if not host:
+        raise ValueError("host must not be empty; use '127.0.0.1' for loopback or '0.0.0.0' "
+                         "to listen on every interface")
+    return host
+
+
+def _check_timeout(timeout: Any, name: str = "timeout") -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(timeout).__name__!r}")
+    if not math.isfinite(timeout) or timeout < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {timeout!r}")
+    return float(timeout)
+
+
+def _check_buffer(value: Any, name: str) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int (bytes) or None, got {value!r}")
+    return value
+
+
+class _Endpoint:
+    """What Server and Client share: the reactor, its handler and its lifecycle."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        nodelay: bool = True,
+        keepalive: bool = False,
+        recv_buffer: Optional[int] = None,
+        send_buffer: Optional[int] = None,
+    ) -> None:
+        self._handler = handler
+        self._loop = Loop(
+            bound_callbacks(handler),
+            nodelay=bool(nodelay),
+            keepalive=bool(keepalive),
+            recv_buffer=_check_buffer(recv_buffer, "recv_buffer"),
+            send_buffer=_check_buffer(send_buffer, "send_buffer"),
+        )
+        self._start_lock = threading.Lock()
+
+    @property
+    def handler(self) -> Handler:
+        """The handler whose callbacks the reactor calls."""
+        return self._handler
+
+    def set_handler(self, handler: Handler) -> None:
+        """Replaces the handler; the reactor uses the new one from its next wakeup."""
+        self._loop.set_callbacks(bound_callbacks(handler))
+        self._handler = handler
+
+    @property
+    def running(self) -> bool:
+        """True between start() and the end of stop()."""
+        return self._loop.phase == "running" or (
+            self._loop.phase == "stopped" and not self._loop.finished
+        )
+
+    @property
+    def session_count(self) -> int:
+        """Sessions currently open."""
+        return self._loop.session_count
+
+    def start(self) -> None:
+        """Starts the reactor on its own thread. Raises LifecycleError if called twice."""
+        with self._start_lock:
+            self._loop.start()
+        _live.add(self)
+
+    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
+        """Graceful stop: accept nothing more, send every session's buffered bytes and close
+        it (FIN), aborting (RST) whatever has not flushed after ``timeout`` seconds. Every
+        session gets exactly one ``on_close``.
+
+        From any thread but the reactor's, waits until the reactor has finished. From a
+        handler callback, only requests the stop (join() then returns once it is done).
+        Idempotent.
+        """
+        timeout = _check_timeout(timeout)
+        self._loop.stop(timeout)
+        if not self._loop.on_reactor_thread() and self._loop.phase != "created":
+            self._wait(None)
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Blocks until the reactor has finished (after stop()), or ``timeout`` seconds.
+
+        Returns whether it finished. Ctrl-C raises KeyboardInterrupt here promptly, after
+        stopping the reactor cleanly.
+        """
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
+        if self._loop.phase == "created":
+            raise LifecycleError("join() before start(): call start() first")
+        return self._wait(timeout)
+
+    def _wait(self, timeout: Optional[float]) -> bool:
+        return self._wait_for(self._loop.wait, timeout)
+
+    def _wait_for(self, wait: Any, timeout: Optional[float]) -> bool:
+        remaining = math.inf if timeout is None else timeout
+        try:
+            while True:
+                if wait(min(_WAIT_SLICE, remaining)):
+                    return True
+                remaining -= _WAIT_SLICE
+                if remaining <= 0:
+                    return False
+        except KeyboardInterrupt:
+            self._loop.stop(DEFAULT_STOP_TIMEOUT)
+            self._loop.wait(DEFAULT_STOP_TIMEOUT + 1.0)
+            raise
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._loop.phase != "stopped" or not self._loop.finished:
+            self.stop()
+
+
+class Server(_Endpoint):
+    """A TCP server: ``open()`` one or more addresses, ``start()``, then ``join()``.
+
+    Socket options apply to every accepted session: ``nodelay`` (TCP_NODELAY, on by
+    default), ``keepalive`` (SO_KEEPALIVE), ``recv_buffer``/``send_buffer`` (SO_RCVBUF /
+    SO_SNDBUF in bytes, None for the kernel's defaults).
+    """
+
+    def __init__(self, handler: Handler, **options: Any) -> None:
+        super().__init__(handler, **options)
+        self._addresses: list[tuple[str, int]] = []
+
+    def open(
+        self,
+        port: int,
+        host: str = DEFAULT_HOST,
+        *,
+        backlog: int = DEFAULT_BACKLOG,
+        reuse_port: bool = False,
+    ) -> tuple[str, int]:
+        """Binds and listens on ``host:port`` (port 0 picks a free one); returns the bound
+        address. The default host is loopback: listening on every interface takes an
+        explicit ``host="0.0.0.0"`` (or ``"::"``). A port in use raises OSError(EADDRINUSE).
+        Can be called before or after start(), several times for several addresses.
+        """
+        port = _check_port(port)
+        host = _check_host(host)
+        if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 1:
+            raise ValueError(f"backlog must be a positive int, got {backlog!r}")
+        address = self._loop.listen(host, port, backlog, bool(reuse_port))
+        self._addresses.append(address)
+        return address
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every address opened, as (host, port)."""
+        return list(self._addresses)
+
+    @property
+    def port(self) -> int:
+        """The port of the first open() (useful after ``open(0)``)."""
+        if not self._addresses:
+            raise LifecycleError("the server has no port yet: call open(port) first")
+        return self._addresses[0][1]
+
+    def serve_forever(self) -> None:
+        """start() then join(): runs until stop() or Ctrl-C."""
+        self.start()
+        self.join()
+
+
+class Client(_Endpoint):
+    """A TCP client: ``connect()`` returns a Session; callbacks go to the handler.
+
+    The reactor starts with the first connect(). ``join()`` waits until every session of
+    this client has closed; ``stop()`` closes them all and ends the reactor.
+    """
+
+    def connect(
+        self, host: str, port: int, *, timeout: float = DEFAULT_CONNECT_TIMEOUT
+    ) -> Session:
+        """Connects, waiting up to ``timeout`` seconds, and returns the Session.
+
+        Refused, unreachable or timed-out connections raise the matching OSError
+        (ConnectionRefusedError, TimeoutError, ...); nothing hangs and no fd leaks.
+        ``on_connect`` follows on the reactor thread. Call from any thread but the
+        reactor's (not from a callback).
+        """
+        host = _check_host(host)
+        port = _check_port(port)
+        timeout = _check_timeout(timeout)
+        with self._start_lock:
+            if self._loop.phase == "created":
+                self._loop.start()
+                _live.add(self)
+        return self._loop.connect(host, port, timeout)
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Blocks until every session of this client has closed (or the client stopped),
+        or ``timeout`` seconds. Returns whether that happened. Ctrl-C interrupts it."""
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
+        if self._loop.phase == "created":
+            return True
+        return self._wait_for(self._loop.wait_idle, timeout)
+
+
+@atexit.register
+def _stop_all() -> None:
+    # The reactor thread holds the interpreter; it must be finished before the
+    # interpreter is torn down.
+    for endpoint in list(_live):
+        try:
+            endpoint.stop(timeout=1.0)
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass

@@ -1,0 +1,93 @@
+//! The one place where Rust errors become Python exceptions.
+//!
+//! OS errors become `OSError` built from `(errno, strerror[, context])`, which Python turns
+//! into the matching subclass (`ConnectionRefusedError`, `TimeoutError`, ...) with `errno`
+//! set, so callers can test `err.errno == errno.EADDRINUSE` as with the `socket` module.
+
+use std::io;
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyConnectionError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::session::Refusal;
+
+create_exception!(
+    hamanet,
+    SessionClosedError,
+    PyConnectionError,
+    "The session is closed (or its write side is shut down) and cannot take this call."
+);
+create_exception!(
+    hamanet,
+    LifecycleError,
+    PyRuntimeError,
+    "A Server or Client method was called in a state that does not allow it, such as \
+     start() twice or use after stop()."
+);
+
+/// An `OSError` (of the errno's own subclass) for `err`; `context` names what was being
+/// done (an address, usually) and is shown after the message.
+pub fn os_error(err: &io::Error, context: Option<&str>) -> PyErr {
+    let code = err.raw_os_error().or_else(|| errno_for_kind(err.kind()));
+    match (code, context) {
+        (Some(code), Some(context)) => {
+            PyOSError::new_err((code, strerror(err, code), context.to_owned()))
+        }
+        (Some(code), None) => PyOSError::new_err((code, strerror(err, code))),
+        (None, _) if err.kind() == io::ErrorKind::InvalidInput => {
+            PyValueError::new_err(with_context(&err.to_string(), context))
+        }
+        (None, _) => PyOSError::new_err(with_context(&err.to_string(), context)),
+    }
+}
+
+/// The exception instance handed to `on_close` for a session that ended with `err`.
+pub fn close_reason(py: Python<'_>, err: &io::Error) -> Py<PyAny> {
+    os_error(err, None).into_value(py).into_any()
+}
+
+/// `SessionClosedError` for a refused request on session `id`.
+pub fn refused(refusal: Refusal, what: &str, id: u64) -> PyErr {
+    let message = match refusal {
+        Refusal::Closed => format!(
+            "cannot {what}: session {id} is closed (close() or abort() was called, or the \
+             connection ended); check session.closing before writing"
+        ),
+        Refusal::WriteShut => format!(
+            "cannot {what}: session {id}'s write side was shut down with shutdown_write(); \
+             it can still receive but no longer send"
+        ),
+    };
+    SessionClosedError::new_err(message)
+}
+
+fn strerror(err: &io::Error, code: i32) -> String {
+    if err.raw_os_error().is_some() {
+        nix::errno::Errno::from_raw(code).desc().to_owned()
+    } else {
+        err.to_string()
+    }
+}
+
+fn with_context(message: &str, context: Option<&str>) -> String {
+    match context {
+        Some(context) => format!("{message}: {context}"),
+        None => message.to_owned(),
+    }
+}
+
+/// Errors made here rather than by a syscall still get the errno their kind implies, so
+/// Python picks the right `OSError` subclass.
+fn errno_for_kind(kind: io::ErrorKind) -> Option<i32> {
+    Some(match kind {
+        io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+        io::ErrorKind::ConnectionRefused => libc::ECONNREFUSED,
+        io::ErrorKind::ConnectionReset => libc::ECONNRESET,
+        io::ErrorKind::ConnectionAborted => libc::ECONNABORTED,
+        io::ErrorKind::BrokenPipe => libc::EPIPE,
+        io::ErrorKind::NotConnected => libc::ENOTCONN,
+        io::ErrorKind::AddrInUse => libc::EADDRINUSE,
+        _ => return None,
+    })
+}

@@ -1,0 +1,32 @@
+//! hamanet's native core: an edge-triggered epoll reactor with sessions and buffers in
+//! Rust, driving Python handler objects with batched received bytes.
+//!
+//! The reactor core (`epoll`, `net`, `buffer`, `session`, `reactor`) has no Python in it
+//! and is tested by `cargo test` alone; `py_loop`, `py_session` and `errors` are the
+//! Python edge, and this file only assembles the `hamanet._hamanet` module.
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("hamanet is built on epoll and runs on Linux only");
+
+pub mod buffer;
+pub mod epoll;
+pub mod errors;
+pub mod net;
+pub mod py_loop;
+pub mod py_session;
+pub mod reactor;
+pub mod session;
+
+use pyo3::prelude::*;
+
+/// The extension module `hamanet._hamanet`.
+#[pymodule]
+fn _hamanet(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<py_loop::PyLoop>()?;
+    m.add_class::<py_session::PySession>()?;
+    m.add("SessionClosedError", py.get_type::<errors::SessionClosedError>())?;
+    m.add("LifecycleError", py.get_type::<errors::LifecycleError>())?;
+    m.add("READ_BUDGET", reactor::READ_BUDGET)?;
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! Socket syscalls and options (the seed's NetBase): listening, accepting, connecting,
+//! sending and receiving on non-blocking, close-on-exec TCP sockets.
+//!
+//! Every socket this crate creates is `SOCK_NONBLOCK | SOCK_CLOEXEC` from birth (no window
+//! in which a forked child could inherit it), and every send passes `MSG_NOSIGNAL` so a peer
+//! that has gone away yields `EPIPE` instead of killing the process with `SIGPIPE`.
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, Backlog, MsgFlags, Shutdown, SockFlag, SockType,
+    SockaddrLike, SockaddrStorage,
+};
+
+/// Socket options applied to listeners and to every session socket.
+#[derive(Clone, Debug)]
+pub struct SocketOptions {
+    /// `TCP_NODELAY`: send small writes at once instead of waiting (Nagle). On by default
+    /// because the reactor already coalesces each session's writes into one send per turn.
+    pub nodelay: bool,
+    /// `SO_KEEPALIVE`: let the kernel probe idle connections.
+    pub keepalive: bool,
+    /// `SO_RCVBUF` in bytes, or the kernel's default.
+    pub recv_buffer: Option<usize>,
+    /// `SO_SNDBUF` in bytes, or the kernel's default.
+    pub send_buffer: Option<usize>,
+    /// `SO_REUSEPORT`: let several listeners (processes) share one port.
+    pub reuse_port: bool,
+}
+
+impl Default for SocketOptions {
+    fn default() -> SocketOptions {
+        SocketOptions {
+            nodelay: true,
+            keepalive: false,
+            recv_buffer: None,
+            send_buffer: None,
+            reuse_port: false,
+        }
+    }
+}
+
+fn family_of(addr: &SocketAddr) -> AddressFamily {
+    match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+fn new_stream_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    Ok(socket::socket(family_of(addr), SockType::Stream, flags, None)?)
+}
+
+fn buffer_size(bytes: usize) -> io::Result<usize> {
+    // The kernel doubles the value and caps it at net.core.{r,w}mem_max; reject only what
+    // cannot be passed as a C int at all.
+    if bytes == 0 || bytes > i32::MAX as usize / 2 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "buffer size out of range"));
+    }
+    Ok(bytes)
+}
+
+/// Applies the options that matter before `listen`/`connect`: buffer sizes must be set
+/// before the handshake for the window scale to match them.
+fn apply_buffer_sizes(fd: BorrowedFd<'_>, options: &SocketOptions) -> io::Result<()> {
+    if let Some(bytes) = options.recv_buffer {
+        socket::setsockopt(&fd, sockopt::RcvBuf, &buffer_size(bytes)?)?;
+    }
+    if let Some(bytes) = options.send_buffer {
+        socket::setsockopt(&fd, sockopt::SndBuf, &buffer_size(bytes)?)?;
+    }
+    Ok(())
+}
+
+/// Applies per-connection options to a freshly accepted or connected socket.
+pub fn configure_stream(fd: BorrowedFd<'_>, options: &SocketOptions) -> io::Result<()> {
+    if options.nodelay {
+        socket::setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
+    }
+    if options.keepalive {
+        socket::setsockopt(&fd, sockopt::KeepAlive, &true)?;
+    }
+    Ok(())
+}
+
+/// Binds and listens. `SO_REUSEADDR` is always set so a restarted server can bind while
+/// old connections sit in TIME_WAIT; it does not let two live listeners share a port
+/// (that needs `reuse_port`), so a busy port still fails with `EADDRINUSE`.
+pub fn listen(addr: SocketAddr, backlog: i32, options: &SocketOptions) -> io::Result<OwnedFd> {
+    let fd = new_stream_socket(&addr)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if options.reuse_port {
+        socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+    }
+    if let SocketAddr::V6(_) = addr {
+        // An IPv6 listener serves IPv6 only unless asked otherwise, whatever the sysctl says.
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    apply_buffer_sizes(fd.as_fd(), options)?;
+    if options.nodelay {
+        // Linux copies TCP_NODELAY from the listener to each accepted socket, which saves a
+        // setsockopt per accept.
+        socket::setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
+    }
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    let backlog = Backlog::new(backlog).map_err(io::Error::from)?;
+    socket::listen(&fd, backlog)?;
+    Ok(fd)
+}
+
+/// Accepts one connection, or `None` when the queue is empty.
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    loop {
+        match socket::accept4(listener, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC) {
+            Ok(fd) => return Ok(Some(fd)),
+            Err(Errno::EAGAIN) => return Ok(None),
+            // The connection was reset while it waited in the queue: try the next one.
+            Err(Errno::ECONNABORTED | Errno::EINTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// Starts a non-blocking connect. Returns the socket, which is connected once it reports
+/// writable and [`take_error`] returns `None`.
+pub fn connect_start(addr: SocketAddr, options: &SocketOptions) -> io::Result<OwnedFd> {
+    let fd = new_stream_socket(&addr)?;
+    apply_buffer_sizes(fd.as_fd(), options)?;
+    configure_stream(fd.as_fd(), options)?;
+    match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
+        Ok(()) | Err(Errno::EINPROGRESS) => Ok(fd),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Waits up to `timeout` for a connect started by [`connect_start`] to finish.
+/// `Ok(true)`: finished (check [`take_error`]); `Ok(false)`: still in progress.
+pub fn connect_wait(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+    let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+    match nix::poll::poll(&mut fds, PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)) {
+        Ok(0) | Err(Errno::EINTR) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// The socket's pending error (`SO_ERROR`), which also clears it.
+pub fn take_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
+    let code = socket::getsockopt(&fd, sockopt::SocketError)?;
+    Ok((code != 0).then(|| io::Error::from_raw_os_error(code)))
+}
+
+/// Resolves `host` (an IP literal or a name) and `port` to socket addresses.
+pub fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+    if addrs.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "host resolved to no address"));
+    }
+    Ok(addrs)
+}
+
+fn to_std(addr: SockaddrStorage) -> io::Result<SocketAddr> {
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Ok(SocketAddr::V4(SocketAddrV4::new(v4.ip(), v4.port())));
+    }
+    if let Some(v6) = addr.as_sockaddr_in6() {
+        return Ok(SocketAddr::V6(SocketAddrV6::new(
+            v6.ip(),
+            v6.port(),
+            v6.flowinfo(),
+            v6.scope_id(),
+        )));
+    }
+    Err(io::Error::new(io::ErrorKind::Unsupported, format!("unexpected family {:?}", addr.family())))
+}
+
+/// The socket's own address.
+pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
+    to_std(socket::getsockname::<SockaddrStorage>(fd.as_raw_fd())?)
+}
+
+/// The connected peer's address.
+pub fn peer_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
+    to_std(socket::getpeername::<SockaddrStorage>(fd.as_raw_fd())?)
+}
+
+/// Receives into `buf`; `Ok(0)` is EOF. `EAGAIN` comes back as `WouldBlock`.
+pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match socket::recv(fd.as_raw_fd(), buf, MsgFlags::empty()) {
+            Err(Errno::EINTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}
+
+/// Sends from `buf` without ever raising `SIGPIPE`. `EAGAIN` comes back as `WouldBlock`.
+pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        match socket::send(fd.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL) {
+            Err(Errno::EINTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}
+
+/// Half-closes: sends FIN after everything queued in the kernel.
+pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
+    match socket::shutdown(fd.as_raw_fd(), Shutdown::Write) {
+        // The peer is already gone; there is nothing left to half-close.
+        Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Makes the coming `close` send RST and drop unsent data (abortive close).
+pub fn set_linger_zero(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    Ok(socket::setsockopt(&fd, sockopt::Linger, &linger)?)
+}
+
+/// Reads whether `TCP_NODELAY` is set (for tests and introspection).
+pub fn nodelay(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(socket::getsockopt(&fd, sockopt::TcpNoDelay)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loopback() -> SocketAddr {
+        "127.0.0.1:0".parse().expect("addr")
+    }
+
+    #[test]
+    fn listen_accept_connect_send_recv() {
+        let options = SocketOptions::default();
+        let listener = listen(loopback(), 16, &options).expect("listen");
+        let addr = local_addr(listener.as_fd()).expect("addr");
+        assert!(accept(listener.as_fd()).expect("accept").is_none(), "empty queue");
+
+        let client = connect_start(addr, &options).expect("connect");
+        assert!(connect_wait(client.as_fd(), Duration::from_secs(5)).expect("wait"));
+        assert!(take_error(client.as_fd()).expect("so_error").is_none());
+
+        let mut server = None;
+        for _ in 0..500 {
+            server = accept(listener.as_fd()).expect("accept");
+            if server.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let server = server.expect("an accepted connection");
+        assert!(nodelay(server.as_fd()).expect("getsockopt"), "nodelay is inherited");
+        assert_eq!(peer_addr(server.as_fd()).expect("peer"), local_addr(client.as_fd()).expect("local"));
+
+        assert_eq!(send(client.as_fd(), b"ping").expect("send"), 4);
+        let mut buf = [0u8; 16];
+        let mut got = 0;
+        for _ in 0..500 {
+            match recv(server.as_fd(), &mut buf) {
+                Ok(n) => {
+                    got = n;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
+        assert_eq!(&buf[..got], b"ping");
+    }
+
+    #[test]
+    fn busy_port_is_addr_in_use() {
+        let options = SocketOptions::default();
+        let first = listen(loopback(), 16, &options).expect("listen");
+        let addr = local_addr(first.as_fd()).expect("addr");
+        let err = listen(addr, 16, &options).expect_err("second listener");
+        assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
+    }
+
+    #[test]
+    fn refused_connect_reports_econnrefused() {
+        let options = SocketOptions::default();
+        // Bind a port, then close it: nothing listens there any more.
+        let addr = {
+            let listener = listen(loopback(), 1, &options).expect("listen");
+            local_addr(listener.as_fd()).expect("addr")
+        };
+        let fd = connect_start(addr, &options).expect("connect start");
+        assert!(connect_wait(fd.as_fd(), Duration::from_secs(5)).expect("wait"));
+        let err = take_error(fd.as_fd()).expect("so_error").expect("an error");
+        assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED));
+    }
+}

@@ -1,0 +1,162 @@
+//! `hamanet.Session`: the Python view of one connection (the seed's NetSession).
+//!
+//! Every method is safe from any Python thread: it touches only the session's shared
+//! state and queues the session for the reactor, which does the actual I/O.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+
+use crate::errors::refused;
+use crate::session::SessionCore;
+
+/// One TCP connection. Users never construct it; handlers receive it.
+///
+/// Instances accept arbitrary attributes (`session.state = ...`), the place for the
+/// user's per-session state.
+#[pyclass(module = "hamanet", name = "Session", frozen, dict, weakref)]
+pub struct PySession {
+    core: Arc<SessionCore>,
+}
+
+impl PySession {
+    /// Wraps a session core.
+    pub fn new(core: Arc<SessionCore>) -> PySession {
+        PySession { core }
+    }
+
+    /// The shared state behind this object.
+    pub fn core(&self) -> &Arc<SessionCore> {
+        &self.core
+    }
+}
+
+/// A bytes-like argument, borrowed when it is `bytes` and copied otherwise.
+enum Chunk<'py> {
+    Bytes(Bound<'py, PyBytes>),
+    Copied(Vec<u8>),
+}
+
+impl Chunk<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Chunk::Bytes(bytes) => bytes.as_bytes(),
+            Chunk::Copied(vec) => vec,
+        }
+    }
+}
+
+fn chunk<'py>(data: &Bound<'py, PyAny>, method: &str) -> PyResult<Chunk<'py>> {
+    if let Ok(bytes) = data.cast::<PyBytes>() {
+        return Ok(Chunk::Bytes(bytes.clone()));
+    }
+    match PyBuffer::<u8>::get(data) {
+        // The bytes are copied: the caller may mutate a bytearray right after the call.
+        Ok(buffer) => Ok(Chunk::Copied(buffer.to_vec(data.py())?)),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "{method}() takes a bytes-like object (bytes, bytearray, memoryview of bytes), \
+             not '{}'; encode text first, e.g. text.encode()",
+            data.get_type().name()?
+        ))),
+    }
+}
+
+fn address<'py>(py: Python<'py>, addr: &SocketAddr) -> PyResult<Bound<'py, PyTuple>> {
+    // The same shapes the socket module uses: (host, port) and (host, port, flow, scope).
+    match addr {
+        SocketAddr::V4(v4) => (v4.ip().to_string(), v4.port()).into_pyobject(py),
+        SocketAddr::V6(v6) => {
+            (v6.ip().to_string(), v6.port(), v6.flowinfo(), v6.scope_id()).into_pyobject(py)
+        }
+    }
+}
+
+#[pymethods]
+impl PySession {
+    /// Buffers `data` (any bytes-like object) for sending; returns at once. The reactor
+    /// sends everything written during one batch of callbacks in a single syscall.
+    fn write(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let chunk = chunk(data, "write")?;
+        self.core.write(chunk.as_slice()).map_err(|r| refused(r, "write", self.core.id))
+    }
+
+    /// Buffers every bytes-like item of `chunks`, atomically: no other thread's write can
+    /// land between them.
+    fn writelines(&self, chunks: &Bound<'_, PyAny>) -> PyResult<()> {
+        let pieces = chunks
+            .try_iter()?
+            .map(|item| chunk(&item?, "writelines"))
+            .collect::<PyResult<Vec<_>>>()?;
+        self.core
+            .write_all(pieces.iter().map(Chunk::as_slice))
+            .map_err(|r| refused(r, "writelines", self.core.id))
+    }
+
+    /// Sends everything buffered, then closes (FIN). `on_close(session, None)` follows.
+    /// Idempotent.
+    fn close(&self) {
+        self.core.close();
+    }
+
+    /// Drops the buffer and closes at once with RST. Idempotent.
+    fn abort(&self) {
+        self.core.abort();
+    }
+
+    /// Sends everything buffered, then FIN (half-close); the session can still receive.
+    fn shutdown_write(&self) {
+        self.core.shutdown_write();
+    }
+
+    /// The session's id, unique within the process.
+    #[getter]
+    fn id(&self) -> u64 {
+        self.core.id
+    }
+
+    /// The peer's address: `(host, port)`, or `(host, port, flowinfo, scope_id)` for IPv6.
+    #[getter]
+    fn peer_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        address(py, &self.core.peer)
+    }
+
+    /// The local address, in the same shape as `peer_addr`.
+    #[getter]
+    fn local_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        address(py, &self.core.local)
+    }
+
+    /// Bytes written and not yet handed to the kernel.
+    #[getter]
+    fn write_buffer_size(&self) -> usize {
+        self.core.buffered()
+    }
+
+    /// True once `close()` or `abort()` was called or the connection ended: writes fail.
+    #[getter]
+    fn closing(&self) -> bool {
+        self.core.outbox().is_closing()
+    }
+
+    /// True once the socket is closed (`on_close` is delivered or about to be).
+    #[getter]
+    fn closed(&self) -> bool {
+        self.core.outbox().closed
+    }
+
+    fn __repr__(&self) -> String {
+        let outbox = self.core.outbox();
+        let state = if outbox.closed {
+            "closed"
+        } else if outbox.is_closing() {
+            "closing"
+        } else {
+            "open"
+        };
+        format!("<hamanet.Session id={} peer={} {}>", self.core.id, self.core.peer, state)
+    }
+}

@@ -1,0 +1,659 @@
+//! The reactor (the seed's NetIO): owns the listeners and session sockets, turns epoll
+//! readiness into a batch of events, and performs every accept, read, send and close.
+//!
+//! One call to [`Reactor::turn`] is one wakeup. It runs the commands other threads queued,
+//! flushes what handlers wrote during the previous batch (one send per session), waits,
+//! then accepts and reads everything that became ready. The batch it leaves behind is
+//! handed to the handlers in one go; nothing in this module knows about Python.
+//!
+//! Fairness: a session reads at most [`READ_BUDGET`] bytes per turn and the whole turn at
+//! most [`ARENA_LIMIT`]; a session (or listener) cut short is re-queued and served next
+//! turn without waiting for a new edge, which edge-triggered epoll would never send.
+
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::buffer::ReadArena;
+use crate::epoll::{Events, Poller, Readiness, Token, Waker};
+use crate::net::{self, SocketOptions};
+use crate::session::{Command, LoopShared, SessionCore};
+
+/// Most bytes one session may read in one turn before others get their go.
+pub const READ_BUDGET: usize = 256 * 1024;
+/// Most bytes all sessions together may read in one turn (plus one session's budget).
+pub const ARENA_LIMIT: usize = 4 * 1024 * 1024;
+/// Most connections one listener accepts in one turn.
+const ACCEPT_BUDGET: usize = 256;
+/// Events taken from the kernel per wait.
+const EVENTS_PER_WAIT: usize = 1024;
+/// How long accepting pauses after the process ran out of file descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Unread input discarded at a graceful close before giving up (then close sends RST).
+const DISCARD_LIMIT: usize = 256 * 1024;
+
+/// What happened to a session during a turn, in the order it happened.
+pub enum Event {
+    /// A connection was accepted, or a connected client socket was adopted.
+    Opened {
+        /// The session's token.
+        token: Token,
+        /// The session, for the handler layer to wrap.
+        session: Arc<SessionCore>,
+    },
+    /// Bytes arrived: everything this session read this turn, in order.
+    Received {
+        /// The session's token.
+        token: Token,
+        /// Where the bytes are in [`Reactor::received`].
+        range: Range<usize>,
+    },
+    /// The peer sent FIN. The session stays open until something closes it.
+    Eof {
+        /// The session's token.
+        token: Token,
+    },
+    /// The write buffer drained to the kernel (reported when asked for, see
+    /// [`Reactor::set_notify_drained`]).
+    Drained {
+        /// The session's token.
+        token: Token,
+    },
+    /// The session is closed and its slot freed; `error` is `None` for a clean close.
+    Closed {
+        /// The session's token.
+        token: Token,
+        /// Why it closed, if not cleanly.
+        error: Option<io::Error>,
+    },
+}
+
+struct SessionSlot {
+    generation: u32,
+    fd: OwnedFd,
+    core: Arc<SessionCore>,
+    /// The peer's FIN has been read; there is nothing more to read.
+    eof: bool,
+    /// The turn in which this session last read, so a session that is both re-queued and
+    /// reported ready reads once.
+    read_turn: u64,
+}
+
+enum Slot {
+    Vacant { generation: u32 },
+    Listener { generation: u32, fd: OwnedFd, addr: SocketAddr },
+    Session(SessionSlot),
+}
+
+impl Slot {
+    fn generation(&self) -> u32 {
+        match self {
+            Slot::Vacant { generation } | Slot::Listener { generation, .. } => *generation,
+            Slot::Session(session) => session.generation,
+        }
+    }
+}
+
+/// How a close treats the connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CloseKind {
+    /// FIN after every queued byte (the socket's own buffer is already flushed to it).
+    Graceful,
+    /// RST, dropping whatever the kernel still holds.
+    Abortive,
+    /// The connection is already dead (reset, or an error); just release it.
+    Dead,
+}
+
+/// The epoll reactor.
+pub struct Reactor {
+    poller: Poller,
+    events: Events,
+    shared: Arc<LoopShared>,
+    options: SocketOptions,
+    slots: Vec<Slot>,
+    vacant: Vec<u32>,
+    arena: ReadArena,
+    scratch: Vec<u8>,
+    batch: Vec<Event>,
+    commands: Vec<Command>,
+    /// Tokens cut short by a budget last turn, to serve again this turn.
+    again: Vec<Token>,
+    turn: u64,
+    sessions: usize,
+    notify_drained: bool,
+    stop_deadline: Option<Instant>,
+    accept_paused_until: Option<Instant>,
+    finished: bool,
+}
+
+impl Reactor {
+    /// A reactor with its own epoll instance and waker.
+    pub fn new(options: SocketOptions) -> io::Result<Reactor> {
+        let poller = Poller::new()?;
+        let waker = Waker::new(&poller)?;
+        Ok(Reactor {
+            poller,
+            events: Events::with_capacity(EVENTS_PER_WAIT),
+            shared: Arc::new(LoopShared::new(waker)),
+            options,
+            slots: Vec::new(),
+            vacant: Vec::new(),
+            arena: ReadArena::with_capacity(64 * 1024),
+            scratch: vec![0; 16 * 1024],
+            batch: Vec::new(),
+            commands: Vec::new(),
+            again: Vec::new(),
+            turn: 0,
+            sessions: 0,
+            notify_drained: false,
+            stop_deadline: None,
+            accept_paused_until: None,
+            finished: false,
+        })
+    }
+
+    /// What other threads use to reach this reactor.
+    pub fn shared(&self) -> &Arc<LoopShared> {
+        &self.shared
+    }
+
+    /// The socket options applied to new sessions.
+    pub fn options(&self) -> &SocketOptions {
+        &self.options
+    }
+
+    /// Whether to report [`Event::Drained`] (only worth it when a handler listens).
+    pub fn set_notify_drained(&mut self, notify: bool) {
+        self.notify_drained = notify;
+    }
+
+    /// The events of the last turn.
+    pub fn batch(&self) -> &[Event] {
+        &self.batch
+    }
+
+    /// Takes the events of the last turn (their `Arc`s and errors move to the caller).
+    pub fn take_batch(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.batch)
+    }
+
+    /// Gives back a drained batch vector so its capacity is reused.
+    pub fn recycle_batch(&mut self, mut batch: Vec<Event>) {
+        batch.clear();
+        if self.batch.is_empty() {
+            self.batch = batch;
+        }
+    }
+
+    /// Bytes received this turn, by an [`Event::Received`] range.
+    pub fn received(&self, range: Range<usize>) -> &[u8] {
+        self.arena.get(range)
+    }
+
+    /// Whether the reactor has stopped for good (after a stop, once every session closed).
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Sessions currently open.
+    pub fn session_count(&self) -> usize {
+        self.sessions
+    }
+
+    /// One wakeup: run queued commands and flush, wait for readiness, accept and read.
+    pub fn turn(&mut self) -> io::Result<()> {
+        self.arena.reset();
+        self.batch.clear();
+        self.turn += 1;
+        self.run_commands();
+        if self.check_stop() {
+            return Ok(());
+        }
+
+        let busy = !self.batch.is_empty() || !self.again.is_empty();
+        let mut timeout = if busy { Some(Duration::ZERO) } else { self.until_next_deadline() };
+        if self.shared.begin_poll() {
+            timeout = Some(Duration::ZERO);
+        }
+        let waited = self.poller.wait(&mut self.events, timeout);
+        self.shared.end_poll();
+        waited?;
+
+        self.run_commands();
+        let again = std::mem::take(&mut self.again);
+        for i in 0..self.events.len() {
+            let readiness = self.events.get(i);
+            self.handle(readiness);
+        }
+        for token in again {
+            match self.slots.get(token.slot()) {
+                Some(Slot::Listener { .. }) => self.accept_ready(token),
+                Some(Slot::Session(_)) => self.read(token, false),
+                _ => {}
+            }
+        }
+        if self.accept_paused_until.is_some_and(|until| Instant::now() >= until) {
+            self.accept_paused_until = None;
+            for token in self.listener_tokens() {
+                self.accept_ready(token);
+            }
+        }
+        self.check_stop();
+        Ok(())
+    }
+
+    /// Closes every session at once with RST and finishes (for a fatal error).
+    pub fn abort_all(&mut self, error: &io::Error) {
+        self.batch.clear();
+        self.arena.reset();
+        self.close_listeners();
+        for token in self.session_tokens() {
+            let error = io::Error::new(error.kind(), error.to_string());
+            self.release(token, CloseKind::Abortive, Some(error));
+        }
+        self.finish();
+    }
+
+    fn handle(&mut self, readiness: Readiness) {
+        let token = readiness.token;
+        if token == Token::WAKER {
+            self.shared.waker().reset();
+            return;
+        }
+        match self.slots.get(token.slot()) {
+            Some(slot) if slot.generation() != token.generation() => {}
+            Some(Slot::Listener { .. }) => self.accept_ready(token),
+            Some(Slot::Session(_)) => {
+                // Read first: data that arrived before a reset is still readable and is
+                // delivered before the error that ends the session.
+                if readiness.readable || readiness.read_closed || readiness.error {
+                    self.read(token, readiness.read_closed);
+                }
+                if readiness.writable || readiness.error {
+                    self.flush(token);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn run_commands(&mut self) {
+        self.shared.take_commands(&mut self.commands);
+        let mut commands = std::mem::take(&mut self.commands);
+        for command in commands.drain(..) {
+            match command {
+                Command::Flush(core) => {
+                    let token = core.token();
+                    if self.is_session(token, &core) {
+                        self.flush(token);
+                    }
+                }
+                Command::Adopt(core, fd) => {
+                    if let Some(token) = self.register(fd, Arc::clone(&core)) {
+                        if self.stop_deadline.is_some() {
+                            core.outbox().close_requested = true;
+                            self.flush(token);
+                        }
+                    }
+                }
+                Command::Listen(fd, addr) => self.add_listener(fd, addr),
+                Command::Stop(deadline) => self.begin_stop(deadline),
+            }
+        }
+        self.commands = commands;
+    }
+
+    fn is_session(&self, token: Token, core: &Arc<SessionCore>) -> bool {
+        matches!(
+            self.slots.get(token.slot()),
+            Some(Slot::Session(s)) if s.generation == token.generation() && Arc::ptr_eq(&s.core, core)
+        )
+    }
+
+    fn session(&mut self, token: Token) -> Option<&mut SessionSlot> {
+        match self.slots.get_mut(token.slot()) {
+            Some(Slot::Session(s)) if s.generation == token.generation() => Some(s),
+            _ => None,
+        }
+    }
+
+    fn allocate(&mut self) -> (usize, u32) {
+        if let Some(index) = self.vacant.pop() {
+            let index = index as usize;
+            // Wrapping is harmless: a token would have to survive 2^32 reuses of its slot.
+            (index, self.slots[index].generation().wrapping_add(1))
+        } else {
+            self.slots.push(Slot::Vacant { generation: 0 });
+            (self.slots.len() - 1, 1)
+        }
+    }
+
+    fn add_listener(&mut self, fd: OwnedFd, addr: SocketAddr) {
+        if self.stop_deadline.is_some() {
+            return;
+        }
+        let (index, generation) = self.allocate();
+        let token = Token::new(index as u32, generation);
+        if self.poller.add_reader(fd.as_fd(), token).is_err() {
+            self.slots[index] = Slot::Vacant { generation };
+            self.vacant.push(index as u32);
+            return;
+        }
+        self.slots[index] = Slot::Listener { generation, fd, addr };
+        // Connections may already be queued: an edge for them will not come.
+        self.accept_ready(token);
+    }
+
+    fn register(&mut self, fd: OwnedFd, core: Arc<SessionCore>) -> Option<Token> {
+        let (index, generation) = self.allocate();
+        let token = Token::new(index as u32, generation);
+        core.set_token(token);
+        if self.poller.add_stream(fd.as_fd(), token).is_err() {
+            // Only possible when the kernel is out of memory: the socket is dropped.
+            self.slots[index] = Slot::Vacant { generation };
+            self.vacant.push(index as u32);
+            let mut outbox = core.outbox();
+            outbox.closed = true;
+            outbox.buffer.clear();
+            return None;
+        }
+        self.slots[index] = Slot::Session(SessionSlot {
+            generation,
+            fd,
+            core: Arc::clone(&core),
+            eof: false,
+            read_turn: 0,
+        });
+        self.sessions += 1;
+        self.shared.update_status(|status| status.sessions += 1);
+        self.batch.push(Event::Opened { token, session: core });
+        Some(token)
+    }
+
+    fn accept_ready(&mut self, token: Token) {
+        if self.accept_paused_until.is_some() || self.stop_deadline.is_some() {
+            return;
+        }
+        for _ in 0..ACCEPT_BUDGET {
+            let Some(Slot::Listener { fd, addr, .. }) = self.slots.get(token.slot()) else {
+                return;
+            };
+            let listen_addr = *addr;
+            match net::accept(fd.as_fd()) {
+                Ok(Some(stream)) => self.open_accepted(stream, listen_addr),
+                Ok(None) => return,
+                Err(err) if is_resource_exhaustion(&err) => {
+                    // The connection stays queued in the kernel; retry after a pause
+                    // instead of spinning on an accept that cannot succeed.
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        self.again.push(token);
+    }
+
+    fn open_accepted(&mut self, stream: OwnedFd, listen_addr: SocketAddr) {
+        // A peer that reset before we got here has no address: drop it quietly.
+        let Ok(peer) = net::peer_addr(stream.as_fd()) else { return };
+        let local = if listen_addr.ip().is_unspecified() {
+            match net::local_addr(stream.as_fd()) {
+                Ok(local) => local,
+                Err(_) => return,
+            }
+        } else {
+            listen_addr
+        };
+        let core = SessionCore::new(Arc::clone(&self.shared), peer, local);
+        if let Some(token) = self.register(stream, core) {
+            if self.stop_deadline.is_some() {
+                self.request_close(token);
+            }
+        }
+    }
+
+    fn read(&mut self, token: Token, read_closed: bool) {
+        let turn = self.turn;
+        let arena_full = self.arena.len() >= ARENA_LIMIT;
+        let Some(session) = (match self.slots.get_mut(token.slot()) {
+            Some(Slot::Session(s)) if s.generation == token.generation() => Some(s),
+            _ => None,
+        }) else {
+            return;
+        };
+        if session.eof || session.read_turn == turn || session.core.outbox().is_closing() {
+            return;
+        }
+        if arena_full {
+            self.again.push(token);
+            return;
+        }
+        session.read_turn = turn;
+        let start = self.arena.len();
+        let mut eof = false;
+        let mut error = None;
+        loop {
+            let want = READ_BUDGET - (self.arena.len() - start);
+            match self.arena.fill_with(want, |buf| net::recv(session.fd.as_fd(), buf)) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) if n == want => {
+                    // Budget spent with data possibly left: serve again next turn.
+                    self.again.push(token);
+                    break;
+                }
+                // NOTE: a short read proves the receive queue empty at that moment, and
+                // any later arrival raises a new edge, so the extra EAGAIN read is skipped;
+                // unless FIN was reported, which raises no further edge and must be read.
+                Ok(_) if !read_closed => break,
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) => {
+                    error = Some(err);
+                    break;
+                }
+            }
+        }
+        if eof {
+            session.eof = true;
+        }
+        let end = self.arena.len();
+        if end > start {
+            self.batch.push(Event::Received { token, range: start..end });
+        }
+        if let Some(err) = error {
+            self.release(token, CloseKind::Dead, Some(err));
+        } else if eof {
+            self.batch.push(Event::Eof { token });
+        }
+    }
+
+    /// Sends what the session has buffered (one send), then acts on its close, abort or
+    /// shutdown request once the buffer is empty.
+    fn flush(&mut self, token: Token) {
+        let notify_drained = self.notify_drained;
+        let Some(session) = self.session(token) else { return };
+        let fd = session.fd.as_fd();
+        let core = Arc::clone(&session.core);
+        let mut outbox = core.outbox();
+        outbox.queued = false;
+        if outbox.closed {
+            return;
+        }
+        if outbox.abort_requested {
+            drop(outbox);
+            self.release(token, CloseKind::Abortive, None);
+            return;
+        }
+        let had_bytes = !outbox.buffer.is_empty();
+        if had_bytes {
+            match net::send(fd, outbox.buffer.pending()) {
+                Ok(n) => outbox.buffer.consume(n),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) => {
+                    drop(outbox);
+                    self.release(token, CloseKind::Dead, Some(err));
+                    return;
+                }
+            }
+        }
+        if !outbox.buffer.is_empty() {
+            // The kernel's buffer is full; EPOLLOUT will report room.
+            return;
+        }
+        if outbox.close_requested {
+            drop(outbox);
+            self.release(token, CloseKind::Graceful, None);
+            return;
+        }
+        if outbox.shutdown_requested && !outbox.fin_sent {
+            outbox.fin_sent = true;
+            if let Err(err) = net::shutdown_write(fd) {
+                drop(outbox);
+                self.release(token, CloseKind::Dead, Some(err));
+                return;
+            }
+        }
+        drop(outbox);
+        if had_bytes && notify_drained {
+            self.batch.push(Event::Drained { token });
+        }
+    }
+
+    /// Frees the session's slot, closes its socket and reports [`Event::Closed`].
+    fn release(&mut self, token: Token, kind: CloseKind, error: Option<io::Error>) {
+        let index = token.slot();
+        let slot = std::mem::replace(
+            &mut self.slots[index],
+            Slot::Vacant { generation: token.generation() },
+        );
+        let Slot::Session(session) = slot else {
+            self.slots[index] = slot;
+            return;
+        };
+        self.vacant.push(index as u32);
+        {
+            let mut outbox = session.core.outbox();
+            outbox.closed = true;
+            outbox.buffer.clear();
+        }
+        match kind {
+            CloseKind::Abortive => {
+                // If this fails the close below is graceful instead; nothing is lost.
+                let _ = net::set_linger_zero(session.fd.as_fd());
+            }
+            CloseKind::Graceful if !session.eof => {
+                // Unread input would make close() send RST, which can destroy data still
+                // in flight to the peer; read it away first (bounded).
+                let mut discarded = 0;
+                while discarded < DISCARD_LIMIT {
+                    match net::recv(session.fd.as_fd(), &mut self.scratch) {
+                        Ok(n) if n > 0 => discarded += n,
+                        _ => break,
+                    }
+                }
+            }
+            CloseKind::Graceful | CloseKind::Dead => {}
+        }
+        drop(session.fd);
+        self.sessions -= 1;
+        self.shared.update_status(|status| status.sessions -= 1);
+        self.batch.push(Event::Closed { token, error });
+    }
+
+    fn request_close(&mut self, token: Token) {
+        if let Some(session) = self.session(token) {
+            session.core.outbox().close_requested = true;
+            self.flush(token);
+        }
+    }
+
+    fn listener_tokens(&self) -> Vec<Token> {
+        self.tokens(|slot| matches!(slot, Slot::Listener { .. }))
+    }
+
+    fn session_tokens(&self) -> Vec<Token> {
+        self.tokens(|slot| matches!(slot, Slot::Session(_)))
+    }
+
+    fn tokens(&self, keep: impl Fn(&Slot) -> bool) -> Vec<Token> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| keep(slot))
+            .map(|(index, slot)| Token::new(index as u32, slot.generation()))
+            .collect()
+    }
+
+    fn close_listeners(&mut self) {
+        for token in self.listener_tokens() {
+            let index = token.slot();
+            self.slots[index] = Slot::Vacant { generation: token.generation() };
+            self.vacant.push(index as u32);
+        }
+    }
+
+    fn begin_stop(&mut self, deadline: Instant) {
+        if self.stop_deadline.is_some() {
+            return;
+        }
+        self.stop_deadline = Some(deadline);
+        self.close_listeners();
+        for token in self.session_tokens() {
+            self.request_close(token);
+        }
+    }
+
+    /// Aborts what is left at the stop deadline and finishes once nothing is left.
+    /// Returns whether the reactor has finished.
+    fn check_stop(&mut self) -> bool {
+        let Some(deadline) = self.stop_deadline else { return false };
+        if self.sessions > 0 && Instant::now() >= deadline {
+            for token in self.session_tokens() {
+                let error = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "stop() timed out before the session's buffer was sent",
+                );
+                self.release(token, CloseKind::Abortive, Some(error));
+            }
+        }
+        if self.sessions == 0 && !self.finished {
+            self.finish();
+        }
+        self.finished
+    }
+
+    fn finish(&mut self) {
+        self.finished = true;
+        self.again.clear();
+        for command in self.shared.close_queue() {
+            if let Command::Adopt(core, _fd) = command {
+                let mut outbox = core.outbox();
+                outbox.closed = true;
+                outbox.buffer.clear();
+            }
+        }
+    }
+
+    fn until_next_deadline(&self) -> Option<Duration> {
+        let next = match (self.stop_deadline, self.accept_paused_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }?;
+        Some(next.saturating_duration_since(Instant::now()))
+    }
+}
+
+fn is_resource_exhaustion(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

@@ -1,0 +1,309 @@
+//! A session's state as shared between the reactor thread and any thread that writes to it,
+//! and the command queue through which those threads reach the reactor.
+//!
+//! The reactor thread owns the socket; other threads own nothing but a `SessionCore`. They
+//! append to its write buffer and set request flags under a short lock, then queue the
+//! session once for the reactor, which does every send and close itself. No lock here is
+//! ever held while Python runs or while the reactor waits.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::buffer::WriteBuffer;
+use crate::epoll::{Token, Waker};
+
+/// Why a session refused a write or another request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `close()` or `abort()` was called, or the connection is gone.
+    Closed,
+    /// `shutdown_write()` was called: the write side is closed, reading goes on.
+    WriteShut,
+}
+
+/// What the session has been asked to do, and what it has done.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Bytes written and not yet taken by the kernel.
+    pub buffer: WriteBuffer,
+    /// `close()` was requested: flush, then close.
+    pub close_requested: bool,
+    /// `abort()` was requested: drop the buffer, close with RST.
+    pub abort_requested: bool,
+    /// `shutdown_write()` was requested: flush, then send FIN.
+    pub shutdown_requested: bool,
+    /// The reactor has sent FIN.
+    pub fin_sent: bool,
+    /// The reactor has closed the socket; nothing more will happen.
+    pub closed: bool,
+    /// The session is in the reactor's queue already (so a burst of writes queues it once).
+    pub queued: bool,
+}
+
+impl Outbox {
+    /// Why a write now would be refused, if it would.
+    pub fn write_refusal(&self) -> Option<Refusal> {
+        if self.closed || self.close_requested || self.abort_requested {
+            Some(Refusal::Closed)
+        } else if self.shutdown_requested {
+            Some(Refusal::WriteShut)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the session is closed or on its way to closing.
+    pub fn is_closing(&self) -> bool {
+        self.closed || self.close_requested || self.abort_requested
+    }
+}
+
+/// One connection's identity and the state other threads may touch.
+pub struct SessionCore {
+    /// Unique within the process, never reused.
+    pub id: u64,
+    /// The remote address.
+    pub peer: SocketAddr,
+    /// The local address.
+    pub local: SocketAddr,
+    token: AtomicU64,
+    outbox: Mutex<Outbox>,
+    shared: Arc<LoopShared>,
+}
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+impl SessionCore {
+    /// A new session of the loop behind `shared`.
+    pub fn new(shared: Arc<LoopShared>, peer: SocketAddr, local: SocketAddr) -> Arc<SessionCore> {
+        Arc::new(SessionCore {
+            id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
+            peer,
+            local,
+            token: AtomicU64::new(u64::MAX),
+            outbox: Mutex::new(Outbox::default()),
+            shared,
+        })
+    }
+
+    /// The loop this session belongs to.
+    pub fn shared(&self) -> &Arc<LoopShared> {
+        &self.shared
+    }
+
+    /// Locks the outbox. A panic while it was held cannot leave it inconsistent (every
+    /// update is a single field write or a buffer append), so poisoning is ignored.
+    pub fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn set_token(&self, token: Token) {
+        self.token.store(token.0, Ordering::Release);
+    }
+
+    pub(crate) fn token(&self) -> Token {
+        Token(self.token.load(Ordering::Acquire))
+    }
+
+    /// Buffers `bytes` for sending. Safe from any thread.
+    pub fn write(self: &Arc<Self>, bytes: &[u8]) -> Result<(), Refusal> {
+        self.write_all(std::iter::once(bytes))
+    }
+
+    /// Buffers several pieces atomically: no other thread's write lands between them.
+    pub fn write_all<'a>(
+        self: &Arc<Self>,
+        pieces: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), Refusal> {
+        let mut outbox = self.outbox();
+        if let Some(refusal) = outbox.write_refusal() {
+            return Err(refusal);
+        }
+        let before = outbox.buffer.len();
+        for piece in pieces {
+            outbox.buffer.extend(piece);
+        }
+        if outbox.buffer.len() != before {
+            self.queue(outbox);
+        }
+        Ok(())
+    }
+
+    /// Requests a graceful close: everything buffered is sent, then FIN. Idempotent.
+    pub fn close(self: &Arc<Self>) {
+        let mut outbox = self.outbox();
+        if !outbox.is_closing() {
+            outbox.close_requested = true;
+            self.queue(outbox);
+        }
+    }
+
+    /// Requests an abortive close: the buffer is dropped and the peer gets RST. Idempotent.
+    pub fn abort(self: &Arc<Self>) {
+        let mut outbox = self.outbox();
+        if !outbox.closed && !outbox.abort_requested {
+            outbox.abort_requested = true;
+            outbox.buffer.clear();
+            self.queue(outbox);
+        }
+    }
+
+    /// Requests a half-close: everything buffered is sent, then FIN; reading goes on.
+    pub fn shutdown_write(self: &Arc<Self>) {
+        let mut outbox = self.outbox();
+        if outbox.write_refusal().is_none() {
+            outbox.shutdown_requested = true;
+            self.queue(outbox);
+        }
+    }
+
+    /// Bytes buffered and not yet handed to the kernel.
+    pub fn buffered(&self) -> usize {
+        self.outbox().buffer.len()
+    }
+
+    /// Puts the session on the reactor's queue unless it is there already.
+    fn queue(self: &Arc<Self>, mut outbox: MutexGuard<'_, Outbox>) {
+        if !outbox.queued {
+            outbox.queued = true;
+            drop(outbox);
+            if !self.shared.submit(Command::Flush(Arc::clone(self))) {
+                // The loop has finished: nothing will ever send these bytes.
+                let mut outbox = self.outbox();
+                outbox.closed = true;
+                outbox.buffer.clear();
+            }
+        }
+    }
+}
+
+/// What other threads ask of the reactor.
+pub enum Command {
+    /// The session has new bytes to send or a close/abort/shutdown request.
+    Flush(Arc<SessionCore>),
+    /// Register a socket connected by `Client.connect` as a session.
+    Adopt(Arc<SessionCore>, OwnedFd),
+    /// Start accepting on a listening socket.
+    Listen(OwnedFd, SocketAddr),
+    /// Stop: close listeners, flush and close every session, abort what is left at the
+    /// deadline, then finish.
+    Stop(Instant),
+}
+
+/// Counters that `join()` and friends wait on.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoopStatus {
+    /// Sessions registered and not yet closed.
+    pub sessions: usize,
+    /// The reactor thread has returned.
+    pub finished: bool,
+}
+
+/// Commands waiting for the reactor. `closed` is set, under the same lock, when the reactor
+/// takes the queue for the last time, so no command can be queued after that and be lost.
+#[derive(Default)]
+struct Queue {
+    commands: Vec<Command>,
+    closed: bool,
+}
+
+/// What the reactor thread shares with every other thread.
+pub struct LoopShared {
+    queue: Mutex<Queue>,
+    /// Set by the reactor just before it may block in `epoll_wait`; whoever finds it set
+    /// after queueing a command clears it and wakes the reactor. Writes made by handlers
+    /// on the reactor thread itself find it clear, so the hot path never touches the
+    /// eventfd.
+    polling: AtomicBool,
+    waker: Waker,
+    status: Mutex<LoopStatus>,
+    status_changed: Condvar,
+}
+
+impl LoopShared {
+    /// Shares `waker`, which must be registered with the reactor's poller.
+    pub fn new(waker: Waker) -> LoopShared {
+        LoopShared {
+            queue: Mutex::new(Queue::default()),
+            polling: AtomicBool::new(false),
+            waker,
+            status: Mutex::new(LoopStatus::default()),
+            status_changed: Condvar::new(),
+        }
+    }
+
+    fn lock_queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a command and wakes the reactor if it is (about to be) blocked.
+    /// Returns `false` when the loop has finished and will never run it.
+    pub fn submit(&self, command: Command) -> bool {
+        {
+            let mut queue = self.lock_queue();
+            if queue.closed {
+                return false;
+            }
+            queue.commands.push(command);
+        }
+        if self.polling.swap(false, Ordering::SeqCst) {
+            // A failed eventfd write cannot happen for a valid eventfd; if it did, the
+            // reactor would still run the command at its next wakeup.
+            let _ = self.waker.wake();
+        }
+        true
+    }
+
+    /// Moves every queued command into `into` (reactor thread).
+    pub(crate) fn take_commands(&self, into: &mut Vec<Command>) {
+        std::mem::swap(&mut self.lock_queue().commands, into);
+    }
+
+    /// Takes the commands for the last time: every later `submit` is refused (reactor
+    /// thread, when it finishes).
+    pub(crate) fn close_queue(&self) -> Vec<Command> {
+        let mut queue = self.lock_queue();
+        queue.closed = true;
+        std::mem::take(&mut queue.commands)
+    }
+
+    /// Announces that the reactor may block; returns whether commands are already queued,
+    /// in which case it must not.
+    pub(crate) fn begin_poll(&self) -> bool {
+        self.polling.store(true, Ordering::SeqCst);
+        !self.lock_queue().commands.is_empty()
+    }
+
+    /// The reactor is awake again.
+    pub(crate) fn end_poll(&self) {
+        self.polling.store(false, Ordering::SeqCst);
+    }
+
+    pub(crate) fn waker(&self) -> &Waker {
+        &self.waker
+    }
+
+    /// The current counters.
+    pub fn status(&self) -> LoopStatus {
+        *self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn update_status(&self, update: impl FnOnce(&mut LoopStatus)) {
+        let mut status = self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        update(&mut status);
+        self.status_changed.notify_all();
+    }
+
+    /// Blocks until `done(status)` holds or `timeout` passes; returns whether it holds.
+    pub fn wait_for(&self, timeout: Duration, done: impl Fn(&LoopStatus) -> bool) -> bool {
+        let guard = self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (guard, _) = self
+            .status_changed
+            .wait_timeout_while(guard, timeout, |status| !done(status))
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        done(&guard)
+    }
+}
