@@ -288,7 +288,7 @@ impl PyLoop {
                     let core = SessionCore::new(Arc::clone(&self.inner.shared), peer, local);
                     let session = Py::new(py, PySession::new(Arc::clone(&core)))?;
                     lock(&self.inner.pending).insert(core.id, session.clone_ref(py));
-                    if !self.inner.shared.submit(Command::Adopt(core.clone(), fd)) {
+                    if !self.inner.shared.adopt(Arc::clone(&core), fd) {
                         lock(&self.inner.pending).remove(&core.id);
                         return Err(LifecycleError::new_err("cannot connect(): the client stopped"));
                     }

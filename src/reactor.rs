@@ -75,6 +75,9 @@ struct SessionSlot {
     generation: u32,
     fd: OwnedFd,
     core: Arc<SessionCore>,
+    /// epoll has reported the peer's FIN (`EPOLLRDHUP`). Sticky, because that edge is
+    /// reported once: until EOF is read, a short read no longer proves the socket drained.
+    fin_reported: bool,
     /// The peer's FIN has been read; there is nothing more to read.
     eof: bool,
     /// The turn in which this session last read, so a session that is both re-queued and
@@ -293,7 +296,8 @@ impl Reactor {
                     }
                 }
                 Command::Adopt(core, fd) => {
-                    if let Some(token) = self.register(fd, Arc::clone(&core)) {
+                    // `LoopShared::adopt` already counted it in the status.
+                    if let Some(token) = self.register(fd, Arc::clone(&core), false) {
                         if self.stop_deadline.is_some() {
                             core.outbox().close_requested = true;
                             self.flush(token);
@@ -348,7 +352,9 @@ impl Reactor {
         self.accept_ready(token);
     }
 
-    fn register(&mut self, fd: OwnedFd, core: Arc<SessionCore>) -> Option<Token> {
+    /// Registers a session socket; `count` says whether to add it to the status count
+    /// (adopted sessions were counted when they were queued).
+    fn register(&mut self, fd: OwnedFd, core: Arc<SessionCore>, count: bool) -> Option<Token> {
         let (index, generation) = self.allocate();
         let token = Token::new(index as u32, generation);
         core.set_token(token);
@@ -359,17 +365,23 @@ impl Reactor {
             let mut outbox = core.outbox();
             outbox.closed = true;
             outbox.buffer.clear();
+            if !count {
+                self.shared.update_status(|status| status.sessions -= 1);
+            }
             return None;
         }
         self.slots[index] = Slot::Session(SessionSlot {
             generation,
             fd,
             core: Arc::clone(&core),
+            fin_reported: false,
             eof: false,
             read_turn: 0,
         });
         self.sessions += 1;
-        self.shared.update_status(|status| status.sessions += 1);
+        if count {
+            self.shared.update_status(|status| status.sessions += 1);
+        }
         self.batch.push(Event::Opened { token, session: core });
         Some(token)
     }
@@ -410,7 +422,7 @@ impl Reactor {
             listen_addr
         };
         let core = SessionCore::new(Arc::clone(&self.shared), peer, local);
-        if let Some(token) = self.register(stream, core) {
+        if let Some(token) = self.register(stream, core, true) {
             if self.stop_deadline.is_some() {
                 self.request_close(token);
             }
@@ -426,6 +438,7 @@ impl Reactor {
         }) else {
             return;
         };
+        session.fin_reported |= read_closed;
         if session.eof || session.read_turn == turn || session.core.outbox().is_closing() {
             return;
         }
@@ -434,6 +447,7 @@ impl Reactor {
             return;
         }
         session.read_turn = turn;
+        let read_closed = session.fin_reported;
         let start = self.arena.len();
         let mut eof = false;
         let mut error = None;
@@ -638,6 +652,7 @@ impl Reactor {
                 let mut outbox = core.outbox();
                 outbox.closed = true;
                 outbox.buffer.clear();
+                self.shared.update_status(|status| status.sessions -= 1);
             }
         }
     }
@@ -656,4 +671,130 @@ fn is_resource_exhaustion(err: &io::Error) -> bool {
         err.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpStream};
+    use std::thread::JoinHandle;
+
+    /// A reactor on its own thread whose plain-Rust "handler" echoes every byte and closes
+    /// a session at the peer's EOF. The thread returns a log of what happened.
+    fn echo_reactor() -> (SocketAddr, Arc<LoopShared>, JoinHandle<Vec<String>>) {
+        let mut reactor = Reactor::new(SocketOptions::default()).expect("reactor");
+        let any_port = "127.0.0.1:0".parse().expect("addr");
+        let listener = net::listen(any_port, 64, reactor.options()).expect("listen");
+        let addr = net::local_addr(listener.as_fd()).expect("addr");
+        assert!(reactor.shared().submit(Command::Listen(listener, addr)));
+        let shared = Arc::clone(reactor.shared());
+        let thread = std::thread::spawn(move || {
+            let mut log = Vec::new();
+            let mut sessions: Vec<Option<Arc<SessionCore>>> = Vec::new();
+            while !reactor.is_finished() {
+                reactor.turn().expect("turn");
+                for event in reactor.batch() {
+                    match event {
+                        Event::Opened { token, session } => {
+                            if sessions.len() <= token.slot() {
+                                sessions.resize(token.slot() + 1, None);
+                            }
+                            sessions[token.slot()] = Some(Arc::clone(session));
+                            log.push("opened".to_owned());
+                        }
+                        Event::Received { token, range } => {
+                            let session = sessions[token.slot()].as_ref().expect("session");
+                            session.write(reactor.received(range.clone())).expect("write");
+                        }
+                        Event::Eof { token } => {
+                            sessions[token.slot()].as_ref().expect("session").close();
+                            log.push("eof".to_owned());
+                        }
+                        Event::Drained { .. } => {}
+                        Event::Closed { token, error } => {
+                            sessions[token.slot()] = None;
+                            log.push(format!("closed {:?}", error.as_ref().map(|e| e.kind())));
+                        }
+                    }
+                }
+            }
+            log
+        });
+        (addr, shared, thread)
+    }
+
+    fn stop(shared: &LoopShared, thread: JoinHandle<Vec<String>>) -> Vec<String> {
+        assert!(shared.submit(Command::Stop(Instant::now() + Duration::from_secs(5))));
+        let log = thread.join().expect("reactor thread");
+        assert!(shared.status().sessions == 0);
+        log
+    }
+
+    #[test]
+    fn echoes_bytes_in_order_and_closes_after_peer_eof() {
+        let (addr, shared, thread) = echo_reactor();
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let writer = {
+            let mut stream = stream.try_clone().expect("clone");
+            let payload = payload.clone();
+            std::thread::spawn(move || {
+                stream.write_all(&payload).expect("send");
+                stream.shutdown(Shutdown::Write).expect("shutdown");
+            })
+        };
+        let mut echoed = Vec::new();
+        stream.read_to_end(&mut echoed).expect("read to EOF");
+        writer.join().expect("writer");
+        assert!(echoed == payload, "echo differs from what was sent");
+        let log = stop(&shared, thread);
+        assert_eq!(log, ["opened", "eof", "closed None"]);
+    }
+
+    #[test]
+    fn sessions_never_see_each_others_bytes() {
+        let (addr, shared, thread) = echo_reactor();
+        let clients: Vec<_> = (0..20u8)
+            .map(|seed| {
+                std::thread::spawn(move || {
+                    let mut stream = TcpStream::connect(addr).expect("connect");
+                    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+                    let payload: Vec<u8> =
+                        (0..200_000u32).map(|i| seed.wrapping_mul(31) ^ (i as u8)).collect();
+                    let mut sender = stream.try_clone().expect("clone");
+                    let expected = payload.clone();
+                    let writer = std::thread::spawn(move || {
+                        sender.write_all(&payload).expect("send");
+                        sender.shutdown(Shutdown::Write).expect("shutdown");
+                    });
+                    let mut echoed = Vec::new();
+                    stream.read_to_end(&mut echoed).expect("read");
+                    writer.join().expect("writer");
+                    echoed == expected
+                })
+            })
+            .collect();
+        for client in clients {
+            assert!(client.join().expect("client"), "a session got bytes that were not its own");
+        }
+        let log = stop(&shared, thread);
+        assert_eq!(log.iter().filter(|line| *line == "closed None").count(), 20);
+    }
+
+    #[test]
+    fn stop_closes_open_sessions_gracefully() {
+        let (addr, shared, thread) = echo_reactor();
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream.write_all(b"ping").expect("send");
+        let mut reply = [0u8; 4];
+        stream.read_exact(&mut reply).expect("echo");
+        let log = stop(&shared, thread);
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).expect("EOF after stop");
+        assert!(rest.is_empty());
+        assert_eq!(log, ["opened", "closed None"]);
+    }
 }

@@ -196,7 +196,7 @@ pub enum Command {
 /// Counters that `join()` and friends wait on.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LoopStatus {
-    /// Sessions registered and not yet closed.
+    /// Sessions accepted or adopted and not yet closed.
     pub sessions: usize,
     /// The reactor thread has returned.
     pub finished: bool,
@@ -255,6 +255,17 @@ impl LoopShared {
             let _ = self.waker.wake();
         }
         true
+    }
+
+    /// Hands a connected socket to the reactor. The session counts as open from here on,
+    /// before the reactor has registered it, so `join()` cannot miss it.
+    pub fn adopt(&self, core: Arc<SessionCore>, fd: OwnedFd) -> bool {
+        self.update_status(|status| status.sessions += 1);
+        let accepted = self.submit(Command::Adopt(core, fd));
+        if !accepted {
+            self.update_status(|status| status.sessions -= 1);
+        }
+        accepted
     }
 
     /// Moves every queued command into `into` (reactor thread).

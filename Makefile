@@ -1,0 +1,58 @@
+# hamanet's one entry point: every target sets up what it needs on a fresh machine.
+# `make help` lists the targets.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+TOOLS  := $(VENV)/.tools-installed
+# Build and test against the virtualenv's interpreter, whatever else is on PATH.
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PYO3_PYTHON := $(abspath $(PY))
+# `cargo test` links libpython (the crate is also an rlib); say where it lives.
+PY_LIBDIR = $(shell $(PY) -c "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))")
+DEMO_PORT ?= 2826
+
+.PHONY: help setup build demo test test-rust test-python lint fmt bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(TOOLS): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "maturin>=1.9,<2" "pytest>=8" "pytest-timeout>=2.3" "ruff>=0.6"
+	touch $@
+
+setup: $(TOOLS) ## create .venv and install the build and test tools into it
+
+build: $(TOOLS) ## build the extension (release) into .venv
+	$(VENV)/bin/maturin develop --release --quiet
+
+demo: build ## run the LyricsPoet server and the LyricsReader client against each other
+	@$(PY) examples/lyrics_poet.py $(DEMO_PORT) & poet=$$!; \
+	  trap 'kill $$poet 2>/dev/null' EXIT; \
+	  $(PY) examples/wait_port.py 127.0.0.1 $(DEMO_PORT) && \
+	  $(PY) examples/lyrics_reader.py 4 $(DEMO_PORT)
+
+test: build test-rust test-python ## build, then cargo test and pytest
+
+test-rust: $(TOOLS) ## the Rust core's tests
+	LD_LIBRARY_PATH=$(PY_LIBDIR) cargo test --quiet
+
+test-python: build ## the Python surface's tests
+	$(PY) -m pytest
+
+lint: $(TOOLS) ## rustfmt, clippy and ruff, all as configured in the repo
+	cargo fmt --check
+	cargo clippy --all-targets --quiet -- -D warnings
+	$(VENV)/bin/ruff check python tests examples bench
+	$(VENV)/bin/ruff format --check python tests examples bench
+
+fmt: $(TOOLS) ## apply rustfmt and ruff format
+	cargo fmt
+	$(VENV)/bin/ruff format python tests examples bench
+	$(VENV)/bin/ruff check --fix python tests examples bench
+
+clean: ## remove build output and the virtualenv
+	cargo clean
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,157 @@
+"""Shared fixtures: servers on loopback that always stop, and a handler that records."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Callable, Optional
+
+import pytest
+
+import hamanet
+
+WAIT = 10.0  # seconds any single expectation may take before the test fails
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = WAIT, what: str = "condition"):
+    """Polls ``predicate`` until truthy; fails the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+
+
+class Recorder(hamanet.Handler):
+    """Records every callback; optionally echoes. Thread-safe to inspect from tests."""
+
+    def __init__(self, echo: bool = False) -> None:
+        self.echo = echo
+        self.lock = threading.Lock()
+        self.events: list[tuple[str, Any, Any]] = []
+        self.data: dict[int, bytearray] = {}
+        self.sessions: dict[int, hamanet.Session] = {}
+        self.closes: dict[int, list[Optional[BaseException]]] = {}
+
+    def _add(self, kind: str, session: hamanet.Session, arg: Any = None) -> None:
+        with self.lock:
+            self.events.append((kind, session.id, arg))
+
+    def on_connect(self, session):
+        with self.lock:
+            self.sessions[session.id] = session
+            self.data.setdefault(session.id, bytearray())
+        self._add("connect", session)
+
+    def on_recv(self, session, data):
+        with self.lock:
+            self.data.setdefault(session.id, bytearray()).extend(data)
+        self._add("recv", session, len(data))
+        if self.echo:
+            session.write(data)
+
+    def on_send(self, session):
+        self._add("send", session)
+
+    def on_eof(self, session):
+        self._add("eof", session)
+        return None
+
+    def on_close(self, session, exc):
+        with self.lock:
+            self.closes.setdefault(session.id, []).append(exc)
+        self._add("close", session, exc)
+
+    # -- helpers for tests -------------------------------------------------------------
+    def received(self, session_id: int) -> bytes:
+        with self.lock:
+            return bytes(self.data.get(session_id, b""))
+
+    def kinds(self, session_id: int) -> list[str]:
+        with self.lock:
+            return [kind for kind, sid, _ in self.events if sid == session_id]
+
+    def wait_sessions(self, count: int) -> list[hamanet.Session]:
+        wait_until(lambda: len(self.sessions) >= count, what=f"{count} sessions")
+        with self.lock:
+            return list(self.sessions.values())
+
+    def wait_closed(self, session_id: int) -> list[Optional[BaseException]]:
+        wait_until(lambda: session_id in self.closes, what=f"on_close of session {session_id}")
+        with self.lock:
+            return list(self.closes[session_id])
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., hamanet.Server]]:
+    """``serve(handler, **options)`` -> a started Server on 127.0.0.1:<free port>."""
+    servers: list[hamanet.Server] = []
+
+    def start(handler: hamanet.Handler, **options: Any) -> hamanet.Server:
+        server = hamanet.Server(handler, **options)
+        server.open(0)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(timeout=2.0)
+
+
+@pytest.fixture
+def client_factory() -> Iterator[Callable[..., hamanet.Client]]:
+    clients: list[hamanet.Client] = []
+
+    def make(handler: hamanet.Handler, **options: Any) -> hamanet.Client:
+        client = hamanet.Client(handler, **options)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.stop(timeout=2.0)
+
+
+def connect(port: int, host: str = "127.0.0.1", timeout: float = WAIT) -> socket.socket:
+    """A plain blocking socket connected to the server under test."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.settimeout(timeout)
+    return sock
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(min(1 << 20, size - len(chunks)))
+        if not chunk:
+            raise AssertionError(f"EOF after {len(chunks)} of {size} bytes")
+        chunks.extend(chunk)
+    return bytes(chunks)
+
+
+def recv_until_eof(sock: socket.socket, limit: int = 1 << 30) -> bytes:
+    chunks = bytearray()
+    while len(chunks) <= limit:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return bytes(chunks)
+        chunks.extend(chunk)
+    raise AssertionError("peer sent more than the limit without EOF")
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def pattern(seed: int, size: int) -> bytes:
+    """A verifiable byte pattern unique to ``seed``: a misplaced byte is caught."""
+    block = bytes((seed * 131 + i * 7 + (i >> 8)) & 0xFF for i in range(65536))
+    repeats, rest = divmod(size, len(block))
+    return block * repeats + block[:rest]
