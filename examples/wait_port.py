@@ -1,6 +1,6 @@
 """Waits (up to 10 s) until something listens on HOST PORT; exits 1 if nothing does.
 
-    .venv/bin/python examples/wait_port.py 127.0.0.1 2826
+.venv/bin/python examples/wait_port.py 127.0.0.1 2826
 """
 
 import socket

@@ -87,7 +87,10 @@ pub struct ReadArena {
 impl ReadArena {
     /// An arena with `capacity` bytes ready.
     pub fn with_capacity(capacity: usize) -> ReadArena {
-        ReadArena { data: vec![0; capacity], filled: 0 }
+        ReadArena {
+            data: vec![0; capacity],
+            filled: 0,
+        }
     }
 
     /// Bytes filled this turn.
@@ -155,7 +158,10 @@ mod tests {
         buffer.consume(900);
         buffer.extend(&[2u8; 10]);
         assert_eq!(buffer.len(), 110);
-        assert!(buffer.data.len() <= 2 * buffer.len(), "the sent prefix was compacted away");
+        assert!(
+            buffer.data.len() <= 2 * buffer.len(),
+            "the sent prefix was compacted away"
+        );
         assert_eq!(&buffer.pending()[..100], &[1u8; 100][..]);
         assert_eq!(&buffer.pending()[100..], &[2u8; 10][..]);
     }
@@ -178,7 +184,10 @@ mod tests {
             })
             .expect("fill");
         assert_eq!(n, 3);
-        assert_eq!(arena.fill_with(8, |_| Err::<usize, &str>("boom")), Err("boom"));
+        assert_eq!(
+            arena.fill_with(8, |_| Err::<usize, &str>("boom")),
+            Err("boom")
+        );
         assert_eq!(arena.len(), 3);
         assert_eq!(arena.get(0..3), b"abc");
         arena.reset();

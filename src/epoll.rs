@@ -67,7 +67,10 @@ pub struct Events {
 impl Events {
     /// Room for `capacity` events per wait.
     pub fn with_capacity(capacity: usize) -> Events {
-        Events { raw: vec![EpollEvent::empty(); capacity.max(1)], len: 0 }
+        Events {
+            raw: vec![EpollEvent::empty(); capacity.max(1)],
+            len: 0,
+        }
     }
 
     /// How many events the last wait returned.
@@ -113,17 +116,23 @@ const READ_INTEREST: EpollFlags = EpollFlags::EPOLLIN.union(EpollFlags::EPOLLET)
 impl Poller {
     /// Creates a close-on-exec epoll instance.
     pub fn new() -> io::Result<Poller> {
-        Ok(Poller { epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)? })
+        Ok(Poller {
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+        })
     }
 
     /// Registers a connected stream socket for edge-triggered read and write readiness.
     pub fn add_stream(&self, fd: BorrowedFd<'_>, token: Token) -> io::Result<()> {
-        Ok(self.epoll.add(fd, EpollEvent::new(STREAM_INTEREST, token.0))?)
+        Ok(self
+            .epoll
+            .add(fd, EpollEvent::new(STREAM_INTEREST, token.0))?)
     }
 
     /// Registers a listening socket or an eventfd for edge-triggered read readiness.
     pub fn add_reader(&self, fd: BorrowedFd<'_>, token: Token) -> io::Result<()> {
-        Ok(self.epoll.add(fd, EpollEvent::new(READ_INTEREST, token.0))?)
+        Ok(self
+            .epoll
+            .add(fd, EpollEvent::new(READ_INTEREST, token.0))?)
     }
 
     /// Removes a registration. Closing the fd removes it too; this is for fds that live on.
@@ -197,7 +206,9 @@ mod tests {
     fn wait_times_out_without_events() {
         let poller = Poller::new().expect("epoll");
         let mut events = Events::with_capacity(8);
-        poller.wait(&mut events, Some(Duration::from_millis(1))).expect("wait");
+        poller
+            .wait(&mut events, Some(Duration::from_millis(1)))
+            .expect("wait");
         assert!(events.is_empty());
     }
 
@@ -208,12 +219,16 @@ mod tests {
         let remote = Arc::clone(&waker);
         let thread = std::thread::spawn(move || remote.wake().expect("wake"));
         let mut events = Events::with_capacity(8);
-        poller.wait(&mut events, Some(Duration::from_secs(10))).expect("wait");
+        poller
+            .wait(&mut events, Some(Duration::from_secs(10)))
+            .expect("wait");
         thread.join().expect("thread");
         let tokens: Vec<Token> = (0..events.len()).map(|i| events.get(i).token).collect();
         assert_eq!(tokens, vec![Token::WAKER]);
         waker.reset();
-        poller.wait(&mut events, Some(Duration::ZERO)).expect("wait");
+        poller
+            .wait(&mut events, Some(Duration::ZERO))
+            .expect("wait");
         assert!(events.is_empty(), "reset must clear the edge");
     }
 }

@@ -25,7 +25,10 @@ fn _hamanet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<py_loop::PyLoop>()?;
     m.add_class::<py_session::PySession>()?;
-    m.add("SessionClosedError", py.get_type::<errors::SessionClosedError>())?;
+    m.add(
+        "SessionClosedError",
+        py.get_type::<errors::SessionClosedError>(),
+    )?;
     m.add("LifecycleError", py.get_type::<errors::LifecycleError>())?;
     m.add("READ_BUDGET", reactor::READ_BUDGET)?;
     Ok(())

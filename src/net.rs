@@ -13,8 +13,8 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
-    self, sockopt, AddressFamily, Backlog, MsgFlags, Shutdown, SockFlag, SockType,
-    SockaddrLike, SockaddrStorage,
+    self, sockopt, AddressFamily, Backlog, MsgFlags, Shutdown, SockFlag, SockType, SockaddrLike,
+    SockaddrStorage,
 };
 
 /// Socket options applied to listeners and to every session socket.
@@ -54,14 +54,22 @@ fn family_of(addr: &SocketAddr) -> AddressFamily {
 
 fn new_stream_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
     let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
-    Ok(socket::socket(family_of(addr), SockType::Stream, flags, None)?)
+    Ok(socket::socket(
+        family_of(addr),
+        SockType::Stream,
+        flags,
+        None,
+    )?)
 }
 
 fn buffer_size(bytes: usize) -> io::Result<usize> {
     // The kernel doubles the value and caps it at net.core.{r,w}mem_max; reject only what
     // cannot be passed as a C int at all.
     if bytes == 0 || bytes > i32::MAX as usize / 2 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "buffer size out of range"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "buffer size out of range",
+        ));
     }
     Ok(bytes)
 }
@@ -144,7 +152,10 @@ pub fn connect_start(addr: SocketAddr, options: &SocketOptions) -> io::Result<Ow
 pub fn connect_wait(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
     let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
     let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
-    match nix::poll::poll(&mut fds, PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)) {
+    match nix::poll::poll(
+        &mut fds,
+        PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX),
+    ) {
         Ok(0) | Err(Errno::EINTR) => Ok(false),
         Ok(_) => Ok(true),
         Err(err) => Err(err.into()),
@@ -161,7 +172,10 @@ pub fn take_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
 pub fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
     if addrs.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::NotFound, "host resolved to no address"));
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "host resolved to no address",
+        ));
     }
     Ok(addrs)
 }
@@ -178,7 +192,10 @@ fn to_std(addr: SockaddrStorage) -> io::Result<SocketAddr> {
             v6.scope_id(),
         )));
     }
-    Err(io::Error::new(io::ErrorKind::Unsupported, format!("unexpected family {:?}", addr.family())))
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("unexpected family {:?}", addr.family()),
+    ))
 }
 
 /// The socket's own address.
@@ -222,7 +239,10 @@ pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// Makes the coming `close` send RST and drop unsent data (abortive close).
 pub fn set_linger_zero(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     Ok(socket::setsockopt(&fd, sockopt::Linger, &linger)?)
 }
 
@@ -244,7 +264,10 @@ mod tests {
         let options = SocketOptions::default();
         let listener = listen(loopback(), 16, &options).expect("listen");
         let addr = local_addr(listener.as_fd()).expect("addr");
-        assert!(accept(listener.as_fd()).expect("accept").is_none(), "empty queue");
+        assert!(
+            accept(listener.as_fd()).expect("accept").is_none(),
+            "empty queue"
+        );
 
         let client = connect_start(addr, &options).expect("connect");
         assert!(connect_wait(client.as_fd(), Duration::from_secs(5)).expect("wait"));
@@ -259,8 +282,14 @@ mod tests {
             std::thread::sleep(Duration::from_millis(2));
         }
         let server = server.expect("an accepted connection");
-        assert!(nodelay(server.as_fd()).expect("getsockopt"), "nodelay is inherited");
-        assert_eq!(peer_addr(server.as_fd()).expect("peer"), local_addr(client.as_fd()).expect("local"));
+        assert!(
+            nodelay(server.as_fd()).expect("getsockopt"),
+            "nodelay is inherited"
+        );
+        assert_eq!(
+            peer_addr(server.as_fd()).expect("peer"),
+            local_addr(client.as_fd()).expect("local")
+        );
 
         assert_eq!(send(client.as_fd(), b"ping").expect("send"), 4);
         let mut buf = [0u8; 16];

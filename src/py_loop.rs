@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use crate::errors::{close_reason, os_error, LifecycleError};
 use crate::net::{self, SocketOptions};
 use crate::py_session::PySession;
 use crate::reactor::{Event, Reactor};
-use crate::session::{Command, LoopShared, SessionCore};
+use crate::session::{lock, Command, LoopShared, LoopStatus, SessionCore};
 
 /// How long a blocking wait runs before it returns to Python so Ctrl-C is seen promptly.
 const SIGNAL_SLICE: Duration = Duration::from_millis(50);
@@ -83,10 +83,6 @@ struct LoopInner {
     failure: Mutex<Option<PyErr>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl LoopInner {
     fn phase(&self) -> Phase {
         *lock(&self.phase)
@@ -121,7 +117,13 @@ impl PyLoop {
                 )));
             }
         }
-        let options = SocketOptions { nodelay, keepalive, recv_buffer, send_buffer, reuse_port: false };
+        let options = SocketOptions {
+            nodelay,
+            keepalive,
+            recv_buffer,
+            send_buffer,
+            reuse_port: false,
+        };
         let reactor = Reactor::new(options.clone()).map_err(|e| os_error(&e, None))?;
         Ok(PyLoop {
             inner: Arc::new(LoopInner {
@@ -165,13 +167,18 @@ impl PyLoop {
         let addr = py
             .detach(|| net::resolve(host, port))
             .map_err(|e| os_error(&e, Some(&context)))?[0];
-        let options = SocketOptions { reuse_port, ..self.inner.options.clone() };
+        let options = SocketOptions {
+            reuse_port,
+            ..self.inner.options.clone()
+        };
         let fd = py
             .detach(|| net::listen(addr, backlog, &options))
             .map_err(|e| os_error(&e, Some(&context)))?;
         let bound = net::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(&context)))?;
         if !self.inner.shared.submit(Command::Listen(fd, bound)) {
-            return Err(LifecycleError::new_err("cannot open(): the server has stopped"));
+            return Err(LifecycleError::new_err(
+                "cannot open(): the server has stopped",
+            ));
         }
         (bound.ip().to_string(), bound.port()).into_pyobject(py)
     }
@@ -192,9 +199,9 @@ impl PyLoop {
                 ))
             }
         }
-        let reactor = lock(&self.inner.reactor).take().ok_or_else(|| {
-            LifecycleError::new_err("the reactor is gone; create a new one")
-        })?;
+        let reactor = lock(&self.inner.reactor)
+            .take()
+            .ok_or_else(|| LifecycleError::new_err("the reactor is gone; create a new one"))?;
         let inner = Arc::clone(&self.inner);
         let handle = std::thread::Builder::new()
             .name("hamanet-reactor".into())
@@ -218,11 +225,15 @@ impl PyLoop {
                 // Never started: dropping the reactor closes its listeners, and marking the
                 // queue closed makes later calls fail cleanly.
                 drop(lock(&self.inner.reactor).take());
-                self.inner.shared.update_status(|status| status.finished = true);
+                self.inner
+                    .shared
+                    .update_status(|status| status.finished = true);
             }
             Phase::Running => {
                 *phase = Phase::Stopped;
-                self.inner.shared.submit(Command::Stop(Instant::now() + timeout));
+                self.inner
+                    .shared
+                    .submit(Command::Stop(Instant::now() + timeout));
             }
             Phase::Stopped => {}
         }
@@ -250,11 +261,19 @@ impl PyLoop {
 
     /// Waits up to `timeout` seconds until no session is open (or the loop finished).
     fn wait_idle(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
-        self.wait_until(py, timeout, |status| status.sessions == 0 || status.finished)
+        self.wait_until(py, timeout, |status| {
+            status.sessions == 0 || status.finished
+        })
     }
 
     /// Connects to `host:port`, waiting up to `timeout` seconds; returns the `Session`.
-    fn connect(&self, py: Python<'_>, host: &str, port: u16, timeout: f64) -> PyResult<Py<PySession>> {
+    fn connect(
+        &self,
+        py: Python<'_>,
+        host: &str,
+        port: u16,
+        timeout: f64,
+    ) -> PyResult<Py<PySession>> {
         let timeout = seconds(timeout, "timeout")?;
         if self.inner.phase() != Phase::Running {
             return Err(LifecycleError::new_err(
@@ -290,7 +309,9 @@ impl PyLoop {
                     lock(&self.inner.pending).insert(core.id, session.clone_ref(py));
                     if !self.inner.shared.adopt(Arc::clone(&core), fd) {
                         lock(&self.inner.pending).remove(&core.id);
-                        return Err(LifecycleError::new_err("cannot connect(): the client stopped"));
+                        return Err(LifecycleError::new_err(
+                            "cannot connect(): the client stopped",
+                        ));
                     }
                     return Ok(session);
                 }
@@ -335,12 +356,14 @@ impl PyLoop {
         &self,
         py: Python<'_>,
         timeout: f64,
-        done: impl Fn(&crate::session::LoopStatus) -> bool + Sync,
+        done: impl Fn(&LoopStatus) -> bool + Sync,
     ) -> PyResult<bool> {
         let timeout = seconds(timeout, "timeout")?;
         let deadline = Instant::now() + timeout;
         loop {
-            let slice = deadline.saturating_duration_since(Instant::now()).min(SIGNAL_SLICE);
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(SIGNAL_SLICE);
             if py.detach(|| self.inner.shared.wait_for(slice, &done)) {
                 return Ok(true);
             }
@@ -353,7 +376,7 @@ impl PyLoop {
 }
 
 fn seconds(value: f64, name: &str) -> PyResult<Duration> {
-    if !(value >= 0.0) || !value.is_finite() {
+    if !value.is_finite() || value < 0.0 {
         return Err(PyValueError::new_err(format!(
             "{name} must be a finite number of seconds >= 0, got {value}"
         )));
@@ -373,7 +396,9 @@ fn connect_one(
     options: &SocketOptions,
     deadline: Instant,
 ) -> Result<std::os::fd::OwnedFd, ConnectFailure> {
-    let fd = py.detach(|| net::connect_start(addr, options)).map_err(ConnectFailure::Os)?;
+    let fd = py
+        .detach(|| net::connect_start(addr, options))
+        .map_err(ConnectFailure::Os)?;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -415,7 +440,11 @@ impl SessionTable {
         if self.entries.len() <= index {
             self.entries.resize_with(index + 1, || None);
         }
-        self.entries[index] = Some(Entry { generation: token.generation(), session, error: None });
+        self.entries[index] = Some(Entry {
+            generation: token.generation(),
+            session,
+            error: None,
+        });
     }
 
     fn get(&mut self, token: Token) -> Option<&mut Entry> {
@@ -443,14 +472,21 @@ fn run(mut reactor: Reactor, inner: Arc<LoopInner>) {
             .and_then(|logging| logging.call_method1("getLogger", ("hamanet",)))
             .map(Bound::unbind)
             .ok();
-        let mut dispatcher = Dispatcher { py, inner: &inner, logger, table: &mut table };
+        let mut dispatcher = Dispatcher {
+            py,
+            inner: &inner,
+            logger,
+            table: &mut table,
+        };
         loop {
-            let callbacks = Arc::clone(&lock(&inner.callbacks));
-            reactor.set_notify_drained(callbacks.on_send.is_some());
             if let Err(err) = py.detach(|| reactor.turn()) {
                 dispatcher.log_fatal(&err);
                 reactor.abort_all(&err);
             }
+            // Read after the wait, so a handler swapped while the reactor slept is the one
+            // that gets this wakeup's events.
+            let callbacks = Arc::clone(&lock(&inner.callbacks));
+            reactor.set_notify_drained(callbacks.on_send.is_some());
             let batch = reactor.take_batch();
             for event in &batch {
                 dispatcher.deliver(&reactor, &callbacks, event);
@@ -498,7 +534,9 @@ impl<'py> Dispatcher<'_, 'py> {
                 }
             }
             Event::Received { token, range } => {
-                let Some(callback) = &callbacks.on_recv else { return };
+                let Some(callback) = &callbacks.on_recv else {
+                    return;
+                };
                 if self.is_closing(*token) {
                     // Closed earlier in this batch: its later input is not delivered.
                     return;
@@ -527,8 +565,12 @@ impl<'py> Dispatcher<'_, 'py> {
                 }
             }
             Event::Closed { token, error } => {
-                let Some(entry) = self.table.remove(*token) else { return };
-                let Some(callback) = &callbacks.on_close else { return };
+                let Some(entry) = self.table.remove(*token) else {
+                    return;
+                };
+                let Some(callback) = &callbacks.on_close else {
+                    return;
+                };
                 let reason: Py<PyAny> = match (entry.error, error) {
                     (Some(raised), _) => raised.into_value(py).into_any(),
                     (None, Some(err)) => close_reason(py, err),
@@ -543,7 +585,9 @@ impl<'py> Dispatcher<'_, 'py> {
     }
 
     fn is_closing(&mut self, token: Token) -> bool {
-        self.table.get(token).is_none_or(|entry| entry.session.get().core().outbox().is_closing())
+        self.table
+            .get(token)
+            .is_none_or(|entry| entry.session.get().core().outbox().is_closing())
     }
 
     /// Calls a callback for the session at `token`; on an exception, logs it and aborts
@@ -587,8 +631,7 @@ impl<'py> Dispatcher<'_, 'py> {
     /// `KeyboardInterrupt`/`SystemExit`, which stop the loop and surface from `join()`.
     fn handler_failed(&mut self, name: &str, id: u64, err: PyErr) {
         let py = self.py;
-        if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
-        {
+        if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
             let mut failure = lock(&self.inner.failure);
             if failure.is_none() {
                 *failure = Some(err);
@@ -597,7 +640,9 @@ impl<'py> Dispatcher<'_, 'py> {
             let mut phase = lock(&self.inner.phase);
             *phase = Phase::Stopped;
             drop(phase);
-            self.inner.shared.submit(Command::Stop(Instant::now() + Duration::from_secs(1)));
+            self.inner
+                .shared
+                .submit(Command::Stop(Instant::now() + Duration::from_secs(1)));
         } else {
             self.log_error(name, id, &err);
         }
@@ -610,7 +655,10 @@ impl<'py> Dispatcher<'_, 'py> {
     }
 
     fn log_fatal(&self, err: &io::Error) {
-        self.log(&format!("hamanet: the reactor failed ({err}); every session is aborted"), None);
+        self.log(
+            &format!("hamanet: the reactor failed ({err}); every session is aborted"),
+            None,
+        );
     }
 
     /// Logs at ERROR on the `hamanet` logger, with `exc`'s traceback when given. The
@@ -623,7 +671,9 @@ impl<'py> Dispatcher<'_, 'py> {
             if let Some(exc) = exc {
                 kwargs.set_item(intern!(py, "exc_info"), exc)?;
             }
-            logger.bind(py).call_method(intern!(py, "error"), (message,), Some(&kwargs))?;
+            logger
+                .bind(py)
+                .call_method(intern!(py, "error"), (message,), Some(&kwargs))?;
             Ok(())
         })();
         if let Err(err) = result {

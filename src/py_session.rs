@@ -81,7 +81,9 @@ impl PySession {
     /// sends everything written during one batch of callbacks in a single syscall.
     fn write(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let chunk = chunk(data, "write")?;
-        self.core.write(chunk.as_slice()).map_err(|r| refused(r, "write", self.core.id))
+        self.core
+            .write(chunk.as_slice())
+            .map_err(|r| refused(r, "write", self.core.id))
     }
 
     /// Buffers every bytes-like item of `chunks`, atomically: no other thread's write can
@@ -157,6 +159,9 @@ impl PySession {
         } else {
             "open"
         };
-        format!("<hamanet.Session id={} peer={} {}>", self.core.id, self.core.peer, state)
+        format!(
+            "<hamanet.Session id={} peer={} {}>",
+            self.core.id, self.core.peer, state
+        )
     }
 }

@@ -86,8 +86,14 @@ struct SessionSlot {
 }
 
 enum Slot {
-    Vacant { generation: u32 },
-    Listener { generation: u32, fd: OwnedFd, addr: SocketAddr },
+    Vacant {
+        generation: u32,
+    },
+    Listener {
+        generation: u32,
+        fd: OwnedFd,
+        addr: SocketAddr,
+    },
     Session(SessionSlot),
 }
 
@@ -218,7 +224,11 @@ impl Reactor {
         }
 
         let busy = !self.batch.is_empty() || !self.again.is_empty();
-        let mut timeout = if busy { Some(Duration::ZERO) } else { self.until_next_deadline() };
+        let mut timeout = if busy {
+            Some(Duration::ZERO)
+        } else {
+            self.until_next_deadline()
+        };
         if self.shared.begin_poll() {
             timeout = Some(Duration::ZERO);
         }
@@ -239,7 +249,10 @@ impl Reactor {
                 _ => {}
             }
         }
-        if self.accept_paused_until.is_some_and(|until| Instant::now() >= until) {
+        if self
+            .accept_paused_until
+            .is_some_and(|until| Instant::now() >= until)
+        {
             self.accept_paused_until = None;
             for token in self.listener_tokens() {
                 self.accept_ready(token);
@@ -347,7 +360,11 @@ impl Reactor {
             self.vacant.push(index as u32);
             return;
         }
-        self.slots[index] = Slot::Listener { generation, fd, addr };
+        self.slots[index] = Slot::Listener {
+            generation,
+            fd,
+            addr,
+        };
         // Connections may already be queued: an edge for them will not come.
         self.accept_ready(token);
     }
@@ -382,7 +399,10 @@ impl Reactor {
         if count {
             self.shared.update_status(|status| status.sessions += 1);
         }
-        self.batch.push(Event::Opened { token, session: core });
+        self.batch.push(Event::Opened {
+            token,
+            session: core,
+        });
         Some(token)
     }
 
@@ -412,7 +432,9 @@ impl Reactor {
 
     fn open_accepted(&mut self, stream: OwnedFd, listen_addr: SocketAddr) {
         // A peer that reset before we got here has no address: drop it quietly.
-        let Ok(peer) = net::peer_addr(stream.as_fd()) else { return };
+        let Ok(peer) = net::peer_addr(stream.as_fd()) else {
+            return;
+        };
         let local = if listen_addr.ip().is_unspecified() {
             match net::local_addr(stream.as_fd()) {
                 Ok(local) => local,
@@ -453,7 +475,10 @@ impl Reactor {
         let mut error = None;
         loop {
             let want = READ_BUDGET - (self.arena.len() - start);
-            match self.arena.fill_with(want, |buf| net::recv(session.fd.as_fd(), buf)) {
+            match self
+                .arena
+                .fill_with(want, |buf| net::recv(session.fd.as_fd(), buf))
+            {
                 Ok(0) => {
                     eof = true;
                     break;
@@ -480,7 +505,10 @@ impl Reactor {
         }
         let end = self.arena.len();
         if end > start {
-            self.batch.push(Event::Received { token, range: start..end });
+            self.batch.push(Event::Received {
+                token,
+                range: start..end,
+            });
         }
         if let Some(err) = error {
             self.release(token, CloseKind::Dead, Some(err));
@@ -493,7 +521,9 @@ impl Reactor {
     /// shutdown request once the buffer is empty.
     fn flush(&mut self, token: Token) {
         let notify_drained = self.notify_drained;
-        let Some(session) = self.session(token) else { return };
+        let Some(session) = self.session(token) else {
+            return;
+        };
         let fd = session.fd.as_fd();
         let core = Arc::clone(&session.core);
         let mut outbox = core.outbox();
@@ -546,7 +576,9 @@ impl Reactor {
         let index = token.slot();
         let slot = std::mem::replace(
             &mut self.slots[index],
-            Slot::Vacant { generation: token.generation() },
+            Slot::Vacant {
+                generation: token.generation(),
+            },
         );
         let Slot::Session(session) = slot else {
             self.slots[index] = slot;
@@ -609,7 +641,9 @@ impl Reactor {
     fn close_listeners(&mut self) {
         for token in self.listener_tokens() {
             let index = token.slot();
-            self.slots[index] = Slot::Vacant { generation: token.generation() };
+            self.slots[index] = Slot::Vacant {
+                generation: token.generation(),
+            };
             self.vacant.push(index as u32);
         }
     }
@@ -628,7 +662,9 @@ impl Reactor {
     /// Aborts what is left at the stop deadline and finishes once nothing is left.
     /// Returns whether the reactor has finished.
     fn check_stop(&mut self) -> bool {
-        let Some(deadline) = self.stop_deadline else { return false };
+        let Some(deadline) = self.stop_deadline else {
+            return false;
+        };
         if self.sessions > 0 && Instant::now() >= deadline {
             for token in self.session_tokens() {
                 let error = io::Error::new(
@@ -705,7 +741,9 @@ mod tests {
                         }
                         Event::Received { token, range } => {
                             let session = sessions[token.slot()].as_ref().expect("session");
-                            session.write(reactor.received(range.clone())).expect("write");
+                            session
+                                .write(reactor.received(range.clone()))
+                                .expect("write");
                         }
                         Event::Eof { token } => {
                             sessions[token.slot()].as_ref().expect("session").close();
@@ -735,7 +773,9 @@ mod tests {
     fn echoes_bytes_in_order_and_closes_after_peer_eof() {
         let (addr, shared, thread) = echo_reactor();
         let mut stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
         let writer = {
             let mut stream = stream.try_clone().expect("clone");
@@ -760,9 +800,12 @@ mod tests {
             .map(|seed| {
                 std::thread::spawn(move || {
                     let mut stream = TcpStream::connect(addr).expect("connect");
-                    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-                    let payload: Vec<u8> =
-                        (0..200_000u32).map(|i| seed.wrapping_mul(31) ^ (i as u8)).collect();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(10)))
+                        .expect("timeout");
+                    let payload: Vec<u8> = (0..200_000u32)
+                        .map(|i| seed.wrapping_mul(31) ^ (i as u8))
+                        .collect();
                     let mut sender = stream.try_clone().expect("clone");
                     let expected = payload.clone();
                     let writer = std::thread::spawn(move || {
@@ -777,7 +820,10 @@ mod tests {
             })
             .collect();
         for client in clients {
-            assert!(client.join().expect("client"), "a session got bytes that were not its own");
+            assert!(
+                client.join().expect("client"),
+                "a session got bytes that were not its own"
+            );
         }
         let log = stop(&shared, thread);
         assert_eq!(log.iter().filter(|line| *line == "closed None").count(), 20);
@@ -787,7 +833,9 @@ mod tests {
     fn stop_closes_open_sessions_gracefully() {
         let (addr, shared, thread) = echo_reactor();
         let mut stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         stream.write_all(b"ping").expect("send");
         let mut reply = [0u8; 4];
         stream.read_exact(&mut reply).expect("echo");

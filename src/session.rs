@@ -74,6 +74,15 @@ pub struct SessionCore {
     shared: Arc<LoopShared>,
 }
 
+/// Locks `mutex`, ignoring poisoning: every critical section in this crate is a few
+/// field updates that a panic cannot leave half-done in a way that matters more than
+/// taking the whole reactor down would.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
 impl SessionCore {
@@ -94,10 +103,9 @@ impl SessionCore {
         &self.shared
     }
 
-    /// Locks the outbox. A panic while it was held cannot leave it inconsistent (every
-    /// update is a single field write or a buffer append), so poisoning is ignored.
+    /// Locks the outbox.
     pub fn outbox(&self) -> MutexGuard<'_, Outbox> {
-        self.outbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.outbox)
     }
 
     pub(crate) fn set_token(&self, token: Token) {
@@ -236,7 +244,7 @@ impl LoopShared {
     }
 
     fn lock_queue(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.queue)
     }
 
     /// Queues a command and wakes the reactor if it is (about to be) blocked.
@@ -299,18 +307,18 @@ impl LoopShared {
 
     /// The current counters.
     pub fn status(&self) -> LoopStatus {
-        *self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        *lock(&self.status)
     }
 
     pub(crate) fn update_status(&self, update: impl FnOnce(&mut LoopStatus)) {
-        let mut status = self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut status = lock(&self.status);
         update(&mut status);
         self.status_changed.notify_all();
     }
 
     /// Blocks until `done(status)` holds or `timeout` passes; returns whether it holds.
     pub fn wait_for(&self, timeout: Duration, done: impl Fn(&LoopStatus) -> bool) -> bool {
-        let guard = self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let guard = lock(&self.status);
         let (guard, _) = self
             .status_changed
             .wait_timeout_while(guard, timeout, |status| !done(status))

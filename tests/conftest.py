@@ -7,11 +7,10 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, Callable, Optional
-
-import pytest
+from typing import Any, Callable
 
 import hamanet
+import pytest
 
 WAIT = 10.0  # seconds any single expectation may take before the test fails
 
@@ -37,7 +36,7 @@ class Recorder(hamanet.Handler):
         self.events: list[tuple[str, Any, Any]] = []
         self.data: dict[int, bytearray] = {}
         self.sessions: dict[int, hamanet.Session] = {}
-        self.closes: dict[int, list[Optional[BaseException]]] = {}
+        self.closes: dict[int, list[BaseException | None]] = {}
 
     def _add(self, kind: str, session: hamanet.Session, arg: Any = None) -> None:
         with self.lock:
@@ -82,7 +81,7 @@ class Recorder(hamanet.Handler):
         with self.lock:
             return list(self.sessions.values())
 
-    def wait_closed(self, session_id: int) -> list[Optional[BaseException]]:
+    def wait_closed(self, session_id: int) -> list[BaseException | None]:
         wait_until(lambda: session_id in self.closes, what=f"on_close of session {session_id}")
         with self.lock:
             return list(self.closes[session_id])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import threading
 import weakref
-from typing import Any, Optional
+from typing import Any
 
 from ._hamanet import LifecycleError, Loop, Session
 from ._handler import Handler, bound_callbacks
@@ -33,8 +34,10 @@ def _check_host(host: Any) -> str:
     if not isinstance(host, str):
         raise TypeError(f"host must be a str such as '127.0.0.1', not {type(host).__name__!r}")
     if not host:
-        raise ValueError("host must not be empty; use '127.0.0.1' for loopback or '0.0.0.0' "
-                         "to listen on every interface")
+        raise ValueError(
+            "host must not be empty; use '127.0.0.1' for loopback or '0.0.0.0' "
+            "to listen on every interface"
+        )
     return host
 
 
@@ -46,7 +49,7 @@ def _check_timeout(timeout: Any, name: str = "timeout") -> float:
     return float(timeout)
 
 
-def _check_buffer(value: Any, name: str) -> Optional[int]:
+def _check_buffer(value: Any, name: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -63,8 +66,8 @@ class _Endpoint:
         *,
         nodelay: bool = True,
         keepalive: bool = False,
-        recv_buffer: Optional[int] = None,
-        send_buffer: Optional[int] = None,
+        recv_buffer: int | None = None,
+        send_buffer: int | None = None,
     ) -> None:
         self._handler = handler
         self._loop = Loop(
@@ -118,11 +121,12 @@ class _Endpoint:
         if not self._loop.on_reactor_thread() and self._loop.phase != "created":
             self._wait(None)
 
-    def join(self, timeout: Optional[float] = None) -> bool:
+    def join(self, timeout: float | None = None) -> bool:
         """Blocks until the reactor has finished (after stop()), or ``timeout`` seconds.
 
         Returns whether it finished. Ctrl-C raises KeyboardInterrupt here promptly, after
-        stopping the reactor cleanly.
+        stopping the reactor cleanly. A KeyboardInterrupt or SystemExit raised by a handler
+        callback stops the server and is re-raised here.
         """
         if timeout is not None:
             timeout = _check_timeout(timeout)
@@ -130,10 +134,10 @@ class _Endpoint:
             raise LifecycleError("join() before start(): call start() first")
         return self._wait(timeout)
 
-    def _wait(self, timeout: Optional[float]) -> bool:
+    def _wait(self, timeout: float | None) -> bool:
         return self._wait_for(self._loop.wait, timeout)
 
-    def _wait_for(self, wait: Any, timeout: Optional[float]) -> bool:
+    def _wait_for(self, wait: Any, timeout: float | None) -> bool:
         remaining = math.inf if timeout is None else timeout
         try:
             while True:
@@ -142,7 +146,9 @@ class _Endpoint:
                 remaining -= _WAIT_SLICE
                 if remaining <= 0:
                     return False
-        except KeyboardInterrupt:
+        except BaseException:
+            # Ctrl-C (or a SystemExit from a signal handler) while waiting: leave the
+            # reactor stopped cleanly, then let the exception through.
             self._loop.stop(DEFAULT_STOP_TIMEOUT)
             self._loop.wait(DEFAULT_STOP_TIMEOUT + 1.0)
             raise
@@ -213,9 +219,7 @@ class Client(_Endpoint):
     this client has closed; ``stop()`` closes them all and ends the reactor.
     """
 
-    def connect(
-        self, host: str, port: int, *, timeout: float = DEFAULT_CONNECT_TIMEOUT
-    ) -> Session:
+    def connect(self, host: str, port: int, *, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Session:
         """Connects, waiting up to ``timeout`` seconds, and returns the Session.
 
         Refused, unreachable or timed-out connections raise the matching OSError
@@ -232,7 +236,7 @@ class Client(_Endpoint):
                 _live.add(self)
         return self._loop.connect(host, port, timeout)
 
-    def join(self, timeout: Optional[float] = None) -> bool:
+    def join(self, timeout: float | None = None) -> bool:
         """Blocks until every session of this client has closed (or the client stopped),
         or ``timeout`` seconds. Returns whether that happened. Ctrl-C interrupts it."""
         if timeout is not None:
@@ -247,7 +251,5 @@ def _stop_all() -> None:
     # The reactor thread holds the interpreter; it must be finished before the
     # interpreter is torn down.
     for endpoint in list(_live):
-        try:
+        with contextlib.suppress(Exception):
             endpoint.stop(timeout=1.0)
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from ._hamanet import Session
@@ -30,17 +30,17 @@ class Handler:
     def on_send(self, session: Session) -> None:
         """Everything written so far has been handed to the kernel."""
 
-    def on_eof(self, session: Session) -> Optional[bool]:
+    def on_eof(self, session: Session) -> bool | None:
         """The peer half-closed (sent FIN). Return True to keep the session open for
         writing; otherwise (the default) it is closed after its buffer is sent."""
         return None
 
-    def on_close(self, session: Session, exc: Optional[BaseException]) -> None:
+    def on_close(self, session: Session, exc: BaseException | None) -> None:
         """The session is closed: ``exc`` is None for a clean close, else the ``OSError``
         that ended it, or the exception a callback raised."""
 
 
-def bound_callbacks(handler: Any) -> tuple[Optional[Callable[..., Any]], ...]:
+def bound_callbacks(handler: Any) -> tuple[Callable[..., Any] | None, ...]:
     """The handler's overridden callbacks as bound methods, None for the rest."""
     if not isinstance(handler, Handler):
         raise TypeError(
