@@ -463,8 +463,20 @@ impl SessionTable {
     }
 }
 
+/// Marks the loop finished when the reactor thread ends, however it ends (a panic
+/// included), so `join()` returns and later calls are refused instead of waiting forever.
+struct FinishOnExit(Arc<LoopShared>);
+
+impl Drop for FinishOnExit {
+    fn drop(&mut self) {
+        drop(self.0.close_queue());
+        self.0.update_status(|status| status.finished = true);
+    }
+}
+
 /// The reactor thread's body.
 fn run(mut reactor: Reactor, inner: Arc<LoopInner>) {
+    let finish = FinishOnExit(Arc::clone(&inner.shared));
     Python::attach(|py| {
         let mut table = SessionTable::default();
         let logger = py
@@ -501,7 +513,7 @@ fn run(mut reactor: Reactor, inner: Arc<LoopInner>) {
         lock(&inner.pending).clear();
     });
     drop(reactor);
-    inner.shared.update_status(|status| status.finished = true);
+    drop(finish);
 }
 
 struct Dispatcher<'a, 'py> {

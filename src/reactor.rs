@@ -292,6 +292,9 @@ impl Reactor {
                 if readiness.writable || readiness.error {
                     self.flush(token);
                 }
+                if readiness.error {
+                    self.check_error(token);
+                }
             }
             _ => {}
         }
@@ -514,6 +517,16 @@ impl Reactor {
             self.release(token, CloseKind::Dead, Some(err));
         } else if eof {
             self.batch.push(Event::Eof { token });
+        }
+    }
+
+    /// Ends a session whose socket reports an error that neither a read nor a send has
+    /// surfaced: after the peer's EOF nothing reads any more, and with an empty buffer
+    /// nothing sends, yet a later RST must still end the session.
+    fn check_error(&mut self, token: Token) {
+        let Some(session) = self.session(token) else { return };
+        if let Ok(Some(err)) = net::take_error(session.fd.as_fd()) {
+            self.release(token, CloseKind::Dead, Some(err));
         }
     }
 

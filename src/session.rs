@@ -134,8 +134,8 @@ impl SessionCore {
         for piece in pieces {
             outbox.buffer.extend(piece);
         }
-        if outbox.buffer.len() != before {
-            self.queue(outbox);
+        if outbox.buffer.len() != before && !self.queue(outbox) {
+            return Err(Refusal::Closed);
         }
         Ok(())
     }
@@ -173,18 +173,21 @@ impl SessionCore {
         self.outbox().buffer.len()
     }
 
-    /// Puts the session on the reactor's queue unless it is there already.
-    fn queue(self: &Arc<Self>, mut outbox: MutexGuard<'_, Outbox>) {
-        if !outbox.queued {
-            outbox.queued = true;
-            drop(outbox);
-            if !self.shared.submit(Command::Flush(Arc::clone(self))) {
-                // The loop has finished: nothing will ever send these bytes.
-                let mut outbox = self.outbox();
-                outbox.closed = true;
-                outbox.buffer.clear();
-            }
+    /// Puts the session on the reactor's queue unless it is there already. Returns
+    /// `false` when the loop has finished, so nothing will ever act on the session.
+    fn queue(self: &Arc<Self>, mut outbox: MutexGuard<'_, Outbox>) -> bool {
+        if outbox.queued {
+            return true;
         }
+        outbox.queued = true;
+        drop(outbox);
+        if self.shared.submit(Command::Flush(Arc::clone(self))) {
+            return true;
+        }
+        let mut outbox = self.outbox();
+        outbox.closed = true;
+        outbox.buffer.clear();
+        false
     }
 }
 

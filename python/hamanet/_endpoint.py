@@ -6,7 +6,6 @@ import atexit
 import contextlib
 import math
 import threading
-import weakref
 from typing import Any
 
 from ._hamanet import LifecycleError, Loop, Session
@@ -19,7 +18,10 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 #: How long one blocking wait lasts before Python gets to handle signals (Ctrl-C).
 _WAIT_SLICE = 0.1
 
-_live: weakref.WeakSet[_Endpoint] = weakref.WeakSet()
+# Started endpoints, kept alive until stopped (as a running thread keeps itself alive), so a
+# server whose last reference was dropped still gets stopped before the interpreter exits.
+_live: set[_Endpoint] = set()
+_live_lock = threading.Lock()
 
 
 def _check_port(port: Any) -> int:
@@ -105,7 +107,7 @@ class _Endpoint:
         """Starts the reactor on its own thread. Raises LifecycleError if called twice."""
         with self._start_lock:
             self._loop.start()
-        _live.add(self)
+            self._track(True)
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         """Graceful stop: accept nothing more, send every session's buffered bytes and close
@@ -135,7 +137,17 @@ class _Endpoint:
         return self._wait(timeout)
 
     def _wait(self, timeout: float | None) -> bool:
-        return self._wait_for(self._loop.wait, timeout)
+        finished = self._wait_for(self._loop.wait, timeout)
+        if finished:
+            self._track(False)
+        return finished
+
+    def _track(self, running: bool) -> None:
+        with _live_lock:
+            if running:
+                _live.add(self)
+            else:
+                _live.discard(self)
 
     def _wait_for(self, wait: Any, timeout: float | None) -> bool:
         remaining = math.inf if timeout is None else timeout
@@ -233,7 +245,7 @@ class Client(_Endpoint):
         with self._start_lock:
             if self._loop.phase == "created":
                 self._loop.start()
-                _live.add(self)
+                self._track(True)
         return self._loop.connect(host, port, timeout)
 
     def join(self, timeout: float | None = None) -> bool:
@@ -250,6 +262,8 @@ class Client(_Endpoint):
 def _stop_all() -> None:
     # The reactor thread holds the interpreter; it must be finished before the
     # interpreter is torn down.
-    for endpoint in list(_live):
+    with _live_lock:
+        endpoints = list(_live)
+    for endpoint in endpoints:
         with contextlib.suppress(Exception):
             endpoint.stop(timeout=1.0)
