@@ -7,7 +7,7 @@
 use std::io;
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyConnectionError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyBufferError, PyConnectionError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::session::Refusal;
@@ -17,6 +17,13 @@ create_exception!(
     SessionClosedError,
     PyConnectionError,
     "The session is closed (or its write side is shut down) and cannot take this call."
+);
+create_exception!(
+    hamanet,
+    WriteBufferFullError,
+    PyBufferError,
+    "A write would take the session's buffer past its hard cap (max_write_buffer); nothing \
+     of it was buffered."
 );
 create_exception!(
     hamanet,
@@ -58,6 +65,18 @@ pub fn refused(refusal: Refusal, what: &str, id: u64) -> PyErr {
             "cannot {what}: session {id}'s write side was shut down with shutdown_write(); \
              it can still receive but no longer send"
         ),
+        Refusal::Full {
+            buffered,
+            size,
+            max,
+        } => {
+            return WriteBufferFullError::new_err(format!(
+                "cannot {what} {size} bytes: session {id} already buffers {buffered} bytes \
+                 and its max_write_buffer is {max}; nothing was written. Wait for \
+                 on_resume_writing (the peer is not reading fast enough) or raise the cap \
+                 with set_write_buffer_limits(max=...)"
+            ))
+        }
     };
     SessionClosedError::new_err(message)
 }

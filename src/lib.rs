@@ -10,12 +10,14 @@ compile_error!("hamanet is built on epoll and runs on Linux only");
 
 pub mod buffer;
 pub mod epoll;
-pub mod errors;
+mod errors;
 pub mod net;
-pub mod py_loop;
-pub mod py_session;
+mod py_dispatch;
+mod py_loop;
+mod py_session;
 pub mod reactor;
 pub mod session;
+pub mod timers;
 
 use pyo3::prelude::*;
 
@@ -25,11 +27,17 @@ fn _hamanet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<py_loop::PyLoop>()?;
     m.add_class::<py_session::PySession>()?;
+    m.add_class::<py_loop::PyTimerHandle>()?;
     m.add(
         "SessionClosedError",
         py.get_type::<errors::SessionClosedError>(),
     )?;
     m.add("LifecycleError", py.get_type::<errors::LifecycleError>())?;
+    m.add(
+        "WriteBufferFullError",
+        py.get_type::<errors::WriteBufferFullError>(),
+    )?;
+
     m.add("READ_BUDGET", reactor::READ_BUDGET)?;
     Ok(())
 }

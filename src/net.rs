@@ -5,17 +5,38 @@
 //! in which a forked child could inherit it), and every send passes `MSG_NOSIGNAL` so a peer
 //! that has gone away yields `EPIPE` instead of killing the process with `SIGPIPE`.
 
+use std::fmt;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     self, sockopt, AddressFamily, Backlog, MsgFlags, Shutdown, SockFlag, SockType, SockaddrLike,
-    SockaddrStorage,
+    SockaddrStorage, UnixAddr,
 };
+
+/// A socket address: TCP over IPv4/IPv6, or a Unix domain stream socket's path (empty for
+/// an unnamed socket, such as a connecting client's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    /// An IPv4 or IPv6 address and port.
+    Inet(SocketAddr),
+    /// A filesystem path.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Inet(addr) => addr.fmt(f),
+            Address::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
 
 /// Socket options applied to listeners and to every session socket.
 #[derive(Clone, Debug)]
@@ -52,14 +73,9 @@ fn family_of(addr: &SocketAddr) -> AddressFamily {
     }
 }
 
-fn new_stream_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
+fn new_stream_socket(family: AddressFamily) -> io::Result<OwnedFd> {
     let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
-    Ok(socket::socket(
-        family_of(addr),
-        SockType::Stream,
-        flags,
-        None,
-    )?)
+    Ok(socket::socket(family, SockType::Stream, flags, None)?)
 }
 
 fn buffer_size(bytes: usize) -> io::Result<usize> {
@@ -100,15 +116,21 @@ pub fn configure_stream(fd: BorrowedFd<'_>, options: &SocketOptions) -> io::Resu
 /// Binds and listens. `SO_REUSEADDR` is always set so a restarted server can bind while
 /// old connections sit in TIME_WAIT; it does not let two live listeners share a port
 /// (that needs `reuse_port`), so a busy port still fails with `EADDRINUSE`.
-pub fn listen(addr: SocketAddr, backlog: i32, options: &SocketOptions) -> io::Result<OwnedFd> {
-    let fd = new_stream_socket(&addr)?;
+/// With `dual_stack`, an IPv6 listener also accepts IPv4 (as mapped addresses); without
+/// it an IPv6 listener is IPv6 only, whatever the system default says.
+pub fn listen(
+    addr: SocketAddr,
+    backlog: i32,
+    dual_stack: bool,
+    options: &SocketOptions,
+) -> io::Result<OwnedFd> {
+    let fd = new_stream_socket(family_of(&addr))?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     if options.reuse_port {
         socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
     }
     if let SocketAddr::V6(_) = addr {
-        // An IPv6 listener serves IPv6 only unless asked otherwise, whatever the sysctl says.
-        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &!dual_stack)?;
     }
     apply_buffer_sizes(fd.as_fd(), options)?;
     if options.nodelay {
@@ -117,9 +139,50 @@ pub fn listen(addr: SocketAddr, backlog: i32, options: &SocketOptions) -> io::Re
         socket::setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
     }
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
-    let backlog = Backlog::new(backlog).map_err(io::Error::from)?;
-    socket::listen(&fd, backlog)?;
+    socket::listen(&fd, Backlog::new(backlog).map_err(io::Error::from)?)?;
     Ok(fd)
+}
+
+fn unix_addr(path: &Path) -> io::Result<UnixAddr> {
+    UnixAddr::new(path).map_err(|errno| match errno {
+        Errno::ENAMETOOLONG => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "Unix socket path is too long (at most 107 bytes)",
+        ),
+        other => other.into(),
+    })
+}
+
+/// Binds and listens on a Unix domain stream socket. A socket file left behind by a
+/// process that is gone (connecting to it is refused) is replaced; one that a live
+/// listener owns fails with `EADDRINUSE`.
+pub fn listen_unix(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
+    let addr = unix_addr(path)?;
+    let fd = new_stream_socket(AddressFamily::Unix)?;
+    match socket::bind(fd.as_raw_fd(), &addr) {
+        Err(Errno::EADDRINUSE) if is_stale_unix_socket(&addr) => {
+            std::fs::remove_file(path)?;
+            socket::bind(fd.as_raw_fd(), &addr)?;
+        }
+        other => other?,
+    }
+    socket::listen(&fd, Backlog::new(backlog).map_err(io::Error::from)?)?;
+    Ok(fd)
+}
+
+fn is_stale_unix_socket(addr: &UnixAddr) -> bool {
+    let Ok(probe) = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    matches!(
+        socket::connect(probe.as_raw_fd(), addr),
+        Err(Errno::ECONNREFUSED)
+    )
 }
 
 /// Accepts one connection, or `None` when the queue is empty.
@@ -137,11 +200,24 @@ pub fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
 
 /// Starts a non-blocking connect. Returns the socket, which is connected once it reports
 /// writable and [`take_error`] returns `None`.
-pub fn connect_start(addr: SocketAddr, options: &SocketOptions) -> io::Result<OwnedFd> {
-    let fd = new_stream_socket(&addr)?;
-    apply_buffer_sizes(fd.as_fd(), options)?;
-    configure_stream(fd.as_fd(), options)?;
-    match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
+pub fn connect_start(addr: &Address, options: &SocketOptions) -> io::Result<OwnedFd> {
+    let (fd, result) = match addr {
+        Address::Inet(inet) => {
+            let fd = new_stream_socket(family_of(inet))?;
+            apply_buffer_sizes(fd.as_fd(), options)?;
+            configure_stream(fd.as_fd(), options)?;
+            let result = socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(*inet));
+            (fd, result)
+        }
+        Address::Unix(path) => {
+            let unix = unix_addr(path)?;
+            let fd = new_stream_socket(AddressFamily::Unix)?;
+            let result = socket::connect(fd.as_raw_fd(), &unix);
+            (fd, result)
+        }
+    };
+    match result {
+        // A Unix socket whose listener's backlog is full says EAGAIN instead of queueing.
         Ok(()) | Err(Errno::EINPROGRESS) => Ok(fd),
         Err(err) => Err(err.into()),
     }
@@ -180,17 +256,25 @@ pub fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     Ok(addrs)
 }
 
-fn to_std(addr: SockaddrStorage) -> io::Result<SocketAddr> {
+fn to_address(addr: SockaddrStorage) -> io::Result<Address> {
     if let Some(v4) = addr.as_sockaddr_in() {
-        return Ok(SocketAddr::V4(SocketAddrV4::new(v4.ip(), v4.port())));
+        return Ok(Address::Inet(SocketAddr::V4(SocketAddrV4::new(
+            v4.ip(),
+            v4.port(),
+        ))));
     }
     if let Some(v6) = addr.as_sockaddr_in6() {
-        return Ok(SocketAddr::V6(SocketAddrV6::new(
+        return Ok(Address::Inet(SocketAddr::V6(SocketAddrV6::new(
             v6.ip(),
             v6.port(),
             v6.flowinfo(),
             v6.scope_id(),
-        )));
+        ))));
+    }
+    if let Some(unix) = addr.as_unix_addr() {
+        return Ok(Address::Unix(
+            unix.path().map(Path::to_path_buf).unwrap_or_default(),
+        ));
     }
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
@@ -199,13 +283,13 @@ fn to_std(addr: SockaddrStorage) -> io::Result<SocketAddr> {
 }
 
 /// The socket's own address.
-pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
-    to_std(socket::getsockname::<SockaddrStorage>(fd.as_raw_fd())?)
+pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<Address> {
+    to_address(socket::getsockname::<SockaddrStorage>(fd.as_raw_fd())?)
 }
 
 /// The connected peer's address.
-pub fn peer_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
-    to_std(socket::getpeername::<SockaddrStorage>(fd.as_raw_fd())?)
+pub fn peer_addr(fd: BorrowedFd<'_>) -> io::Result<Address> {
+    to_address(socket::getpeername::<SockaddrStorage>(fd.as_raw_fd())?)
 }
 
 /// Receives into `buf`; `Ok(0)` is EOF. `EAGAIN` comes back as `WouldBlock`.
@@ -259,17 +343,24 @@ mod tests {
         "127.0.0.1:0".parse().expect("addr")
     }
 
+    fn inet(addr: Address) -> SocketAddr {
+        match addr {
+            Address::Inet(addr) => addr,
+            Address::Unix(path) => panic!("expected an inet address, got {path:?}"),
+        }
+    }
+
     #[test]
     fn listen_accept_connect_send_recv() {
         let options = SocketOptions::default();
-        let listener = listen(loopback(), 16, &options).expect("listen");
+        let listener = listen(loopback(), 16, false, &options).expect("listen");
         let addr = local_addr(listener.as_fd()).expect("addr");
         assert!(
             accept(listener.as_fd()).expect("accept").is_none(),
             "empty queue"
         );
 
-        let client = connect_start(addr, &options).expect("connect");
+        let client = connect_start(&addr, &options).expect("connect");
         assert!(connect_wait(client.as_fd(), Duration::from_secs(5)).expect("wait"));
         assert!(take_error(client.as_fd()).expect("so_error").is_none());
 
@@ -312,9 +403,9 @@ mod tests {
     #[test]
     fn busy_port_is_addr_in_use() {
         let options = SocketOptions::default();
-        let first = listen(loopback(), 16, &options).expect("listen");
-        let addr = local_addr(first.as_fd()).expect("addr");
-        let err = listen(addr, 16, &options).expect_err("second listener");
+        let first = listen(loopback(), 16, false, &options).expect("listen");
+        let addr = inet(local_addr(first.as_fd()).expect("addr"));
+        let err = listen(addr, 16, false, &options).expect_err("second listener");
         assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
     }
 
@@ -323,12 +414,34 @@ mod tests {
         let options = SocketOptions::default();
         // Bind a port, then close it: nothing listens there any more.
         let addr = {
-            let listener = listen(loopback(), 1, &options).expect("listen");
+            let listener = listen(loopback(), 1, false, &options).expect("listen");
             local_addr(listener.as_fd()).expect("addr")
         };
-        let fd = connect_start(addr, &options).expect("connect start");
+        let fd = connect_start(&addr, &options).expect("connect start");
         assert!(connect_wait(fd.as_fd(), Duration::from_secs(5)).expect("wait"));
         let err = take_error(fd.as_fd()).expect("so_error").expect("an error");
         assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED));
+    }
+
+    #[test]
+    fn unix_listener_replaces_a_stale_file_but_not_a_live_one() {
+        let dir = std::env::temp_dir().join(format!("hamanet-net-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("sock");
+        let _ = std::fs::remove_file(&path);
+        let live = listen_unix(&path, 8).expect("listen");
+        let err = listen_unix(&path, 8).expect_err("a live listener owns the path");
+        assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
+        drop(live); // the file stays behind, stale
+        let again = listen_unix(&path, 8).expect("a stale socket file is replaced");
+        assert_eq!(
+            local_addr(again.as_fd()).expect("addr"),
+            Address::Unix(path.clone())
+        );
+        let long = dir.join("x".repeat(200));
+        let err = listen_unix(&long, 8).expect_err("too long");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        drop(again);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

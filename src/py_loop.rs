@@ -1,86 +1,60 @@
 //! `hamanet._hamanet.Loop`: a reactor on its own thread plus the handler callbacks it
-//! drives. `hamanet.Server` and `hamanet.Client` are thin Python classes over it.
-//!
-//! The reactor thread attaches to the interpreter once, for its whole life, and detaches
-//! only around [`Reactor::turn`] (the wait and every socket syscall). Each wakeup's events
-//! are then delivered under that one attach: one GIL crossing per wakeup, not per event.
+//! drives. `hamanet.Server` and `hamanet.Client` are thin Python classes over it; the
+//! thread itself lives in `py_dispatch`.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyValueError};
-use pyo3::intern;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyDict, PyTuple};
 
-use crate::epoll::Token;
-use crate::errors::{close_reason, os_error, LifecycleError};
-use crate::net::{self, SocketOptions};
-use crate::py_session::PySession;
-use crate::reactor::{Event, Reactor};
-use crate::session::{lock, Command, LoopShared, LoopStatus, SessionCore};
+use crate::errors::{os_error, LifecycleError};
+use crate::net::{self, Address, SocketOptions};
+use crate::py_dispatch::{run, Callbacks};
+use crate::py_session::{address_object, PySession};
+use crate::reactor::{LoopConfig, Reactor};
+use crate::session::{lock, Command, LoopShared, LoopStatus, SessionCore, WriteLimits};
+
+/// A timer's callback and its positional arguments.
+pub(crate) type ScheduledCall = (Py<PyAny>, Py<PyTuple>);
 
 /// How long a blocking wait runs before it returns to Python so Ctrl-C is seen promptly.
 const SIGNAL_SLICE: Duration = Duration::from_millis(50);
 
-/// The handler's callbacks, each `None` when the handler does not override it, so an
-/// unused callback costs nothing per event.
-struct Callbacks {
-    on_connect: Option<Py<PyAny>>,
-    on_recv: Option<Py<PyAny>>,
-    on_send: Option<Py<PyAny>>,
-    on_eof: Option<Py<PyAny>>,
-    on_close: Option<Py<PyAny>>,
-}
-
-impl Callbacks {
-    fn from_tuple(callbacks: &Bound<'_, PyTuple>) -> PyResult<Callbacks> {
-        if callbacks.len() != 5 {
-            return Err(PyValueError::new_err(
-                "callbacks must be (on_connect, on_recv, on_send, on_eof, on_close)",
-            ));
-        }
-        let get = |i: usize| -> PyResult<Option<Py<PyAny>>> {
-            let item = callbacks.get_item(i)?;
-            Ok((!item.is_none()).then(|| item.unbind()))
-        };
-        Ok(Callbacks {
-            on_connect: get(0)?,
-            on_recv: get(1)?,
-            on_send: get(2)?,
-            on_eof: get(3)?,
-            on_close: get(4)?,
-        })
-    }
-}
-
 /// Where the loop is in its life.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Phase {
+pub(crate) enum Phase {
     Created,
     Running,
     Stopped,
 }
 
 /// Everything the Python-facing object and the reactor thread share.
-struct LoopInner {
-    shared: Arc<LoopShared>,
-    options: SocketOptions,
-    phase: Mutex<Phase>,
+pub(crate) struct LoopInner {
+    pub(crate) shared: Arc<LoopShared>,
+    config: LoopConfig,
+    pub(crate) phase: Mutex<Phase>,
     reactor: Mutex<Option<Reactor>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     thread_id: OnceLock<ThreadId>,
-    callbacks: Mutex<Arc<Callbacks>>,
+    pub(crate) callbacks: Mutex<Arc<Callbacks>>,
     /// Client sessions whose Python object exists (returned by `connect`) but whose
     /// `Opened` event has not been delivered yet.
-    pending: Mutex<HashMap<u64, Py<PySession>>>,
+    pub(crate) pending: Mutex<HashMap<u64, Py<PySession>>>,
+    /// Scheduled callbacks and their arguments, by timer id.
+    pub(crate) timers: Mutex<HashMap<u64, ScheduledCall>>,
+    next_timer: AtomicU64,
+    /// Exceptions raised by handler code (callbacks and timers).
+    pub(crate) handler_errors: AtomicU64,
     /// `KeyboardInterrupt`/`SystemExit` raised by a handler, re-raised by `wait()`.
-    failure: Mutex<Option<PyErr>>,
+    pub(crate) failure: Mutex<Option<PyErr>>,
 }
 
 impl LoopInner {
@@ -91,6 +65,15 @@ impl LoopInner {
     fn on_reactor_thread(&self) -> bool {
         self.thread_id.get() == Some(&std::thread::current().id())
     }
+
+    fn check_running(&self, what: &str) -> PyResult<()> {
+        match self.phase() {
+            Phase::Stopped => Err(LifecycleError::new_err(format!(
+                "cannot {what}: it was stopped; create a new one"
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A reactor thread and its handler. Not for direct use: see `hamanet.Server`/`Client`.
@@ -99,42 +82,100 @@ pub struct PyLoop {
     inner: Arc<LoopInner>,
 }
 
+/// A scheduled callback; `cancel()` it to keep it from running.
+#[pyclass(module = "hamanet", name = "TimerHandle", frozen)]
+pub struct PyTimerHandle {
+    id: u64,
+    when: f64,
+    inner: Arc<LoopInner>,
+}
+
+#[pymethods]
+impl PyTimerHandle {
+    /// Keeps the callback from running, if it has not run yet. Safe from any thread.
+    fn cancel(&self) {
+        if let Some(entry) = lock(&self.inner.timers).remove(&self.id) {
+            self.inner.shared.submit(Command::CancelTimer(self.id));
+            drop(entry); // attached: the callable and its arguments may be freed here
+        }
+    }
+
+    /// True until the callback has run or been cancelled.
+    fn pending(&self) -> bool {
+        lock(&self.inner.timers).contains_key(&self.id)
+    }
+
+    /// When it is (or was) due, on the `time.monotonic()` clock.
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    fn __repr__(&self) -> String {
+        let state = if self.pending() { "pending" } else { "done" };
+        format!("<hamanet.TimerHandle when={:.3} {state}>", self.when)
+    }
+}
+
+fn positive(value: Option<usize>, name: &str) -> PyResult<Option<usize>> {
+    if value == Some(0) {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be at least 1, or None"
+        )));
+    }
+    Ok(value)
+}
+
 #[pymethods]
 impl PyLoop {
     #[new]
-    #[pyo3(signature = (callbacks, *, nodelay=true, keepalive=false, recv_buffer=None, send_buffer=None))]
+    #[pyo3(signature = (
+        callbacks, *, nodelay=true, keepalive=false, recv_buffer=None, send_buffer=None,
+        write_high=WriteLimits::DEFAULT.high, write_low=WriteLimits::DEFAULT.low,
+        max_write_buffer=WriteLimits::DEFAULT.max, idle_timeout=None, max_connections=None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         callbacks: &Bound<'_, PyTuple>,
         nodelay: bool,
         keepalive: bool,
         recv_buffer: Option<usize>,
         send_buffer: Option<usize>,
+        write_high: usize,
+        write_low: usize,
+        max_write_buffer: usize,
+        idle_timeout: Option<f64>,
+        max_connections: Option<usize>,
     ) -> PyResult<PyLoop> {
-        for (name, value) in [("recv_buffer", recv_buffer), ("send_buffer", send_buffer)] {
-            if value == Some(0) {
-                return Err(PyValueError::new_err(format!(
-                    "{name} must be a positive number of bytes (or None for the kernel default)"
-                )));
-            }
-        }
         let options = SocketOptions {
             nodelay,
             keepalive,
-            recv_buffer,
-            send_buffer,
+            recv_buffer: positive(recv_buffer, "recv_buffer")?,
+            send_buffer: positive(send_buffer, "send_buffer")?,
             reuse_port: false,
         };
-        let reactor = Reactor::new(options.clone()).map_err(|e| os_error(&e, None))?;
+        let config = LoopConfig {
+            options,
+            limits: WriteLimits::new(write_high, write_low, max_write_buffer)
+                .map_err(PyValueError::new_err)?,
+            idle_timeout: idle_timeout
+                .map(|t| timeout_seconds(t, "idle_timeout"))
+                .transpose()?,
+            max_connections: positive(max_connections, "max_connections")?,
+        };
+        let reactor = Reactor::new(config.clone()).map_err(|e| os_error(&e, None))?;
         Ok(PyLoop {
             inner: Arc::new(LoopInner {
                 shared: Arc::clone(reactor.shared()),
-                options,
+                config,
                 phase: Mutex::new(Phase::Created),
                 reactor: Mutex::new(Some(reactor)),
                 thread: Mutex::new(None),
                 thread_id: OnceLock::new(),
                 callbacks: Mutex::new(Arc::new(Callbacks::from_tuple(callbacks)?)),
                 pending: Mutex::new(HashMap::new()),
+                timers: Mutex::new(HashMap::new()),
+                next_timer: AtomicU64::new(1),
+                handler_errors: AtomicU64::new(0),
                 failure: Mutex::new(None),
             }),
         })
@@ -149,7 +190,6 @@ impl PyLoop {
     }
 
     /// Binds and listens on `host:port`; returns the bound `(host, port)`.
-    #[pyo3(signature = (host, port, backlog, reuse_port))]
     fn listen<'py>(
         &self,
         py: Python<'py>,
@@ -157,30 +197,36 @@ impl PyLoop {
         port: u16,
         backlog: i32,
         reuse_port: bool,
-    ) -> PyResult<Bound<'py, PyTuple>> {
-        if self.inner.phase() == Phase::Stopped {
-            return Err(LifecycleError::new_err(
-                "cannot open(): this server was stopped; create a new Server to listen again",
-            ));
-        }
+        dual_stack: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.inner.check_running("open()")?;
         let context = format!("{host}:{port}");
         let addr = py
             .detach(|| net::resolve(host, port))
             .map_err(|e| os_error(&e, Some(&context)))?[0];
         let options = SocketOptions {
             reuse_port,
-            ..self.inner.options.clone()
+            ..self.inner.config.options.clone()
         };
         let fd = py
-            .detach(|| net::listen(addr, backlog, &options))
+            .detach(|| net::listen(addr, backlog, dual_stack, &options))
             .map_err(|e| os_error(&e, Some(&context)))?;
-        let bound = net::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(&context)))?;
-        if !self.inner.shared.submit(Command::Listen(fd, bound)) {
-            return Err(LifecycleError::new_err(
-                "cannot open(): the server has stopped",
-            ));
-        }
-        (bound.ip().to_string(), bound.port()).into_pyobject(py)
+        self.add_listener(py, fd, &context)
+    }
+
+    /// Binds and listens on a Unix domain socket at `path`; returns the path.
+    fn listen_unix<'py>(
+        &self,
+        py: Python<'py>,
+        path: PathBuf,
+        backlog: i32,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.inner.check_running("open_unix()")?;
+        let context = path.display().to_string();
+        let fd = py
+            .detach(|| net::listen_unix(&path, backlog))
+            .map_err(|e| os_error(&e, Some(&context)))?;
+        self.add_listener(py, fd, &context)
     }
 
     /// Starts the reactor thread.
@@ -222,9 +268,11 @@ impl PyLoop {
         match *phase {
             Phase::Created => {
                 *phase = Phase::Stopped;
-                // Never started: dropping the reactor closes its listeners, and marking the
-                // queue closed makes later calls fail cleanly.
-                drop(lock(&self.inner.reactor).take());
+                // Never started: dropping the reactor closes its listeners (and removes
+                // Unix socket files).
+                if let Some(mut reactor) = lock(&self.inner.reactor).take() {
+                    reactor.shutdown_unstarted();
+                }
                 self.inner
                     .shared
                     .update_status(|status| status.finished = true);
@@ -274,53 +322,67 @@ impl PyLoop {
         port: u16,
         timeout: f64,
     ) -> PyResult<Py<PySession>> {
-        let timeout = seconds(timeout, "timeout")?;
-        if self.inner.phase() != Phase::Running {
-            return Err(LifecycleError::new_err(
-                "cannot connect(): the client is not running (it was stopped); create a new Client",
-            ));
-        }
-        if self.inner.on_reactor_thread() {
-            return Err(LifecycleError::new_err(
-                "connect() blocks until connected, so it cannot be called from a handler \
-                 callback (it would stall the reactor); call it from another thread",
-            ));
-        }
         let context = format!("{host}:{port}");
-        let deadline = Instant::now() + timeout;
+        self.check_can_connect()?;
         let addrs = py
             .detach(|| net::resolve(host, port))
             .map_err(|e| os_error(&e, Some(&context)))?;
-        let mut last_error = None;
-        for addr in addrs {
-            match connect_one(py, addr, &self.inner.options, deadline) {
-                Ok(fd) => {
-                    let peer = net::peer_addr(fd.as_fd());
-                    let local = net::local_addr(fd.as_fd());
-                    let (peer, local) = match (peer, local) {
-                        (Ok(peer), Ok(local)) => (peer, local),
-                        (Err(e), _) | (_, Err(e)) => {
-                            last_error = Some(e);
-                            continue;
-                        }
-                    };
-                    let core = SessionCore::new(Arc::clone(&self.inner.shared), peer, local);
-                    let session = Py::new(py, PySession::new(Arc::clone(&core)))?;
-                    lock(&self.inner.pending).insert(core.id, session.clone_ref(py));
-                    if !self.inner.shared.adopt(Arc::clone(&core), fd) {
-                        lock(&self.inner.pending).remove(&core.id);
-                        return Err(LifecycleError::new_err(
-                            "cannot connect(): the client stopped",
-                        ));
-                    }
-                    return Ok(session);
-                }
-                Err(ConnectFailure::Python(err)) => return Err(err),
-                Err(ConnectFailure::Os(err)) => last_error = Some(err),
-            }
+        let addrs: Vec<Address> = addrs.into_iter().map(Address::Inet).collect();
+        self.connect_any(py, &addrs, timeout, &context)
+    }
+
+    /// Connects to the Unix domain socket at `path`; returns the `Session`.
+    fn connect_unix(&self, py: Python<'_>, path: PathBuf, timeout: f64) -> PyResult<Py<PySession>> {
+        let context = path.display().to_string();
+        self.check_can_connect()?;
+        self.connect_any(py, &[Address::Unix(path)], timeout, &context)
+    }
+
+    /// Runs `callback(*args)` on the reactor thread at `when` (`time.monotonic()` clock).
+    /// Safe from any thread.
+    fn call_at(
+        &self,
+        when: f64,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        now: f64,
+    ) -> PyResult<PyTimerHandle> {
+        if !when.is_finite() {
+            return Err(PyValueError::new_err(format!(
+                "when must be a finite time, got {when}"
+            )));
         }
-        let err = last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::TimedOut));
-        Err(os_error(&err, Some(&context)))
+        let delay = Duration::from_secs_f64((when - now).max(0.0));
+        self.schedule(Instant::now() + delay, when, callback, args)
+    }
+
+    /// Scheduled callbacks that have not run and were not cancelled.
+    #[getter]
+    fn timers_pending(&self) -> usize {
+        lock(&self.inner.timers).len()
+    }
+
+    /// Counters, cheap enough to read often.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = self.inner.shared.stats();
+        let dict = PyDict::new(py);
+        dict.set_item("sessions_open", self.inner.shared.status().sessions)?;
+        dict.set_item("sessions_total", stats.sessions_total)?;
+        dict.set_item("accepted", stats.accepted)?;
+        dict.set_item("refused_by_limit", stats.refused_by_limit)?;
+        dict.set_item("bytes_in", stats.bytes_in)?;
+        dict.set_item("bytes_out", stats.bytes_out)?;
+        dict.set_item("writes", stats.writes)?;
+        dict.set_item("sends", stats.sends)?;
+        dict.set_item("writes_coalesced", stats.writes.saturating_sub(stats.sends))?;
+        dict.set_item("idle_timeouts", stats.idle_timeouts)?;
+        dict.set_item("accept_pauses", stats.accept_pauses)?;
+        dict.set_item("timers_fired", stats.timers_fired)?;
+        dict.set_item(
+            "handler_errors",
+            self.inner.handler_errors.load(Ordering::Relaxed),
+        )?;
+        Ok(dict)
     }
 
     /// Whether the caller runs on this loop's reactor thread (inside a handler callback).
@@ -352,14 +414,114 @@ impl PyLoop {
 }
 
 impl PyLoop {
+    fn add_listener<'py>(
+        &self,
+        py: Python<'py>,
+        fd: OwnedFd,
+        context: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let bound = net::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(context)))?;
+        let object = address_object(py, &bound)?;
+        if !self.inner.shared.submit(Command::Listen(fd, bound)) {
+            return Err(LifecycleError::new_err("cannot open(): it has stopped"));
+        }
+        Ok(object)
+    }
+
+    fn schedule(
+        &self,
+        at: Instant,
+        when: f64,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+    ) -> PyResult<PyTimerHandle> {
+        self.inner.check_running("schedule a callback")?;
+        let id = self.inner.next_timer.fetch_add(1, Ordering::Relaxed);
+        lock(&self.inner.timers).insert(id, (callback, args));
+        if !self.inner.shared.submit(Command::Timer(id, at)) {
+            lock(&self.inner.timers).remove(&id);
+            return Err(LifecycleError::new_err(
+                "cannot schedule a callback: it has stopped",
+            ));
+        }
+        Ok(PyTimerHandle {
+            id,
+            when,
+            inner: Arc::clone(&self.inner),
+        })
+    }
+
+    fn check_can_connect(&self) -> PyResult<()> {
+        if self.inner.phase() != Phase::Running {
+            return Err(LifecycleError::new_err(
+                "cannot connect(): the client is not running (it was stopped); create a new Client",
+            ));
+        }
+        if self.inner.on_reactor_thread() {
+            return Err(LifecycleError::new_err(
+                "connect() blocks until connected, so it cannot be called from a handler \
+                 callback (it would stall the reactor); call it from another thread",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Tries each address in turn until one connects within the shared deadline.
+    fn connect_any(
+        &self,
+        py: Python<'_>,
+        addrs: &[Address],
+        timeout: f64,
+        context: &str,
+    ) -> PyResult<Py<PySession>> {
+        let deadline = Instant::now() + seconds(timeout, "timeout")?;
+        let mut last_error = None;
+        for addr in addrs {
+            let fd = match connect_one(py, addr, &self.inner.config.options, deadline) {
+                Ok(fd) => fd,
+                Err(ConnectFailure::Python(err)) => return Err(err),
+                Err(ConnectFailure::Os(err)) => {
+                    last_error = Some(err);
+                    continue;
+                }
+            };
+            let addresses = net::peer_addr(fd.as_fd()).and_then(|peer| {
+                let local = match addr {
+                    Address::Unix(_) => Address::Unix(PathBuf::new()),
+                    Address::Inet(_) => net::local_addr(fd.as_fd())?,
+                };
+                Ok((peer, local))
+            });
+            let (peer, local) = match addresses {
+                Ok(pair) => pair,
+                Err(err) => {
+                    last_error = Some(err);
+                    continue;
+                }
+            };
+            let limits = self.inner.config.limits;
+            let core = SessionCore::new(Arc::clone(&self.inner.shared), peer, local, limits);
+            let session = Py::new(py, PySession::new(Arc::clone(&core)))?;
+            lock(&self.inner.pending).insert(core.id, session.clone_ref(py));
+            if !self.inner.shared.adopt(Arc::clone(&core), fd) {
+                lock(&self.inner.pending).remove(&core.id);
+                return Err(LifecycleError::new_err(
+                    "cannot connect(): the client stopped",
+                ));
+            }
+            return Ok(session);
+        }
+        let err = last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::TimedOut));
+        Err(os_error(&err, Some(context)))
+    }
+
     fn wait_until(
         &self,
         py: Python<'_>,
         timeout: f64,
         done: impl Fn(&LoopStatus) -> bool + Sync,
     ) -> PyResult<bool> {
-        let timeout = seconds(timeout, "timeout")?;
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + seconds(timeout, "timeout")?;
         loop {
             let slice = deadline
                 .saturating_duration_since(Instant::now())
@@ -375,10 +537,21 @@ impl PyLoop {
     }
 }
 
+/// A number of seconds >= 0.
 fn seconds(value: f64, name: &str) -> PyResult<Duration> {
     if !value.is_finite() || value < 0.0 {
         return Err(PyValueError::new_err(format!(
             "{name} must be a finite number of seconds >= 0, got {value}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// A number of seconds > 0 (a zero timeout would close everything at once).
+fn timeout_seconds(value: f64, name: &str) -> PyResult<Duration> {
+    if !value.is_finite() || value <= 0.0 {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be a finite number of seconds > 0 (or None for no timeout), got {value}"
         )));
     }
     Ok(Duration::from_secs_f64(value))
@@ -392,20 +565,18 @@ enum ConnectFailure {
 /// One connect attempt, waiting in short detached slices so Ctrl-C interrupts it.
 fn connect_one(
     py: Python<'_>,
-    addr: SocketAddr,
+    addr: &Address,
     options: &SocketOptions,
     deadline: Instant,
-) -> Result<std::os::fd::OwnedFd, ConnectFailure> {
+) -> Result<OwnedFd, ConnectFailure> {
     let fd = py
         .detach(|| net::connect_start(addr, options))
         .map_err(ConnectFailure::Os)?;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(ConnectFailure::Os(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connect timed out",
-            )));
+            let err = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+            return Err(ConnectFailure::Os(err));
         }
         let ready = py
             .detach(|| net::connect_wait(fd.as_fd(), left.min(SIGNAL_SLICE)))
@@ -417,281 +588,5 @@ fn connect_one(
             };
         }
         py.check_signals().map_err(ConnectFailure::Python)?;
-    }
-}
-
-/// One session's Python object and what the handler layer remembers about it.
-struct Entry {
-    generation: u32,
-    session: Py<PySession>,
-    /// The exception a callback raised, handed to `on_close` instead of the OS's reason.
-    error: Option<PyErr>,
-}
-
-/// Python objects of open sessions, indexed like the reactor's slots.
-#[derive(Default)]
-struct SessionTable {
-    entries: Vec<Option<Entry>>,
-}
-
-impl SessionTable {
-    fn insert(&mut self, token: Token, session: Py<PySession>) {
-        let index = token.slot();
-        if self.entries.len() <= index {
-            self.entries.resize_with(index + 1, || None);
-        }
-        self.entries[index] = Some(Entry {
-            generation: token.generation(),
-            session,
-            error: None,
-        });
-    }
-
-    fn get(&mut self, token: Token) -> Option<&mut Entry> {
-        match self.entries.get_mut(token.slot()) {
-            Some(Some(entry)) if entry.generation == token.generation() => Some(entry),
-            _ => None,
-        }
-    }
-
-    fn remove(&mut self, token: Token) -> Option<Entry> {
-        let slot = self.entries.get_mut(token.slot())?;
-        match slot {
-            Some(entry) if entry.generation == token.generation() => slot.take(),
-            _ => None,
-        }
-    }
-}
-
-/// Marks the loop finished when the reactor thread ends, however it ends (a panic
-/// included), so `join()` returns and later calls are refused instead of waiting forever.
-struct FinishOnExit(Arc<LoopShared>);
-
-impl Drop for FinishOnExit {
-    fn drop(&mut self) {
-        drop(self.0.close_queue());
-        self.0.update_status(|status| status.finished = true);
-    }
-}
-
-/// The reactor thread's body.
-fn run(mut reactor: Reactor, inner: Arc<LoopInner>) {
-    let finish = FinishOnExit(Arc::clone(&inner.shared));
-    Python::attach(|py| {
-        let mut table = SessionTable::default();
-        let logger = py
-            .import("logging")
-            .and_then(|logging| logging.call_method1("getLogger", ("hamanet",)))
-            .map(Bound::unbind)
-            .ok();
-        let mut dispatcher = Dispatcher {
-            py,
-            inner: &inner,
-            logger,
-            table: &mut table,
-        };
-        loop {
-            if let Err(err) = py.detach(|| reactor.turn()) {
-                dispatcher.log_fatal(&err);
-                reactor.abort_all(&err);
-            }
-            // Read after the wait, so a handler swapped while the reactor slept is the one
-            // that gets this wakeup's events.
-            let callbacks = Arc::clone(&lock(&inner.callbacks));
-            reactor.set_notify_drained(callbacks.on_send.is_some());
-            let batch = reactor.take_batch();
-            for event in &batch {
-                dispatcher.deliver(&reactor, &callbacks, event);
-            }
-            reactor.recycle_batch(batch);
-            if reactor.is_finished() {
-                break;
-            }
-        }
-        // Session objects are Python objects: release them while attached.
-        drop(table);
-        lock(&inner.pending).clear();
-    });
-    drop(reactor);
-    drop(finish);
-}
-
-struct Dispatcher<'a, 'py> {
-    py: Python<'py>,
-    inner: &'a LoopInner,
-    logger: Option<Py<PyAny>>,
-    table: &'a mut SessionTable,
-}
-
-impl<'py> Dispatcher<'_, 'py> {
-    fn deliver(&mut self, reactor: &Reactor, callbacks: &Callbacks, event: &Event) {
-        let py = self.py;
-        match event {
-            Event::Opened { token, session } => {
-                let pending = lock(&self.inner.pending).remove(&session.id);
-                let object = match pending {
-                    Some(object) => object,
-                    None => match Py::new(py, PySession::new(Arc::clone(session))) {
-                        Ok(object) => object,
-                        Err(err) => {
-                            self.log_error("creating the Session", session.id, &err);
-                            session.abort();
-                            return;
-                        }
-                    },
-                };
-                self.table.insert(*token, object);
-                if let Some(callback) = &callbacks.on_connect {
-                    self.call(*token, "on_connect", callback, |s| (s,).into_pyobject(py));
-                }
-            }
-            Event::Received { token, range } => {
-                let Some(callback) = &callbacks.on_recv else {
-                    return;
-                };
-                if self.is_closing(*token) {
-                    // Closed earlier in this batch: its later input is not delivered.
-                    return;
-                }
-                let data = PyBytes::new(py, reactor.received(range.clone()));
-                self.call(*token, "on_recv", callback, |s| (s, data).into_pyobject(py));
-            }
-            Event::Eof { token } => {
-                let keep_open = match &callbacks.on_eof {
-                    Some(callback) if !self.is_closing(*token) => self
-                        .call(*token, "on_eof", callback, |s| (s,).into_pyobject(py))
-                        .is_some_and(|result| result.is_truthy().unwrap_or(false)),
-                    _ => false,
-                };
-                if !keep_open {
-                    if let Some(entry) = self.table.get(*token) {
-                        entry.session.get().core().close();
-                    }
-                }
-            }
-            Event::Drained { token } => {
-                if let Some(callback) = &callbacks.on_send {
-                    if !self.is_closing(*token) {
-                        self.call(*token, "on_send", callback, |s| (s,).into_pyobject(py));
-                    }
-                }
-            }
-            Event::Closed { token, error } => {
-                let Some(entry) = self.table.remove(*token) else {
-                    return;
-                };
-                let Some(callback) = &callbacks.on_close else {
-                    return;
-                };
-                let reason: Py<PyAny> = match (entry.error, error) {
-                    (Some(raised), _) => raised.into_value(py).into_any(),
-                    (None, Some(err)) => close_reason(py, err),
-                    (None, None) => py.None(),
-                };
-                let session = entry.session.bind(py);
-                if let Err(err) = callback.call1(py, (session, reason)) {
-                    self.handler_failed("on_close", entry.session.get().core().id, err);
-                }
-            }
-        }
-    }
-
-    fn is_closing(&mut self, token: Token) -> bool {
-        self.table
-            .get(token)
-            .is_none_or(|entry| entry.session.get().core().outbox().is_closing())
-    }
-
-    /// Calls a callback for the session at `token`; on an exception, logs it and aborts
-    /// that session (the exception becomes `on_close`'s argument).
-    fn call<A>(
-        &mut self,
-        token: Token,
-        name: &str,
-        callback: &Py<PyAny>,
-        args: impl FnOnce(Bound<'py, PySession>) -> PyResult<A>,
-    ) -> Option<Bound<'py, PyAny>>
-    where
-        A: pyo3::call::PyCallArgs<'py>,
-    {
-        let py = self.py;
-        let entry = self.table.get(token)?;
-        let session = entry.session.bind(py).clone();
-        let result = args(session).and_then(|args| callback.bind(py).call1(args));
-        match result {
-            Ok(value) => Some(value),
-            Err(err) => {
-                let core = Arc::clone(entry.session.get().core());
-                let is_exit = err.is_instance_of::<PyKeyboardInterrupt>(py)
-                    || err.is_instance_of::<PySystemExit>(py);
-                if !is_exit {
-                    self.log_error(name, core.id, &err);
-                }
-                if let Some(entry) = self.table.get(token) {
-                    entry.error.get_or_insert_with(|| err.clone_ref(py));
-                }
-                core.abort();
-                if is_exit {
-                    self.handler_failed(name, core.id, err);
-                }
-                None
-            }
-        }
-    }
-
-    /// A callback raised where the session cannot simply be aborted (`on_close`), or raised
-    /// `KeyboardInterrupt`/`SystemExit`, which stop the loop and surface from `join()`.
-    fn handler_failed(&mut self, name: &str, id: u64, err: PyErr) {
-        let py = self.py;
-        if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
-            let mut failure = lock(&self.inner.failure);
-            if failure.is_none() {
-                *failure = Some(err);
-            }
-            drop(failure);
-            let mut phase = lock(&self.inner.phase);
-            *phase = Phase::Stopped;
-            drop(phase);
-            self.inner
-                .shared
-                .submit(Command::Stop(Instant::now() + Duration::from_secs(1)));
-        } else {
-            self.log_error(name, id, &err);
-        }
-    }
-
-    fn log_error(&self, name: &str, id: u64, err: &PyErr) {
-        let py = self.py;
-        let message = format!("hamanet: {name} raised for session {id}; that session is aborted");
-        self.log(&message, Some(err.clone_ref(py).into_value(py).into_any()));
-    }
-
-    fn log_fatal(&self, err: &io::Error) {
-        self.log(
-            &format!("hamanet: the reactor failed ({err}); every session is aborted"),
-            None,
-        );
-    }
-
-    /// Logs at ERROR on the `hamanet` logger, with `exc`'s traceback when given. The
-    /// message is preformatted and passed without arguments, so `%` in it is harmless.
-    fn log(&self, message: &str, exc: Option<Py<PyAny>>) {
-        let py = self.py;
-        let Some(logger) = &self.logger else { return };
-        let result = (|| -> PyResult<()> {
-            let kwargs = PyDict::new(py);
-            if let Some(exc) = exc {
-                kwargs.set_item(intern!(py, "exc_info"), exc)?;
-            }
-            logger
-                .bind(py)
-                .call_method(intern!(py, "error"), (message,), Some(&kwargs))?;
-            Ok(())
-        })();
-        if let Err(err) = result {
-            // Logging itself failed (a broken handler on the logger): print it rather than
-            // lose both errors.
-            err.print(py);
-        }
     }
 }

@@ -5,14 +5,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::PyBytes;
 
 use crate::errors::refused;
-use crate::session::SessionCore;
+use crate::net::Address;
+use crate::session::{SessionCore, WriteLimits};
 
 /// One TCP connection. Users never construct it; handlers receive it.
 ///
@@ -65,14 +67,20 @@ fn chunk<'py>(data: &Bound<'py, PyAny>, method: &str) -> PyResult<Chunk<'py>> {
     }
 }
 
-fn address<'py>(py: Python<'py>, addr: &SocketAddr) -> PyResult<Bound<'py, PyTuple>> {
-    // The same shapes the socket module uses: (host, port) and (host, port, flow, scope).
-    match addr {
-        SocketAddr::V4(v4) => (v4.ip().to_string(), v4.port()).into_pyobject(py),
-        SocketAddr::V6(v6) => {
-            (v6.ip().to_string(), v6.port(), v6.flowinfo(), v6.scope_id()).into_pyobject(py)
+/// An address as the `socket` module shows it: `(host, port)` for IPv4,
+/// `(host, port, flowinfo, scope_id)` for IPv6, the path (a str) for a Unix socket.
+pub fn address_object<'py>(py: Python<'py>, addr: &Address) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match addr {
+        Address::Inet(SocketAddr::V4(v4)) => (v4.ip().to_string(), v4.port())
+            .into_pyobject(py)?
+            .into_any(),
+        Address::Inet(SocketAddr::V6(v6)) => {
+            (v6.ip().to_string(), v6.port(), v6.flowinfo(), v6.scope_id())
+                .into_pyobject(py)?
+                .into_any()
         }
-    }
+        Address::Unix(path) => path.to_string_lossy().into_pyobject(py)?.into_any(),
+    })
 }
 
 #[pymethods]
@@ -94,7 +102,7 @@ impl PySession {
             .map(|item| chunk(&item?, "writelines"))
             .collect::<PyResult<Vec<_>>>()?;
         self.core
-            .write_all(pieces.iter().map(Chunk::as_slice))
+            .write_all(&pieces.iter().map(Chunk::as_slice).collect::<Vec<_>>())
             .map_err(|r| refused(r, "writelines", self.core.id))
     }
 
@@ -120,16 +128,86 @@ impl PySession {
         self.core.id
     }
 
-    /// The peer's address: `(host, port)`, or `(host, port, flowinfo, scope_id)` for IPv6.
+    /// The peer's address: `(host, port)`, `(host, port, flowinfo, scope_id)` for IPv6,
+    /// or the path for a Unix socket (`""` for an unnamed peer).
     #[getter]
-    fn peer_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        address(py, &self.core.peer)
+    fn peer_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        address_object(py, &self.core.peer)
     }
 
     /// The local address, in the same shape as `peer_addr`.
     #[getter]
-    fn local_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        address(py, &self.core.local)
+    fn local_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        address_object(py, &self.core.local)
+    }
+
+    /// Stops reading: no `on_recv` until `resume_reading()`, and the kernel's receive
+    /// window pushes back on the peer. Idempotent.
+    fn pause_reading(&self) {
+        self.core.pause_reading();
+    }
+
+    /// Resumes reading; data that arrived meanwhile is delivered next. Idempotent.
+    fn resume_reading(&self) {
+        self.core.resume_reading();
+    }
+
+    /// True while `pause_reading()` is in force.
+    #[getter]
+    fn reading_paused(&self) -> bool {
+        self.core.outbox().read_paused
+    }
+
+    /// True between `on_pause_writing` and `on_resume_writing`.
+    #[getter]
+    fn writing_paused(&self) -> bool {
+        self.core.outbox().writing_paused
+    }
+
+    /// Sets the write-buffer watermarks and hard cap, in bytes. An argument left out
+    /// keeps its value, except `low`, which follows asyncio and becomes `high // 4`
+    /// when only `high` is given.
+    #[pyo3(signature = (high=None, low=None, max=None))]
+    fn set_write_buffer_limits(
+        &self,
+        high: Option<usize>,
+        low: Option<usize>,
+        max: Option<usize>,
+    ) -> PyResult<()> {
+        let current = self.core.outbox().limits;
+        let high_given = high.is_some();
+        let high = high.unwrap_or(current.high);
+        let low = low.unwrap_or(if high_given {
+            high / 4
+        } else {
+            current.low.min(high)
+        });
+        let max = max.unwrap_or(current.max);
+        let limits = WriteLimits::new(high, low, max).map_err(PyValueError::new_err)?;
+        self.core.set_write_limits(limits);
+        Ok(())
+    }
+
+    /// `(low, high, max)`: the watermarks and the hard cap, in bytes.
+    fn get_write_buffer_limits(&self) -> (usize, usize, usize) {
+        let limits = self.core.outbox().limits;
+        (limits.low, limits.high, limits.max)
+    }
+
+    /// Closes this session after `seconds` without traffic (`None`: never), overriding
+    /// the server's `idle_timeout`.
+    fn set_idle_timeout(&self, seconds: Option<f64>) -> PyResult<()> {
+        let timeout = match seconds {
+            None => None,
+            Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+            Some(s) => {
+                return Err(PyValueError::new_err(format!(
+                    "idle timeout must be a finite number of seconds > 0 (or None), got {s}"
+                )))
+            }
+        };
+        self.core.set_idle_timeout(timeout);
+        Ok(())
     }
 
     /// Bytes written and not yet handed to the kernel.

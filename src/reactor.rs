@@ -11,7 +11,6 @@
 //! turn without waiting for a new edge, which edge-triggered epoll would never send.
 
 use std::io;
-use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -19,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use crate::buffer::ReadArena;
 use crate::epoll::{Events, Poller, Readiness, Token, Waker};
-use crate::net::{self, SocketOptions};
-use crate::session::{Command, LoopShared, SessionCore};
+use crate::net::{self, Address, SocketOptions};
+use crate::session::{Command, LoopShared, SessionCore, Stats, WriteLimits};
+use crate::timers::TimerQueue;
 
 /// Most bytes one session may read in one turn before others get their go.
 pub const READ_BUDGET: usize = 256 * 1024;
@@ -34,6 +34,22 @@ const EVENTS_PER_WAIT: usize = 1024;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Unread input discarded at a graceful close before giving up (then close sends RST).
 const DISCARD_LIMIT: usize = 256 * 1024;
+/// Idle sessions are looked for at a quarter of the shortest idle timeout, within these.
+const IDLE_SWEEP_MIN: Duration = Duration::from_millis(10);
+const IDLE_SWEEP_MAX: Duration = Duration::from_secs(1);
+
+/// What a loop is configured with.
+#[derive(Clone, Debug, Default)]
+pub struct LoopConfig {
+    /// Socket options for listeners and sessions.
+    pub options: SocketOptions,
+    /// Each new session's write-buffer limits.
+    pub limits: WriteLimits,
+    /// Close a session after this long without traffic (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Accept at most this many sessions at once; more are accepted and closed at once.
+    pub max_connections: Option<usize>,
+}
 
 /// What happened to a session during a turn, in the order it happened.
 pub enum Event {
@@ -62,12 +78,34 @@ pub enum Event {
         /// The session's token.
         token: Token,
     },
+    /// The write buffer rose above its high watermark (after the reactor sent what it
+    /// could).
+    PauseWriting {
+        /// The session's token.
+        token: Token,
+    },
+    /// The write buffer fell to its low watermark after a `PauseWriting`.
+    ResumeWriting {
+        /// The session's token.
+        token: Token,
+    },
     /// The session is closed and its slot freed; `error` is `None` for a clean close.
     Closed {
         /// The session's token.
         token: Token,
         /// Why it closed, if not cleanly.
         error: Option<io::Error>,
+    },
+    /// A timer (or a `call_soon_threadsafe`) is due.
+    Timer {
+        /// The id it was scheduled with.
+        id: u64,
+    },
+    /// Accepting paused: the process ran out of file descriptors or memory. Reported once
+    /// per episode (until an accept succeeds again).
+    AcceptPaused {
+        /// What accept said.
+        error: io::Error,
     },
 }
 
@@ -83,6 +121,8 @@ struct SessionSlot {
     /// The turn in which this session last read, so a session that is both re-queued and
     /// reported ready reads once.
     read_turn: u64,
+    /// When bytes last moved in either direction (for the idle timeout).
+    last_active: Instant,
 }
 
 enum Slot {
@@ -92,7 +132,7 @@ enum Slot {
     Listener {
         generation: u32,
         fd: OwnedFd,
-        addr: SocketAddr,
+        addr: Address,
     },
     Session(SessionSlot),
 }
@@ -122,7 +162,7 @@ pub struct Reactor {
     poller: Poller,
     events: Events,
     shared: Arc<LoopShared>,
-    options: SocketOptions,
+    config: LoopConfig,
     slots: Vec<Slot>,
     vacant: Vec<u32>,
     arena: ReadArena,
@@ -136,19 +176,30 @@ pub struct Reactor {
     notify_drained: bool,
     stop_deadline: Option<Instant>,
     accept_paused_until: Option<Instant>,
+    /// Whether the current run of accept pauses has been reported.
+    accept_pause_reported: bool,
+    timers: TimerQueue,
+    /// The shortest idle timeout in force (the loop's or a session's), and when to look
+    /// for idle sessions next.
+    idle: IdleSweep,
+    /// The time of the last wakeup: one clock read per turn serves every session.
+    now: Instant,
+    stats: Stats,
     finished: bool,
 }
 
 impl Reactor {
     /// A reactor with its own epoll instance and waker.
-    pub fn new(options: SocketOptions) -> io::Result<Reactor> {
+    pub fn new(config: LoopConfig) -> io::Result<Reactor> {
         let poller = Poller::new()?;
         let waker = Waker::new(&poller)?;
+        let now = Instant::now();
         Ok(Reactor {
             poller,
             events: Events::with_capacity(EVENTS_PER_WAIT),
             shared: Arc::new(LoopShared::new(waker)),
-            options,
+            idle: IdleSweep::new(config.idle_timeout, now),
+            config,
             slots: Vec::new(),
             vacant: Vec::new(),
             arena: ReadArena::with_capacity(64 * 1024),
@@ -161,6 +212,10 @@ impl Reactor {
             notify_drained: false,
             stop_deadline: None,
             accept_paused_until: None,
+            accept_pause_reported: false,
+            timers: TimerQueue::default(),
+            now,
+            stats: Stats::default(),
             finished: false,
         })
     }
@@ -170,9 +225,9 @@ impl Reactor {
         &self.shared
     }
 
-    /// The socket options applied to new sessions.
-    pub fn options(&self) -> &SocketOptions {
-        &self.options
+    /// What the loop is configured with.
+    pub fn config(&self) -> &LoopConfig {
+        &self.config
     }
 
     /// Whether to report [`Event::Drained`] (only worth it when a handler listens).
@@ -235,6 +290,7 @@ impl Reactor {
         let waited = self.poller.wait(&mut self.events, timeout);
         self.shared.end_poll();
         waited?;
+        self.now = Instant::now();
 
         self.run_commands();
         let again = std::mem::take(&mut self.again);
@@ -251,15 +307,33 @@ impl Reactor {
         }
         if self
             .accept_paused_until
-            .is_some_and(|until| Instant::now() >= until)
+            .is_some_and(|until| self.now >= until)
         {
             self.accept_paused_until = None;
             for token in self.listener_tokens() {
                 self.accept_ready(token);
             }
         }
+        if self.idle.next.is_some_and(|at| self.now >= at) {
+            self.close_idle_sessions();
+        }
+        let (batch, stats) = (&mut self.batch, &mut self.stats);
+        self.timers.pop_due(self.now, |id| {
+            stats.timers_fired += 1;
+            batch.push(Event::Timer { id });
+        });
         self.check_stop();
+        self.stats.sessions_open = self.sessions as u64;
+        self.shared.publish_stats(&self.stats);
         Ok(())
+    }
+
+    /// Releases a reactor that never ran: its listeners are closed (Unix socket files
+    /// removed) and every later command is refused.
+    pub fn shutdown_unstarted(&mut self) {
+        self.run_commands();
+        self.close_listeners();
+        self.finish();
     }
 
     /// Closes every session at once with RST and finishes (for a fatal error).
@@ -322,6 +396,8 @@ impl Reactor {
                 }
                 Command::Listen(fd, addr) => self.add_listener(fd, addr),
                 Command::Stop(deadline) => self.begin_stop(deadline),
+                Command::Timer(id, when) => self.timers.insert(id, when),
+                Command::CancelTimer(id) => self.timers.cancel(id),
             }
         }
         self.commands = commands;
@@ -352,7 +428,7 @@ impl Reactor {
         }
     }
 
-    fn add_listener(&mut self, fd: OwnedFd, addr: SocketAddr) {
+    fn add_listener(&mut self, fd: OwnedFd, addr: Address) {
         if self.stop_deadline.is_some() {
             return;
         }
@@ -397,8 +473,10 @@ impl Reactor {
             fin_reported: false,
             eof: false,
             read_turn: 0,
+            last_active: self.now,
         });
         self.sessions += 1;
+        self.stats.sessions_total += 1;
         if count {
             self.shared.update_status(|status| status.sessions += 1);
         }
@@ -417,14 +495,22 @@ impl Reactor {
             let Some(Slot::Listener { fd, addr, .. }) = self.slots.get(token.slot()) else {
                 return;
             };
-            let listen_addr = *addr;
+            let listen_addr = addr.clone();
             match net::accept(fd.as_fd()) {
-                Ok(Some(stream)) => self.open_accepted(stream, listen_addr),
+                Ok(Some(stream)) => {
+                    self.accept_pause_reported = false;
+                    self.open_accepted(stream, listen_addr);
+                }
                 Ok(None) => return,
                 Err(err) if is_resource_exhaustion(&err) => {
                     // The connection stays queued in the kernel; retry after a pause
                     // instead of spinning on an accept that cannot succeed.
                     self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    self.stats.accept_pauses += 1;
+                    if !self.accept_pause_reported {
+                        self.accept_pause_reported = true;
+                        self.batch.push(Event::AcceptPaused { error: err });
+                    }
                     return;
                 }
                 Err(_) => return,
@@ -433,20 +519,38 @@ impl Reactor {
         self.again.push(token);
     }
 
-    fn open_accepted(&mut self, stream: OwnedFd, listen_addr: SocketAddr) {
-        // A peer that reset before we got here has no address: drop it quietly.
-        let Ok(peer) = net::peer_addr(stream.as_fd()) else {
+    fn open_accepted(&mut self, stream: OwnedFd, listen_addr: Address) {
+        self.stats.accepted += 1;
+        if self
+            .config
+            .max_connections
+            .is_some_and(|max| self.sessions >= max)
+        {
+            // Over the limit: closing at once tells the peer plainly, keeps the backlog
+            // moving, and costs the server nothing but the accept.
+            self.stats.refused_by_limit += 1;
             return;
-        };
-        let local = if listen_addr.ip().is_unspecified() {
-            match net::local_addr(stream.as_fd()) {
-                Ok(local) => local,
-                Err(_) => return,
+        }
+        let (peer, local) = match listen_addr {
+            // A Unix peer is unnamed; the local address is the listener's path.
+            Address::Unix(_) => (Address::Unix(Default::default()), listen_addr),
+            Address::Inet(inet) => {
+                // A peer that reset before we got here has no address: drop it quietly.
+                let Ok(peer) = net::peer_addr(stream.as_fd()) else {
+                    return;
+                };
+                let local = if inet.ip().is_unspecified() {
+                    match net::local_addr(stream.as_fd()) {
+                        Ok(local) => local,
+                        Err(_) => return,
+                    }
+                } else {
+                    listen_addr
+                };
+                (peer, local)
             }
-        } else {
-            listen_addr
         };
-        let core = SessionCore::new(Arc::clone(&self.shared), peer, local);
+        let core = SessionCore::new(Arc::clone(&self.shared), peer, local, self.config.limits);
         if let Some(token) = self.register(stream, core, true) {
             if self.stop_deadline.is_some() {
                 self.request_close(token);
@@ -464,8 +568,14 @@ impl Reactor {
             return;
         };
         session.fin_reported |= read_closed;
-        if session.eof || session.read_turn == turn || session.core.outbox().is_closing() {
+        if session.eof || session.read_turn == turn {
             return;
+        }
+        {
+            let outbox = session.core.outbox();
+            if outbox.read_paused || outbox.is_closing() {
+                return;
+            }
         }
         if arena_full {
             self.again.push(token);
@@ -508,6 +618,8 @@ impl Reactor {
         }
         let end = self.arena.len();
         if end > start {
+            session.last_active = self.now;
+            self.stats.bytes_in += (end - start) as u64;
             self.batch.push(Event::Received {
                 token,
                 range: start..end,
@@ -524,7 +636,9 @@ impl Reactor {
     /// surfaced: after the peer's EOF nothing reads any more, and with an empty buffer
     /// nothing sends, yet a later RST must still end the session.
     fn check_error(&mut self, token: Token) {
-        let Some(session) = self.session(token) else { return };
+        let Some(session) = self.session(token) else {
+            return;
+        };
         if let Ok(Some(err)) = net::take_error(session.fd.as_fd()) {
             self.release(token, CloseKind::Dead, Some(err));
         }
@@ -534,7 +648,11 @@ impl Reactor {
     /// shutdown request once the buffer is empty.
     fn flush(&mut self, token: Token) {
         let notify_drained = self.notify_drained;
-        let Some(session) = self.session(token) else {
+        let now = self.now;
+        let Some(session) = (match self.slots.get_mut(token.slot()) {
+            Some(Slot::Session(s)) if s.generation == token.generation() => Some(s),
+            _ => None,
+        }) else {
             return;
         };
         let fd = session.fd.as_fd();
@@ -549,10 +667,20 @@ impl Reactor {
             self.release(token, CloseKind::Abortive, None);
             return;
         }
+        if std::mem::take(&mut outbox.read_resume_pending) {
+            // Data that arrived while reading was paused raised no new edge.
+            self.again.push(token);
+        }
+        self.stats.writes += std::mem::take(&mut outbox.writes);
         let had_bytes = !outbox.buffer.is_empty();
         if had_bytes {
+            self.stats.sends += 1;
             match net::send(fd, outbox.buffer.pending()) {
-                Ok(n) => outbox.buffer.consume(n),
+                Ok(n) => {
+                    outbox.buffer.consume(n);
+                    self.stats.bytes_out += n as u64;
+                    session.last_active = now;
+                }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                 Err(err) => {
                     drop(outbox);
@@ -561,7 +689,21 @@ impl Reactor {
                 }
             }
         }
-        if !outbox.buffer.is_empty() {
+        if std::mem::take(&mut outbox.idle_timeout_changed) {
+            if let Some(Some(timeout)) = outbox.idle_timeout {
+                self.idle.note(timeout, now);
+            }
+        }
+        let buffered = outbox.buffer.len();
+
+        if !outbox.writing_paused && buffered > outbox.limits.high {
+            outbox.writing_paused = true;
+            self.batch.push(Event::PauseWriting { token });
+        } else if outbox.writing_paused && buffered <= outbox.limits.low {
+            outbox.writing_paused = false;
+            self.batch.push(Event::ResumeWriting { token });
+        }
+        if buffered > 0 {
             // The kernel's buffer is full; EPOLLOUT will report room.
             return;
         }
@@ -623,7 +765,8 @@ impl Reactor {
         }
         drop(session.fd);
         self.sessions -= 1;
-        self.shared.update_status(|status| status.sessions -= 1);
+        // The status count drops when the consumer has delivered this event (see
+        // `LoopShared::session_closed`), so `join()` cannot return before `on_close` ran.
         self.batch.push(Event::Closed { token, error });
     }
 
@@ -654,11 +797,54 @@ impl Reactor {
     fn close_listeners(&mut self) {
         for token in self.listener_tokens() {
             let index = token.slot();
-            self.slots[index] = Slot::Vacant {
-                generation: token.generation(),
-            };
+            let slot = std::mem::replace(
+                &mut self.slots[index],
+                Slot::Vacant {
+                    generation: token.generation(),
+                },
+            );
             self.vacant.push(index as u32);
+            if let Slot::Listener {
+                addr: Address::Unix(path),
+                fd,
+                ..
+            } = slot
+            {
+                drop(fd);
+                // The socket file would otherwise outlive the server and need cleaning
+                // up by hand; the listener's own file only (it was bound by us).
+                let _ = std::fs::remove_file(path);
+            }
         }
+    }
+
+    /// Closes every session that has seen no traffic for its idle timeout, and schedules
+    /// the next look.
+    fn close_idle_sessions(&mut self) {
+        let default = self.config.idle_timeout;
+        let mut idle = Vec::new();
+        for (index, slot) in self.slots.iter().enumerate() {
+            if let Slot::Session(session) = slot {
+                let timeout = session.core.outbox().idle_timeout.unwrap_or(default);
+                if let Some(timeout) = timeout {
+                    if self.now.saturating_duration_since(session.last_active) >= timeout {
+                        idle.push((Token::new(index as u32, session.generation), timeout));
+                    }
+                }
+            }
+        }
+        for (token, timeout) in idle {
+            self.stats.idle_timeouts += 1;
+            let error = io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no traffic for {:.3}s (idle timeout)",
+                    timeout.as_secs_f64()
+                ),
+            );
+            self.release(token, CloseKind::Graceful, Some(error));
+        }
+        self.idle.swept(self.now);
     }
 
     fn begin_stop(&mut self, deadline: Instant) {
@@ -706,12 +892,53 @@ impl Reactor {
         }
     }
 
-    fn until_next_deadline(&self) -> Option<Duration> {
-        let next = match (self.stop_deadline, self.accept_paused_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }?;
+    fn until_next_deadline(&mut self) -> Option<Duration> {
+        let next = [
+            self.stop_deadline,
+            self.accept_paused_until,
+            self.idle.next,
+            self.timers.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
         Some(next.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// When to look for idle sessions: at a quarter of the shortest idle timeout in force
+/// (the loop's or any session's), so a session is closed within 1.25 timeouts of its
+/// last traffic without a timer per session.
+struct IdleSweep {
+    shortest: Option<Duration>,
+    next: Option<Instant>,
+}
+
+impl IdleSweep {
+    fn new(timeout: Option<Duration>, now: Instant) -> IdleSweep {
+        IdleSweep {
+            shortest: timeout,
+            next: timeout.map(|t| now + Self::interval(t)),
+        }
+    }
+
+    fn interval(timeout: Duration) -> Duration {
+        (timeout / 4).clamp(IDLE_SWEEP_MIN, IDLE_SWEEP_MAX)
+    }
+
+    /// A session's own timeout: sweep often enough for it too.
+    fn note(&mut self, timeout: Duration, now: Instant) {
+        if self.shortest.is_none_or(|shortest| timeout < shortest) {
+            self.shortest = Some(timeout);
+            let next = now + Self::interval(timeout);
+            if self.next.is_none_or(|at| next < at) {
+                self.next = Some(next);
+            }
+        }
+    }
+
+    fn swept(&mut self, now: Instant) {
+        self.next = self.shortest.map(|timeout| now + Self::interval(timeout));
     }
 }
 
@@ -726,17 +953,20 @@ fn is_resource_exhaustion(err: &io::Error) -> bool {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use std::net::{Shutdown, TcpStream};
+    use std::net::{Shutdown, SocketAddr, TcpStream};
     use std::thread::JoinHandle;
 
     /// A reactor on its own thread whose plain-Rust "handler" echoes every byte and closes
     /// a session at the peer's EOF. The thread returns a log of what happened.
     fn echo_reactor() -> (SocketAddr, Arc<LoopShared>, JoinHandle<Vec<String>>) {
-        let mut reactor = Reactor::new(SocketOptions::default()).expect("reactor");
+        let mut reactor = Reactor::new(LoopConfig::default()).expect("reactor");
         let any_port = "127.0.0.1:0".parse().expect("addr");
-        let listener = net::listen(any_port, 64, reactor.options()).expect("listen");
-        let addr = net::local_addr(listener.as_fd()).expect("addr");
-        assert!(reactor.shared().submit(Command::Listen(listener, addr)));
+        let listener = net::listen(any_port, 64, false, &reactor.config().options).expect("listen");
+        let bound = net::local_addr(listener.as_fd()).expect("addr");
+        let Address::Inet(addr) = bound else {
+            panic!("not inet")
+        };
+        assert!(reactor.shared().submit(Command::Listen(listener, bound)));
         let shared = Arc::clone(reactor.shared());
         let thread = std::thread::spawn(move || {
             let mut log = Vec::new();
@@ -762,9 +992,15 @@ mod tests {
                             sessions[token.slot()].as_ref().expect("session").close();
                             log.push("eof".to_owned());
                         }
-                        Event::Drained { .. } => {}
+                        Event::Drained { .. }
+                        | Event::PauseWriting { .. }
+                        | Event::ResumeWriting { .. }
+                        | Event::Timer { .. }
+                        | Event::AcceptPaused { .. } => {}
                         Event::Closed { token, error } => {
                             sessions[token.slot()] = None;
+                            reactor.shared().session_closed();
+
                             log.push(format!("closed {:?}", error.as_ref().map(|e| e.kind())));
                         }
                     }

@@ -6,7 +6,6 @@
 //! session once for the reactor, which does every send and close itself. No lock here is
 //! ever held while Python runs or while the reactor waits.
 
-use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -14,6 +13,56 @@ use std::time::{Duration, Instant};
 
 use crate::buffer::WriteBuffer;
 use crate::epoll::{Token, Waker};
+use crate::net::Address;
+
+/// A session's write-buffer limits.
+///
+/// Above `high` buffered bytes the handler's `on_pause_writing` is called, and once the
+/// buffer has drained to `low` or below, `on_resume_writing`. `max` is the hard cap: a
+/// write that would take the buffer past it is refused, so a peer that never reads
+/// cannot grow the process's memory without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteLimits {
+    /// The high watermark in bytes.
+    pub high: usize,
+    /// The low watermark in bytes.
+    pub low: usize,
+    /// The most bytes the buffer may hold.
+    pub max: usize,
+}
+
+impl WriteLimits {
+    /// asyncio's watermarks, and a cap generous enough for any single ordinary write.
+    pub const DEFAULT: WriteLimits = WriteLimits {
+        high: 64 * 1024,
+        low: 16 * 1024,
+        max: 128 * 1024 * 1024,
+    };
+
+    /// Checked limits; the error names what is wrong.
+    pub fn new(high: usize, low: usize, max: usize) -> Result<WriteLimits, String> {
+        if low > high {
+            return Err(format!(
+                "the low watermark ({low}) must not exceed the high one ({high})"
+            ));
+        }
+        if high > max {
+            return Err(format!(
+                "the high watermark ({high}) must not exceed max_write_buffer ({max})"
+            ));
+        }
+        if max == 0 {
+            return Err("max_write_buffer must be at least 1 byte".to_owned());
+        }
+        Ok(WriteLimits { high, low, max })
+    }
+}
+
+impl Default for WriteLimits {
+    fn default() -> WriteLimits {
+        WriteLimits::DEFAULT
+    }
+}
 
 /// Why a session refused a write or another request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +71,15 @@ pub enum Refusal {
     Closed,
     /// `shutdown_write()` was called: the write side is closed, reading goes on.
     WriteShut,
+    /// The write would take the buffer past its hard cap; nothing was buffered.
+    Full {
+        /// Bytes buffered before the write.
+        buffered: usize,
+        /// The size of the refused write.
+        size: usize,
+        /// The cap.
+        max: usize,
+    },
 }
 
 /// What the session has been asked to do, and what it has done.
@@ -41,6 +99,21 @@ pub struct Outbox {
     pub closed: bool,
     /// The session is in the reactor's queue already (so a burst of writes queues it once).
     pub queued: bool,
+    /// The write-buffer limits.
+    pub limits: WriteLimits,
+    /// The reactor has told the handler to pause writing (buffer above `limits.high`).
+    pub writing_paused: bool,
+    /// `pause_reading()` is in force: the reactor reads nothing from this session.
+    pub read_paused: bool,
+    /// `resume_reading()` was called: the reactor must look at the socket itself, since
+    /// data that arrived while paused raised its edge already.
+    pub read_resume_pending: bool,
+    /// This session's own idle timeout, if it overrides the loop's (`Some(None)`: none).
+    pub idle_timeout: Option<Option<Duration>>,
+    /// `idle_timeout` changed since the reactor last looked.
+    pub idle_timeout_changed: bool,
+    /// `write()` calls since the last flush (for the coalescing statistics).
+    pub writes: u64,
 }
 
 impl Outbox {
@@ -66,9 +139,9 @@ pub struct SessionCore {
     /// Unique within the process, never reused.
     pub id: u64,
     /// The remote address.
-    pub peer: SocketAddr,
+    pub peer: Address,
     /// The local address.
-    pub local: SocketAddr,
+    pub local: Address,
     token: AtomicU64,
     outbox: Mutex<Outbox>,
     shared: Arc<LoopShared>,
@@ -87,13 +160,21 @@ static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
 impl SessionCore {
     /// A new session of the loop behind `shared`.
-    pub fn new(shared: Arc<LoopShared>, peer: SocketAddr, local: SocketAddr) -> Arc<SessionCore> {
+    pub fn new(
+        shared: Arc<LoopShared>,
+        peer: Address,
+        local: Address,
+        limits: WriteLimits,
+    ) -> Arc<SessionCore> {
         Arc::new(SessionCore {
             id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
             peer,
             local,
             token: AtomicU64::new(u64::MAX),
-            outbox: Mutex::new(Outbox::default()),
+            outbox: Mutex::new(Outbox {
+                limits,
+                ..Outbox::default()
+            }),
             shared,
         })
     }
@@ -118,26 +199,71 @@ impl SessionCore {
 
     /// Buffers `bytes` for sending. Safe from any thread.
     pub fn write(self: &Arc<Self>, bytes: &[u8]) -> Result<(), Refusal> {
-        self.write_all(std::iter::once(bytes))
+        self.write_all(&[bytes])
     }
 
-    /// Buffers several pieces atomically: no other thread's write lands between them.
-    pub fn write_all<'a>(
-        self: &Arc<Self>,
-        pieces: impl IntoIterator<Item = &'a [u8]>,
-    ) -> Result<(), Refusal> {
+    /// Buffers several pieces atomically: all or none, and no other thread's write lands
+    /// between them.
+    pub fn write_all(self: &Arc<Self>, pieces: &[&[u8]]) -> Result<(), Refusal> {
+        let size: usize = pieces.iter().map(|piece| piece.len()).sum();
         let mut outbox = self.outbox();
         if let Some(refusal) = outbox.write_refusal() {
             return Err(refusal);
         }
-        let before = outbox.buffer.len();
+        let buffered = outbox.buffer.len();
+        if size > outbox.limits.max.saturating_sub(buffered) {
+            return Err(Refusal::Full {
+                buffered,
+                size,
+                max: outbox.limits.max,
+            });
+        }
+        if size == 0 {
+            return Ok(());
+        }
         for piece in pieces {
             outbox.buffer.extend(piece);
         }
-        if outbox.buffer.len() != before && !self.queue(outbox) {
+        outbox.writes += 1;
+        if !self.queue(outbox) {
             return Err(Refusal::Closed);
         }
         Ok(())
+    }
+
+    /// Stops reading from the socket until `resume_reading`; the kernel's receive window
+    /// then pushes back on the peer. Idempotent.
+    pub fn pause_reading(&self) {
+        self.outbox().read_paused = true;
+    }
+
+    /// Resumes reading; data that arrived while paused is delivered next. Idempotent.
+    pub fn resume_reading(self: &Arc<Self>) {
+        let mut outbox = self.outbox();
+        if outbox.read_paused && !outbox.closed {
+            outbox.read_paused = false;
+            outbox.read_resume_pending = true;
+            self.queue(outbox);
+        }
+    }
+
+    /// Replaces the write-buffer limits; the reactor re-evaluates pause/resume at once.
+    pub fn set_write_limits(self: &Arc<Self>, limits: WriteLimits) {
+        let mut outbox = self.outbox();
+        outbox.limits = limits;
+        if !outbox.closed {
+            self.queue(outbox);
+        }
+    }
+
+    /// Overrides the loop's idle timeout for this session (`None`: never times out).
+    pub fn set_idle_timeout(self: &Arc<Self>, timeout: Option<Duration>) {
+        let mut outbox = self.outbox();
+        outbox.idle_timeout = Some(timeout);
+        outbox.idle_timeout_changed = true;
+        if !outbox.closed {
+            self.queue(outbox);
+        }
     }
 
     /// Requests a graceful close: everything buffered is sent, then FIN. Idempotent.
@@ -198,16 +324,47 @@ pub enum Command {
     /// Register a socket connected by `Client.connect` as a session.
     Adopt(Arc<SessionCore>, OwnedFd),
     /// Start accepting on a listening socket.
-    Listen(OwnedFd, SocketAddr),
+    Listen(OwnedFd, Address),
     /// Stop: close listeners, flush and close every session, abort what is left at the
     /// deadline, then finish.
     Stop(Instant),
+    /// Report [`crate::reactor::Event::Timer`] with this id at this instant.
+    Timer(u64, Instant),
+    /// Forget the timer with this id, if it has not fired.
+    CancelTimer(u64),
+}
+
+/// Counters the reactor publishes once per turn, cheap for any thread to read.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Sessions open now.
+    pub sessions_open: u64,
+    /// Sessions ever opened (accepted or connected).
+    pub sessions_total: u64,
+    /// Connections accepted by listeners.
+    pub accepted: u64,
+    /// Connections accepted and closed at once because `max_connections` was reached.
+    pub refused_by_limit: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes handed to the kernel.
+    pub bytes_out: u64,
+    /// `write()` calls that buffered bytes.
+    pub writes: u64,
+    /// `send` syscalls that carried them: `writes - sends` were coalesced away.
+    pub sends: u64,
+    /// Sessions closed by the idle timeout.
+    pub idle_timeouts: u64,
+    /// Times accepting paused because the process ran out of fds or memory.
+    pub accept_pauses: u64,
+    /// Timer and `call_soon_threadsafe` callbacks run.
+    pub timers_fired: u64,
 }
 
 /// Counters that `join()` and friends wait on.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LoopStatus {
-    /// Sessions accepted or adopted and not yet closed.
+    /// Sessions accepted or adopted whose `Event::Closed` has not been delivered yet.
     pub sessions: usize,
     /// The reactor thread has returned.
     pub finished: bool,
@@ -224,6 +381,7 @@ struct Queue {
 /// What the reactor thread shares with every other thread.
 pub struct LoopShared {
     queue: Mutex<Queue>,
+    stats: Mutex<Stats>,
     /// Set by the reactor just before it may block in `epoll_wait`; whoever finds it set
     /// after queueing a command clears it and wakes the reactor. Writes made by handlers
     /// on the reactor thread itself find it clear, so the hot path never touches the
@@ -239,6 +397,7 @@ impl LoopShared {
     pub fn new(waker: Waker) -> LoopShared {
         LoopShared {
             queue: Mutex::new(Queue::default()),
+            stats: Mutex::new(Stats::default()),
             polling: AtomicBool::new(false),
             waker,
             status: Mutex::new(LoopStatus::default()),
@@ -279,6 +438,12 @@ impl LoopShared {
         accepted
     }
 
+    /// The consumer of the reactor's events has delivered an `Event::Closed`: only now
+    /// does the session stop counting as open for those waiting on the status.
+    pub fn session_closed(&self) {
+        self.update_status(|status| status.sessions -= 1);
+    }
+
     /// Moves every queued command into `into` (reactor thread).
     pub(crate) fn take_commands(&self, into: &mut Vec<Command>) {
         std::mem::swap(&mut self.lock_queue().commands, into);
@@ -308,7 +473,16 @@ impl LoopShared {
         &self.waker
     }
 
-    /// The current counters.
+    /// The counters as of the reactor's last turn.
+    pub fn stats(&self) -> Stats {
+        *lock(&self.stats)
+    }
+
+    pub(crate) fn publish_stats(&self, stats: &Stats) {
+        *lock(&self.stats) = *stats;
+    }
+
+    /// The current status.
     pub fn status(&self) -> LoopStatus {
         *lock(&self.status)
     }

@@ -7,6 +7,7 @@ reordered or cross-session chunk is caught, not only a wrong length.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import random
 import selectors
@@ -15,11 +16,9 @@ import struct
 import termios
 import threading
 import time
-from typing import Optional
-
-import pytest
 
 import hamanet
+import pytest
 from conftest import WAIT, Recorder, connect, recv_exactly, recv_until_eof, wait_until
 
 MiB = 1 << 20
@@ -37,26 +36,26 @@ class Pattern:
 
     def _block(self, index: int) -> bytes:
         rotation = (index * 40503 + 12345) % BLOCK  # odd multiplier: distinct for 2**16 blocks
-        return self._base2[rotation:rotation + BLOCK]
+        return self._base2[rotation : rotation + BLOCK]
 
     def slice(self, offset: int, size: int) -> bytes:
         out = bytearray()
         index, skip = divmod(offset, BLOCK)
         while len(out) < size:
             block = self._block(index)
-            out += block[skip:skip + size - len(out)]
+            out += block[skip : skip + size - len(out)]
             skip = 0
             index += 1
         return bytes(out)
 
 
-def first_difference(got: bytes, expected: bytes) -> Optional[int]:
+def first_difference(got: bytes, expected: bytes) -> int | None:
     """Offset of the first differing byte (or of the shorter end), None if equal."""
     if got == expected:
         return None
     step = 1 << 16
     for start in range(0, min(len(got), len(expected)), step):
-        a, b = got[start:start + step], expected[start:start + step]
+        a, b = got[start : start + step], expected[start : start + step]
         if a != b:
             for i, (x, y) in enumerate(zip(a, b)):
                 if x != y:
@@ -67,8 +66,7 @@ def first_difference(got: bytes, expected: bytes) -> Optional[int]:
 def assert_same(got: bytes, expected: bytes, what: str = "stream") -> None:
     diff = first_difference(got, expected)
     assert diff is None, (
-        f"{what}: got {len(got)} bytes, expected {len(expected)}; first difference at "
-        f"offset {diff}"
+        f"{what}: got {len(got)} bytes, expected {len(expected)}; first difference at offset {diff}"
     )
 
 
@@ -122,7 +120,7 @@ def test_128mib_each_way_through_echo_with_small_buffers(serve):
                 size = min(total - offset, rng.randint(1, 2 * MiB))
                 sock.sendall(pattern.slice(offset, size))
                 offset += size
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:  # reported by the main thread
             send_error.append(exc)
 
     thread = threading.Thread(target=sender, name="sender", daemon=True)
@@ -177,10 +175,8 @@ def test_100_sessions_each_get_exactly_their_own_bytes(serve):
                 data = patterns[entry["i"]]
                 if events & selectors.EVENT_WRITE and entry["sent"] < size:
                     piece = rng.randint(1, 16 * KiB)
-                    try:
-                        entry["sent"] += sock.send(data[entry["sent"]:entry["sent"] + piece])
-                    except BlockingIOError:
-                        pass
+                    with contextlib.suppress(BlockingIOError):
+                        entry["sent"] += sock.send(data[entry["sent"] : entry["sent"] + piece])
                     if entry["sent"] == size:
                         selector.modify(sock, selectors.EVENT_READ, entry)
                 if events & selectors.EVENT_READ:
@@ -267,9 +263,10 @@ def test_server_small_and_large_writes_arrive_exact_and_in_order(serve):
 @pytest.mark.timeout(60)
 def test_10k_pipelined_frames_reassembled_exact(serve):
     count = 10000
+    frame_bytes = Pattern(4)
 
     def payload(i: int) -> bytes:
-        return struct.pack(">I", i) + Pattern(i).slice(0, (i * 37) % 1500)
+        return struct.pack(">I", i) + frame_bytes.slice(i * 1499, (i * 37) % 1500)
 
     class Framer(hamanet.Handler):
         def __init__(self):
@@ -281,12 +278,14 @@ def test_10k_pipelined_frames_reassembled_exact(serve):
         def on_recv(self, session, data):
             self.pending += data
             frames = []
-            while len(self.pending) >= 4:
-                (length,) = struct.unpack_from(">I", self.pending)
-                if len(self.pending) < 4 + length:
+            pos = 0
+            while len(self.pending) - pos >= 4:
+                (length,) = struct.unpack_from(">I", self.pending, pos)
+                if len(self.pending) - pos < 4 + length:
                     break
-                frames.append(bytes(self.pending[4:4 + length]))
-                del self.pending[:4 + length]
+                frames.append(bytes(self.pending[pos + 4 : pos + 4 + length]))
+                pos += 4 + length
+            del self.pending[:pos]
             with self.lock:
                 self.frames.extend(frames)
                 self.recv_calls += 1
@@ -325,7 +324,7 @@ def test_both_sides_write_64mib_before_reading(serve):
         def __init__(self):
             self.lock = threading.Lock()
             self.received = 0
-            self.mismatch_at: Optional[int] = None
+            self.mismatch_at: int | None = None
             self.closes: list = []
 
         def on_connect(self, session):
@@ -355,13 +354,15 @@ def test_both_sides_write_64mib_before_reading(serve):
         while received < total:
             n = sock.recv_into(view, min(MiB, total - received))
             assert n, f"EOF after {received} bytes of the server's 64 MiB"
-            assert view[:n] == server_pattern.slice(received, n), (
-                f"server's byte {received + first_difference(bytes(view[:n]), server_pattern.slice(received, n))} differs"
-            )
+            expected = server_pattern.slice(received, n)
+            if view[:n] != expected:
+                diff = first_difference(bytes(view[:n]), expected)
+                pytest.fail(f"the server's byte {received + diff} differs")
             received += n
         wait_until(lambda: handler.received >= total, what="server read the client's 64 MiB")
         assert handler.received == total
-        assert handler.mismatch_at is None, f"client byte {handler.mismatch_at} differs at the server"
+        mismatch = handler.mismatch_at
+        assert mismatch is None, f"the client's byte {mismatch} differs at the server"
     finally:
         sock.close()
 
@@ -379,7 +380,7 @@ def test_data_then_fin_every_byte_before_clean_close(serve):
         offset = 0
         while offset < size:
             piece = rng.randint(1, 256 * KiB)
-            sock.sendall(data[offset:offset + piece])
+            sock.sendall(data[offset : offset + piece])
             offset += piece
         sock.shutdown(socket.SHUT_WR)
         session = server_session_for(recorder, sock)
@@ -428,6 +429,75 @@ def test_fin_with_more_than_one_read_budget_already_queued_is_seen(serve):
     finally:
         gate.set()
         sock.close()
+
+
+@pytest.mark.timeout(60)
+def test_many_sessions_with_data_and_fin_queued_at_once(serve):
+    """40 sessions x (300 KB + FIN) all queued in the kernel before the reactor looks: one
+    turn cannot read them all (per-session and per-turn read limits), yet every session
+    gets every byte, then on_eof, then on_close(None)."""
+    count, size = 40, 300_000
+    gate = threading.Event()
+
+    class Gated(Recorder):
+        def on_connect(self, session):
+            super().on_connect(session)
+            gate.wait(WAIT)  # the first connection holds the reactor; the rest queue up
+
+    recorder = Gated()
+    server = serve(recorder, recv_buffer=4 * MiB)
+    holder = connect(server.port)
+    sockets = []
+    try:
+        recorder.wait_sessions(1)
+        sockets = [connect(server.port) for _ in range(count)]
+        datas = [Pattern(300 + i).slice(0, size) for i in range(count)]
+        for sock, data in zip(sockets, datas):
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        wait_until(
+            lambda: all(unacked_bytes(sock) == 0 for sock in sockets),
+            what="the server's kernel to take every byte",
+        )
+        gate.set()
+        for i, sock in enumerate(sockets):
+            session = server_session_for(recorder, sock)
+            closes = recorder.wait_closed(session.id)
+            assert closes == [None], f"session {i}: {closes}"
+            assert_same(recorder.received(session.id), datas[i], f"session {i}")
+            assert recorder.kinds(session.id)[-2:] == ["eof", "close"]
+    finally:
+        gate.set()
+        holder.close()
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.mark.timeout(30)
+def test_bytes_like_writes_are_snapshotted(serve):
+    """bytearray / memoryview writes are copied at write(): mutating them afterwards does
+    not change what the peer receives."""
+
+    class Mutating(hamanet.Handler):
+        def on_connect(self, session):
+            buf = bytearray(b"A" * 100_000)
+            session.write(buf)
+            buf[:] = b"B" * 100_000
+            view = memoryview(bytearray(b"C" * 1000))
+            session.write(view[10:20])
+            view[10:20] = b"D" * 10
+            parts = [bytearray(b"E" * 10), memoryview(b"F" * 10)]
+            session.writelines(parts)
+            parts[0][:] = b"G" * 10
+            session.close()
+
+    server = serve(Mutating())
+    sock = connect(server.port)
+    try:
+        got = recv_until_eof(sock)
+    finally:
+        sock.close()
+    assert_same(got, b"A" * 100_000 + b"C" * 10 + b"E" * 10 + b"F" * 10, "snapshotted writes")
 
 
 @pytest.mark.timeout(60)
@@ -494,8 +564,10 @@ def test_server_abort_after_writing_peer_sees_reset(serve):
         def on_close(self, session, exc):
             closes.append(exc)
 
-    server = serve(WriteAbort())
-    sock = connect(server.port, timeout=30)
+    # Small buffers: at most a few hundred KB can be in flight, so most of the 32 MiB is
+    # still in the session's buffer when it is aborted.
+    server = serve(WriteAbort(), send_buffer=65536)
+    sock = small_buffer_socket(server.port)
     try:
         got = bytearray(recv_exactly(sock, MiB))
         sock.sendall(b"!")  # the server aborts with most of its 32 MiB still buffered
@@ -507,7 +579,8 @@ def test_server_abort_after_writing_peer_sees_reset(serve):
                 got += chunk
     finally:
         sock.close()
-    assert len(got) < size, "everything arrived although the session was aborted"
+    received = len(got)
+    assert received < size, "everything arrived although the session was aborted"
     assert data.startswith(bytes(got)), "bytes before the reset are not a prefix"
     wait_until(lambda: closes, what="on_close")
     assert closes == [None]
@@ -540,7 +613,7 @@ def test_hamanet_client_to_server_echo_exact(serve, client_factory):
     offset = 0
     while offset < size:
         piece = rng.randint(1, 128 * KiB)
-        session.write(data[offset:offset + piece])
+        session.write(data[offset : offset + piece])
         offset += piece
     wait_until(lambda: len(collector.data) >= size, timeout=30, what="the echo")
     with collector.lock:
@@ -548,5 +621,29 @@ def test_hamanet_client_to_server_echo_exact(serve, client_factory):
     assert_same(got, data, "client echo")
     session.close()
     assert client.join(WAIT)
+    wait_until(lambda: collector.closes, what="the client's on_close")
     assert collector.closes == [None]
     assert len(collector.data) == size
+
+
+@pytest.mark.timeout(30)
+def test_client_join_returns_only_after_on_close_ran(serve, client_factory):
+    """Client.join() "waits until all of this client's sessions closed": code after it
+    must be able to rely on every on_close having run (a slow on_close widens the window)."""
+    server = serve(Echo())
+
+    class SlowClose(hamanet.Handler):
+        def __init__(self):
+            self.closes: list = []
+
+        def on_close(self, session, exc):
+            time.sleep(0.3)  # a handler doing some cleanup work
+            self.closes.append(exc)
+
+    handler = SlowClose()
+    client = client_factory(handler)
+    session = client.connect("127.0.0.1", server.port)
+    session.write(b"ping")
+    session.close()
+    assert client.join(WAIT)
+    assert handler.closes == [None], "join() returned before on_close ran"

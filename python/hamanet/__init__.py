@@ -12,7 +12,13 @@ if not sys.platform.startswith("linux"):
     )
 
 from ._endpoint import Client, Server
-from ._hamanet import LifecycleError, Session, SessionClosedError
+from ._hamanet import (
+    LifecycleError,
+    Session,
+    SessionClosedError,
+    TimerHandle,
+    WriteBufferFullError,
+)
 from ._handler import Handler
 
 __all__ = [
@@ -22,5 +28,7 @@ __all__ = [
     "Server",
     "Session",
     "SessionClosedError",
+    "TimerHandle",
+    "WriteBufferFullError",
 ]
 __version__ = "0.1.0"

@@ -5,16 +5,21 @@ from __future__ import annotations
 import atexit
 import contextlib
 import math
+import os
 import threading
-from typing import Any
+import time
+from typing import Any, Callable
 
-from ._hamanet import LifecycleError, Loop, Session
+from ._hamanet import LifecycleError, Loop, Session, TimerHandle
 from ._handler import Handler, bound_callbacks
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_BACKLOG = 1024
 DEFAULT_STOP_TIMEOUT = 5.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_WRITE_HIGH = 64 * 1024
+DEFAULT_WRITE_LOW = 16 * 1024
+DEFAULT_MAX_WRITE_BUFFER = 128 * 1024 * 1024
 #: How long one blocking wait lasts before Python gets to handle signals (Ctrl-C).
 _WAIT_SLICE = 0.1
 
@@ -51,12 +56,28 @@ def _check_timeout(timeout: Any, name: str = "timeout") -> float:
     return float(timeout)
 
 
-def _check_buffer(value: Any, name: str) -> int | None:
+def _check_size(value: Any, name: str, *, optional: bool = True, minimum: int = 1) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = f"an int >= {minimum}" + (" or None" if optional else "")
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return value
+
+
+def _check_idle_timeout(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int (bytes) or None, got {value!r}")
-    return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"idle_timeout must be a number of seconds or None, not {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"idle_timeout must be a finite number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def _check_callback(callback: Any) -> None:
+    if not callable(callback):
+        raise TypeError(f"callback must be callable, not {type(callback).__name__!r}")
 
 
 class _Endpoint:
@@ -70,14 +91,36 @@ class _Endpoint:
         keepalive: bool = False,
         recv_buffer: int | None = None,
         send_buffer: int | None = None,
+        write_high: int = DEFAULT_WRITE_HIGH,
+        write_low: int = DEFAULT_WRITE_LOW,
+        max_write_buffer: int = DEFAULT_MAX_WRITE_BUFFER,
+        idle_timeout: float | None = None,
+        max_connections: int | None = None,
     ) -> None:
+        write_high = _check_size(write_high, "write_high", optional=False, minimum=0)
+        write_low = _check_size(write_low, "write_low", optional=False, minimum=0)
+        max_write_buffer = _check_size(max_write_buffer, "max_write_buffer", optional=False)
+        if write_low > write_high:
+            raise ValueError(
+                f"write_low ({write_low}) must not exceed write_high ({write_high}): writing "
+                "resumes below the low watermark after pausing above the high one"
+            )
+        if write_high > max_write_buffer:
+            raise ValueError(
+                f"write_high ({write_high}) must not exceed max_write_buffer ({max_write_buffer})"
+            )
         self._handler = handler
         self._loop = Loop(
             bound_callbacks(handler),
             nodelay=bool(nodelay),
             keepalive=bool(keepalive),
-            recv_buffer=_check_buffer(recv_buffer, "recv_buffer"),
-            send_buffer=_check_buffer(send_buffer, "send_buffer"),
+            recv_buffer=_check_size(recv_buffer, "recv_buffer"),
+            send_buffer=_check_size(send_buffer, "send_buffer"),
+            write_high=write_high,
+            write_low=write_low,
+            max_write_buffer=max_write_buffer,
+            idle_timeout=_check_idle_timeout(idle_timeout),
+            max_connections=_check_size(max_connections, "max_connections"),
         )
         self._start_lock = threading.Lock()
 
@@ -102,6 +145,41 @@ class _Endpoint:
     def session_count(self) -> int:
         """Sessions currently open."""
         return self._loop.session_count
+
+    def stats(self) -> dict[str, int]:
+        """Counters as of the reactor's last wakeup: ``sessions_open``, ``sessions_total``,
+        ``accepted``, ``refused_by_limit``, ``bytes_in``, ``bytes_out``, ``writes``,
+        ``sends``, ``writes_coalesced``, ``idle_timeouts``, ``accept_pauses``,
+        ``timers_fired``, ``handler_errors``. Cheap: read it as often as you like."""
+        return self._loop.stats()
+
+    def time(self) -> float:
+        """The clock that ``call_at`` uses: ``time.monotonic()``."""
+        return time.monotonic()
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Runs ``callback(*args)`` on the reactor thread after ``delay`` seconds, in the
+        same batch as I/O callbacks. Returns a handle whose ``cancel()`` stops it. Safe from
+        any thread; a callback that raises is logged on the ``hamanet`` logger."""
+        delay = _check_timeout(delay, "delay")
+        _check_callback(callback)
+        now = time.monotonic()
+        return self._loop.call_at(now + delay, callback, args, now)
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Runs ``callback(*args)`` at ``when`` on the ``time.monotonic()`` clock (see
+        ``call_later``)."""
+        if isinstance(when, bool) or not isinstance(when, (int, float)):
+            raise TypeError(f"when must be a time.monotonic() value, not {when!r}")
+        _check_callback(callback)
+        return self._loop.call_at(float(when), callback, args, time.monotonic())
+
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Runs ``callback(*args)`` on the reactor thread as soon as it can, waking it if
+        it is waiting. The way for other threads to hand work to handler code."""
+        _check_callback(callback)
+        now = time.monotonic()
+        return self._loop.call_at(now, callback, args, now)
 
     def start(self) -> None:
         """Starts the reactor on its own thread. Raises LifecycleError if called twice."""
@@ -192,31 +270,48 @@ class Server(_Endpoint):
         *,
         backlog: int = DEFAULT_BACKLOG,
         reuse_port: bool = False,
+        dual_stack: bool = False,
     ) -> tuple[str, int]:
         """Binds and listens on ``host:port`` (port 0 picks a free one); returns the bound
         address. The default host is loopback: listening on every interface takes an
         explicit ``host="0.0.0.0"`` (or ``"::"``). A port in use raises OSError(EADDRINUSE).
         Can be called before or after start(), several times for several addresses.
+        ``reuse_port=True`` (SO_REUSEPORT) lets several processes listen on one port;
+        ``dual_stack=True`` makes an IPv6 listener (``host="::"``) accept IPv4 too.
         """
         port = _check_port(port)
         host = _check_host(host)
-        if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 1:
-            raise ValueError(f"backlog must be a positive int, got {backlog!r}")
-        address = self._loop.listen(host, port, backlog, bool(reuse_port))
+        backlog = _check_size(backlog, "backlog", optional=False)
+        # (host, port) for IPv6 too: flowinfo and scope_id say nothing about a listener.
+        address = self._loop.listen(host, port, backlog, bool(reuse_port), bool(dual_stack))[:2]
+        self._addresses.append(address)
+        return address
+
+    def open_unix(self, path: str | os.PathLike[str], *, backlog: int = DEFAULT_BACKLOG) -> str:
+        """Binds and listens on a Unix domain stream socket at ``path``; returns the path.
+        A socket file left behind by a dead process is replaced; one a live server owns
+        raises OSError(EADDRINUSE); a path over 107 bytes raises ValueError. The file is
+        removed when the server stops."""
+        path = os.fspath(path)
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"path must be a non-empty filesystem path, got {path!r}")
+        backlog = _check_size(backlog, "backlog", optional=False)
+        address = self._loop.listen_unix(path, backlog)
         self._addresses.append(address)
         return address
 
     @property
-    def addresses(self) -> list[tuple[str, int]]:
-        """Every address opened, as (host, port)."""
+    def addresses(self) -> list[Any]:
+        """Every address opened: (host, port) tuples, and paths for Unix sockets."""
         return list(self._addresses)
 
     @property
     def port(self) -> int:
-        """The port of the first open() (useful after ``open(0)``)."""
-        if not self._addresses:
-            raise LifecycleError("the server has no port yet: call open(port) first")
-        return self._addresses[0][1]
+        """The port of the first TCP open() (useful after ``open(0)``)."""
+        for address in self._addresses:
+            if isinstance(address, tuple):
+                return address[1]
+        raise LifecycleError("the server has no TCP port: call open(port) first")
 
     def serve_forever(self) -> None:
         """start() then join(): runs until stop() or Ctrl-C."""
@@ -242,11 +337,25 @@ class Client(_Endpoint):
         host = _check_host(host)
         port = _check_port(port)
         timeout = _check_timeout(timeout)
+        self._ensure_started()
+        return self._loop.connect(host, port, timeout)
+
+    def connect_unix(
+        self, path: str | os.PathLike[str], *, timeout: float = DEFAULT_CONNECT_TIMEOUT
+    ) -> Session:
+        """Connects to the Unix domain stream socket at ``path`` (see ``connect``)."""
+        path = os.fspath(path)
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"path must be a non-empty filesystem path, got {path!r}")
+        timeout = _check_timeout(timeout)
+        self._ensure_started()
+        return self._loop.connect_unix(path, timeout)
+
+    def _ensure_started(self) -> None:
         with self._start_lock:
             if self._loop.phase == "created":
                 self._loop.start()
                 self._track(True)
-        return self._loop.connect(host, port, timeout)
 
     def join(self, timeout: float | None = None) -> bool:
         """Blocks until every session of this client has closed (or the client stopped),

@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from ._hamanet import Session
 
-CALLBACK_NAMES = ("on_connect", "on_recv", "on_send", "on_eof", "on_close")
+CALLBACK_NAMES = (
+    "on_connect",
+    "on_recv",
+    "on_send",
+    "on_eof",
+    "on_close",
+    "on_pause_writing",
+    "on_resume_writing",
+)
 
 
 class Handler:
@@ -37,7 +45,15 @@ class Handler:
 
     def on_close(self, session: Session, exc: BaseException | None) -> None:
         """The session is closed: ``exc`` is None for a clean close, else the ``OSError``
-        that ended it, or the exception a callback raised."""
+        that ended it (``TimeoutError`` for the idle timeout), or the exception a callback
+        raised."""
+
+    def on_pause_writing(self, session: Session) -> None:
+        """More than the high watermark is buffered after the reactor sent what it could:
+        the peer is slower than the writer. Stop writing until ``on_resume_writing``."""
+
+    def on_resume_writing(self, session: Session) -> None:
+        """The buffer has drained to the low watermark after ``on_pause_writing``."""
 
 
 def bound_callbacks(handler: Any) -> tuple[Callable[..., Any] | None, ...]:

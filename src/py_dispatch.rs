@@ -1,0 +1,383 @@
+//! The reactor thread: turns (detached) and the delivery of each turn's events to the
+//! handler's callbacks (attached, once per wakeup).
+//!
+//! The thread attaches to the interpreter once, for its whole life, and detaches only
+//! around [`Reactor::turn`] (the wait and every socket syscall). Creating a thread state
+//! per wakeup would cost more than the callbacks themselves.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+
+use crate::epoll::Token;
+use crate::errors::close_reason;
+use crate::py_loop::{LoopInner, Phase};
+use crate::py_session::PySession;
+use crate::reactor::{Event, Reactor};
+use crate::session::{lock, Command, LoopShared};
+
+/// The names of the handler callbacks, in the order `Loop` receives them.
+pub const CALLBACK_NAMES: [&str; 7] = [
+    "on_connect",
+    "on_recv",
+    "on_send",
+    "on_eof",
+    "on_close",
+    "on_pause_writing",
+    "on_resume_writing",
+];
+
+/// The handler's callbacks, each `None` when the handler does not override it, so an
+/// unused callback costs nothing per event.
+pub struct Callbacks {
+    on_connect: Option<Py<PyAny>>,
+    on_recv: Option<Py<PyAny>>,
+    on_send: Option<Py<PyAny>>,
+    on_eof: Option<Py<PyAny>>,
+    on_close: Option<Py<PyAny>>,
+    on_pause_writing: Option<Py<PyAny>>,
+    on_resume_writing: Option<Py<PyAny>>,
+}
+
+impl Callbacks {
+    /// From a tuple in [`CALLBACK_NAMES`] order, `None` for callbacks not overridden.
+    pub fn from_tuple(callbacks: &Bound<'_, PyTuple>) -> PyResult<Callbacks> {
+        if callbacks.len() != CALLBACK_NAMES.len() {
+            return Err(PyValueError::new_err(format!(
+                "callbacks must be a tuple of {} callables or None: {}",
+                CALLBACK_NAMES.len(),
+                CALLBACK_NAMES.join(", ")
+            )));
+        }
+        let get = |i: usize| -> PyResult<Option<Py<PyAny>>> {
+            let item = callbacks.get_item(i)?;
+            Ok((!item.is_none()).then(|| item.unbind()))
+        };
+        Ok(Callbacks {
+            on_connect: get(0)?,
+            on_recv: get(1)?,
+            on_send: get(2)?,
+            on_eof: get(3)?,
+            on_close: get(4)?,
+            on_pause_writing: get(5)?,
+            on_resume_writing: get(6)?,
+        })
+    }
+}
+
+/// One session's Python object and what the handler layer remembers about it.
+struct Entry {
+    generation: u32,
+    session: Py<PySession>,
+    /// The exception a callback raised, handed to `on_close` instead of the OS's reason.
+    error: Option<PyErr>,
+}
+
+/// Python objects of open sessions, indexed like the reactor's slots.
+#[derive(Default)]
+struct SessionTable {
+    entries: Vec<Option<Entry>>,
+}
+
+impl SessionTable {
+    fn insert(&mut self, token: Token, session: Py<PySession>) {
+        let index = token.slot();
+        if self.entries.len() <= index {
+            self.entries.resize_with(index + 1, || None);
+        }
+        self.entries[index] = Some(Entry {
+            generation: token.generation(),
+            session,
+            error: None,
+        });
+    }
+
+    fn get(&mut self, token: Token) -> Option<&mut Entry> {
+        match self.entries.get_mut(token.slot()) {
+            Some(Some(entry)) if entry.generation == token.generation() => Some(entry),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, token: Token) -> Option<Entry> {
+        let slot = self.entries.get_mut(token.slot())?;
+        match slot {
+            Some(entry) if entry.generation == token.generation() => slot.take(),
+            _ => None,
+        }
+    }
+}
+
+/// Marks the loop finished when the reactor thread ends, however it ends (a panic
+/// included), so `join()` returns and later calls are refused instead of waiting forever.
+struct FinishOnExit(Arc<LoopShared>);
+
+impl Drop for FinishOnExit {
+    fn drop(&mut self) {
+        drop(self.0.close_queue());
+        self.0.update_status(|status| status.finished = true);
+    }
+}
+
+/// The reactor thread's body.
+pub fn run(mut reactor: Reactor, inner: Arc<LoopInner>) {
+    let finish = FinishOnExit(Arc::clone(&inner.shared));
+    Python::attach(|py| {
+        let mut table = SessionTable::default();
+        let logger = py
+            .import("logging")
+            .and_then(|logging| logging.call_method1("getLogger", ("hamanet",)))
+            .map(Bound::unbind)
+            .ok();
+        let mut dispatcher = Dispatcher {
+            py,
+            inner: &inner,
+            logger,
+            table: &mut table,
+        };
+        loop {
+            if let Err(err) = py.detach(|| reactor.turn()) {
+                dispatcher.log_fatal(&err);
+                reactor.abort_all(&err);
+            }
+            // Read after the wait, so a handler swapped while the reactor slept is the one
+            // that gets this wakeup's events.
+            let callbacks = Arc::clone(&lock(&inner.callbacks));
+            reactor.set_notify_drained(callbacks.on_send.is_some());
+            let batch = reactor.take_batch();
+            for event in &batch {
+                dispatcher.deliver(&reactor, &callbacks, event);
+                if let Event::Closed { .. } = event {
+                    inner.shared.session_closed();
+                }
+            }
+
+            reactor.recycle_batch(batch);
+            if reactor.is_finished() {
+                break;
+            }
+        }
+        // Session objects and timer callbacks are Python objects: release them attached.
+        drop(table);
+        lock(&inner.pending).clear();
+        lock(&inner.timers).clear();
+    });
+    drop(reactor);
+    drop(finish);
+}
+
+struct Dispatcher<'a, 'py> {
+    py: Python<'py>,
+    inner: &'a LoopInner,
+    logger: Option<Py<PyAny>>,
+    table: &'a mut SessionTable,
+}
+
+impl<'py> Dispatcher<'_, 'py> {
+    fn deliver(&mut self, reactor: &Reactor, callbacks: &Callbacks, event: &Event) {
+        let py = self.py;
+        match event {
+            Event::Opened { token, session } => {
+                let pending = lock(&self.inner.pending).remove(&session.id);
+                let object = match pending {
+                    Some(object) => object,
+                    None => match Py::new(py, PySession::new(Arc::clone(session))) {
+                        Ok(object) => object,
+                        Err(err) => {
+                            self.log_error("creating the Session", session.id, &err);
+                            session.abort();
+                            return;
+                        }
+                    },
+                };
+                self.table.insert(*token, object);
+                self.notify(*token, "on_connect", &callbacks.on_connect);
+            }
+            Event::Received { token, range } => {
+                let Some(callback) = &callbacks.on_recv else {
+                    return;
+                };
+                if self.is_closing(*token) {
+                    // Closed earlier in this batch: its later input is not delivered.
+                    return;
+                }
+                let data = PyBytes::new(py, reactor.received(range.clone()));
+                self.call(*token, "on_recv", callback, |s| (s, data).into_pyobject(py));
+            }
+            Event::Eof { token } => {
+                let keep_open = match &callbacks.on_eof {
+                    Some(callback) if !self.is_closing(*token) => self
+                        .call(*token, "on_eof", callback, |s| (s,).into_pyobject(py))
+                        .is_some_and(|result| result.is_truthy().unwrap_or(false)),
+                    _ => false,
+                };
+                if !keep_open {
+                    if let Some(entry) = self.table.get(*token) {
+                        entry.session.get().core().close();
+                    }
+                }
+            }
+            Event::Drained { token } => self.notify(*token, "on_send", &callbacks.on_send),
+            Event::PauseWriting { token } => {
+                self.notify(*token, "on_pause_writing", &callbacks.on_pause_writing)
+            }
+            Event::ResumeWriting { token } => {
+                self.notify(*token, "on_resume_writing", &callbacks.on_resume_writing)
+            }
+            Event::Closed { token, error } => {
+                let Some(entry) = self.table.remove(*token) else {
+                    return;
+                };
+                let Some(callback) = &callbacks.on_close else {
+                    return;
+                };
+                let reason: Py<PyAny> = match (entry.error, error) {
+                    (Some(raised), _) => raised.into_value(py).into_any(),
+                    (None, Some(err)) => close_reason(py, err),
+                    (None, None) => py.None(),
+                };
+                let session = entry.session.bind(py);
+                if let Err(err) = callback.call1(py, (session, reason)) {
+                    self.handler_failed("on_close", Some(entry.session.get().core().id), err);
+                }
+            }
+            Event::Timer { id } => {
+                let Some((callback, args)) = lock(&self.inner.timers).remove(id) else {
+                    return; // cancelled after it came due
+                };
+                if let Err(err) = callback.call1(py, args.bind(py)) {
+                    self.handler_failed("a timer callback", None, err);
+                }
+            }
+            Event::AcceptPaused { error } => {
+                self.log_warning(&format!(
+                    "hamanet: accept failed ({error}); accepting pauses and retries every \
+                     100 ms until descriptors or memory free up; queued connections wait \
+                     in the backlog"
+                ));
+            }
+        }
+    }
+
+    fn is_closing(&mut self, token: Token) -> bool {
+        self.table
+            .get(token)
+            .is_none_or(|entry| entry.session.get().core().outbox().is_closing())
+    }
+
+    /// Calls a `callback(session)` notification, if overridden and the session is open.
+    fn notify(&mut self, token: Token, name: &str, callback: &Option<Py<PyAny>>) {
+        let py = self.py;
+        if let Some(callback) = callback {
+            if !self.is_closing(token) {
+                self.call(token, name, callback, |s| (s,).into_pyobject(py));
+            }
+        }
+    }
+
+    /// Calls a callback for the session at `token`; on an exception, logs it and aborts
+    /// that session (the exception becomes `on_close`'s argument).
+    fn call<A>(
+        &mut self,
+        token: Token,
+        name: &str,
+        callback: &Py<PyAny>,
+        args: impl FnOnce(Bound<'py, PySession>) -> PyResult<A>,
+    ) -> Option<Bound<'py, PyAny>>
+    where
+        A: pyo3::call::PyCallArgs<'py>,
+    {
+        let py = self.py;
+        let entry = self.table.get(token)?;
+        let session = entry.session.bind(py).clone();
+        match args(session).and_then(|args| callback.bind(py).call1(args)) {
+            Ok(value) => Some(value),
+            Err(err) => {
+                let core = Arc::clone(entry.session.get().core());
+                entry.error.get_or_insert_with(|| err.clone_ref(py));
+                core.abort();
+                self.handler_failed(name, Some(core.id), err);
+                None
+            }
+        }
+    }
+
+    /// Routes an exception raised by handler code: `KeyboardInterrupt` and `SystemExit`
+    /// stop the loop and surface from `join()`; anything else is logged.
+    fn handler_failed(&mut self, name: &str, session: Option<u64>, err: PyErr) {
+        let py = self.py;
+        self.inner.handler_errors.fetch_add(1, Ordering::Relaxed);
+        if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
+            let mut failure = lock(&self.inner.failure);
+            if failure.is_none() {
+                *failure = Some(err);
+            }
+            drop(failure);
+            *lock(&self.inner.phase) = Phase::Stopped;
+            self.inner
+                .shared
+                .submit(Command::Stop(Instant::now() + Duration::from_secs(1)));
+            return;
+        }
+        match session {
+            Some(id) => self.log_error(name, id, &err),
+            None => {
+                let exc = err.into_value(py).into_any();
+                self.log(
+                    intern!(py, "error"),
+                    &format!("hamanet: {name} raised"),
+                    Some(exc),
+                );
+            }
+        }
+    }
+
+    fn log_error(&self, name: &str, id: u64, err: &PyErr) {
+        let py = self.py;
+        let message = format!("hamanet: {name} raised for session {id}; that session is aborted");
+        let exc = err.clone_ref(py).into_value(py).into_any();
+        self.log(intern!(py, "error"), &message, Some(exc));
+    }
+
+    fn log_warning(&self, message: &str) {
+        self.log(intern!(self.py, "warning"), message, None);
+    }
+
+    fn log_fatal(&self, err: &io::Error) {
+        let message = format!("hamanet: the reactor failed ({err}); every session is aborted");
+        self.log(intern!(self.py, "error"), &message, None);
+    }
+
+    /// Logs on the `hamanet` logger, with `exc`'s traceback when given. The message is
+    /// preformatted and passed without arguments, so `%` in it is harmless.
+    fn log(
+        &self,
+        level: &Bound<'py, pyo3::types::PyString>,
+        message: &str,
+        exc: Option<Py<PyAny>>,
+    ) {
+        let py = self.py;
+        let Some(logger) = &self.logger else { return };
+        let result = (|| -> PyResult<()> {
+            let kwargs = PyDict::new(py);
+            if let Some(exc) = exc {
+                kwargs.set_item(intern!(py, "exc_info"), exc)?;
+            }
+            logger
+                .bind(py)
+                .call_method(level, (message,), Some(&kwargs))?;
+            Ok(())
+        })();
+        if let Err(err) = result {
+            // Logging itself failed (a broken handler on the logger): print it rather than
+            // lose both errors.
+            err.print(py);
+        }
+    }
+}
