@@ -959,14 +959,7 @@ mod tests {
     /// A reactor on its own thread whose plain-Rust "handler" echoes every byte and closes
     /// a session at the peer's EOF. The thread returns a log of what happened.
     fn echo_reactor() -> (SocketAddr, Arc<LoopShared>, JoinHandle<Vec<String>>) {
-        let mut reactor = Reactor::new(LoopConfig::default()).expect("reactor");
-        let any_port = "127.0.0.1:0".parse().expect("addr");
-        let listener = net::listen(any_port, 64, false, &reactor.config().options).expect("listen");
-        let bound = net::local_addr(listener.as_fd()).expect("addr");
-        let Address::Inet(addr) = bound else {
-            panic!("not inet")
-        };
-        assert!(reactor.shared().submit(Command::Listen(listener, bound)));
+        let (mut reactor, addr) = listening_reactor(LoopConfig::default());
         let shared = Arc::clone(reactor.shared());
         let thread = std::thread::spawn(move || {
             let mut log = Vec::new();
@@ -1076,6 +1069,112 @@ mod tests {
         }
         let log = stop(&shared, thread);
         assert_eq!(log.iter().filter(|line| *line == "closed None").count(), 20);
+    }
+
+    /// A reactor listening on a free loopback port.
+    fn listening_reactor(config: LoopConfig) -> (Reactor, SocketAddr) {
+        let reactor = Reactor::new(config).expect("reactor");
+        let any_port = "127.0.0.1:0".parse().expect("addr");
+        let listener = net::listen(any_port, 64, false, &reactor.config().options).expect("listen");
+        let bound = net::local_addr(listener.as_fd()).expect("addr");
+        let Address::Inet(addr) = bound else {
+            panic!("not inet")
+        };
+        assert!(reactor.shared().submit(Command::Listen(listener, bound)));
+        (reactor, addr)
+    }
+
+    /// Turns the reactor on this thread until `done` has seen what it waits for. A tick
+    /// timer (id 0) keeps any one turn from blocking for long.
+    fn turn_until(reactor: &mut Reactor, mut done: impl FnMut(&Event) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let tick = Instant::now() + Duration::from_millis(5);
+            reactor.shared().submit(Command::Timer(0, tick));
+            reactor.turn().expect("turn");
+            if reactor.batch().iter().any(&mut done) {
+                return;
+            }
+        }
+        panic!("the awaited event never came");
+    }
+
+    #[test]
+    fn idle_sessions_are_closed_with_timed_out_and_timers_fire_in_order() {
+        let config = LoopConfig {
+            idle_timeout: Some(Duration::from_millis(50)),
+            ..LoopConfig::default()
+        };
+        let (mut reactor, addr) = listening_reactor(config);
+        let now = Instant::now();
+        reactor
+            .shared()
+            .submit(Command::Timer(2, now + Duration::from_millis(20)));
+        reactor
+            .shared()
+            .submit(Command::Timer(1, now + Duration::from_millis(10)));
+        reactor
+            .shared()
+            .submit(Command::Timer(3, now + Duration::from_millis(30)));
+        reactor.shared().submit(Command::CancelTimer(3));
+        let _silent = TcpStream::connect(addr).expect("connect");
+
+        let mut fired = Vec::new();
+        turn_until(&mut reactor, |event| match event {
+            Event::Timer { id } if *id > 0 => {
+                fired.push(*id);
+                false
+            }
+            Event::Closed { error, .. } => {
+                let kind = error.as_ref().map(io::Error::kind);
+                assert_eq!(kind, Some(io::ErrorKind::TimedOut));
+                true
+            }
+            _ => false,
+        });
+        assert_eq!(
+            fired,
+            [1, 2],
+            "deadline order, the cancelled timer never fires"
+        );
+        assert_eq!(reactor.shared().stats().idle_timeouts, 1);
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_pauses_writing_until_it_drains() {
+        let (mut reactor, addr) = listening_reactor(LoopConfig::default());
+        let mut peer = TcpStream::connect(addr).expect("connect");
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+
+        let mut session = None;
+        turn_until(&mut reactor, |event| match event {
+            Event::Opened { session: core, .. } => {
+                session = Some(Arc::clone(core));
+                true
+            }
+            _ => false,
+        });
+        let session = session.expect("session");
+        let payload: Vec<u8> = (0..8_000_000u32).map(|i| (i % 253) as u8).collect();
+        session.write(&payload).expect("write");
+        let cap = session.outbox().limits.max;
+        let err = session.write(&vec![0u8; cap]).expect_err("past the cap");
+        assert!(matches!(err, crate::session::Refusal::Full { .. }));
+        turn_until(&mut reactor, |event| {
+            matches!(event, Event::PauseWriting { .. })
+        });
+
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; 8_000_000];
+            peer.read_exact(&mut got).expect("read everything");
+            got
+        });
+        turn_until(&mut reactor, |event| {
+            matches!(event, Event::ResumeWriting { .. })
+        });
+        turn_until(&mut reactor, |_| reader.is_finished());
+        assert!(reader.join().expect("reader") == payload, "bytes differ");
     }
 
     #[test]
