@@ -129,6 +129,14 @@ impl Drop for FinishOnExit {
 pub fn run(mut reactor: Reactor, inner: Arc<LoopInner>) {
     let finish = FinishOnExit(Arc::clone(&inner.shared));
     Python::attach(|py| {
+        // Give Python's view of this thread the same name as the OS's, so log records
+        // (`%(threadName)s`) and `threading.current_thread()` say where handlers run.
+        let named = py.import("threading").and_then(|threading| {
+            threading.call_method0("current_thread")?.setattr("name", "hamanet-reactor")
+        });
+        if let Err(err) = named {
+            err.print(py);
+        }
         let mut table = SessionTable::default();
         let logger = py
             .import("logging")
