@@ -132,7 +132,9 @@ pub fn run(mut reactor: Reactor, inner: Arc<LoopInner>) {
         // Give Python's view of this thread the same name as the OS's, so log records
         // (`%(threadName)s`) and `threading.current_thread()` say where handlers run.
         let named = py.import("threading").and_then(|threading| {
-            threading.call_method0("current_thread")?.setattr("name", "hamanet-reactor")
+            threading
+                .call_method0("current_thread")?
+                .setattr("name", "hamanet-reactor")
         });
         if let Err(err) = named {
             err.print(py);
@@ -252,7 +254,8 @@ impl<'py> Dispatcher<'_, 'py> {
                 };
                 let session = entry.session.bind(py);
                 if let Err(err) = callback.call1(py, (session, reason)) {
-                    self.handler_failed("on_close", Some(entry.session.get().core().id), err);
+                    // The session is closed already: only log (or stop on an interrupt).
+                    self.handler_failed("on_close", None, err);
                 }
             }
             Event::Timer { id } => {

@@ -94,10 +94,13 @@ pub struct PyTimerHandle {
 impl PyTimerHandle {
     /// Keeps the callback from running, if it has not run yet. Safe from any thread.
     fn cancel(&self) {
-        if let Some(entry) = lock(&self.inner.timers).remove(&self.id) {
+        // Taken out before anything else happens: freeing the callable may run Python
+        // code, which must not find the timers lock held.
+        let entry = lock(&self.inner.timers).remove(&self.id);
+        if entry.is_some() {
             self.inner.shared.submit(Command::CancelTimer(self.id));
-            drop(entry); // attached: the callable and its arguments may be freed here
         }
+        drop(entry);
     }
 
     /// True until the callback has run or been cancelled.
@@ -270,7 +273,8 @@ impl PyLoop {
                 *phase = Phase::Stopped;
                 // Never started: dropping the reactor closes its listeners (and removes
                 // Unix socket files).
-                if let Some(mut reactor) = lock(&self.inner.reactor).take() {
+                let reactor = lock(&self.inner.reactor).take();
+                if let Some(mut reactor) = reactor {
                     reactor.shutdown_unstarted();
                 }
                 self.inner
@@ -296,22 +300,26 @@ impl PyLoop {
         }
         let done = self.wait_until(py, timeout, |status| status.finished)?;
         if done {
-            if let Some(handle) = lock(&self.inner.thread).take() {
+            // NOTE: never hold a lock across `detach`: a thread holding the GIL could
+            // block on it while this one waits for the GIL, and both would hang.
+            let handle = lock(&self.inner.thread).take();
+            if let Some(handle) = handle {
                 // The thread has set `finished` as its last act; this join is immediate.
                 let _ = py.detach(|| handle.join());
             }
-            if let Some(err) = lock(&self.inner.failure).take() {
-                return Err(err);
-            }
         }
+        self.raise_failure()?;
         Ok(done)
     }
 
     /// Waits up to `timeout` seconds until no session is open (or the loop finished).
+    /// Re-raises a `KeyboardInterrupt`/`SystemExit` that a handler raised.
     fn wait_idle(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
-        self.wait_until(py, timeout, |status| {
+        let idle = self.wait_until(py, timeout, |status| {
             status.sessions == 0 || status.finished
-        })
+        })?;
+        self.raise_failure()?;
+        Ok(idle)
     }
 
     /// Connects to `host:port`, waiting up to `timeout` seconds; returns the `Session`.
@@ -414,6 +422,12 @@ impl PyLoop {
 }
 
 impl PyLoop {
+    /// Raises, once, the `KeyboardInterrupt`/`SystemExit` a handler raised.
+    fn raise_failure(&self) -> PyResult<()> {
+        let failure = lock(&self.inner.failure).take();
+        failure.map_or(Ok(()), Err)
+    }
+
     fn add_listener<'py>(
         &self,
         py: Python<'py>,

@@ -351,7 +351,7 @@ impl Reactor {
     fn handle(&mut self, readiness: Readiness) {
         let token = readiness.token;
         if token == Token::WAKER {
-            self.shared.waker().reset();
+            self.shared.reset_waker();
             return;
         }
         match self.slots.get(token.slot()) {

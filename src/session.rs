@@ -387,7 +387,9 @@ pub struct LoopShared {
     /// on the reactor thread itself find it clear, so the hot path never touches the
     /// eventfd.
     polling: AtomicBool,
-    waker: Waker,
+    /// Closed (dropped) when the queue closes: session objects that outlive the loop
+    /// keep `LoopShared` alive, and must not keep an fd open with it.
+    waker: Mutex<Option<Waker>>,
     status: Mutex<LoopStatus>,
     status_changed: Condvar,
 }
@@ -399,7 +401,7 @@ impl LoopShared {
             queue: Mutex::new(Queue::default()),
             stats: Mutex::new(Stats::default()),
             polling: AtomicBool::new(false),
-            waker,
+            waker: Mutex::new(Some(waker)),
             status: Mutex::new(LoopStatus::default()),
             status_changed: Condvar::new(),
         }
@@ -420,9 +422,11 @@ impl LoopShared {
             queue.commands.push(command);
         }
         if self.polling.swap(false, Ordering::SeqCst) {
-            // A failed eventfd write cannot happen for a valid eventfd; if it did, the
-            // reactor would still run the command at its next wakeup.
-            let _ = self.waker.wake();
+            if let Some(waker) = &*lock(&self.waker) {
+                // A failed eventfd write cannot happen for a valid eventfd; if it did,
+                // the reactor would still run the command at its next wakeup.
+                let _ = waker.wake();
+            }
         }
         true
     }
@@ -454,6 +458,7 @@ impl LoopShared {
     pub(crate) fn close_queue(&self) -> Vec<Command> {
         let mut queue = self.lock_queue();
         queue.closed = true;
+        drop(lock(&self.waker).take());
         std::mem::take(&mut queue.commands)
     }
 
@@ -469,8 +474,11 @@ impl LoopShared {
         self.polling.store(false, Ordering::SeqCst);
     }
 
-    pub(crate) fn waker(&self) -> &Waker {
-        &self.waker
+    /// Re-arms the waker after it fired (reactor thread).
+    pub(crate) fn reset_waker(&self) {
+        if let Some(waker) = &*lock(&self.waker) {
+            waker.reset();
+        }
     }
 
     /// The counters as of the reactor's last turn.
