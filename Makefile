@@ -13,6 +13,7 @@ PY_LIBDIR = $(shell $(PY) -c "import sysconfig; print(sysconfig.get_config_var('
 DEMO_PORT ?= 2826
 
 .PHONY: help setup build demo test test-rust test-python lint fmt bench clean
+BENCH_CRATES := bench/loadgen/Cargo.toml bench/servers/rust_echo/Cargo.toml
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,9 +43,16 @@ test-rust: $(TOOLS) ## the Rust core's tests
 test-python: build ## the Python surface's tests
 	$(PY) -m pytest
 
+bench: build ## hamanet vs uvloop, asyncio, rloop and a plain Rust echo (see bench/README.md)
+	bench/run.sh $(BENCH_ARGS)
+
 lint: $(TOOLS) ## rustfmt, clippy and ruff, all as configured in the repo
 	cargo fmt --check
 	cargo clippy --all-targets --quiet -- -D warnings
+	for crate in $(BENCH_CRATES); do \
+	  cargo fmt --check --manifest-path $$crate && \
+	  cargo clippy --quiet --manifest-path $$crate -- -D warnings || exit 1; \
+	done
 	$(VENV)/bin/ruff check python tests examples bench
 	$(VENV)/bin/ruff format --check python tests examples bench
 

@@ -1,0 +1,321 @@
+"""One measurement: a server pinned to one core, the load generator pinned to the other,
+and the server's figures read from /proc.
+
+The load generator samples the server's CPU time (utime + stime from /proc/PID/stat,
+every thread) itself, at the instants its measured window opens and closes, so the CPU
+time and the message count cover exactly the same interval.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from benchlib.catalog import LOADGEN, LOADGEN_CRATE, REPO, RUST_ECHO_CRATE, Scenario, Server
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+READY_TIMEOUT = 20.0  # a server that has not printed its ready line by then failed
+STOP_TIMEOUT = 5.0  # SIGTERM, then SIGKILL
+# After a run every connection is closed by the client, so the server's open fds must fall
+# back to where they were (give or take a few it opens lazily) within FD_SETTLE seconds.
+FD_SLACK = 8
+FD_SETTLE = 3.0
+
+
+class RunError(Exception):
+    """A run that must count as failed: verification failure, crash, hang."""
+
+
+@dataclass
+class Timing:
+    warmup: float
+    duration: float
+    hold: float
+
+
+@dataclass
+class RunResult:
+    server: str
+    scenario: str
+    round: int
+    error: str | None = None
+    messages: int = 0
+    seconds: float = 0.0
+    msgs_per_s: float = 0.0
+    p50_us: float = 0.0
+    p99_us: float = 0.0
+    cpu_us_per_msg: float | None = None
+    peak_rss_kb: int = 0
+    idle_bytes_per_conn: float | None = None
+    leaked_fds: int = 0  # server fds still open after every client had closed
+    server_output: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def build_crates() -> None:
+    """Release builds of the load generator and the plain Rust echo server, each in its
+    own target directory under bench/ (ignored by the repository's `target/` rule)."""
+    for crate in (LOADGEN_CRATE, RUST_ECHO_CRATE):
+        cmd = [
+            "cargo",
+            "build",
+            "--release",
+            "--quiet",
+            "--manifest-path",
+            str(crate / "Cargo.toml"),
+        ]
+        print(f"$ {' '.join(cmd)}", flush=True)
+        subprocess.run(cmd, check=True, cwd=REPO)
+
+
+def pick_cpus() -> tuple[int, int]:
+    """The server's core and the load generator's: two distinct CPUs we may run on."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("the benchmark needs two CPUs: one for the server, one for the load")
+    return cpus[0], cpus[1]
+
+
+def raise_nofile_limit() -> None:
+    """Children inherit it: servers holding 10,000 connections need the hard limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    """A `kB` line of /proc/PID/status, e.g. VmRSS (now) or VmHWM (peak)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RunError(f"no {key} in /proc/{pid}/status")
+
+
+class ServerProcess:
+    """A server under test, pinned to `cpu`; its output goes to a file, never a pipe
+    nobody reads (a server that logs a lot must not block on a full pipe)."""
+
+    def __init__(self, server: Server, port: int, cpu: int) -> None:
+        self.server = server
+        self.port = port
+        fd, name = tempfile.mkstemp(prefix=f"bench-{server.name}-", suffix=".log")
+        self.log = Path(name)
+        try:
+            self.proc = subprocess.Popen(
+                ["taskset", "-c", str(cpu), *server.argv, str(port)],
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                start_new_session=True,  # a Ctrl-C of the runner is handled by the runner
+            )
+        finally:
+            os.close(fd)
+        # taskset execs the server, so this is the server's own pid.
+        self.pid = self.proc.pid
+
+    def output(self) -> list[str]:
+        return self.log.read_text(errors="replace").splitlines()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if any("listening" in line for line in self.output()):
+                return
+            if self.proc.poll() is not None:
+                raise RunError(f"{self.server.name} exited with {self.proc.returncode} at start")
+            time.sleep(0.02)
+        raise RunError(f"{self.server.name} printed no ready line in {READY_TIMEOUT:.0f} s")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def discard_log(self) -> None:
+        self.log.unlink(missing_ok=True)
+
+
+def run_loadgen(
+    args: list[str],
+    cpu: int,
+    timeout: float,
+    on_event: Callable[[dict], None] | None = None,
+) -> dict:
+    """Runs the load generator to completion and returns its result line; any failure it
+    reports (wrong byte, reset, short read, stall) becomes a RunError with its message."""
+    proc = subprocess.Popen(
+        ["taskset", "-c", str(cpu), str(LOADGEN), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Every loadgen run stops by itself; the timer only guards against a bug in it.
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    result = None
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            msg = json.loads(line)
+            if "event" in msg:
+                if on_event:
+                    on_event(msg)
+            else:
+                result = msg
+        stderr = proc.stderr.read() if proc.stderr else ""
+        rc = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if rc != 0:
+        why = stderr.strip() or (f"killed after {timeout:.0f} s" if rc < 0 else "no message")
+        raise RunError(f"load generator failed (exit {rc}): {why}")
+    if result is None or result.get("errors") != 0:
+        raise RunError(f"load generator gave no clean result: {result!r}")
+    return result
+
+
+def measure(
+    server: Server, scenario: Scenario, round_no: int, timing: Timing, cpus: tuple[int, int]
+) -> RunResult:
+    """Starts `server`, drives `scenario` at it once, stops it."""
+    res = RunResult(server.name, scenario.name, round_no)
+    server_cpu, load_cpu = cpus
+    srv = ServerProcess(server, free_port(), server_cpu)
+    try:
+        srv.wait_ready()
+        fds_before = open_fds(srv.pid)
+        common = ["--port", str(srv.port), "--server-pid", str(srv.pid)]
+        if not server.closes_on_eof:
+            common.append("--no-close-check")
+        if scenario.mode == "idle":
+            _measure_idle(srv, scenario, timing, load_cpu, common, res)
+        else:
+            _measure_load(scenario, timing, load_cpu, common, res)
+        if not srv.alive():
+            raise RunError(f"{server.name} died during the run (exit {srv.proc.returncode})")
+        res.peak_rss_kb = proc_status_kb(srv.pid, "VmHWM")
+        settle = FD_SETTLE if server.closes_on_eof else 0.5
+        res.leaked_fds = _settled_fds(srv.pid, fds_before, settle) - fds_before
+        if res.leaked_fds > FD_SLACK and server.closes_on_eof:
+            raise RunError(
+                f"{server.name} still holds {res.leaked_fds} more fds than before the run, "
+                f"{FD_SETTLE:.0f} s after every client closed (connections not closed on EOF?)"
+            )
+    except (RunError, OSError, ValueError) as e:
+        res.error = str(e)
+    finally:
+        srv.stop()
+        # Anything a server printed besides its ready line (tracebacks, logged handler
+        # errors) is worth a look even when the run passed.
+        res.server_output = [line for line in srv.output() if "listening" not in line]
+        srv.discard_log()
+    return res
+
+
+def _settled_fds(pid: int, before: int, settle: float) -> int:
+    deadline = time.monotonic() + settle
+    while True:
+        now_open = open_fds(pid)
+        if now_open <= before + FD_SLACK or time.monotonic() > deadline:
+            return now_open
+        time.sleep(0.05)
+
+
+def _measure_load(
+    scenario: Scenario, timing: Timing, cpu: int, common: list[str], res: RunResult
+) -> None:
+    args = [
+        *scenario.loadgen_args(),
+        *common,
+        "--warmup",
+        str(timing.warmup),
+        "--duration",
+        str(timing.duration),
+    ]
+    out = run_loadgen(args, cpu, timeout=timing.warmup + timing.duration + 60)
+    res.messages = int(out["messages"])
+    res.seconds = float(out["seconds"])
+    res.msgs_per_s = float(out["msgs_per_s"])
+    res.p50_us = float(out["p50_us"])
+    res.p99_us = float(out["p99_us"])
+    if res.messages == 0:
+        raise RunError("no message completed in the measured window")
+    ticks = out.get("server_cpu_ticks")
+    if ticks is None:
+        raise RunError("the load generator could not sample the server's CPU time")
+    res.cpu_us_per_msg = ticks / CLK_TCK * 1e6 / res.messages
+
+
+def _measure_idle(
+    srv: ServerProcess,
+    scenario: Scenario,
+    timing: Timing,
+    cpu: int,
+    common: list[str],
+    res: RunResult,
+) -> None:
+    # A first small wave pays every one-time cost (code paths, arenas, caches) before the
+    # baseline is read, so the growth measured is what each further connection costs.
+    run_loadgen(
+        ["idle", "--conns", "100", "--size", str(scenario.size), "--hold", "0", *common],
+        cpu,
+        timeout=60,
+    )
+    baseline = proc_status_kb(srv.pid, "VmRSS")
+    held: list[int] = []
+
+    def on_event(msg: dict) -> None:
+        if msg.get("event") == "established":
+            held.append(proc_status_kb(srv.pid, "VmRSS"))
+
+    out = run_loadgen(
+        [*scenario.loadgen_args(), *common, "--hold", str(timing.hold)],
+        cpu,
+        timeout=timing.hold + 120,
+        on_event=on_event,
+    )
+    if not held:
+        raise RunError("the load generator never reported all connections established")
+    res.messages = int(out["messages"])
+    res.seconds = float(out["seconds"])
+    res.msgs_per_s = float(out["msgs_per_s"])
+    res.p50_us = float(out["p50_us"])
+    res.p99_us = float(out["p99_us"])
+    res.idle_bytes_per_conn = (held[0] - baseline) * 1024 / scenario.conns

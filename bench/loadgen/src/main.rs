@@ -1,0 +1,145 @@
+//! hamanet's benchmark load generator: many non-blocking connections to an echo server on
+//! 127.0.0.1, all on one edge-triggered epoll loop in one thread, every echoed byte
+//! verified against a per-connection pattern.
+//!
+//! ```text
+//! loadgen rr     --port P [--conns 100] [--size 64] [--depth 1] [--warmup 0.5] [--duration 3]
+//! loadgen accept --port P [--conns 50]  [--size 64] [--warmup 0.5] [--duration 3]
+//! loadgen idle   --port P [--conns 10000] [--size 16] [--hold 1] [--concurrency 100]
+//! common:        [--server-pid PID]  (sample the server's CPU time at the window's edges)
+//!                [--no-close-check]  (close without waiting for the server's FIN after ours)
+//! ```
+//!
+//! Prints one JSON line with the results and exits 0, or prints `LOADGEN FAILURE: ...` on
+//! stderr and exits 1 at the first wrong byte, short read, reset, failed connect or stall.
+//! Every run stops by itself: each phase has a deadline.
+
+mod accept;
+mod idle;
+mod pattern;
+mod report;
+mod rr;
+mod stream;
+mod sys;
+mod window;
+
+use std::time::Duration;
+
+/// How long a run may go without progress (or a close may take) before it is a failure.
+pub const STALL: Duration = Duration::from_secs(5);
+
+pub struct Config {
+    pub port: u16,
+    /// rr: connections; accept: concurrent loops; idle: connections held.
+    pub conns: usize,
+    pub size: usize,
+    pub depth: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub hold: Duration,
+    pub concurrency: usize,
+    pub server_pid: Option<u32>,
+    /// Expect the server to close each connection after our FIN (echo semantics). Off
+    /// only for a server known not to: we then close without waiting.
+    pub close_check: bool,
+}
+
+fn parse_args(args: &[String]) -> Result<(String, Config), String> {
+    let mode = args
+        .first()
+        .cloned()
+        .ok_or("missing mode: rr, accept or idle")?;
+    let mut cfg = Config {
+        port: 0,
+        conns: 0,
+        size: 64,
+        depth: 1,
+        warmup: Duration::from_millis(500),
+        duration: Duration::from_secs(3),
+        hold: Duration::from_secs(1),
+        concurrency: 100,
+        server_pid: None,
+        close_check: true,
+    };
+    let mut it = args[1..].iter();
+    while let Some(flag) = it.next() {
+        if flag == "--no-close-check" {
+            cfg.close_check = false;
+            continue;
+        }
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let int = || {
+            value
+                .parse::<usize>()
+                .map_err(|_| format!("{flag}: not a count: {value}"))
+        };
+        let secs = || {
+            value
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 3600.0)
+                .map(Duration::from_secs_f64)
+                .ok_or(format!(
+                    "{flag}: not a number of seconds (0..3600): {value}"
+                ))
+        };
+        match flag.as_str() {
+            "--port" => cfg.port = value.parse().map_err(|_| format!("bad port {value}"))?,
+            "--conns" => cfg.conns = int()?,
+            "--size" => cfg.size = int()?,
+            "--depth" => cfg.depth = int()?,
+            "--concurrency" => cfg.concurrency = int()?,
+            "--warmup" => cfg.warmup = secs()?,
+            "--duration" => cfg.duration = secs()?,
+            "--hold" => cfg.hold = secs()?,
+            "--server-pid" => {
+                cfg.server_pid = Some(value.parse().map_err(|_| format!("bad pid {value}"))?)
+            }
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    if cfg.conns == 0 {
+        cfg.conns = match mode.as_str() {
+            "accept" => 50,
+            "idle" => 10_000,
+            _ => 100,
+        };
+    }
+    if cfg.port == 0 {
+        return Err("--port is required".into());
+    }
+    if cfg.size == 0 || cfg.depth == 0 || cfg.concurrency == 0 {
+        return Err("--size, --depth and --concurrency must be at least 1".into());
+    }
+    Ok((mode, cfg))
+}
+
+fn run() -> Result<String, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (mode, cfg) = parse_args(&args)?;
+    // Room for every connection plus stdio and epoll.
+    let want = cfg.conns as u64 + 64;
+    let limit = sys::raise_nofile_limit(want).map_err(|e| format!("setrlimit: {e}"))?;
+    if limit < want {
+        return Err(format!(
+            "open-file limit {limit} is below the {want} this run needs"
+        ));
+    }
+    let report = match mode.as_str() {
+        "rr" => rr::run(&cfg)?,
+        "accept" => accept::run(&cfg)?,
+        "idle" => idle::run(&cfg)?,
+        other => return Err(format!("unknown mode {other}: use rr, accept or idle")),
+    };
+    Ok(report.to_json())
+}
+
+fn main() {
+    match run() {
+        Ok(line) => println!("{line}"),
+        Err(msg) => {
+            eprintln!("LOADGEN FAILURE: {msg}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,238 @@
+"""hamanet's benchmark: echo servers side by side under a native load generator.
+
+    bench/run.sh [--quick] [--rounds N] [--duration S] [--servers a,b] [--scenarios x,y]
+
+Builds the load generator and the plain Rust echo server (release), then for every
+scenario runs every server in turn (A B C A B C ...) for --rounds rounds, each server
+pinned to one core and the load generator to the other. The primary figure is the
+server's CPU time per message over the measured window; the report gives the median of
+per-round ratios against uvloop. Prints the table, writes bench/results/latest.md and
+bench/results/latest.png. Exits 1 if any run failed (a wrong byte, a dropped connection,
+a crash or a hang), after writing the report that lists it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from benchlib import summary
+from benchlib.catalog import BASELINE, BENCH, SCENARIOS, SERVERS
+from benchlib.process import (
+    Timing,
+    build_crates,
+    measure,
+    pick_cpus,
+    raise_nofile_limit,
+)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="1 round of short runs (a smoke test)")
+    p.add_argument("--rounds", type=int, help="rounds of every server (default 3; --quick 1)")
+    p.add_argument("--duration", type=float, help="measured seconds per run (default 3)")
+    p.add_argument("--warmup", type=float, help="seconds of load before measuring (0.5)")
+    p.add_argument("--servers", help=f"comma-separated subset of {[s.name for s in SERVERS]}")
+    p.add_argument("--scenarios", help=f"comma-separated subset of {[s.name for s in SCENARIOS]}")
+    p.add_argument("--no-build", action="store_true", help="use the binaries already built")
+    p.add_argument("--out", type=Path, default=BENCH / "results", help="report directory")
+    return p.parse_args()
+
+
+def pick(all_items, names: str | None, what: str):
+    if not names:
+        return list(all_items)
+    wanted = names.split(",")
+    known = {i.name: i for i in all_items}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)}")
+    return [known[n] for n in wanted]
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def progress(i: int, total: int, r) -> str:
+    head = f"[{i}/{total}] {r.scenario:<10} round {r.round} {r.server:<10}"
+    if not r.ok:
+        return f"{head} FAILED: {r.error}"
+    if r.idle_bytes_per_conn is not None:
+        return f"{head} {r.idle_bytes_per_conn:8,.0f} B/conn, {r.msgs_per_s:9,.0f} conns/s"
+    return (
+        f"{head} {r.cpu_us_per_msg:8.3f} CPU-us/msg {r.msgs_per_s:11,.0f} msgs/s "
+        f"p50 {r.p50_us:8,.0f} us p99 {r.p99_us:8,.0f} us"
+    )
+
+
+def main() -> int:
+    args = parse_args()
+    rounds = args.rounds or (1 if args.quick else 3)
+    timing = Timing(
+        warmup=args.warmup if args.warmup is not None else (0.3 if args.quick else 0.5),
+        duration=args.duration or (1.0 if args.quick else 3.0),
+        hold=0.5,
+    )
+    servers = pick(SERVERS, args.servers, "server")
+    skipped = [s.name for s in servers if not s.available()]
+    servers = [s for s in servers if s.available()]
+    for name in skipped:
+        print(f"note: {name} is not installed here; it is left out", flush=True)
+    if BASELINE not in [s.name for s in servers]:
+        raise SystemExit(f"{BASELINE} (the baseline of every ratio) must be among the servers")
+    scenarios = pick(SCENARIOS, args.scenarios, "scenario")
+    command = os.environ.get("BENCH_COMMAND") or shlex.join(["bench/run.py", *sys.argv[1:]])
+
+    if not args.no_build:
+        build_crates()
+    raise_nofile_limit()
+    cpus = pick_cpus()
+    # The runner itself stays off the server's core.
+    os.sched_setaffinity(0, {cpus[1]})
+    print(
+        f"servers on CPU {cpus[0]}, load generator on CPU {cpus[1]}; {rounds} round(s), "
+        f"{timing.warmup:g} s warmup + {timing.duration:g} s measured per run",
+        flush=True,
+    )
+
+    started = time.monotonic()
+    results = []
+    total = len(scenarios) * rounds * len(servers)
+    for sc in scenarios:
+        for round_no in range(1, rounds + 1):
+            for server in servers:
+                r = measure(server, sc, round_no, timing, cpus)
+                results.append(r)
+                print(progress(len(results), total, r), flush=True)
+    elapsed = time.monotonic() - started
+
+    names = [s.name for s in servers]
+    grid = summary.cells(results, scenarios, names)
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    headline = summary.headline_table(grid, scenarios, names)
+    details = summary.detail_table(grid, scenarios, names)
+    targets = summary.target_lines(results, grid)
+    failures = summary.failure_lines(results)
+    print()
+    print(
+        f"Server CPU per message as a ratio to {BASELINE} (median of per-round ratios; "
+        "lower is better; idle10k: server RSS bytes per idle connection)"
+    )
+    print(headline)
+    print()
+    print(details)
+    if targets:
+        print("\nhamanet against its targets:\n" + "\n".join(targets))
+    notes = [f"- {s.name}: {s.note}" for s in servers if s.note]
+    if notes:
+        print("\nNotes:\n" + "\n".join(notes))
+    if failures:
+        print("\nFailures, leaks and server output:\n" + "\n".join(failures))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    subtitle = f"{when}; {machine()}; {rounds} round(s)"
+    summary.chart(args.out / "latest.png", grid, scenarios, names, subtitle)
+    md = render_markdown(
+        when,
+        command,
+        rounds,
+        timing,
+        elapsed,
+        scenarios,
+        headline,
+        details,
+        targets,
+        notes,
+        failures,
+    )
+    (args.out / "latest.md").write_text(md)
+    print(f"\nwrote {args.out / 'latest.md'} and {args.out / 'latest.png'} ({elapsed:.0f} s)")
+    return 1 if any(not r.ok for r in results) else 0
+
+
+def render_markdown(
+    when, command, rounds, timing, elapsed, scenarios, headline, details, targets, notes, failures
+) -> str:
+    scenario_lines = "\n".join(f"- `{sc.name}`: {sc.describe()}" for sc in scenarios)
+    parts = [
+        "# hamanet benchmark: latest results",
+        "",
+        f"- date: {when}",
+        f"- machine: {machine()}",
+        f"- command: `{command}` (from the repository root; took {elapsed:.0f} s)",
+        f"- {rounds} round(s); each run {timing.warmup:g} s warmup + {timing.duration:g} s "
+        "measured; a fresh server process per run",
+        "",
+        "![chart](latest.png)",
+        "",
+        f"## Server CPU per message, as a ratio to {BASELINE}",
+        "",
+        "Median of per-round ratios, lower is better. idle10k: server RSS growth per idle "
+        "connection, in bytes.",
+        "",
+        headline,
+        "",
+    ]
+    if targets:
+        parts += ["## hamanet against its targets", "", *targets, ""]
+    parts += [
+        "## Details (medians over rounds)",
+        "",
+        details,
+        "",
+        "## Scenarios",
+        "",
+        scenario_lines,
+        "",
+        "## Method",
+        "",
+        "- Every server echoes every byte to its own connection and closes on EOF: hamanet "
+        "(`examples/echo_server.py`, a Python `on_recv` handler), asyncio, uvloop and rloop "
+        "(one `asyncio.Protocol`, `bench/servers/protocol_echo.py`), and a plain "
+        "single-threaded Rust epoll echo with no Python (`bench/servers/rust_echo`).",
+        "- The server is pinned to one core, the load generator (`bench/loadgen`, one "
+        "epoll thread in Rust) to the other, with `taskset`.",
+        "- Server CPU time is utime + stime of every thread, from `/proc/PID/stat`, sampled "
+        "by the load generator at the instants its measured window opens and closes; "
+        "divided by the messages completed in that window (accept: connections). It "
+        "includes the loopback TCP work the server's own syscalls run (softirq in its "
+        "context), not work the kernel defers to ksoftirqd.",
+        "- accept: the load generator connects from 127.0.0.1 to 127.0.0.64 in turn (always "
+        "to 127.0.0.1), so tens of thousands of connections a second do not exhaust one "
+        "source address's ports into TIME_WAIT.",
+        "- The load generator checks every echoed byte against a per-connection pattern: a "
+        "byte from another session, a reordered, lost or extra byte, a reset, a short read "
+        "or a failed connect fails the run.",
+        "- idle10k: RSS (`VmRSS`) once 10,000 connections are established and have echoed "
+        "once, minus RSS after a first wave of 100; peak RSS is `VmHWM`.",
+        "",
+    ]
+    if notes:
+        parts += ["## Notes on the servers", "", *notes, ""]
+    if failures:
+        parts += ["## Failures, leaks and server output", "", *failures, ""]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

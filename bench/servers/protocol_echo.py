@@ -1,0 +1,47 @@
+"""The echo server the benchmark runs on each asyncio-compatible loop (asyncio, uvloop, rloop).
+
+One `asyncio.Protocol`, the idiomatic fast path on every one of these loops: every byte
+received is written back to the same transport, and EOF closes the connection (the default
+`eof_received`). The per-loop scripts only choose the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import signal
+import sys
+from typing import Callable
+
+
+class Echo(asyncio.Protocol):
+    __slots__ = ("transport",)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+def raise_nofile_limit() -> None:
+    """The idle scenario holds 10,000 connections open: lift the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def serve(name: str, new_loop: Callable[[], asyncio.AbstractEventLoop], protocol=Echo) -> None:
+    """Echoes on 127.0.0.1:argv[1] until SIGTERM (backlog 1024, like every server here)."""
+    port = int(sys.argv[1])
+    raise_nofile_limit()
+    loop = new_loop()
+    asyncio.set_event_loop(loop)
+    server = loop.run_until_complete(loop.create_server(protocol, "127.0.0.1", port, backlog=1024))
+    loop.add_signal_handler(signal.SIGTERM, loop.stop)
+    print(f"{name}: listening on 127.0.0.1:{port}", flush=True)
+    try:
+        loop.run_forever()
+    finally:
+        server.close()
+        loop.close()
