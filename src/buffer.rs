@@ -5,7 +5,11 @@
 //! what an ordinary message needs, so one large transfer does not pin it forever.
 
 /// Capacity a drained write buffer may keep for the next write; more is given back.
-const WRITE_KEEP: usize = 64 * 1024;
+/// Generous on purpose: freeing a large buffer on the reactor thread lets glibc trim
+/// that thread's heap (`madvise`), and the next large write faults every page back in,
+/// which cost more than the message itself in the streaming benchmark. Idle sessions
+/// are not affected: a buffer is only allocated by a first write.
+const WRITE_KEEP: usize = 1024 * 1024;
 
 /// Bytes a session has asked to send and the kernel has not yet taken.
 ///

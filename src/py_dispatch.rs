@@ -167,7 +167,6 @@ pub fn run(mut reactor: Reactor, inner: Arc<LoopInner>) {
                     inner.shared.session_closed();
                 }
             }
-
             reactor.recycle_batch(batch);
             if reactor.is_finished() {
                 break;

@@ -498,10 +498,16 @@ impl LoopShared {
     pub(crate) fn update_status(&self, update: impl FnOnce(&mut LoopStatus)) {
         let mut status = lock(&self.status);
         update(&mut status);
-        self.status_changed.notify_all();
+        // Waiters only wait for "no sessions" or "finished": waking them on every open
+        // and close would cost a futex call and a context switch per connection.
+        if status.sessions == 0 || status.finished {
+            self.status_changed.notify_all();
+        }
     }
 
     /// Blocks until `done(status)` holds or `timeout` passes; returns whether it holds.
+    /// Waiters are woken only when no session is open or the loop has finished, so `done`
+    /// must become true only in one of those states.
     pub fn wait_for(&self, timeout: Duration, done: impl Fn(&LoopStatus) -> bool) -> bool {
         let guard = lock(&self.status);
         let (guard, _) = self
