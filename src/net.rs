@@ -304,8 +304,14 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Sends from `buf` without ever raising `SIGPIPE`. `EAGAIN` comes back as `WouldBlock`.
 pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    send_raw(fd.as_raw_fd(), buf)
+}
+
+/// [`send`] on a raw fd number, for a caller that knows the fd is open (see
+/// `SessionCore::write_all`).
+pub fn send_raw(fd: std::os::fd::RawFd, buf: &[u8]) -> io::Result<usize> {
     loop {
-        match socket::send(fd.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL) {
+        match socket::send(fd, buf, MsgFlags::MSG_NOSIGNAL) {
             Err(Errno::EINTR) => continue,
             other => return other.map_err(io::Error::from),
         }

@@ -12,7 +12,7 @@
 
 use std::io;
 use std::ops::Range;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -270,6 +270,7 @@ impl Reactor {
 
     /// One wakeup: run queued commands and flush, wait for readiness, accept and read.
     pub fn turn(&mut self) -> io::Result<()> {
+        self.shared.enter_reactor_thread();
         self.arena.reset();
         self.batch.clear();
         self.turn += 1;
@@ -454,6 +455,7 @@ impl Reactor {
         let (index, generation) = self.allocate();
         let token = Token::new(index as u32, generation);
         core.set_token(token);
+        core.set_fd(Some(fd.as_raw_fd()));
         if self.poller.add_stream(fd.as_fd(), token).is_err() {
             // Only possible when the kernel is out of memory: the socket is dropped.
             self.slots[index] = Slot::Vacant { generation };
@@ -671,9 +673,20 @@ impl Reactor {
             // Data that arrived while reading was paused raised no new edge.
             self.again.push(token);
         }
+        if let Some(err) = outbox.send_error.take() {
+            drop(outbox);
+            self.release(token, CloseKind::Dead, Some(err));
+            return;
+        }
         self.stats.writes += std::mem::take(&mut outbox.writes);
-        let had_bytes = !outbox.buffer.is_empty();
-        if had_bytes {
+        let sent_directly = std::mem::take(&mut outbox.sent_directly);
+        if sent_directly > 0 {
+            self.stats.sends += 1;
+            self.stats.bytes_out += sent_directly as u64;
+            session.last_active = now;
+        }
+        let had_bytes = sent_directly > 0 || !outbox.buffer.is_empty();
+        if !outbox.buffer.is_empty() && !std::mem::take(&mut outbox.kernel_full) {
             self.stats.sends += 1;
             match net::send(fd, outbox.buffer.pending()) {
                 Ok(n) => {
@@ -695,7 +708,6 @@ impl Reactor {
             }
         }
         let buffered = outbox.buffer.len();
-
         if !outbox.writing_paused && buffered > outbox.limits.high {
             outbox.writing_paused = true;
             self.batch.push(Event::PauseWriting { token });
@@ -740,6 +752,7 @@ impl Reactor {
             return;
         };
         self.vacant.push(index as u32);
+        session.core.set_fd(None);
         {
             let mut outbox = session.core.outbox();
             outbox.closed = true;

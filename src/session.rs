@@ -6,8 +6,9 @@
 //! session once for the reactor, which does every send and close itself. No lock here is
 //! ever held while Python runs or while the reactor waits.
 
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::cell::Cell;
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -114,6 +115,14 @@ pub struct Outbox {
     pub idle_timeout_changed: bool,
     /// `write()` calls since the last flush (for the coalescing statistics).
     pub writes: u64,
+    /// Bytes a large write sent at once, bypassing the buffer, since the last flush (for
+    /// the statistics and `on_send`).
+    pub sent_directly: usize,
+    /// A direct send found the kernel's send buffer full: EPOLLOUT will report room, and
+    /// a send before that would only say EAGAIN.
+    pub kernel_full: bool,
+    /// A direct send failed: the flush ends the session with this error.
+    pub send_error: Option<std::io::Error>,
 }
 
 impl Outbox {
@@ -143,8 +152,20 @@ pub struct SessionCore {
     /// The local address.
     pub local: Address,
     token: AtomicU64,
+    /// The socket while the reactor holds it open, else -1. Read only on the reactor
+    /// thread, where it cannot be closed underneath the reader (see `write_all`).
+    fd: AtomicI32,
     outbox: Mutex<Outbox>,
     shared: Arc<LoopShared>,
+}
+
+/// Writes at least this large skip the write buffer when they can: sent straight from the
+/// caller's bytes, they save a copy that costs more than the syscall saved by coalescing.
+const EAGER_SEND_MIN: usize = 16 * 1024;
+
+thread_local! {
+    /// The loop whose reactor this thread turns, if any (compared, never dereferenced).
+    static REACTOR_OF_THIS_THREAD: Cell<*const LoopShared> = const { Cell::new(std::ptr::null()) };
 }
 
 /// Locks `mutex`, ignoring poisoning: every critical section in this crate is a few
@@ -171,6 +192,7 @@ impl SessionCore {
             peer,
             local,
             token: AtomicU64::new(u64::MAX),
+            fd: AtomicI32::new(-1),
             outbox: Mutex::new(Outbox {
                 limits,
                 ..Outbox::default()
@@ -197,6 +219,11 @@ impl SessionCore {
         Token(self.token.load(Ordering::Acquire))
     }
 
+    /// Records the socket the reactor registered (`Some`) or is about to close (`None`).
+    pub(crate) fn set_fd(&self, fd: Option<RawFd>) {
+        self.fd.store(fd.unwrap_or(-1), Ordering::Relaxed);
+    }
+
     /// Buffers `bytes` for sending. Safe from any thread.
     pub fn write(self: &Arc<Self>, bytes: &[u8]) -> Result<(), Refusal> {
         self.write_all(&[bytes])
@@ -220,6 +247,31 @@ impl SessionCore {
         }
         if size == 0 {
             return Ok(());
+        }
+        let mut pieces = pieces;
+        if let ([piece], true) = (pieces, outbox.buffer.is_empty() && size >= EAGER_SEND_MIN) {
+            let fd = self.fd.load(Ordering::Relaxed);
+            // NOTE: the fd is only used on the reactor thread, which alone closes it and is
+            // busy running this caller, so it cannot be closed (and reused) meanwhile.
+            if fd >= 0 && self.shared.is_turned_by_this_thread() {
+                let sent = match crate::net::send_raw(fd, piece) {
+                    Ok(sent) => sent,
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                        outbox.kernel_full = true;
+                        0
+                    }
+                    // The peer is gone: the flush reports it (the first error after an
+                    // RST is the informative ECONNRESET; a retry would only say EPIPE).
+                    Err(err) => {
+                        outbox.send_error = Some(err);
+                        0
+                    }
+                };
+                outbox.kernel_full |= sent > 0 && sent < piece.len();
+                outbox.sent_directly += sent;
+                pieces = &[];
+                outbox.buffer.extend(&piece[sent..]);
+            }
         }
         for piece in pieces {
             outbox.buffer.extend(piece);
@@ -440,6 +492,16 @@ impl LoopShared {
             self.update_status(|status| status.sessions -= 1);
         }
         accepted
+    }
+
+    /// Marks the calling thread as the one that turns this loop's reactor.
+    pub(crate) fn enter_reactor_thread(self: &Arc<Self>) {
+        REACTOR_OF_THIS_THREAD.with(|current| current.set(Arc::as_ptr(self)));
+    }
+
+    /// Whether the calling thread turns this loop's reactor (is inside its callbacks).
+    pub fn is_turned_by_this_thread(&self) -> bool {
+        REACTOR_OF_THIS_THREAD.with(|current| std::ptr::eq(current.get(), self))
     }
 
     /// The consumer of the reactor's events has delivered an `Event::Closed`: only now
