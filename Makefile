@@ -21,7 +21,7 @@ help: ## list the targets
 $(TOOLS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "maturin>=1.9,<2" "pytest>=8" "pytest-timeout>=2.3" "ruff>=0.6"
+	$(PY) -m pip install --quiet "maturin>=1.9,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "ruff>=0.6"
 	touch $@
 
 setup: $(TOOLS) ## create .venv and install the build and test tools into it

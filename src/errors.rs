@@ -27,6 +27,13 @@ create_exception!(
 );
 create_exception!(
     hamanet,
+    FramingError,
+    PyValueError,
+    "A session's byte stream broke its framing (a message over max_length, a bad length \
+     header), or a payload cannot be sent as one message; the session is closed."
+);
+create_exception!(
+    hamanet,
     LifecycleError,
     PyRuntimeError,
     "A Server or Client method was called in a state that does not allow it, such as \

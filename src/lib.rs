@@ -11,6 +11,7 @@ compile_error!("hamanet is built on epoll and runs on Linux only");
 pub mod buffer;
 pub mod epoll;
 mod errors;
+pub mod framing;
 pub mod net;
 mod py_dispatch;
 mod py_loop;
@@ -33,6 +34,7 @@ fn _hamanet(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<errors::SessionClosedError>(),
     )?;
     m.add("LifecycleError", py.get_type::<errors::LifecycleError>())?;
+    m.add("FramingError", py.get_type::<errors::FramingError>())?;
     m.add(
         "WriteBufferFullError",
         py.get_type::<errors::WriteBufferFullError>(),

@@ -13,17 +13,18 @@ use std::time::{Duration, Instant};
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::epoll::Token;
-use crate::errors::close_reason;
+use crate::errors::{close_reason, FramingError};
+use crate::framing::{FrameDecoder, Framer};
 use crate::py_loop::{LoopInner, Phase};
 use crate::py_session::PySession;
 use crate::reactor::{Event, Reactor};
 use crate::session::{lock, Command, LoopShared};
 
 /// The names of the handler callbacks, in the order `Loop` receives them.
-pub const CALLBACK_NAMES: [&str; 7] = [
+pub const CALLBACK_NAMES: [&str; 9] = [
     "on_connect",
     "on_recv",
     "on_send",
@@ -31,6 +32,8 @@ pub const CALLBACK_NAMES: [&str; 7] = [
     "on_close",
     "on_pause_writing",
     "on_resume_writing",
+    "on_message",
+    "on_messages",
 ];
 
 /// The handler's callbacks, each `None` when the handler does not override it, so an
@@ -43,6 +46,8 @@ pub struct Callbacks {
     on_close: Option<Py<PyAny>>,
     on_pause_writing: Option<Py<PyAny>>,
     on_resume_writing: Option<Py<PyAny>>,
+    on_message: Option<Py<PyAny>>,
+    on_messages: Option<Py<PyAny>>,
 }
 
 impl Callbacks {
@@ -67,6 +72,8 @@ impl Callbacks {
             on_close: get(4)?,
             on_pause_writing: get(5)?,
             on_resume_writing: get(6)?,
+            on_message: get(7)?,
+            on_messages: get(8)?,
         })
     }
 }
@@ -77,6 +84,8 @@ struct Entry {
     session: Py<PySession>,
     /// The exception a callback raised, handed to `on_close` instead of the OS's reason.
     error: Option<PyErr>,
+    /// The session's framing state, when the loop frames.
+    decoder: Option<FrameDecoder>,
 }
 
 /// Python objects of open sessions, indexed like the reactor's slots.
@@ -86,7 +95,7 @@ struct SessionTable {
 }
 
 impl SessionTable {
-    fn insert(&mut self, token: Token, session: Py<PySession>) {
+    fn insert(&mut self, token: Token, session: Py<PySession>, decoder: Option<FrameDecoder>) {
         let index = token.slot();
         if self.entries.len() <= index {
             self.entries.resize_with(index + 1, || None);
@@ -95,6 +104,7 @@ impl SessionTable {
             generation: token.generation(),
             session,
             error: None,
+            decoder,
         });
     }
 
@@ -191,33 +201,41 @@ struct Dispatcher<'a, 'py> {
 impl<'py> Dispatcher<'_, 'py> {
     fn deliver(&mut self, reactor: &Reactor, callbacks: &Callbacks, event: &Event) {
         let py = self.py;
+        let framer = &self.inner.framer;
         match event {
             Event::Opened { token, session } => {
                 let pending = lock(&self.inner.pending).remove(&session.id);
                 let object = match pending {
                     Some(object) => object,
-                    None => match Py::new(py, PySession::new(Arc::clone(session))) {
-                        Ok(object) => object,
-                        Err(err) => {
-                            self.log_error("creating the Session", session.id, &err);
-                            session.abort();
-                            return;
+                    None => {
+                        match Py::new(py, PySession::new(Arc::clone(session), framer.clone())) {
+                            Ok(object) => object,
+                            Err(err) => {
+                                self.log_error("creating the Session", session.id, &err);
+                                session.abort();
+                                return;
+                            }
                         }
-                    },
+                    }
                 };
-                self.table.insert(*token, object);
+                let decoder = framer
+                    .as_ref()
+                    .map(|framer| FrameDecoder::new(Framer::clone(framer)));
+                self.table.insert(*token, object, decoder);
                 self.notify(*token, "on_connect", &callbacks.on_connect);
             }
             Event::Received { token, range } => {
-                let Some(callback) = &callbacks.on_recv else {
-                    return;
-                };
                 if self.is_closing(*token) {
                     // Closed earlier in this batch: its later input is not delivered.
                     return;
                 }
-                let data = PyBytes::new(py, reactor.received(range.clone()));
-                self.call(*token, "on_recv", callback, |s| (s, data).into_pyobject(py));
+                let data = reactor.received(range.clone());
+                if self.inner.framer.is_some() {
+                    self.deliver_messages(*token, callbacks, data);
+                } else if let Some(callback) = &callbacks.on_recv {
+                    let data = PyBytes::new(py, data);
+                    self.call(*token, "on_recv", callback, |s| (s, data).into_pyobject(py));
+                }
             }
             Event::Eof { token } => {
                 let keep_open = match &callbacks.on_eof {
@@ -271,6 +289,61 @@ impl<'py> Dispatcher<'_, 'py> {
                      100 ms until descriptors or memory free up; queued connections wait \
                      in the backlog"
                 ));
+            }
+        }
+    }
+
+    /// Cuts `data` into messages with the session's decoder and hands them over: all at
+    /// once to `on_messages`, else one by one to `on_message`. A framing error closes the
+    /// session (after the messages before it), and `on_close` gets a `FramingError`.
+    fn deliver_messages(&mut self, token: Token, callbacks: &Callbacks, data: &[u8]) {
+        let py = self.py;
+        let Some(entry) = self.table.get(token) else {
+            return;
+        };
+        let Some(decoder) = entry.decoder.as_mut() else {
+            return;
+        };
+        let mut messages: Vec<Bound<'py, PyBytes>> = Vec::new();
+        let result = decoder.feed(data, |message| messages.push(PyBytes::new(py, message)));
+        self.hand_over(token, callbacks, messages);
+        if let Err(err) = result {
+            if let Some(entry) = self.table.get(token) {
+                entry
+                    .error
+                    .get_or_insert_with(|| FramingError::new_err(err.to_string()));
+                entry.session.get().core().close();
+            }
+        }
+    }
+
+    fn hand_over(
+        &mut self,
+        token: Token,
+        callbacks: &Callbacks,
+        messages: Vec<Bound<'py, PyBytes>>,
+    ) {
+        let py = self.py;
+        if messages.is_empty() {
+            return;
+        }
+        if let Some(callback) = &callbacks.on_messages {
+            let batch = PyList::new(py, messages);
+            self.call(token, "on_messages", callback, |s| {
+                (s, batch?).into_pyobject(py)
+            });
+        } else if let Some(callback) = &callbacks.on_message {
+            for message in messages {
+                // A message after a close (by the handler, or for an error) is not delivered.
+                if self
+                    .call(token, "on_message", callback, |s| {
+                        (s, message).into_pyobject(py)
+                    })
+                    .is_none()
+                    || self.is_closing(token)
+                {
+                    break;
+                }
             }
         }
     }

@@ -16,6 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::errors::{os_error, LifecycleError};
+use crate::framing::Framer;
 use crate::net::{self, Address, SocketOptions};
 use crate::py_dispatch::{run, Callbacks};
 use crate::py_session::{address_object, PySession};
@@ -51,6 +52,8 @@ pub(crate) struct LoopInner {
     /// Scheduled callbacks and their arguments, by timer id.
     pub(crate) timers: Mutex<HashMap<u64, ScheduledCall>>,
     next_timer: AtomicU64,
+    /// How sessions' streams are cut into messages, if they are.
+    pub(crate) framer: Option<Arc<Framer>>,
     /// Exceptions raised by handler code (callbacks and timers).
     pub(crate) handler_errors: AtomicU64,
     /// `KeyboardInterrupt`/`SystemExit` raised by a handler, re-raised by `wait()`.
@@ -135,6 +138,7 @@ impl PyLoop {
         callbacks, *, nodelay=true, keepalive=false, recv_buffer=None, send_buffer=None,
         write_high=WriteLimits::DEFAULT.high, write_low=WriteLimits::DEFAULT.low,
         max_write_buffer=WriteLimits::DEFAULT.max, idle_timeout=None, max_connections=None,
+        framing=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -148,7 +152,9 @@ impl PyLoop {
         max_write_buffer: usize,
         idle_timeout: Option<f64>,
         max_connections: Option<usize>,
+        framing: Option<&Bound<'_, PyTuple>>,
     ) -> PyResult<PyLoop> {
+        let framer = framing.map(framer_from_spec).transpose()?.map(Arc::new);
         let options = SocketOptions {
             nodelay,
             keepalive,
@@ -178,6 +184,7 @@ impl PyLoop {
                 pending: Mutex::new(HashMap::new()),
                 timers: Mutex::new(HashMap::new()),
                 next_timer: AtomicU64::new(1),
+                framer,
                 handler_errors: AtomicU64::new(0),
                 failure: Mutex::new(None),
             }),
@@ -515,7 +522,10 @@ impl PyLoop {
             };
             let limits = self.inner.config.limits;
             let core = SessionCore::new(Arc::clone(&self.inner.shared), peer, local, limits);
-            let session = Py::new(py, PySession::new(Arc::clone(&core)))?;
+            let session = Py::new(
+                py,
+                PySession::new(Arc::clone(&core), self.inner.framer.clone()),
+            )?;
             lock(&self.inner.pending).insert(core.id, session.clone_ref(py));
             if !self.inner.shared.adopt(Arc::clone(&core), fd) {
                 lock(&self.inner.pending).remove(&core.id);
@@ -549,6 +559,37 @@ impl PyLoop {
             }
         }
     }
+}
+
+/// A framer from the spec tuple that `hamanet.framing`'s classes make:
+/// `("delimiter", bytes, max_length, keep)`, `("length", header_size, big_endian,
+/// includes_header, max_length)` or `("fixed", size)`.
+fn framer_from_spec(spec: &Bound<'_, PyTuple>) -> PyResult<Framer> {
+    let kind: String = spec.get_item(0)?.extract()?;
+    let framer = match kind.as_str() {
+        "delimiter" => Framer::Delimiter {
+            delimiter: spec.get_item(1)?.extract()?,
+            max_length: spec.get_item(2)?.extract()?,
+            keep: spec.get_item(3)?.extract()?,
+        },
+        "length" => Framer::LengthPrefixed {
+            header: spec.get_item(1)?.extract()?,
+            big_endian: spec.get_item(2)?.extract()?,
+            includes_header: spec.get_item(3)?.extract()?,
+            max_length: spec.get_item(4)?.extract()?,
+        },
+        "fixed" => Framer::Fixed {
+            size: spec.get_item(1)?.extract()?,
+        },
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown framing {other:?}; use hamanet.framing.Delimiter, LengthPrefixed or \
+                 FixedSize"
+            )))
+        }
+    };
+    framer.validate().map_err(PyValueError::new_err)?;
+    Ok(framer)
 }
 
 /// A number of seconds >= 0.

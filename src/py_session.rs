@@ -12,7 +12,8 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::errors::refused;
+use crate::errors::{refused, FramingError};
+use crate::framing::Framer;
 use crate::net::Address;
 use crate::session::{SessionCore, WriteLimits};
 
@@ -23,12 +24,14 @@ use crate::session::{SessionCore, WriteLimits};
 #[pyclass(module = "hamanet", name = "Session", frozen, dict, weakref)]
 pub struct PySession {
     core: Arc<SessionCore>,
+    /// The loop's framer, for `write_frame`.
+    framer: Option<Arc<Framer>>,
 }
 
 impl PySession {
-    /// Wraps a session core.
-    pub fn new(core: Arc<SessionCore>) -> PySession {
-        PySession { core }
+    /// Wraps a session core of a loop that frames with `framer`.
+    pub fn new(core: Arc<SessionCore>, framer: Option<Arc<Framer>>) -> PySession {
+        PySession { core, framer }
     }
 
     /// The shared state behind this object.
@@ -92,6 +95,25 @@ impl PySession {
         self.core
             .write(chunk.as_slice())
             .map_err(|r| refused(r, "write", self.core.id))
+    }
+
+    /// Sends `payload` as one message of the server's framing: with its length header
+    /// (`LengthPrefixed`), its delimiter (`Delimiter`), or as is (`FixedSize`, which
+    /// checks the size). Atomic, like `writelines`.
+    fn write_frame(&self, payload: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some(framer) = &self.framer else {
+            return Err(FramingError::new_err(
+                "write_frame() needs framing: pass framing=hamanet.framing.LengthPrefixed() \
+                 (or Delimiter, FixedSize) to the Server or Client; use write() otherwise",
+            ));
+        };
+        let payload = chunk(payload, "write_frame")?;
+        let (prefix, suffix) = framer
+            .envelope(payload.as_slice())
+            .map_err(|why| FramingError::new_err(format!("cannot write_frame(): {why}")))?;
+        self.core
+            .write_all(&[&prefix, payload.as_slice(), &suffix])
+            .map_err(|r| refused(r, "write_frame", self.core.id))
     }
 
     /// Buffers every bytes-like item of `chunks`, atomically: no other thread's write can

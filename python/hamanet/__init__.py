@@ -11,8 +11,10 @@ if not sys.platform.startswith("linux"):
         f"hamanet runs on Linux only (it is built on epoll); this is {sys.platform!r}"
     )
 
+from . import framing
 from ._endpoint import Client, Server
 from ._hamanet import (
+    FramingError,
     LifecycleError,
     Session,
     SessionClosedError,
@@ -23,6 +25,7 @@ from ._handler import Handler
 
 __all__ = [
     "Client",
+    "FramingError",
     "Handler",
     "LifecycleError",
     "Server",
@@ -30,5 +33,6 @@ __all__ = [
     "SessionClosedError",
     "TimerHandle",
     "WriteBufferFullError",
+    "framing",
 ]
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from ._hamanet import LifecycleError, Loop, Session, TimerHandle
 from ._handler import Handler, bound_callbacks
+from .framing import Framing
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_BACKLOG = 1024
@@ -96,7 +97,15 @@ class _Endpoint:
         max_write_buffer: int = DEFAULT_MAX_WRITE_BUFFER,
         idle_timeout: float | None = None,
         max_connections: int | None = None,
+        framing: Framing | None = None,
     ) -> None:
+        if framing is None:
+            framing = getattr(handler, "framing", None)
+        if framing is not None and not isinstance(framing, Framing):
+            raise TypeError(
+                "framing must be a hamanet.framing.Delimiter, LengthPrefixed or FixedSize, "
+                f"not {type(framing).__name__!r}"
+            )
         write_high = _check_size(write_high, "write_high", optional=False, minimum=0)
         write_low = _check_size(write_low, "write_low", optional=False, minimum=0)
         max_write_buffer = _check_size(max_write_buffer, "max_write_buffer", optional=False)
@@ -121,6 +130,7 @@ class _Endpoint:
             max_write_buffer=max_write_buffer,
             idle_timeout=_check_idle_timeout(idle_timeout),
             max_connections=_check_size(max_connections, "max_connections"),
+            framing=None if framing is None else framing._spec(),
         )
         self._start_lock = threading.Lock()
 

@@ -15,6 +15,8 @@ CALLBACK_NAMES = (
     "on_close",
     "on_pause_writing",
     "on_resume_writing",
+    "on_message",
+    "on_messages",
 )
 
 
@@ -54,6 +56,13 @@ class Handler:
 
     def on_resume_writing(self, session: Session) -> None:
         """The buffer has drained to the low watermark after ``on_pause_writing``."""
+
+    def on_message(self, session: Session, message: bytes) -> None:
+        """With framing (see ``hamanet.framing``): one whole message, in order."""
+
+    def on_messages(self, session: Session, messages: list[bytes]) -> None:
+        """With framing: every message this wakeup completed, in order; one call however
+        many. Overriding it takes precedence over ``on_message``."""
 
 
 def bound_callbacks(handler: Any) -> tuple[Callable[..., Any] | None, ...]:

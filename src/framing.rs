@@ -1,0 +1,499 @@
+//! Native framing: splitting a byte stream into messages in Rust, so that one Python call
+//! can carry every message a wakeup brought.
+//!
+//! A [`Framer`] says where messages end (a delimiter, a length header, a fixed size); a
+//! [`FrameDecoder`] applies it to one session's stream, keeping a partial message between
+//! reads. Nothing here buffers without bound: a message longer than the framer's maximum is
+//! an error before its bytes are kept, and the session is then closed by the caller.
+
+use std::fmt;
+
+/// How a stream is cut into messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Framer {
+    /// Messages end with `delimiter`, which is not part of the message unless `keep`.
+    Delimiter {
+        /// The terminator, at least one byte.
+        delimiter: Vec<u8>,
+        /// The longest message allowed, delimiter excluded.
+        max_length: usize,
+        /// Whether messages keep their delimiter.
+        keep: bool,
+    },
+    /// Each message starts with an unsigned length of `header` bytes (1, 2, 4 or 8).
+    LengthPrefixed {
+        /// Size of the length header in bytes.
+        header: usize,
+        /// Byte order of the header.
+        big_endian: bool,
+        /// Whether the length counts the header itself.
+        includes_header: bool,
+        /// The longest payload allowed, header excluded.
+        max_length: usize,
+    },
+    /// Every message is exactly `size` bytes.
+    Fixed {
+        /// The message size, at least one byte.
+        size: usize,
+    },
+}
+
+/// Why a stream could not be framed. The session cannot recover: the caller closes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// A message is (or announces itself as) longer than the framer allows.
+    TooLong {
+        /// Its length, or at least the bytes seen without its end.
+        length: usize,
+        /// The limit.
+        max_length: usize,
+    },
+    /// A length header counts the header itself but is smaller than the header.
+    BadHeader {
+        /// The length the header announced.
+        length: u64,
+    },
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::TooLong { length, max_length } => write!(
+                f,
+                "message of at least {length} bytes exceeds max_length {max_length}; \
+                 the session is closed"
+            ),
+            FrameError::BadHeader { length } => write!(
+                f,
+                "length header says {length} bytes, less than the header itself \
+                 (includes_header=True); the session is closed"
+            ),
+        }
+    }
+}
+
+impl Framer {
+    /// Checks the parameters; the error names the wrong one.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Framer::Delimiter { delimiter, .. } if delimiter.is_empty() => {
+                Err("delimiter must be at least one byte".into())
+            }
+            Framer::LengthPrefixed { header, .. } if ![1, 2, 4, 8].contains(header) => {
+                Err(format!("header_size must be 1, 2, 4 or 8, not {header}"))
+            }
+            Framer::Fixed { size: 0 } => Err("size must be at least 1 byte".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// What goes before and after `payload` to send it as one message (a length header,
+    /// a delimiter). `Err` names why the payload cannot be one message.
+    pub fn envelope(&self, payload: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
+        match self {
+            Framer::Delimiter {
+                delimiter,
+                max_length,
+                ..
+            } => {
+                if payload.len() > *max_length {
+                    return Err(format!(
+                        "payload of {} bytes exceeds max_length {max_length}",
+                        payload.len()
+                    ));
+                }
+                if memchr::memmem::find(payload, delimiter).is_some() {
+                    return Err("payload contains the delimiter".into());
+                }
+                Ok((Vec::new(), delimiter.clone()))
+            }
+            Framer::LengthPrefixed {
+                header,
+                big_endian,
+                includes_header,
+                max_length,
+            } => {
+                if payload.len() > *max_length {
+                    return Err(format!(
+                        "payload of {} bytes exceeds max_length {max_length}",
+                        payload.len()
+                    ));
+                }
+                let length =
+                    payload.len() as u64 + if *includes_header { *header as u64 } else { 0 };
+                if *header < 8 && length >= 1u64 << (8 * header) {
+                    return Err(format!(
+                        "payload of {} bytes does not fit a {header}-byte length header",
+                        payload.len()
+                    ));
+                }
+                let bytes = if *big_endian {
+                    length.to_be_bytes()
+                } else {
+                    length.to_le_bytes()
+                };
+                let header_bytes = if *big_endian {
+                    bytes[8 - header..].to_vec()
+                } else {
+                    bytes[..*header].to_vec()
+                };
+                Ok((header_bytes, Vec::new()))
+            }
+            Framer::Fixed { size } => {
+                if payload.len() != *size {
+                    return Err(format!(
+                        "payload of {} bytes is not the fixed message size {size}",
+                        payload.len()
+                    ));
+                }
+                Ok((Vec::new(), Vec::new()))
+            }
+        }
+    }
+
+    /// Finds the first complete message in `data`: `Ok(Some((start, end, consumed)))` with
+    /// the message at `data[start..end]` and `consumed` bytes used up, `Ok(None)` if more
+    /// bytes are needed.
+    fn next(&self, data: &[u8]) -> Result<Option<(usize, usize, usize)>, FrameError> {
+        match self {
+            Framer::Delimiter {
+                delimiter,
+                max_length,
+                keep,
+            } => {
+                // Only the first max_length + delimiter bytes can hold a valid end.
+                let window = data.len().min(max_length + delimiter.len());
+                match memchr::memmem::find(&data[..window], delimiter) {
+                    Some(at) => {
+                        let end = if *keep { at + delimiter.len() } else { at };
+                        Ok(Some((0, end, at + delimiter.len())))
+                    }
+                    None if data.len() >= max_length + delimiter.len() => {
+                        Err(FrameError::TooLong {
+                            length: data.len(),
+                            max_length: *max_length,
+                        })
+                    }
+                    None => Ok(None),
+                }
+            }
+            Framer::LengthPrefixed {
+                header,
+                big_endian,
+                includes_header,
+                max_length,
+            } => {
+                if data.len() < *header {
+                    return Ok(None);
+                }
+                let mut raw = [0u8; 8];
+                let length = if *big_endian {
+                    raw[8 - header..].copy_from_slice(&data[..*header]);
+                    u64::from_be_bytes(raw)
+                } else {
+                    raw[..*header].copy_from_slice(&data[..*header]);
+                    u64::from_le_bytes(raw)
+                };
+                let payload = if *includes_header {
+                    length
+                        .checked_sub(*header as u64)
+                        .ok_or(FrameError::BadHeader { length })?
+                } else {
+                    length
+                };
+                if payload > *max_length as u64 {
+                    let length = usize::try_from(payload).unwrap_or(usize::MAX);
+                    return Err(FrameError::TooLong {
+                        length,
+                        max_length: *max_length,
+                    });
+                }
+                let end = header + payload as usize;
+                Ok((data.len() >= end).then_some((*header, end, end)))
+            }
+            Framer::Fixed { size } => Ok((data.len() >= *size).then_some((0, *size, *size))),
+        }
+    }
+}
+
+/// One session's framing state: the framer and the start of a message not yet complete.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    framer: Framer,
+    partial: Vec<u8>,
+}
+
+impl FrameDecoder {
+    /// A decoder with nothing buffered.
+    pub fn new(framer: Framer) -> FrameDecoder {
+        FrameDecoder {
+            framer,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Bytes of an incomplete message held between reads.
+    pub fn buffered(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// Feeds the next bytes of the stream, calling `message` for every message completed,
+    /// in order. After an error the decoder must not be fed again.
+    pub fn feed(&mut self, data: &[u8], mut message: impl FnMut(&[u8])) -> Result<(), FrameError> {
+        if self.partial.is_empty() {
+            // The common case: whole messages straight from the read, no copy; only a
+            // trailing fragment is kept.
+            let consumed = split(&self.framer, data, &mut message)?;
+            self.partial.extend_from_slice(&data[consumed..]);
+            return Ok(());
+        }
+        self.partial.extend_from_slice(data);
+        let result = split(&self.framer, &self.partial, &mut message);
+        match result {
+            Ok(consumed) => {
+                self.partial.drain(..consumed);
+                if self.partial.is_empty() && self.partial.capacity() > 64 * 1024 {
+                    self.partial = Vec::new();
+                }
+                Ok(())
+            }
+            Err(err) => {
+                self.partial = Vec::new();
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Calls `message` for each complete message at the front of `data`; returns the bytes
+/// consumed.
+fn split(
+    framer: &Framer,
+    data: &[u8],
+    message: &mut impl FnMut(&[u8]),
+) -> Result<usize, FrameError> {
+    let mut offset = 0;
+    while let Some((start, end, consumed)) = framer.next(&data[offset..])? {
+        message(&data[offset + start..offset + end]);
+        offset += consumed;
+    }
+    Ok(offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_in_pieces(
+        framer: &Framer,
+        stream: &[u8],
+        cuts: &[usize],
+    ) -> Result<Vec<Vec<u8>>, FrameError> {
+        let mut decoder = FrameDecoder::new(framer.clone());
+        let mut out = Vec::new();
+        let mut last = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&stream.len())) {
+            let cut = cut.clamp(last, stream.len());
+            decoder.feed(&stream[last..cut], |m| out.push(m.to_vec()))?;
+            last = cut;
+        }
+        Ok(out)
+    }
+
+    /// A small deterministic generator, so the property tests need no extra crate.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            self.0 >> 33
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    fn framers() -> Vec<Framer> {
+        let mut framers = vec![
+            Framer::Delimiter {
+                delimiter: b"\r\n".to_vec(),
+                max_length: 300,
+                keep: false,
+            },
+            Framer::Delimiter {
+                delimiter: b"\n".to_vec(),
+                max_length: 300,
+                keep: true,
+            },
+            Framer::Fixed { size: 7 },
+        ];
+        for header in [1, 2, 4, 8] {
+            for big_endian in [true, false] {
+                for includes_header in [true, false] {
+                    framers.push(Framer::LengthPrefixed {
+                        header,
+                        big_endian,
+                        includes_header,
+                        max_length: 200,
+                    });
+                }
+            }
+        }
+        framers
+    }
+
+    fn random_messages(framer: &Framer, rng: &mut Lcg) -> Vec<Vec<u8>> {
+        (0..rng.below(40))
+            .map(|_| {
+                let len = match framer {
+                    Framer::Fixed { size } => *size,
+                    _ => rng.below(200),
+                };
+                // Letters only, so no message contains a delimiter.
+                (0..len).map(|_| b'a' + rng.below(26) as u8).collect()
+            })
+            .collect()
+    }
+
+    fn encode_all(framer: &Framer, messages: &[Vec<u8>]) -> Vec<u8> {
+        let mut stream = Vec::new();
+        for message in messages {
+            let (prefix, suffix) = framer.envelope(message).expect("encodable");
+            stream.extend_from_slice(&prefix);
+            stream.extend_from_slice(message);
+            stream.extend_from_slice(&suffix);
+        }
+        stream
+    }
+
+    #[test]
+    fn any_split_of_a_valid_stream_yields_the_same_messages() {
+        let mut rng = Lcg(7);
+        for framer in framers() {
+            for _ in 0..200 {
+                let messages = random_messages(&framer, &mut rng);
+                let stream = encode_all(&framer, &messages);
+                let mut cuts: Vec<usize> = (0..rng.below(12))
+                    .map(|_| rng.below(stream.len() + 1))
+                    .collect();
+                cuts.sort_unstable();
+                let decoded = decode_in_pieces(&framer, &stream, &cuts).expect("valid stream");
+                let expected: Vec<Vec<u8>> = match &framer {
+                    Framer::Delimiter {
+                        delimiter,
+                        keep: true,
+                        ..
+                    } => messages
+                        .iter()
+                        .map(|m| [m.as_slice(), delimiter].concat())
+                        .collect(),
+                    _ => messages.clone(),
+                };
+                assert_eq!(decoded, expected, "{framer:?} cut at {cuts:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time_equals_all_at_once() {
+        let framer = Framer::LengthPrefixed {
+            header: 2,
+            big_endian: true,
+            includes_header: false,
+            max_length: 100,
+        };
+        let stream = encode_all(
+            &framer,
+            &[b"hello".to_vec(), Vec::new(), b"world!".to_vec()],
+        );
+        let cuts: Vec<usize> = (1..stream.len()).collect();
+        let decoded = decode_in_pieces(&framer, &stream, &cuts).expect("valid");
+        assert_eq!(decoded, [b"hello".to_vec(), Vec::new(), b"world!".to_vec()]);
+    }
+
+    #[test]
+    fn oversize_messages_are_refused_before_they_are_buffered() {
+        let framer = Framer::Delimiter {
+            delimiter: b"\n".to_vec(),
+            max_length: 10,
+            keep: false,
+        };
+        let mut decoder = FrameDecoder::new(framer);
+        let mut out = Vec::new();
+        decoder
+            .feed(b"ok\n0123456789", |m| out.push(m.to_vec()))
+            .expect("still fits");
+        assert_eq!(out, [b"ok".to_vec()]);
+        let err = decoder.feed(b"A", |_| {}).expect_err("11 bytes, no end");
+        assert!(matches!(err, FrameError::TooLong { max_length: 10, .. }));
+
+        let framer = Framer::LengthPrefixed {
+            header: 4,
+            big_endian: true,
+            includes_header: false,
+            max_length: 1000,
+        };
+        let err = FrameDecoder::new(framer).feed(&[0xff, 0xff, 0xff, 0xff], |_| {});
+        assert!(matches!(
+            err,
+            Err(FrameError::TooLong {
+                length: 4294967295,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn garbage_never_panics_and_errors_are_clean() {
+        let mut rng = Lcg(99);
+        for framer in framers() {
+            for _ in 0..300 {
+                let garbage: Vec<u8> = (0..rng.below(600)).map(|_| rng.next() as u8).collect();
+                let cuts: Vec<usize> = (0..4).map(|_| rng.below(garbage.len() + 1)).collect();
+                let mut sorted = cuts.clone();
+                sorted.sort_unstable();
+                // Either messages or a clean error; a panic fails the test.
+                let _ = decode_in_pieces(&framer, &garbage, &sorted);
+            }
+        }
+    }
+
+    #[test]
+    fn header_smaller_than_itself_is_a_bad_header() {
+        let framer = Framer::LengthPrefixed {
+            header: 2,
+            big_endian: true,
+            includes_header: true,
+            max_length: 100,
+        };
+        let err = FrameDecoder::new(framer).feed(&[0, 1], |_| {});
+        assert_eq!(err, Err(FrameError::BadHeader { length: 1 }));
+    }
+
+    #[test]
+    fn envelope_rejects_what_cannot_be_one_message() {
+        let framer = Framer::LengthPrefixed {
+            header: 1,
+            big_endian: true,
+            includes_header: false,
+            max_length: 1000,
+        };
+        assert!(
+            framer.envelope(&[0u8; 256]).is_err(),
+            "256 does not fit one byte"
+        );
+        assert_eq!(
+            framer.envelope(&[0u8; 255]).expect("fits"),
+            (vec![255u8], Vec::new())
+        );
+        let framer = Framer::Delimiter {
+            delimiter: b"\n".to_vec(),
+            max_length: 10,
+            keep: false,
+        };
+        assert!(framer.envelope(b"a\nb").is_err());
+        assert!(Framer::Fixed { size: 3 }.envelope(b"ab").is_err());
+    }
+}
