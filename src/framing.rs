@@ -96,12 +96,7 @@ impl Framer {
                 max_length,
                 ..
             } => {
-                if payload.len() > *max_length {
-                    return Err(format!(
-                        "payload of {} bytes exceeds max_length {max_length}",
-                        payload.len()
-                    ));
-                }
+                fits(payload, *max_length)?;
                 if memchr::memmem::find(payload, delimiter).is_some() {
                     return Err("payload contains the delimiter".into());
                 }
@@ -113,12 +108,7 @@ impl Framer {
                 includes_header,
                 max_length,
             } => {
-                if payload.len() > *max_length {
-                    return Err(format!(
-                        "payload of {} bytes exceeds max_length {max_length}",
-                        payload.len()
-                    ));
-                }
+                fits(payload, *max_length)?;
                 let length =
                     payload.len() as u64 + if *includes_header { *header as u64 } else { 0 };
                 if *header < 8 && length >= 1u64 << (8 * header) {
@@ -214,6 +204,16 @@ impl Framer {
             Framer::Fixed { size } => Ok((data.len() >= *size).then_some((0, *size, *size))),
         }
     }
+}
+
+fn fits(payload: &[u8], max_length: usize) -> Result<(), String> {
+    if payload.len() > max_length {
+        return Err(format!(
+            "payload of {} bytes exceeds max_length {max_length}",
+            payload.len()
+        ));
+    }
+    Ok(())
 }
 
 /// One session's framing state: the framer and the start of a message not yet complete.

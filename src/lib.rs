@@ -41,5 +41,6 @@ fn _hamanet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
 
     m.add("READ_BUDGET", reactor::READ_BUDGET)?;
+    m.add("CALLBACK_NAMES", pyo3::types::PyTuple::new(py, py_dispatch::CALLBACK_NAMES)?)?;
     Ok(())
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -143,6 +144,26 @@ def recv_until_eof(sock: socket.socket, limit: int = 1 << 30) -> bytes:
             return bytes(chunks)
         chunks.extend(chunk)
     raise AssertionError("peer sent more than the limit without EOF")
+
+
+def reset_close(sock: socket.socket) -> None:
+    """Closes ``sock`` with RST (SO_LINGER on, zero timeout)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def read_until_end(sock: socket.socket, limit: int = 64 << 20) -> tuple[bytes, str]:
+    """Reads until the peer ends the stream. Returns (bytes, "eof" | "reset")."""
+    chunks = bytearray()
+    while len(chunks) <= limit:
+        try:
+            chunk = sock.recv(1 << 20)
+        except ConnectionResetError:
+            return bytes(chunks), "reset"
+        if not chunk:
+            return bytes(chunks), "eof"
+        chunks.extend(chunk)
+    raise AssertionError("peer sent more than the limit without ending the stream")
 
 
 def open_fds() -> int:

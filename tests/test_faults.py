@@ -9,7 +9,6 @@ import errno
 import gc
 import logging
 import socket
-import struct
 import threading
 from typing import Any
 
@@ -21,32 +20,14 @@ from conftest import (
     connect,
     open_fds,
     pattern,
+    read_until_end,
     recv_exactly,
     recv_until_eof,
+    reset_close,
     wait_until,
 )
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def reset_close(sock: socket.socket) -> None:
-    """Closes ``sock`` with RST (SO_LINGER on, zero timeout)."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
-def read_until_end(sock: socket.socket, limit: int = 64 << 20) -> tuple[bytes, str]:
-    """Reads until the peer ends the stream. Returns (bytes, "eof" | "reset")."""
-    chunks = bytearray()
-    while len(chunks) <= limit:
-        try:
-            chunk = sock.recv(1 << 20)
-        except ConnectionResetError:
-            return bytes(chunks), "reset"
-        if not chunk:
-            return bytes(chunks), "eof"
-        chunks.extend(chunk)
-    raise AssertionError("peer sent more than the limit without ending the stream")
 
 
 def bound_unlistened_port() -> socket.socket:

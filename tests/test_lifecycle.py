@@ -10,7 +10,6 @@ import os
 import queue
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import textwrap
@@ -26,8 +25,10 @@ from conftest import (
     connect,
     open_fds,
     pattern,
+    read_until_end,
     recv_exactly,
     recv_until_eof,
+    reset_close,
     wait_until,
 )
 
@@ -35,25 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def reset_close(sock: socket.socket) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
-def read_until_end(sock: socket.socket, limit: int = 64 << 20) -> tuple[bytes, str]:
-    """Reads until the peer ends the stream: (bytes, "eof" | "reset")."""
-    chunks = bytearray()
-    while len(chunks) <= limit:
-        try:
-            chunk = sock.recv(1 << 20)
-        except ConnectionResetError:
-            return bytes(chunks), "reset"
-        if not chunk:
-            return bytes(chunks), "eof"
-        chunks.extend(chunk)
-    raise AssertionError("peer sent more than the limit without ending the stream")
 
 
 def refuses(port: int) -> bool:

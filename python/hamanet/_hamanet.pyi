@@ -8,6 +8,7 @@ _Address = tuple[str, int] | tuple[str, int, int, int]
 _Callback = Callable[..., Any] | None
 
 READ_BUDGET: int
+CALLBACK_NAMES: tuple[str, ...]
 
 class SessionClosedError(ConnectionError):
     """The session is closed (or its write side is shut down) and cannot take this call."""

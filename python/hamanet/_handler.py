@@ -7,17 +7,8 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from ._hamanet import Session
 
-CALLBACK_NAMES = (
-    "on_connect",
-    "on_recv",
-    "on_send",
-    "on_eof",
-    "on_close",
-    "on_pause_writing",
-    "on_resume_writing",
-    "on_message",
-    "on_messages",
-)
+# The reactor takes the callbacks as a tuple in this order; it defines the order.
+from ._hamanet import CALLBACK_NAMES
 
 
 class Handler:
