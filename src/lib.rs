@@ -41,6 +41,9 @@ fn _hamanet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
 
     m.add("READ_BUDGET", reactor::READ_BUDGET)?;
-    m.add("CALLBACK_NAMES", pyo3::types::PyTuple::new(py, py_dispatch::CALLBACK_NAMES)?)?;
+    m.add(
+        "CALLBACK_NAMES",
+        pyo3::types::PyTuple::new(py, py_dispatch::CALLBACK_NAMES)?,
+    )?;
     Ok(())
 }

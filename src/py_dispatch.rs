@@ -16,12 +16,12 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::epoll::Token;
-use crate::errors::{close_reason, FramingError};
+use crate::errors::{close_reason, FramingError, SessionClosedError};
 use crate::framing::{FrameDecoder, Framer};
 use crate::py_loop::{LoopInner, Phase};
 use crate::py_session::PySession;
 use crate::reactor::{Event, Reactor};
-use crate::session::{lock, Command, LoopShared};
+use crate::session::{lock, Command, LoopShared, SessionCore};
 
 /// The names of the handler callbacks, in the order `Loop` receives them.
 pub const CALLBACK_NAMES: [&str; 9] = [
@@ -122,6 +122,16 @@ impl SessionTable {
             _ => None,
         }
     }
+}
+
+/// Whether `err` is the `SessionClosedError` of writing to `core` after the reactor
+/// ended its connection (not after the user's own `close()`/`abort()`).
+fn ended_by_peer(py: Python<'_>, err: &PyErr, core: &SessionCore) -> bool {
+    if !err.is_instance_of::<SessionClosedError>(py) {
+        return false;
+    }
+    let outbox = core.outbox();
+    outbox.closed && !outbox.given_up()
 }
 
 /// Marks the loop finished when the reactor thread ends, however it ends (a panic
@@ -225,8 +235,8 @@ impl<'py> Dispatcher<'_, 'py> {
                 self.notify(*token, "on_connect", &callbacks.on_connect);
             }
             Event::Received { token, range } => {
-                if self.is_closing(*token) {
-                    // Closed earlier in this batch: its later input is not delivered.
+                if self.given_up(*token) {
+                    // Closed by the handler earlier in this batch: its later input is not delivered.
                     return;
                 }
                 let data = reactor.received(range.clone());
@@ -239,7 +249,7 @@ impl<'py> Dispatcher<'_, 'py> {
             }
             Event::Eof { token } => {
                 let keep_open = match &callbacks.on_eof {
-                    Some(callback) if !self.is_closing(*token) => self
+                    Some(callback) if !self.given_up(*token) => self
                         .call(*token, "on_eof", callback, |s| (s,).into_pyobject(py))
                         .is_some_and(|result| result.is_truthy().unwrap_or(false)),
                     _ => false,
@@ -340,7 +350,7 @@ impl<'py> Dispatcher<'_, 'py> {
                         (s, message).into_pyobject(py)
                     })
                     .is_none()
-                    || self.is_closing(token)
+                    || self.given_up(token)
                 {
                     break;
                 }
@@ -348,17 +358,20 @@ impl<'py> Dispatcher<'_, 'py> {
         }
     }
 
-    fn is_closing(&mut self, token: Token) -> bool {
+    /// Whether the handler has given the session up (`close()`/`abort()`), so it wants no
+    /// more of its events. A session the *reactor* closed this turn (a reset, say) still
+    /// gets what it read before: that data arrived, and is delivered before `on_close`.
+    fn given_up(&mut self, token: Token) -> bool {
         self.table
             .get(token)
-            .is_none_or(|entry| entry.session.get().core().outbox().is_closing())
+            .is_none_or(|entry| entry.session.get().core().outbox().given_up())
     }
 
     /// Calls a `callback(session)` notification, if overridden and the session is open.
     fn notify(&mut self, token: Token, name: &str, callback: &Option<Py<PyAny>>) {
         let py = self.py;
         if let Some(callback) = callback {
-            if !self.is_closing(token) {
+            if !self.given_up(token) {
                 self.call(token, name, callback, |s| (s,).into_pyobject(py));
             }
         }
@@ -383,6 +396,13 @@ impl<'py> Dispatcher<'_, 'py> {
             Ok(value) => Some(value),
             Err(err) => {
                 let core = Arc::clone(entry.session.get().core());
+                if ended_by_peer(py, &err, &core) {
+                    // The callback wrote to its own session, whose connection ended in
+                    // this very turn (a reset, say) and let the SessionClosedError out:
+                    // a consequence of the peer, not a fault of the handler, and
+                    // `on_close` reports the cause.
+                    return None;
+                }
                 entry.error.get_or_insert_with(|| err.clone_ref(py));
                 core.abort();
                 self.handler_failed(name, Some(core.id), err);

@@ -624,14 +624,28 @@ fn connect_one(
     options: &SocketOptions,
     deadline: Instant,
 ) -> Result<OwnedFd, ConnectFailure> {
-    let fd = py
-        .detach(|| net::connect_start(addr, options))
-        .map_err(ConnectFailure::Os)?;
+    let timed_out = || {
+        let err = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+        Err(ConnectFailure::Os(err))
+    };
+    let fd = loop {
+        match py.detach(|| net::connect_start(addr, options)) {
+            Ok(fd) => break fd,
+            // A Unix listener's backlog is full: try again until the deadline.
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return timed_out();
+                }
+                py.detach(|| std::thread::sleep(Duration::from_millis(10)));
+                py.check_signals().map_err(ConnectFailure::Python)?;
+            }
+            Err(err) => return Err(ConnectFailure::Os(err)),
+        }
+    };
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            let err = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
-            return Err(ConnectFailure::Os(err));
+            return timed_out();
         }
         let ready = py
             .detach(|| net::connect_wait(fd.as_fd(), left.min(SIGNAL_SLICE)))

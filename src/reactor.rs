@@ -123,6 +123,8 @@ struct SessionSlot {
     read_turn: u64,
     /// When bytes last moved in either direction (for the idle timeout).
     last_active: Instant,
+    /// The session is on the `again` list already.
+    requeued: bool,
 }
 
 enum Slot {
@@ -294,17 +296,21 @@ impl Reactor {
         self.now = Instant::now();
 
         self.run_commands();
+        // What was cut short last turn goes first: a session stopped by its budget has
+        // a full receive window and gets no new edge, so behind busy peers with fresh
+        // edges it would otherwise wait for as long as they keep the arena full.
         let again = std::mem::take(&mut self.again);
+        for token in again {
+            if let Some(session) = session_slot(&mut self.slots, token) {
+                session.requeued = false;
+                self.read(token, false);
+            } else if let Some(Slot::Listener { .. }) = self.slots.get(token.slot()) {
+                self.accept_ready(token);
+            }
+        }
         for i in 0..self.events.len() {
             let readiness = self.events.get(i);
             self.handle(readiness);
-        }
-        for token in again {
-            match self.slots.get(token.slot()) {
-                Some(Slot::Listener { .. }) => self.accept_ready(token),
-                Some(Slot::Session(_)) => self.read(token, false),
-                _ => {}
-            }
         }
         if self
             .accept_paused_until
@@ -329,18 +335,16 @@ impl Reactor {
         Ok(())
     }
 
-    /// Releases a reactor that never ran: its listeners are closed (Unix socket files
-    /// removed) and every later command is refused.
+    /// Releases a reactor that never ran: queued listeners are closed (Unix socket files
+    /// removed) without accepting anything, and every later command is refused.
     pub fn shutdown_unstarted(&mut self) {
-        self.run_commands();
-        self.close_listeners();
+        self.stop_deadline = Some(Instant::now());
         self.finish();
     }
 
-    /// Closes every session at once with RST and finishes (for a fatal error).
+    /// Closes every session at once with RST and finishes (for a fatal error). Events
+    /// this turn already produced stay in the batch, so each session gets its `Closed`.
     pub fn abort_all(&mut self, error: &io::Error) {
-        self.batch.clear();
-        self.arena.reset();
         self.close_listeners();
         for token in self.session_tokens() {
             let error = io::Error::new(error.kind(), error.to_string());
@@ -412,10 +416,7 @@ impl Reactor {
     }
 
     fn session(&mut self, token: Token) -> Option<&mut SessionSlot> {
-        match self.slots.get_mut(token.slot()) {
-            Some(Slot::Session(s)) if s.generation == token.generation() => Some(s),
-            _ => None,
-        }
+        session_slot(&mut self.slots, token)
     }
 
     fn allocate(&mut self) -> (usize, u32) {
@@ -431,6 +432,8 @@ impl Reactor {
 
     fn add_listener(&mut self, fd: OwnedFd, addr: Address) {
         if self.stop_deadline.is_some() {
+            // Opened as the server stopped: close it at once, as stop closes the others.
+            remove_unix_socket_file(fd, addr);
             return;
         }
         let (index, generation) = self.allocate();
@@ -476,6 +479,7 @@ impl Reactor {
             eof: false,
             read_turn: 0,
             last_active: self.now,
+            requeued: false,
         });
         self.sessions += 1;
         self.stats.sessions_total += 1;
@@ -504,9 +508,11 @@ impl Reactor {
                     self.open_accepted(stream, listen_addr);
                 }
                 Ok(None) => return,
-                Err(err) if is_resource_exhaustion(&err) => {
+                Err(err) => {
                     // The connection stays queued in the kernel; retry after a pause
-                    // instead of spinning on an accept that cannot succeed.
+                    // instead of spinning on an accept that cannot succeed (out of fds
+                    // or memory) or giving up on the backlog until a new edge (anything
+                    // else `net::accept` did not already retry).
                     self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     self.stats.accept_pauses += 1;
                     if !self.accept_pause_reported {
@@ -515,7 +521,6 @@ impl Reactor {
                     }
                     return;
                 }
-                Err(_) => return,
             }
         }
         self.again.push(token);
@@ -553,20 +558,13 @@ impl Reactor {
             }
         };
         let core = SessionCore::new(Arc::clone(&self.shared), peer, local, self.config.limits);
-        if let Some(token) = self.register(stream, core, true) {
-            if self.stop_deadline.is_some() {
-                self.request_close(token);
-            }
-        }
+        self.register(stream, core, true);
     }
 
     fn read(&mut self, token: Token, read_closed: bool) {
         let turn = self.turn;
         let arena_full = self.arena.len() >= ARENA_LIMIT;
-        let Some(session) = (match self.slots.get_mut(token.slot()) {
-            Some(Slot::Session(s)) if s.generation == token.generation() => Some(s),
-            _ => None,
-        }) else {
+        let Some(session) = session_slot(&mut self.slots, token) else {
             return;
         };
         session.fin_reported |= read_closed;
@@ -580,7 +578,7 @@ impl Reactor {
             }
         }
         if arena_full {
-            self.again.push(token);
+            requeue(&mut self.again, &mut session.requeued, token);
             return;
         }
         session.read_turn = turn;
@@ -600,7 +598,7 @@ impl Reactor {
                 }
                 Ok(n) if n == want => {
                     // Budget spent with data possibly left: serve again next turn.
-                    self.again.push(token);
+                    requeue(&mut self.again, &mut session.requeued, token);
                     break;
                 }
                 // NOTE: a short read proves the receive queue empty at that moment, and
@@ -651,10 +649,7 @@ impl Reactor {
     fn flush(&mut self, token: Token) {
         let notify_drained = self.notify_drained;
         let now = self.now;
-        let Some(session) = (match self.slots.get_mut(token.slot()) {
-            Some(Slot::Session(s)) if s.generation == token.generation() => Some(s),
-            _ => None,
-        }) else {
+        let Some(session) = session_slot(&mut self.slots, token) else {
             return;
         };
         let fd = session.fd.as_fd();
@@ -671,7 +666,7 @@ impl Reactor {
         }
         if std::mem::take(&mut outbox.read_resume_pending) {
             // Data that arrived while reading was paused raised no new edge.
-            self.again.push(token);
+            requeue(&mut self.again, &mut session.requeued, token);
         }
         if let Some(err) = outbox.send_error.take() {
             drop(outbox);
@@ -817,16 +812,8 @@ impl Reactor {
                 },
             );
             self.vacant.push(index as u32);
-            if let Slot::Listener {
-                addr: Address::Unix(path),
-                fd,
-                ..
-            } = slot
-            {
-                drop(fd);
-                // The socket file would otherwise outlive the server and need cleaning
-                // up by hand; the listener's own file only (it was bound by us).
-                let _ = std::fs::remove_file(path);
+            if let Slot::Listener { fd, addr, .. } = slot {
+                remove_unix_socket_file(fd, addr);
             }
         }
     }
@@ -896,11 +883,15 @@ impl Reactor {
         self.finished = true;
         self.again.clear();
         for command in self.shared.close_queue() {
-            if let Command::Adopt(core, _fd) = command {
-                let mut outbox = core.outbox();
-                outbox.closed = true;
-                outbox.buffer.clear();
-                self.shared.update_status(|status| status.sessions -= 1);
+            match command {
+                Command::Adopt(core, _fd) => {
+                    let mut outbox = core.outbox();
+                    outbox.closed = true;
+                    outbox.buffer.clear();
+                    self.shared.update_status(|status| status.sessions -= 1);
+                }
+                Command::Listen(fd, addr) => remove_unix_socket_file(fd, addr),
+                _ => {}
             }
         }
     }
@@ -955,11 +946,30 @@ impl IdleSweep {
     }
 }
 
-fn is_resource_exhaustion(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
+/// Puts a session on the list to serve next turn, once however often it is asked.
+fn requeue(again: &mut Vec<Token>, requeued: &mut bool, token: Token) {
+    if !*requeued {
+        *requeued = true;
+        again.push(token);
+    }
+}
+
+/// The session in `token`'s slot, if the slot still holds that session (a free function
+/// so callers can borrow other fields of the reactor alongside).
+fn session_slot(slots: &mut [Slot], token: Token) -> Option<&mut SessionSlot> {
+    match slots.get_mut(token.slot()) {
+        Some(Slot::Session(s)) if s.generation == token.generation() => Some(s),
+        _ => None,
+    }
+}
+
+/// Closes a listener; for a Unix socket also removes its file, which would otherwise
+/// outlive the server and need removing by hand (it is the file this listener bound).
+fn remove_unix_socket_file(fd: OwnedFd, addr: Address) {
+    drop(fd);
+    if let Address::Unix(path) = addr {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 #[cfg(test)]

@@ -137,6 +137,11 @@ impl Outbox {
         }
     }
 
+    /// Whether the user asked for the session to end (`close()` or `abort()`).
+    pub fn given_up(&self) -> bool {
+        self.close_requested || self.abort_requested
+    }
+
     /// Whether the session is closed or on its way to closing.
     pub fn is_closing(&self) -> bool {
         self.closed || self.close_requested || self.abort_requested
