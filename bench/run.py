@@ -1,14 +1,17 @@
-"""hamanet's benchmark: echo servers side by side under a native load generator.
+"""hamanet's benchmark: servers side by side under a native load generator and real clients.
 
     bench/run.sh [--quick] [--rounds N] [--duration S] [--servers a,b] [--scenarios x,y]
 
 Builds the load generator and the plain Rust echo server (release), then for every
 scenario runs every server in turn (A B C A B C ...) for --rounds rounds, each server
-pinned to one core and the load generator to the other. The primary figure is the
-server's CPU time per message over the measured window; the report gives the median of
-per-round ratios against uvloop. Prints the table, writes bench/results/latest.md and
-bench/results/latest.png. Exits 1 if any run failed (a wrong byte, a dropped connection,
-a crash or a hang), after writing the report that lists it.
+pinned to one core and the load generator (or redis-benchmark, or wrk) to the other. For
+the echo scenarios the primary figure is the server's CPU time per message over the
+measured window; for the real-client scenarios (`redis`: redis-benchmark, `http`: wrk,
+against the example protocol servers) it is THROUGHPUT, requests per second, with CPU per
+request beside it. The report gives medians of per-round ratios against uvloop. Prints the
+tables, writes bench/results/latest.md and bench/results/latest.png. Exits 1 if any run
+failed (a wrong byte, an error reply, a dropped connection, a crash or a hang), after
+writing the report that lists it.
 """
 
 from __future__ import annotations
@@ -37,7 +40,12 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="1 round of short runs (a smoke test)")
     p.add_argument("--rounds", type=int, help="rounds of every server (default 3; --quick 1)")
-    p.add_argument("--duration", type=float, help="measured seconds per run (default 3)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        help="measured seconds per run (default 3; wrk rounds it to whole seconds, and "
+        "redis-benchmark runs 300,000 requests per test per second of it)",
+    )
     p.add_argument("--warmup", type=float, help="seconds of load before measuring (0.5)")
     p.add_argument("--servers", help=f"comma-separated subset of {[s.name for s in SERVERS]}")
     p.add_argument("--scenarios", help=f"comma-separated subset of {[s.name for s in SCENARIOS]}")
@@ -73,10 +81,15 @@ def machine() -> str:
     )
 
 
-def progress(i: int, total: int, r) -> str:
+def progress(i: int, total: int, r, sc) -> str:
     head = f"[{i}/{total}] {r.scenario:<10} round {r.round} {r.server:<10}"
     if not r.ok:
         return f"{head} FAILED: {r.error}"
+    if sc.real_client:
+        return (
+            f"{head} {r.msgs_per_s:11,.0f} requests/s {r.cpu_us_per_msg:8.3f} CPU-us/request "
+            f"p50 {r.p50_us:8,.0f} us p99 {r.p99_us:8,.0f} us"
+        )
     if r.idle_bytes_per_conn is not None:
         return f"{head} {r.idle_bytes_per_conn:8,.0f} B/conn, {r.msgs_per_s:9,.0f} conns/s"
     return (
@@ -101,6 +114,13 @@ def main() -> int:
     if BASELINE not in [s.name for s in servers]:
         raise SystemExit(f"{BASELINE} (the baseline of every ratio) must be among the servers")
     scenarios = pick(SCENARIOS, args.scenarios, "scenario")
+    for sc in list(scenarios):
+        why = sc.missing()
+        if why:
+            print(f"note: the {sc.name} scenario is left out: {why}", flush=True)
+            scenarios.remove(sc)
+    if not scenarios:
+        raise SystemExit("no scenario left to run")
     command = os.environ.get("BENCH_COMMAND") or shlex.join(["bench/run.py", *sys.argv[1:]])
 
     if not args.no_build:
@@ -117,33 +137,52 @@ def main() -> int:
 
     started = time.monotonic()
     results = []
-    total = len(scenarios) * rounds * len(servers)
+
+    def serving(sc):  # the servers that have a program for this scenario (in run order)
+        return [s for s in servers if s.argv_for(sc.app) is not None]
+
+    total = sum(len(serving(sc)) for sc in scenarios) * rounds
     for sc in scenarios:
         for round_no in range(1, rounds + 1):
-            for server in servers:
+            for server in serving(sc):
                 r = measure(server, sc, round_no, timing, cpus)
                 results.append(r)
-                print(progress(len(results), total, r), flush=True)
+                print(progress(len(results), total, r, sc), flush=True)
     elapsed = time.monotonic() - started
 
     names = [s.name for s in servers]
     grid = summary.cells(results, scenarios, names)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    headline = summary.headline_table(grid, scenarios, names)
-    details = summary.detail_table(grid, scenarios, names)
+    echo = any(not sc.real_client for sc in scenarios)
+    real = any(sc.real_client for sc in scenarios)
+    headline = summary.headline_table(grid, scenarios, names) if echo else ""
+    details = summary.detail_table(grid, scenarios, names) if echo else ""
+    real_headline = summary.real_client_table(grid, scenarios, names) if real else ""
+    real_details = summary.real_client_details(grid, scenarios, names) if real else ""
     targets = summary.target_lines(results, grid)
     failures = summary.failure_lines(results)
-    print()
-    print(
-        f"Server CPU per message as a ratio to {BASELINE} (median of per-round ratios; "
-        "lower is better; idle10k: server RSS bytes per idle connection)"
-    )
-    print(headline)
-    print()
-    print(details)
+    if echo:
+        print()
+        print(
+            f"Server CPU per message as a ratio to {BASELINE} (median of per-round ratios; "
+            "lower is better; idle10k: server RSS bytes per idle connection)"
+        )
+        print(headline)
+        print()
+        print(details)
+    if real:
+        print()
+        print(
+            f"Real clients: THROUGHPUT (requests/s) as a ratio to {BASELINE}, higher is "
+            "better, and server CPU per request, lower is better (medians of per-round ratios)"
+        )
+        print(real_headline)
+        print()
+        print(real_details)
     if targets:
         print("\nhamanet against its targets:\n" + "\n".join(targets))
-    notes = [f"- {s.name}: {s.note}" for s in servers if s.note]
+    ran = {r.server for r in results}
+    notes = [f"- {s.name}: {s.note}" for s in servers if s.note and s.name in ran]
     if notes:
         print("\nNotes:\n" + "\n".join(notes))
     if failures:
@@ -159,8 +198,7 @@ def main() -> int:
         timing,
         elapsed,
         scenarios,
-        headline,
-        details,
+        (headline, details, real_headline, real_details),
         targets,
         notes,
         failures,
@@ -171,8 +209,9 @@ def main() -> int:
 
 
 def render_markdown(
-    when, command, rounds, timing, elapsed, scenarios, headline, details, targets, notes, failures
+    when, command, rounds, timing, elapsed, scenarios, tables, targets, notes, failures
 ) -> str:
+    headline, details, real_headline, real_details = tables
     scenario_lines = "\n".join(f"- `{sc.name}`: {sc.describe()}" for sc in scenarios)
     parts = [
         "# hamanet benchmark: latest results",
@@ -185,31 +224,46 @@ def render_markdown(
         "",
         "![chart](latest.png)",
         "",
-        f"## Server CPU per message, as a ratio to {BASELINE}",
-        "",
-        "Median of per-round ratios, lower is better. idle10k: server RSS growth per idle "
-        "connection, in bytes.",
-        "",
-        headline,
-        "",
     ]
+    if headline:
+        parts += [
+            f"## Echo servers: server CPU per message, as a ratio to {BASELINE}",
+            "",
+            "Median of per-round ratios, LOWER is better. idle10k: server RSS growth per idle "
+            "connection, in bytes.",
+            "",
+            headline,
+            "",
+        ]
+    if real_headline:
+        parts += [
+            f"## Real clients: THROUGHPUT (requests/s), as a ratio to {BASELINE}",
+            "",
+            "redis-benchmark and wrk against the example protocol servers. Median of "
+            "per-round ratios: for requests/s HIGHER is better; the server CPU per request "
+            "ratio below it is lower-is-better, like the echo table.",
+            "",
+            real_headline,
+            "",
+        ]
     if targets:
         parts += ["## hamanet against its targets", "", *targets, ""]
+    parts += ["## Details (medians over rounds)", ""]
+    if details:
+        parts += [details, ""]
+    if real_details:
+        parts += [real_details, ""]
     parts += [
-        "## Details (medians over rounds)",
-        "",
-        details,
-        "",
         "## Scenarios",
         "",
         scenario_lines,
         "",
         "## Method",
         "",
-        "- Every server echoes every byte to its own connection and closes on EOF: hamanet "
-        "(`examples/echo_server.py`, a Python `on_recv` handler), asyncio, uvloop and rloop "
-        "(one `asyncio.Protocol`, `bench/servers/protocol_echo.py`), and a plain "
-        "single-threaded Rust epoll echo with no Python (`bench/servers/rust_echo`).",
+        "- Echo scenarios: every server echoes every byte to its own connection and closes "
+        "on EOF: hamanet (`examples/echo_server.py`, a Python `on_recv` handler), asyncio, "
+        "uvloop and rloop (one `asyncio.Protocol`, `bench/servers/protocol_echo.py`), and a "
+        "plain single-threaded Rust epoll echo with no Python (`bench/servers/rust_echo`).",
         "- The server is pinned to one core, the load generator (`bench/loadgen`, one "
         "epoll thread in Rust) to the other, with `taskset`.",
         "- Server CPU time is utime + stime of every thread, from `/proc/PID/stat`, sampled "
@@ -225,6 +279,24 @@ def render_markdown(
         "or a failed connect fails the run.",
         "- idle10k: RSS (`VmRSS`) once 10,000 connections are established and have echoed "
         "once, minus RSS after a first wave of 100; peak RSS is `VmHWM`.",
+        "- Real clients (`redis`, `http`): hamanet runs `examples/redis_server.py` and "
+        "`examples/http_server.py` as they are; asyncio and uvloop run the same protocol "
+        "classes (`examples/protocols/resp.py`, `examples/protocols/http.py`) in an "
+        "`asyncio.Protocol` (`bench/servers/redis_logic_server.py`, "
+        "`bench/servers/http_logic_server.py`). The client (Debian's redis-benchmark, "
+        "wrk) is pinned to the load core. Server CPU is read from `/proc/PID/stat` just "
+        "before the client starts and after it exits (so it includes the clients' "
+        "connects), divided by the requests completed.",
+        "- redis: one warmup run (`-t set,get`) first, then `-t ping,set,get -P 16 -c 50 -n N "
+        "--csv`; requests/s is the mean of its four tests' rates; p50/p99 are the medians "
+        "of its per-test percentiles. An error reply or a dropped connection makes "
+        "redis-benchmark exit non-zero, which fails the run, and so does a missing test "
+        "or a wrong reply to a GET/PING of our own afterwards.",
+        "- http: `wrk -t1 -c100 -dDs --latency`, keep-alive, no warmup; any non-2xx/3xx "
+        "response or socket error (connect, read, write, timeout) that wrk reports fails "
+        "the run, and so does anything but a 200 with its whole body for a `GET /` of our "
+        "own afterwards. wrk is a single thread here: its own speed can cap requests/s, so "
+        "read that ratio together with the CPU per request one.",
         "",
     ]
     if notes:

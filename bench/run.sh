@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make bench`: echo servers side by side under the native load generator.
+# `make bench`: echo servers side by side under the native load generator, and the example
+# Redis and HTTP servers under redis-benchmark and wrk (left out when not installed).
 # Assumes `make build` has set up .venv with hamanet; installs the peer loops it compares
 # against (uvloop, rloop when it installs) and matplotlib for the chart. Arguments go to
 # bench/run.py (--quick, --rounds N, --servers ..., --scenarios ...).

@@ -171,7 +171,7 @@ pub fn listen_unix(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
 /// The kernel caps a backlog at net.core.somaxconn anyway; nix refuses a larger one, so
 /// cap it here rather than fail after binding.
 fn backlog_of(backlog: i32) -> io::Result<Backlog> {
-    Ok(Backlog::new(backlog.clamp(1, libc::SOMAXCONN)).map_err(io::Error::from)?)
+    Backlog::new(backlog.clamp(1, libc::SOMAXCONN)).map_err(io::Error::from)
 }
 
 /// Whether nothing listens on the socket file any more. The probe does not block: a live

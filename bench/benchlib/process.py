@@ -58,6 +58,10 @@ class RunResult:
     idle_bytes_per_conn: float | None = None
     leaked_fds: int = 0  # server fds still open after every client had closed
     server_output: list[str] = field(default_factory=list)
+    # Real-client scenarios: requests/s of each redis-benchmark test, and what the client
+    # printed on stderr in a run that passed.
+    tests: dict[str, float] = field(default_factory=dict)
+    client_output: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -120,14 +124,16 @@ class ServerProcess:
     """A server under test, pinned to `cpu`; its output goes to a file, never a pipe
     nobody reads (a server that logs a lot must not block on a full pipe)."""
 
-    def __init__(self, server: Server, port: int, cpu: int) -> None:
+    def __init__(
+        self, server: Server, port: int, cpu: int, argv: tuple[str, ...] | None = None
+    ) -> None:
         self.server = server
         self.port = port
         fd, name = tempfile.mkstemp(prefix=f"bench-{server.name}-", suffix=".log")
         self.log = Path(name)
         try:
             self.proc = subprocess.Popen(
-                ["taskset", "-c", str(cpu), *server.argv, str(port)],
+                ["taskset", "-c", str(cpu), *(argv or server.argv), str(port)],
                 stdin=subprocess.DEVNULL,
                 stdout=fd,
                 stderr=subprocess.STDOUT,
@@ -214,17 +220,25 @@ def run_loadgen(
 def measure(
     server: Server, scenario: Scenario, round_no: int, timing: Timing, cpus: tuple[int, int]
 ) -> RunResult:
-    """Starts `server`, drives `scenario` at it once, stops it."""
+    """Starts `server` (its program for the scenario's application), drives `scenario` at
+    it once, stops it."""
+    from benchlib.clients import DRIVERS  # it builds on this module
+
     res = RunResult(server.name, scenario.name, round_no)
     server_cpu, load_cpu = cpus
-    srv = ServerProcess(server, free_port(), server_cpu)
+    argv = server.argv_for(scenario.app)
+    if argv is None:
+        raise ValueError(f"{server.name} has no {scenario.app} server")
+    srv = ServerProcess(server, free_port(), server_cpu, argv)
     try:
         srv.wait_ready()
         fds_before = open_fds(srv.pid)
         common = ["--port", str(srv.port), "--server-pid", str(srv.pid)]
         if not server.closes_on_eof:
             common.append("--no-close-check")
-        if scenario.mode == "idle":
+        if scenario.mode in DRIVERS:
+            DRIVERS[scenario.mode](srv, scenario, timing, load_cpu, res)
+        elif scenario.mode == "idle":
             _measure_idle(srv, scenario, timing, load_cpu, common, res)
         else:
             _measure_load(scenario, timing, load_cpu, common, res)

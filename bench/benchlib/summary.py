@@ -1,6 +1,10 @@
 """From runs to the report: medians of per-round ratios against uvloop, the tables, the
 markdown file and the chart.
 
+Two kinds of ratio: server CPU per message (echo scenarios; lower is better) and, for the
+real-client scenarios (redis-benchmark, wrk), requests per second (THROUGHPUT; higher is
+better), with their CPU per request ratio beside it.
+
 Ratios are taken within a round (each server against the uvloop run of the same round,
 minutes apart at most) and only then the median across rounds, because this machine's
 speed drifts between rounds more than the servers differ.
@@ -10,22 +14,31 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from benchlib.catalog import (
     BASELINE,
     HAMANET_IDLE_BYTES_TARGET,
     HAMANET_TARGETS,
+    HAMANET_THROUGHPUT_TARGETS,
     HAMANET_VS_RUST_RR64,
     Scenario,
 )
+from benchlib.clients import REDIS_TESTS
 from benchlib.process import RunResult
 
 
 def metric(r: RunResult) -> float | None:
-    """The primary figure: server CPU-us per message, or RSS bytes per idle connection."""
+    """Server CPU-us per message (or request), or RSS bytes per idle connection: the
+    primary figure of the echo scenarios, and the CPU figure of the real-client ones."""
     return r.idle_bytes_per_conn if r.idle_bytes_per_conn is not None else r.cpu_us_per_msg
+
+
+def throughput(r: RunResult) -> float | None:
+    """Requests per second: the primary figure of the real-client scenarios."""
+    return r.msgs_per_s or None
 
 
 def _median(xs: Sequence[float]) -> float | None:
@@ -38,6 +51,8 @@ class Cell:
 
     runs: list[RunResult]
     ratios: list[float]  # per round, against the baseline's run of the same round
+    # Real-client scenarios: requests/s per round against the baseline (higher is better).
+    throughput_ratios: list[float] = field(default_factory=list)
 
     @property
     def ok_runs(self) -> list[RunResult]:
@@ -54,20 +69,26 @@ class Cell:
     def ratio(self) -> float | None:
         return _median(self.ratios)
 
+    @property
+    def throughput_ratio(self) -> float | None:
+        return _median(self.throughput_ratios)
+
 
 def per_round_ratios(
-    results: list[RunResult], scenario: str, server: str, against: str
+    results: list[RunResult],
+    scenario: str,
+    server: str,
+    against: str,
+    key: Callable[[RunResult], float | None] = metric,
 ) -> list[float]:
     base = {
-        r.round: metric(r)
-        for r in results
-        if r.server == against and r.scenario == scenario and r.ok
+        r.round: key(r) for r in results if r.server == against and r.scenario == scenario and r.ok
     }
     out = []
     for r in results:
         if r.server != server or r.scenario != scenario or not r.ok:
             continue
-        b, v = base.get(r.round), metric(r)
+        b, v = base.get(r.round), key(r)
         if b and v is not None:
             out.append(v / b)
     return out
@@ -80,6 +101,9 @@ def cells(
         (sc.name, name): Cell(
             [r for r in results if r.scenario == sc.name and r.server == name],
             per_round_ratios(results, sc.name, name, BASELINE),
+            per_round_ratios(results, sc.name, name, BASELINE, throughput)
+            if sc.real_client
+            else [],
         )
         for sc in scenarios
         for name in servers
@@ -105,9 +129,11 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def headline_table(
     grid: dict[tuple[str, str], Cell], scenarios: Sequence[Scenario], servers: Sequence[str]
 ) -> str:
-    """Ratio to uvloop per scenario and server; idle10k in bytes per connection."""
+    """Ratio to uvloop per echo scenario and server; idle10k in bytes per connection."""
     rows = []
     for sc in scenarios:
+        if sc.real_client:
+            continue
         row = [sc.name]
         for name in servers:
             cell = grid[(sc.name, name)]
@@ -127,6 +153,8 @@ def detail_table(
 ) -> str:
     rows = []
     for sc in scenarios:
+        if sc.real_client:
+            continue
         idle = sc.mode == "idle"
         for name in servers:
             cell = grid[(sc.name, name)]
@@ -160,6 +188,90 @@ def detail_table(
     return _table(header, rows)
 
 
+def servers_in(
+    grid: dict[tuple[str, str], Cell], scenarios: Sequence[Scenario], servers: Sequence[str]
+) -> list[str]:
+    """The servers that ran at least one of `scenarios` (the real-client scenarios run
+    only on the servers that have a protocol server)."""
+    return [n for n in servers if any(grid[(sc.name, n)].runs for sc in scenarios)]
+
+
+def _cell_text(cell: Cell, value: float | None) -> str:
+    if cell.runs and not cell.ok_runs:
+        return "FAIL"
+    failed = len(cell.runs) - len(cell.ok_runs)
+    return _fmt(value) + (f" ({failed} failed)" if failed else "")
+
+
+def real_client_table(
+    grid: dict[tuple[str, str], Cell], scenarios: Sequence[Scenario], servers: Sequence[str]
+) -> str:
+    """Per real-client scenario: the THROUGHPUT ratio (requests/s, higher is better) and
+    the server CPU per request ratio (lower is better), both against uvloop."""
+    real = [sc for sc in scenarios if sc.real_client]
+    names = servers_in(grid, real, servers)
+    rows = []
+    for sc in real:
+        rows.append(
+            [sc.name, "requests/s (higher is better)"]
+            + [_cell_text(grid[(sc.name, n)], grid[(sc.name, n)].throughput_ratio) for n in names]
+        )
+        rows.append(
+            [sc.name, "CPU per request (lower is better)"]
+            + [_cell_text(grid[(sc.name, n)], grid[(sc.name, n)].ratio) for n in names]
+        )
+    return _table(["scenario", f"ratio to {BASELINE}", *names], rows)
+
+
+def real_client_details(
+    grid: dict[tuple[str, str], Cell], scenarios: Sequence[Scenario], servers: Sequence[str]
+) -> str:
+    rows = []
+    for sc in scenarios:
+        if not sc.real_client:
+            continue
+        for name in servers:
+            cell = grid[(sc.name, name)]
+            if not cell.runs:
+                continue
+            per_test = ""
+            if sc.mode == "redis-benchmark" and cell.ok_runs:
+                per_test = " / ".join(
+                    _fmt(_median([r.tests[t] for r in cell.ok_runs if t in r.tests]), ",.0f")
+                    for t in REDIS_TESTS
+                )
+            peak = cell.med("peak_rss_kb")
+            rows.append(
+                [
+                    sc.name,
+                    name,
+                    _fmt(cell.med("msgs_per_s"), ",.0f"),
+                    _fmt(cell.throughput_ratio),
+                    _fmt(cell.value, ".3f"),
+                    _fmt(cell.ratio),
+                    per_test,
+                    _fmt(cell.med("p50_us"), ",.0f"),
+                    _fmt(cell.med("p99_us"), ",.0f"),
+                    _fmt(None if peak is None else peak / 1024, ".1f"),
+                    f"{len(cell.ok_runs)}/{len(cell.runs)}",
+                ]
+            )
+    header = [
+        "scenario",
+        "server",
+        "requests/s",
+        "req/s vs uvloop (higher is better)",
+        "CPU-us/request",
+        "CPU vs uvloop (lower is better)",
+        "redis req/s: " + " / ".join(REDIS_TESTS),
+        "p50 us",
+        "p99 us",
+        "peak RSS MiB",
+        "ok runs",
+    ]
+    return _table(header, rows)
+
+
 def target_lines(results: list[RunResult], grid: dict[tuple[str, str], Cell]) -> list[str]:
     """hamanet against the targets of the benchmark issue (medians of per-round ratios)."""
     lines = []
@@ -174,6 +286,14 @@ def target_lines(results: list[RunResult], grid: dict[tuple[str, str], Cell]) ->
         lines.append(
             f"- {scenario}: {cell.ratio:.2f} x uvloop (target <= {target:.2f}): "
             f"{verdict(cell.ratio <= target)}"
+        )
+    for scenario, target in HAMANET_THROUGHPUT_TARGETS.items():
+        cell = grid.get((scenario, "hamanet"))
+        if cell is None or cell.throughput_ratio is None:
+            continue
+        lines.append(
+            f"- {scenario}: {cell.throughput_ratio:.2f} x uvloop requests/s "
+            f"(target > {target:.2f}, higher is better): {verdict(cell.throughput_ratio > target)}"
         )
     idle = grid.get(("idle10k", "hamanet"))
     if idle is not None and idle.value is not None:
@@ -201,6 +321,12 @@ def failure_lines(results: list[RunResult]) -> list[str]:
                 f"- {r.scenario} round {r.round} {r.server}: {r.leaked_fds} more fds open "
                 "after every client had closed"
             )
+        if r.client_output:
+            shown = "; ".join(r.client_output[:5])
+            more = f" (+{len(r.client_output) - 5} lines)" if len(r.client_output) > 5 else ""
+            lines.append(
+                f"- {r.scenario} round {r.round} {r.server}: the client printed: {shown}{more}"
+            )
         if r.server_output:
             shown = "; ".join(r.server_output[:5])
             more = f" (+{len(r.server_output) - 5} lines)" if len(r.server_output) > 5 else ""
@@ -215,34 +341,69 @@ def chart(
     servers: Sequence[str],
     subtitle: str,
 ) -> None:
+    """Echo scenarios on the left (CPU per message, lower is better); real-client
+    scenarios, when they ran, on the right (requests/s, higher is better)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    others = [s for s in servers if s != BASELINE]
-    names = [sc.name for sc in scenarios]
-    width = 0.8 / max(len(others), 1)
-    fig, ax = plt.subplots(figsize=(11, 5.5))
-    tallest = 1.0
-    for i, server in enumerate(others):
-        xs, ys = [], []
-        for j, sc in enumerate(scenarios):
-            ratio = grid[(sc.name, server)].ratio
-            if ratio is not None:
-                xs.append(j + (i - (len(others) - 1) / 2) * width)
-                ys.append(ratio)
-                tallest = max(tallest, ratio)
-        bars = ax.bar(xs, ys, width, label=server)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
-    ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label=f"{BASELINE} = 1.0")
-    ax.set_xticks(range(len(names)), names)
-    ax.set_ylabel(f"server CPU per message vs {BASELINE}\n(idle10k: RSS per connection)")
-    ax.set_title(f"Echo servers vs {BASELINE}: lower is better\n{subtitle}", fontsize=10)
-    # Headroom above the tallest bar keeps the legend clear of the bar labels.
-    ax.set_ylim(0, tallest * 1.2)
-    ax.legend(fontsize=8, ncols=len(others) + 1, loc="upper center")
-    ax.grid(axis="y", alpha=0.3)
+    echo = [sc for sc in scenarios if not sc.real_client]
+    real = [sc for sc in scenarios if sc.real_client]
+    real_servers = servers_in(grid, real, servers)
+    real = [sc for sc in real if any(grid[(sc.name, n)].runs for n in servers)]
+    panels = []
+    if echo:
+        panels.append(
+            (
+                echo,
+                servers,
+                lambda cell: cell.ratio,
+                f"server CPU per message vs {BASELINE}\n(idle10k: RSS per connection)",
+                f"Echo servers vs {BASELINE}: lower is better",
+            )
+        )
+    if real:
+        panels.append(
+            (
+                real,
+                real_servers,
+                lambda cell: cell.throughput_ratio,
+                f"requests/s vs {BASELINE}",
+                f"Real clients vs {BASELINE}: THROUGHPUT, higher is better",
+            )
+        )
+    if not panels:
+        return
+    widths = [max(len(p[0]), 1) + 1 for p in panels]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4 + 1.3 * sum(widths), 5.5), width_ratios=widths, squeeze=False
+    )
+    for ax, (scs, names, value, ylabel, title) in zip(axes[0], panels):
+        others = [s for s in names if s != BASELINE]
+        width = 0.8 / max(len(others), 1)
+        tallest = 1.0
+        for i, server in enumerate(others):
+            xs, ys = [], []
+            for j, sc in enumerate(scs):
+                ratio = value(grid[(sc.name, server)])
+                if ratio is not None:
+                    xs.append(j + (i - (len(others) - 1) / 2) * width)
+                    ys.append(ratio)
+                    tallest = max(tallest, ratio)
+            # The same colour for a server in both panels.
+            color = f"C{[s for s in servers if s != BASELINE].index(server)}"
+            bars = ax.bar(xs, ys, width, label=server, color=color)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+        ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label=f"{BASELINE} = 1.0")
+        ax.set_xticks(range(len(scs)), [sc.name for sc in scs])
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        # Headroom above the tallest bar keeps the legend clear of the bar labels.
+        ax.set_ylim(0, tallest * 1.25)
+        ax.legend(fontsize=8, ncols=min(len(others) + 1, 3), loc="upper center")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(subtitle, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
