@@ -83,6 +83,13 @@ impl Framer {
                 Err(format!("header_size must be 1, 2, 4 or 8, not {header}"))
             }
             Framer::Fixed { size: 0 } => Err("size must be at least 1 byte".into()),
+            Framer::Delimiter { max_length, .. } | Framer::LengthPrefixed { max_length, .. }
+                if *max_length > MAX_MESSAGE =>
+            {
+                Err(format!(
+                    "max_length must be at most {MAX_MESSAGE} (1 TiB), not {max_length}"
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -99,6 +106,13 @@ impl Framer {
                 fits(payload, *max_length)?;
                 if memchr::memmem::find(payload, delimiter).is_some() {
                     return Err("payload contains the delimiter".into());
+                }
+                // The payload's end and the delimiter together must not hold an earlier
+                // match (b"a\r" + b"\r\n\r\n" would end the message at b"a").
+                let tail = &payload[payload.len().saturating_sub(delimiter.len() - 1)..];
+                let junction = [tail, delimiter.as_slice()].concat();
+                if memchr::memmem::find(&junction, delimiter) != Some(tail.len()) {
+                    return Err("payload ends with the start of the delimiter".into());
                 }
                 Ok((Vec::new(), delimiter.clone()))
             }
@@ -144,7 +158,10 @@ impl Framer {
     /// Finds the first complete message in `data`: `Ok(Some((start, end, consumed)))` with
     /// the message at `data[start..end]` and `consumed` bytes used up, `Ok(None)` if more
     /// bytes are needed.
-    fn next(&self, data: &[u8]) -> Result<Option<(usize, usize, usize)>, FrameError> {
+    /// For a delimiter, the search starts at `from`: the bytes before it are known to hold
+    /// no start of the delimiter, so a message arriving in small pieces is not scanned
+    /// from its beginning again for every piece.
+    fn next(&self, data: &[u8], from: usize) -> Result<Option<(usize, usize, usize)>, FrameError> {
         match self {
             Framer::Delimiter {
                 delimiter,
@@ -153,7 +170,8 @@ impl Framer {
             } => {
                 // Only the first max_length + delimiter bytes can hold a valid end.
                 let window = data.len().min(max_length + delimiter.len());
-                match memchr::memmem::find(&data[..window], delimiter) {
+                let from = from.min(window);
+                match memchr::memmem::find(&data[from..window], delimiter).map(|at| from + at) {
                     Some(at) => {
                         let end = if *keep { at + delimiter.len() } else { at };
                         Ok(Some((0, end, at + delimiter.len())))
@@ -216,11 +234,17 @@ fn fits(payload: &[u8], max_length: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest message any framer may allow: far beyond any real protocol, and small
+/// enough that no length arithmetic can overflow.
+pub const MAX_MESSAGE: usize = 1 << 40;
+
 /// One session's framing state: the framer and the start of a message not yet complete.
 #[derive(Debug)]
 pub struct FrameDecoder {
     framer: Framer,
     partial: Vec<u8>,
+    /// Bytes at the start of `partial` already searched for a delimiter in vain.
+    searched: usize,
 }
 
 impl FrameDecoder {
@@ -229,6 +253,7 @@ impl FrameDecoder {
         FrameDecoder {
             framer,
             partial: Vec::new(),
+            searched: 0,
         }
     }
 
@@ -243,25 +268,31 @@ impl FrameDecoder {
         if self.partial.is_empty() {
             // The common case: whole messages straight from the read, no copy; only a
             // trailing fragment is kept.
-            let consumed = split(&self.framer, data, &mut message)?;
+            let consumed = split(&self.framer, data, 0, &mut message)?;
             self.partial.extend_from_slice(&data[consumed..]);
-            return Ok(());
-        }
-        self.partial.extend_from_slice(data);
-        let result = split(&self.framer, &self.partial, &mut message);
-        match result {
-            Ok(consumed) => {
-                self.partial.drain(..consumed);
-                if self.partial.is_empty() && self.partial.capacity() > 64 * 1024 {
-                    self.partial = Vec::new();
+        } else {
+            self.partial.extend_from_slice(data);
+            match split(&self.framer, &self.partial, self.searched, &mut message) {
+                Ok(consumed) => {
+                    self.partial.drain(..consumed);
+                    if self.partial.is_empty() && self.partial.capacity() > 64 * 1024 {
+                        self.partial = Vec::new();
+                    }
                 }
-                Ok(())
-            }
-            Err(err) => {
-                self.partial = Vec::new();
-                Err(err)
+                Err(err) => {
+                    self.partial = Vec::new();
+                    return Err(err);
+                }
             }
         }
+        // What is left holds no whole delimiter; only its last bytes may start one.
+        self.searched = match &self.framer {
+            Framer::Delimiter { delimiter, .. } => {
+                self.partial.len().saturating_sub(delimiter.len() - 1)
+            }
+            _ => 0,
+        };
+        Ok(())
     }
 }
 
@@ -270,12 +301,15 @@ impl FrameDecoder {
 fn split(
     framer: &Framer,
     data: &[u8],
+    searched: usize,
     message: &mut impl FnMut(&[u8]),
 ) -> Result<usize, FrameError> {
     let mut offset = 0;
-    while let Some((start, end, consumed)) = framer.next(&data[offset..])? {
+    let mut from = searched;
+    while let Some((start, end, consumed)) = framer.next(&data[offset..], from)? {
         message(&data[offset + start..offset + end]);
         offset += consumed;
+        from = 0;
     }
     Ok(offset)
 }
@@ -328,6 +362,16 @@ mod tests {
                 keep: true,
             },
             Framer::Fixed { size: 7 },
+            Framer::Delimiter {
+                delimiter: b"\r\n\r\n".to_vec(),
+                max_length: 300,
+                keep: false,
+            },
+            Framer::Delimiter {
+                delimiter: b"\r\n\r\n".to_vec(),
+                max_length: 300,
+                keep: false,
+            },
         ];
         for header in [1, 2, 4, 8] {
             for big_endian in [true, false] {
@@ -495,5 +539,23 @@ mod tests {
         };
         assert!(framer.envelope(b"a\nb").is_err());
         assert!(Framer::Fixed { size: 3 }.envelope(b"ab").is_err());
+        let framer = Framer::Delimiter {
+            delimiter: b"\r\n\r\n".to_vec(),
+            max_length: 100,
+            keep: false,
+        };
+        assert!(framer.envelope(b"Host: x\r\n").is_err(), "would end early");
+        assert!(
+            framer.envelope(b"Host: x\r").is_ok(),
+            "\\r then the delimiter ends at the end"
+        );
+        assert!(framer.envelope(b"Host: x\n").is_ok(), "no early match");
+        let huge = Framer::LengthPrefixed {
+            header: 8,
+            big_endian: true,
+            includes_header: false,
+            max_length: usize::MAX,
+        };
+        assert!(huge.validate().is_err(), "max_length is capped");
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyValueError};
+use pyo3::exceptions::{PyConnectionAbortedError, PyKeyboardInterrupt, PySystemExit, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -148,7 +148,7 @@ impl Drop for FinishOnExit {
 /// The reactor thread's body.
 pub fn run(mut reactor: Reactor, inner: Arc<LoopInner>) {
     let finish = FinishOnExit(Arc::clone(&inner.shared));
-    Python::attach(|py| {
+    Python::attach(move |py| {
         // Give Python's view of this thread the same name as the OS's, so log records
         // (`%(threadName)s`) and `threading.current_thread()` say where handlers run.
         let named = py.import("threading").and_then(|threading| {
@@ -164,6 +164,7 @@ pub fn run(mut reactor: Reactor, inner: Arc<LoopInner>) {
             .import("logging")
             .and_then(|logging| logging.call_method1("getLogger", ("hamanet",)))
             .map(Bound::unbind)
+            .inspect_err(|err| err.print(py))
             .ok();
         let mut dispatcher = Dispatcher {
             py,
@@ -192,12 +193,29 @@ pub fn run(mut reactor: Reactor, inner: Arc<LoopInner>) {
                 break;
             }
         }
-        // Session objects and timer callbacks are Python objects: release them attached.
         drop(table);
-        lock(&inner.pending).clear();
-        lock(&inner.timers).clear();
+        // A client session whose registration the stop overtook was never opened; its
+        // user still holds it and gets the one `on_close` every session gets.
+        let never_opened = std::mem::take(&mut *lock(&inner.pending));
+        let callbacks = Arc::clone(&lock(&inner.callbacks));
+        if let Some(callback) = &callbacks.on_close {
+            for session in never_opened.into_values() {
+                let reason = PyConnectionAbortedError::new_err(
+                    "the client stopped before the connection was registered",
+                );
+                if let Err(err) = callback.call1(py, (session, reason.into_value(py))) {
+                    err.print(py);
+                }
+            }
+        }
+        // Python objects are released attached, and outside the locks (freeing them may
+        // run Python code that takes those locks).
+        let timers = std::mem::take(&mut *lock(&inner.timers));
+        drop(timers);
+        drop(callbacks);
+        drop(inner);
+        drop(reactor);
     });
-    drop(reactor);
     drop(finish);
 }
 
@@ -249,9 +267,19 @@ impl<'py> Dispatcher<'_, 'py> {
             }
             Event::Eof { token } => {
                 let keep_open = match &callbacks.on_eof {
-                    Some(callback) if !self.given_up(*token) => self
-                        .call(*token, "on_eof", callback, |s| (s,).into_pyobject(py))
-                        .is_some_and(|result| result.is_truthy().unwrap_or(false)),
+                    Some(callback) if !self.given_up(*token) => {
+                        let result =
+                            self.call(*token, "on_eof", callback, |s| (s,).into_pyobject(py));
+                        // Even the truth of the result is handler code (`__bool__`).
+                        match result.map(|value| value.is_truthy()) {
+                            Some(Ok(keep)) => keep,
+                            Some(Err(err)) => {
+                                self.fail_session(*token, "on_eof", err);
+                                false
+                            }
+                            None => false,
+                        }
+                    }
                     _ => false,
                 };
                 if !keep_open {
@@ -395,20 +423,29 @@ impl<'py> Dispatcher<'_, 'py> {
         match args(session).and_then(|args| callback.bind(py).call1(args)) {
             Ok(value) => Some(value),
             Err(err) => {
-                let core = Arc::clone(entry.session.get().core());
-                if ended_by_peer(py, &err, &core) {
-                    // The callback wrote to its own session, whose connection ended in
-                    // this very turn (a reset, say) and let the SessionClosedError out:
-                    // a consequence of the peer, not a fault of the handler, and
-                    // `on_close` reports the cause.
-                    return None;
-                }
-                entry.error.get_or_insert_with(|| err.clone_ref(py));
-                core.abort();
-                self.handler_failed(name, Some(core.id), err);
+                self.fail_session(token, name, err);
                 None
             }
         }
+    }
+
+    /// Handler code raised for the session at `token`: log it and abort that session,
+    /// whose `on_close` then receives the exception.
+    fn fail_session(&mut self, token: Token, name: &str, err: PyErr) {
+        let py = self.py;
+        let Some(entry) = self.table.get(token) else {
+            return;
+        };
+        let core = Arc::clone(entry.session.get().core());
+        if ended_by_peer(py, &err, &core) {
+            // The callback wrote to its own session, whose connection ended in this
+            // very turn (a reset, say) and let the SessionClosedError out: a consequence
+            // of the peer, not a fault of the handler, and `on_close` reports the cause.
+            return;
+        }
+        entry.error.get_or_insert_with(|| err.clone_ref(py));
+        core.abort();
+        self.handler_failed(name, Some(core.id), err);
     }
 
     /// Routes an exception raised by handler code: `KeyboardInterrupt` and `SystemExit`
@@ -466,7 +503,14 @@ impl<'py> Dispatcher<'_, 'py> {
         exc: Option<Py<PyAny>>,
     ) {
         let py = self.py;
-        let Some(logger) = &self.logger else { return };
+        let Some(logger) = &self.logger else {
+            // No logging module: say it on stderr rather than not at all.
+            eprintln!("{message}");
+            if let Some(exc) = exc {
+                PyErr::from_value(exc.into_bound(py)).print(py);
+            }
+            return;
+        };
         let result = (|| -> PyResult<()> {
             let kwargs = PyDict::new(py);
             if let Some(exc) = exc {

@@ -7,11 +7,11 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::{JoinHandle, ThreadId};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
@@ -44,7 +44,7 @@ pub(crate) struct LoopInner {
     pub(crate) phase: Mutex<Phase>,
     reactor: Mutex<Option<Reactor>>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    thread_id: OnceLock<ThreadId>,
+
     pub(crate) callbacks: Mutex<Arc<Callbacks>>,
     /// Client sessions whose Python object exists (returned by `connect`) but whose
     /// `Opened` event has not been delivered yet.
@@ -66,7 +66,7 @@ impl LoopInner {
     }
 
     fn on_reactor_thread(&self) -> bool {
-        self.thread_id.get() == Some(&std::thread::current().id())
+        self.shared.is_turned_by_this_thread()
     }
 
     fn check_running(&self, what: &str) -> PyResult<()> {
@@ -179,7 +179,7 @@ impl PyLoop {
                 phase: Mutex::new(Phase::Created),
                 reactor: Mutex::new(Some(reactor)),
                 thread: Mutex::new(None),
-                thread_id: OnceLock::new(),
+
                 callbacks: Mutex::new(Arc::new(Callbacks::from_tuple(callbacks)?)),
                 pending: Mutex::new(HashMap::new()),
                 timers: Mutex::new(HashMap::new()),
@@ -263,8 +263,7 @@ impl PyLoop {
             .name("hamanet-reactor".into())
             .spawn(move || run(reactor, inner))
             .map_err(|e| os_error(&e, Some("starting the reactor thread")))?;
-        // set() only fails if already set, and this is the only place that sets it.
-        let _ = self.inner.thread_id.set(handle.thread().id());
+
         *lock(&self.inner.thread) = Some(handle);
         *phase = Phase::Running;
         Ok(())
@@ -312,7 +311,13 @@ impl PyLoop {
             let handle = lock(&self.inner.thread).take();
             if let Some(handle) = handle {
                 // The thread has set `finished` as its last act; this join is immediate.
-                let _ = py.detach(|| handle.join());
+                if py.detach(|| handle.join()).is_err() {
+                    return Err(PyRuntimeError::new_err(
+                        "the hamanet reactor thread panicked, and its sessions were dropped; \
+                         this is a bug in hamanet, please report it with the panic message \
+                         printed above",
+                    ));
+                }
             }
         }
         self.raise_failure()?;
@@ -367,7 +372,7 @@ impl PyLoop {
                 "when must be a finite time, got {when}"
             )));
         }
-        let delay = Duration::from_secs_f64((when - now).max(0.0));
+        let delay = capped_duration(when - now);
         self.schedule(Instant::now() + delay, when, callback, args)
     }
 
@@ -599,17 +604,23 @@ fn seconds(value: f64, name: &str) -> PyResult<Duration> {
             "{name} must be a finite number of seconds >= 0, got {value}"
         )));
     }
-    Ok(Duration::from_secs_f64(value))
+    Ok(capped_duration(value))
 }
 
 /// A number of seconds > 0 (a zero timeout would close everything at once).
-fn timeout_seconds(value: f64, name: &str) -> PyResult<Duration> {
+pub(crate) fn timeout_seconds(value: f64, name: &str) -> PyResult<Duration> {
     if !value.is_finite() || value <= 0.0 {
         return Err(PyValueError::new_err(format!(
             "{name} must be a finite number of seconds > 0 (or None for no timeout), got {value}"
         )));
     }
-    Ok(Duration::from_secs_f64(value))
+    Ok(capped_duration(value))
+}
+
+/// `value` seconds, at most about 31 years: far enough to mean "never", near enough that
+/// adding it to `Instant::now()` cannot overflow.
+fn capped_duration(value: f64) -> Duration {
+    Duration::from_secs_f64(value.clamp(0.0, 1e9))
 }
 
 enum ConnectFailure {

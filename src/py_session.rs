@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -15,6 +14,7 @@ use pyo3::types::PyBytes;
 use crate::errors::{refused, FramingError};
 use crate::framing::Framer;
 use crate::net::Address;
+use crate::py_loop::timeout_seconds;
 use crate::session::{SessionCore, WriteLimits};
 
 /// One TCP connection. Users never construct it; handlers receive it.
@@ -196,18 +196,16 @@ impl PySession {
         low: Option<usize>,
         max: Option<usize>,
     ) -> PyResult<()> {
-        let current = self.core.outbox().limits;
-        let high_given = high.is_some();
-        let high = high.unwrap_or(current.high);
-        let low = low.unwrap_or(if high_given {
-            high / 4
-        } else {
-            current.low.min(high)
-        });
-        let max = max.unwrap_or(current.max);
-        let limits = WriteLimits::new(high, low, max).map_err(PyValueError::new_err)?;
-        self.core.set_write_limits(limits);
-        Ok(())
+        self.core
+            .update_write_limits(|current| {
+                let low = low.unwrap_or(match high {
+                    Some(high) => high / 4,
+                    None => current.low,
+                });
+                let high = high.unwrap_or(current.high);
+                WriteLimits::new(high, low, max.unwrap_or(current.max))
+            })
+            .map_err(PyValueError::new_err)
     }
 
     /// `(low, high, max)`: the watermarks and the hard cap, in bytes.
@@ -219,15 +217,9 @@ impl PySession {
     /// Closes this session after `seconds` without traffic (`None`: never), overriding
     /// the server's `idle_timeout`.
     fn set_idle_timeout(&self, seconds: Option<f64>) -> PyResult<()> {
-        let timeout = match seconds {
-            None => None,
-            Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
-            Some(s) => {
-                return Err(PyValueError::new_err(format!(
-                    "idle timeout must be a finite number of seconds > 0 (or None), got {s}"
-                )))
-            }
-        };
+        let timeout = seconds
+            .map(|s| timeout_seconds(s, "idle timeout"))
+            .transpose()?;
         self.core.set_idle_timeout(timeout);
         Ok(())
     }

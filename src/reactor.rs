@@ -330,7 +330,6 @@ impl Reactor {
             batch.push(Event::Timer { id });
         });
         self.check_stop();
-        self.stats.sessions_open = self.sessions as u64;
         self.shared.publish_stats(&self.stats);
         Ok(())
     }

@@ -304,13 +304,19 @@ impl SessionCore {
         }
     }
 
-    /// Replaces the write-buffer limits; the reactor re-evaluates pause/resume at once.
-    pub fn set_write_limits(self: &Arc<Self>, limits: WriteLimits) {
+    /// Replaces the write-buffer limits with what `update` makes of the current ones, in
+    /// one step (concurrent updates cannot overwrite each other); the reactor then
+    /// re-evaluates pause/resume at once.
+    pub fn update_write_limits<E>(
+        self: &Arc<Self>,
+        update: impl FnOnce(WriteLimits) -> Result<WriteLimits, E>,
+    ) -> Result<(), E> {
         let mut outbox = self.outbox();
-        outbox.limits = limits;
+        outbox.limits = update(outbox.limits)?;
         if !outbox.closed {
             self.queue(outbox);
         }
+        Ok(())
     }
 
     /// Overrides the loop's idle timeout for this session (`None`: never times out).
@@ -362,12 +368,14 @@ impl SessionCore {
         if outbox.queued {
             return true;
         }
-        outbox.queued = true;
-        drop(outbox);
+        // NOTE: the outbox stays locked while the command is queued, so a concurrent
+        // writer that finds `queued` set can rely on the command being there. The lock
+        // order outbox -> queue is the only one: the reactor never holds the queue lock
+        // while it locks an outbox.
         if self.shared.submit(Command::Flush(Arc::clone(self))) {
+            outbox.queued = true;
             return true;
         }
-        let mut outbox = self.outbox();
         outbox.closed = true;
         outbox.buffer.clear();
         false
@@ -394,8 +402,6 @@ pub enum Command {
 /// Counters the reactor publishes once per turn, cheap for any thread to read.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
-    /// Sessions open now.
-    pub sessions_open: u64,
     /// Sessions ever opened (accepted or connected).
     pub sessions_total: u64,
     /// Connections accepted by listeners.

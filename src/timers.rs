@@ -21,10 +21,15 @@ impl TimerQueue {
         self.heap.push(Reverse((when, id)));
     }
 
-    /// Cancels timer `id`. The caller cancels only timers it has not seen fire; an id
-    /// that fired in the meantime lingers in the cancelled set until the queue empties.
+    /// Cancels timer `id`. A cancelled timer stays in the heap until it comes due or
+    /// until cancelled ones are half the heap, when the heap is rebuilt without them; so
+    /// memory stays proportional to the live timers however many are cancelled.
     pub fn cancel(&mut self, id: u64) {
         self.cancelled.insert(id);
+        if self.cancelled.len() > 64 && self.cancelled.len() * 2 > self.heap.len() {
+            let cancelled = std::mem::take(&mut self.cancelled);
+            self.heap.retain(|Reverse((_, id))| !cancelled.contains(id));
+        }
     }
 
     /// When the earliest live timer is due.
@@ -94,5 +99,19 @@ mod tests {
         timers.pop_due(start + Duration::from_secs(1), |id| fired.push(id));
         assert_eq!(fired, [2, 1]);
         assert!(timers.is_empty());
+    }
+
+    #[test]
+    fn cancelled_timers_do_not_accumulate() {
+        let start = Instant::now();
+        let mut timers = TimerQueue::default();
+        timers.insert(0, start + Duration::from_secs(1));
+        for id in 1..=10_000 {
+            timers.insert(id, start + Duration::from_secs(3600));
+            timers.cancel(id);
+        }
+        assert!(timers.len() < 200, "{} timers kept", timers.len());
+        assert!(timers.cancelled.len() < 200);
+        assert_eq!(timers.next_deadline(), Some(start + Duration::from_secs(1)));
     }
 }

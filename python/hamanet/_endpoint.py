@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ipaddress
 import math
 import os
+import socket
 import threading
 import time
 from typing import Any, Callable
@@ -49,12 +51,25 @@ def _check_host(host: Any) -> str:
     return host
 
 
-def _check_timeout(timeout: Any, name: str = "timeout") -> float:
+def _check_timeout(timeout: Any, name: str = "timeout", *, positive: bool = False) -> float:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(timeout).__name__!r}")
-    if not math.isfinite(timeout) or timeout < 0:
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {timeout!r}")
+    if not math.isfinite(timeout) or timeout < 0 or (positive and timeout == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {timeout!r}")
     return float(timeout)
+
+
+def _check_resolvable(host: str, port: int) -> None:
+    """A name that does not resolve raises ``socket.gaierror`` (an OSError), as the socket
+    module does, before the native layer sees it."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise socket.gaierror(exc.errno, f"{exc.strerror}: {host!r}") from None
 
 
 def _check_size(value: Any, name: str, *, optional: bool = True, minimum: int = 1) -> int | None:
@@ -222,7 +237,15 @@ class _Endpoint:
             timeout = _check_timeout(timeout)
         if self._loop.phase == "created":
             raise LifecycleError("join() before start(): call start() first")
+        self._refuse_on_reactor_thread("join()")
         return self._wait(timeout)
+
+    def _refuse_on_reactor_thread(self, what: str) -> None:
+        if self._loop.on_reactor_thread():
+            raise LifecycleError(
+                f"{what} cannot be called from a handler callback: it would wait for the "
+                "reactor, which is running the callback, forever; call stop() to end it"
+            )
 
     def _wait(self, timeout: float | None) -> bool:
         finished = self._wait_for(self._loop.wait, timeout)
@@ -292,6 +315,7 @@ class Server(_Endpoint):
         port = _check_port(port)
         host = _check_host(host)
         backlog = _check_size(backlog, "backlog", optional=False)
+        _check_resolvable(host, port)
         # (host, port) for IPv6 too: flowinfo and scope_id say nothing about a listener.
         address = self._loop.listen(host, port, backlog, bool(reuse_port), bool(dual_stack))[:2]
         self._addresses.append(address)
@@ -346,7 +370,8 @@ class Client(_Endpoint):
         """
         host = _check_host(host)
         port = _check_port(port)
-        timeout = _check_timeout(timeout)
+        timeout = _check_timeout(timeout, positive=True)
+        _check_resolvable(host, port)
         self._ensure_started()
         return self._loop.connect(host, port, timeout)
 
@@ -357,7 +382,7 @@ class Client(_Endpoint):
         path = os.fspath(path)
         if not isinstance(path, str) or not path:
             raise ValueError(f"path must be a non-empty filesystem path, got {path!r}")
-        timeout = _check_timeout(timeout)
+        timeout = _check_timeout(timeout, positive=True)
         self._ensure_started()
         return self._loop.connect_unix(path, timeout)
 
@@ -374,6 +399,7 @@ class Client(_Endpoint):
             timeout = _check_timeout(timeout)
         if self._loop.phase == "created":
             return True
+        self._refuse_on_reactor_thread("join()")
         return self._wait_for(self._loop.wait_idle, timeout)
 
 
