@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyConnectionAbortedError, PyKeyboardInterrupt, PySystemExit, PyValueError};
+use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -51,6 +52,39 @@ pub struct Callbacks {
 }
 
 impl Callbacks {
+    /// No callbacks at all (what a loop whose handler was cleared by the GC keeps).
+    pub fn none() -> Callbacks {
+        Callbacks {
+            on_connect: None,
+            on_recv: None,
+            on_send: None,
+            on_eof: None,
+            on_close: None,
+            on_pause_writing: None,
+            on_resume_writing: None,
+            on_message: None,
+            on_messages: None,
+        }
+    }
+
+    /// Shows the garbage collector each callable held (they usually reference the
+    /// handler, which may reference the Server: a cycle only the GC can free).
+    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for callback in [
+            &self.on_connect,
+            &self.on_recv,
+            &self.on_send,
+            &self.on_eof,
+            &self.on_close,
+            &self.on_pause_writing,
+            &self.on_resume_writing,
+            &self.on_message,
+            &self.on_messages,
+        ] {
+            visit.call(callback)?;
+        }
+        Ok(())
+    }
     /// From a tuple in [`CALLBACK_NAMES`] order, `None` for callbacks not overridden.
     pub fn from_tuple(callbacks: &Bound<'_, PyTuple>) -> PyResult<Callbacks> {
         if callbacks.len() != CALLBACK_NAMES.len() {

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
@@ -189,6 +190,31 @@ impl PyLoop {
                 failure: Mutex::new(None),
             }),
         })
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // try_lock: the collector must not block; a lock held right now belongs to a
+        // thread that is using the loop, which is then not garbage anyway.
+        if let Ok(callbacks) = self.inner.callbacks.try_lock() {
+            callbacks.traverse(&visit)?;
+        }
+        if let Ok(timers) = self.inner.timers.try_lock() {
+            for (callback, args) in timers.values() {
+                visit.call(callback)?;
+                visit.call(args)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        // Taken out under the locks, freed after them: freeing may run Python code.
+        let callbacks = std::mem::replace(
+            &mut *lock(&self.inner.callbacks),
+            Arc::new(Callbacks::none()),
+        );
+        let timers = std::mem::take(&mut *lock(&self.inner.timers));
+        drop((callbacks, timers));
     }
 
     /// Replaces the handler's callbacks; takes effect from the next wakeup.

@@ -457,7 +457,6 @@ impl Reactor {
         let (index, generation) = self.allocate();
         let token = Token::new(index as u32, generation);
         core.set_token(token);
-        core.set_fd(Some(fd.as_raw_fd()));
         if self.poller.add_stream(fd.as_fd(), token).is_err() {
             // Only possible when the kernel is out of memory: the socket is dropped.
             self.slots[index] = Slot::Vacant { generation };
@@ -470,6 +469,7 @@ impl Reactor {
             }
             return None;
         }
+        core.set_fd(Some(fd.as_raw_fd()));
         self.slots[index] = Slot::Session(SessionSlot {
             generation,
             fd,

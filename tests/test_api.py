@@ -372,3 +372,22 @@ def test_session_reference_cycles_are_collected(serve):
         recorder.closes.clear()
     del session
     wait_until(lambda: gc.collect() is not None and ref() is None, what="the cycle to be freed")
+
+
+def test_a_stopped_server_and_a_handler_that_holds_it_are_collected():
+    class Holder(hamanet.Handler):
+        def on_recv(self, session, data):
+            session.write(data)
+
+    handler = Holder()
+    server = hamanet.Server(handler)
+    handler.server = server  # handler -> server -> loop -> bound callbacks -> handler
+    server.open(0)
+    server.start()
+    with connect(server.port) as sock:
+        sock.sendall(b"x")
+        assert recv_exactly(sock, 1) == b"x"
+    server.stop()
+    ref = weakref.ref(handler)
+    del handler, server
+    wait_until(lambda: gc.collect() is not None and ref() is None, what="the cycle to be freed")
