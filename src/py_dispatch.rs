@@ -118,8 +118,9 @@ struct Entry {
     session: Py<PySession>,
     /// The exception a callback raised, handed to `on_close` instead of the OS's reason.
     error: Option<PyErr>,
-    /// The session's framing state, when the loop frames.
-    decoder: Option<FrameDecoder>,
+    /// The session's framing state, when the loop frames (boxed: most loops do not, and
+    /// an idle session should cost as little as it can).
+    decoder: Option<Box<FrameDecoder>>,
 }
 
 /// Python objects of open sessions, indexed like the reactor's slots.
@@ -129,7 +130,7 @@ struct SessionTable {
 }
 
 impl SessionTable {
-    fn insert(&mut self, token: Token, session: Py<PySession>, decoder: Option<FrameDecoder>) {
+    fn insert(&mut self, token: Token, session: Py<PySession>, decoder: Option<Box<FrameDecoder>>) {
         let index = token.slot();
         if self.entries.len() <= index {
             self.entries.resize_with(index + 1, || None);
@@ -282,7 +283,7 @@ impl<'py> Dispatcher<'_, 'py> {
                 };
                 let decoder = framer
                     .as_ref()
-                    .map(|framer| FrameDecoder::new(Framer::clone(framer)));
+                    .map(|framer| Box::new(FrameDecoder::new(Framer::clone(framer))));
                 self.table.insert(*token, object, decoder);
                 self.notify(*token, "on_connect", &callbacks.on_connect);
             }

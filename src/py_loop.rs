@@ -529,7 +529,7 @@ impl PyLoop {
         let deadline = Instant::now() + seconds(timeout, "timeout")?;
         let mut last_error = None;
         for addr in addrs {
-            let fd = match connect_one(py, addr, &self.inner.config.options, deadline) {
+            let fd = match connect_one(py, &self.inner, addr, deadline) {
                 Ok(fd) => fd,
                 Err(ConnectFailure::Python(err)) => return Err(err),
                 Err(ConnectFailure::Os(err)) => {
@@ -654,13 +654,27 @@ enum ConnectFailure {
     Python(PyErr),
 }
 
-/// One connect attempt, waiting in short detached slices so Ctrl-C interrupts it.
+/// Between two waits of a connect: Ctrl-C, or a `stop()` of the client from another
+/// thread, ends it (the socket is closed; nothing is registered, so no callback follows).
+fn check_interrupted(py: Python<'_>, inner: &LoopInner) -> Result<(), ConnectFailure> {
+    py.check_signals().map_err(ConnectFailure::Python)?;
+    if inner.phase() == Phase::Stopped {
+        return Err(ConnectFailure::Python(LifecycleError::new_err(
+            "connect() was cancelled: the client was stopped while it connected",
+        )));
+    }
+    Ok(())
+}
+
+/// One connect attempt, waiting in short detached slices so Ctrl-C or `stop()`
+/// interrupts it.
 fn connect_one(
     py: Python<'_>,
+    inner: &LoopInner,
     addr: &Address,
-    options: &SocketOptions,
     deadline: Instant,
 ) -> Result<OwnedFd, ConnectFailure> {
+    let options = &inner.config.options;
     let timed_out = || {
         let err = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
         Err(ConnectFailure::Os(err))
@@ -674,7 +688,7 @@ fn connect_one(
                     return timed_out();
                 }
                 py.detach(|| std::thread::sleep(Duration::from_millis(10)));
-                py.check_signals().map_err(ConnectFailure::Python)?;
+                check_interrupted(py, inner)?;
             }
             Err(err) => return Err(ConnectFailure::Os(err)),
         }
@@ -693,6 +707,6 @@ fn connect_one(
                 Some(err) => Err(ConnectFailure::Os(err)),
             };
         }
-        py.check_signals().map_err(ConnectFailure::Python)?;
+        check_interrupted(py, inner)?;
     }
 }

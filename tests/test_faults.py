@@ -583,3 +583,48 @@ def test_bad_write_arguments(serve):
     session.close()
     assert recv_until_eof(sock) == b"<bytearray><memoryview><bytes><ba><mv><copied>"
     assert recorder.wait_closed(session.id) == [None]
+
+
+def test_stop_while_another_thread_connects_cancels_the_connect():
+    """Closing the client while a connect is in progress: one clear error in the
+    connecting thread, no hang, no fd left behind, no callback later."""
+    gc.collect()
+    before = open_fds()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):  # fill the backlog: a further connect waits
+        sock = socket.socket()
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(("127.0.0.1", port))
+        fillers.append(sock)
+    recorder = Recorder()
+    client = hamanet.Client(recorder)
+    outcome: list[BaseException] = []
+
+    def connect_in_background():
+        try:
+            client.connect("127.0.0.1", port, timeout=30)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            outcome.append(exc)
+
+    thread = threading.Thread(target=connect_in_background, daemon=True)
+    try:
+        thread.start()
+        wait_until(lambda: client.running, what="the connect to start the client")
+        client.stop(timeout=2.0)
+        thread.join(WAIT)
+        assert not thread.is_alive(), "connect() did not return after stop()"
+        assert len(outcome) == 1 and isinstance(outcome[0], hamanet.LifecycleError), outcome
+        assert "stopped" in str(outcome[0])
+        assert recorder.events == [], "no callback for a connect that never completed"
+    finally:
+        for sock in fillers:
+            sock.close()
+        listener.close()
+    client = outcome = None
+    gc.collect()
+    wait_until(lambda: open_fds() == before, what=f"fd count back to {before}")
