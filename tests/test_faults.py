@@ -608,7 +608,7 @@ def test_stop_while_another_thread_connects_cancels_the_connect():
     def connect_in_background():
         try:
             client.connect("127.0.0.1", port, timeout=30)
-        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+        except BaseException as exc:  # recorded for the assertion
             outcome.append(exc)
 
     thread = threading.Thread(target=connect_in_background, daemon=True)
