@@ -38,6 +38,23 @@ def bound_unlistened_port() -> socket.socket:
     return sock
 
 
+def full_backlog_listener() -> tuple[socket.socket, list[socket.socket]]:
+    """A loopback listener that never accepts, with its backlog full: a further connect
+    waits (the kernel drops its SYNs) until it times out. Close all the sockets after."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):  # backlog 0 holds one; the rest sit in SYN_SENT
+        sock = socket.socket()
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(("127.0.0.1", port))
+        fillers.append(sock)
+    return listener, fillers
+
+
 def settle(port: int) -> None:
     """Makes the (echoing) server on ``port`` run a few more wakeups with round-trips on
     another connection, so that a duplicate callback that was going to come has come."""
@@ -521,17 +538,8 @@ def test_connect_refused_no_fd_leak():
 def test_connect_timeout_when_backlog_is_full_no_fd_leak():
     gc.collect()  # earlier tests' stopped endpoints hold fds until they are freed
     before = open_fds()
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
+    listener, fillers = full_backlog_listener()
     port = listener.getsockname()[1]
-    fillers = []
-    for _ in range(3):  # backlog 0 holds one; the rest sit in SYN_SENT
-        sock = socket.socket()
-        sock.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            sock.connect(("127.0.0.1", port))
-        fillers.append(sock)
     client = hamanet.Client(hamanet.Handler())
     try:
         with pytest.raises(TimeoutError):  # starts the reactor
@@ -590,17 +598,8 @@ def test_stop_while_another_thread_connects_cancels_the_connect():
     connecting thread, no hang, no fd left behind, no callback later."""
     gc.collect()
     before = open_fds()
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
+    listener, fillers = full_backlog_listener()
     port = listener.getsockname()[1]
-    fillers = []
-    for _ in range(3):  # fill the backlog: a further connect waits
-        sock = socket.socket()
-        sock.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            sock.connect(("127.0.0.1", port))
-        fillers.append(sock)
     recorder = Recorder()
     client = hamanet.Client(recorder)
     outcome: list[BaseException] = []

@@ -15,13 +15,13 @@ import asyncio
 import sys
 from pathlib import Path
 
-from protocol_echo import serve
+from protocol_echo import PushBack, new_loop_factory, serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 from protocols.http import HttpConnection
 
 
-class HttpProtocol(asyncio.Protocol):
+class HttpProtocol(PushBack):
     __slots__ = ("http", "transport")
 
     def __init__(self) -> None:
@@ -36,23 +36,6 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.write(response)
         if close:
             self.transport.close()  # after the buffered response has been sent
-
-    # The same push-back as the hamanet example: stop reading while responses pile up.
-    def pause_writing(self) -> None:
-        self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.transport.resume_reading()
-
-
-def new_loop_factory(name: str):
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop
-    if name == "asyncio":
-        return asyncio.new_event_loop
-    raise SystemExit(f"unknown loop {name!r}: asyncio or uvloop")
 
 
 def main() -> None:

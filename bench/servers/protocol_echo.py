@@ -45,3 +45,26 @@ def serve(name: str, new_loop: Callable[[], asyncio.AbstractEventLoop], protocol
     finally:
         server.close()
         loop.close()
+
+
+class PushBack(asyncio.Protocol):
+    """The same push-back as hamanet's examples: stop reading while replies pile up."""
+
+    transport: asyncio.Transport
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+
+def new_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop constructor for `asyncio` or `uvloop` (the protocol servers' argv)."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    if name == "asyncio":
+        return asyncio.new_event_loop
+    raise SystemExit(f"unknown loop {name!r}: asyncio or uvloop")
