@@ -12,7 +12,7 @@ export PYO3_PYTHON := $(abspath $(PY))
 PY_LIBDIR = $(shell $(PY) -c "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))")
 DEMO_PORT ?= 2826
 
-.PHONY: help setup build demo test test-rust test-python lint fmt bench clean
+.PHONY: help setup build demo test test-rust test-python test-debug lint fmt bench clean
 BENCH_CRATES := bench/loadgen/Cargo.toml bench/servers/rust_echo/Cargo.toml
 
 help: ## list the targets
@@ -42,6 +42,9 @@ test-rust: $(TOOLS) ## the Rust core's tests
 
 test-python: build ## the Python surface's tests
 	$(PY) -m pytest
+
+test-debug: build ## pytest again under CPython's debug allocator (memory errors, other timings)
+	PYTHONMALLOC=debug $(PY) -m pytest -p no:cacheprovider
 
 bench: build ## hamanet vs uvloop, asyncio, rloop and a plain Rust echo (see bench/README.md)
 	bench/run.sh $(BENCH_ARGS)

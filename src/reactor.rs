@@ -567,7 +567,14 @@ impl Reactor {
             return;
         };
         session.fin_reported |= read_closed;
-        if session.eof || session.read_turn == turn {
+        if session.eof {
+            return;
+        }
+        if session.read_turn == turn {
+            // Read already this turn (it was re-queued from the last), and now an edge
+            // reports what arrived since, a FIN perhaps: that edge will not come again,
+            // so read next turn.
+            requeue(&mut self.again, &mut session.requeued, token);
             return;
         }
         {
