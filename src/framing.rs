@@ -257,11 +257,6 @@ impl FrameDecoder {
         }
     }
 
-    /// Bytes of an incomplete message held between reads.
-    pub fn buffered(&self) -> usize {
-        self.partial.len()
-    }
-
     /// Feeds the next bytes of the stream, calling `message` for every message completed,
     /// in order. After an error the decoder must not be fed again.
     pub fn feed(&mut self, data: &[u8], mut message: impl FnMut(&[u8])) -> Result<(), FrameError> {

@@ -351,14 +351,13 @@ pub fn set_linger_zero(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(socket::setsockopt(&fd, sockopt::Linger, &linger)?)
 }
 
-/// Reads whether `TCP_NODELAY` is set (for tests and introspection).
-pub fn nodelay(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    Ok(socket::getsockopt(&fd, sockopt::TcpNoDelay)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn nodelay(fd: BorrowedFd<'_>) -> io::Result<bool> {
+        Ok(socket::getsockopt(&fd, sockopt::TcpNoDelay)?)
+    }
 
     fn loopback() -> SocketAddr {
         "127.0.0.1:0".parse().expect("addr")

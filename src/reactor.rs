@@ -265,11 +265,6 @@ impl Reactor {
         self.finished
     }
 
-    /// Sessions currently open.
-    pub fn session_count(&self) -> usize {
-        self.sessions
-    }
-
     /// One wakeup: run queued commands and flush, wait for readiness, accept and read.
     pub fn turn(&mut self) -> io::Result<()> {
         self.shared.enter_reactor_thread();
