@@ -421,6 +421,28 @@ mod tests {
     }
 
     #[test]
+    fn keepalive_set_on_the_listener_reaches_accepted_sockets() {
+        let options = SocketOptions {
+            keepalive: true,
+            ..SocketOptions::default()
+        };
+        let listener = listen(loopback(), 16, false, &options).expect("listen");
+        let addr = local_addr(listener.as_fd()).expect("addr");
+        let client = connect_start(&addr, &SocketOptions::default()).expect("connect");
+        assert!(connect_wait(client.as_fd(), Duration::from_secs(5)).expect("wait"));
+        let mut accepted = None;
+        for _ in 0..500 {
+            accepted = accept(listener.as_fd()).expect("accept");
+            if accepted.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let accepted = accepted.expect("an accepted connection");
+        assert!(socket::getsockopt(&accepted, sockopt::KeepAlive).expect("getsockopt"));
+    }
+
+    #[test]
     fn busy_port_is_addr_in_use() {
         let options = SocketOptions::default();
         let first = listen(loopback(), 16, false, &options).expect("listen");

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import struct
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -164,6 +166,12 @@ def read_until_end(sock: socket.socket, limit: int = 64 << 20) -> tuple[bytes, s
             return bytes(chunks), "eof"
         chunks.extend(chunk)
     raise AssertionError("peer sent more than the limit without ending the stream")
+
+
+def unacked_bytes(sock: socket.socket) -> int:
+    """Bytes in the socket's send queue not yet acknowledged by the peer (SIOCOUTQ)."""
+    raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    return struct.unpack("i", raw)[0]
 
 
 def open_fds() -> int:

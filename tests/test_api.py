@@ -391,3 +391,41 @@ def test_a_stopped_server_and_a_handler_that_holds_it_are_collected():
     ref = weakref.ref(handler)
     del handler, server
     wait_until(lambda: gc.collect() is not None and ref() is None, what="the cycle to be freed")
+
+
+def test_join_from_a_callback_is_refused(serve):
+    errors = []
+
+    class Joiner(hamanet.Handler):
+        def on_connect(self, session):
+            try:
+                server.join(timeout=1)
+            except hamanet.LifecycleError as exc:
+                errors.append(exc)
+            session.close()
+
+    server = serve(Joiner())
+    with connect(server.port) as sock:
+        assert sock.recv(10) == b""
+    wait_until(lambda: errors, what="LifecycleError from join() in a callback")
+    assert "callback" in str(errors[0])
+
+
+def test_huge_timeouts_mean_a_very_long_time_not_a_crash(serve):
+    server = serve(Echo(), idle_timeout=1e300)
+    handle = server.call_later(1e300, lambda: None)
+    assert handle.pending()
+    handle.cancel()
+    with connect(server.port) as sock:
+        sock.sendall(b"x")
+        assert recv_exactly(sock, 1) == b"x"
+    server.stop(timeout=1e300)  # flushes and returns at once: nothing is left to send
+    assert not server.running
+
+
+def test_unresolvable_names_raise_gaierror(client_factory):
+    client = client_factory(hamanet.Handler())
+    with pytest.raises(socket.gaierror, match="no.such.host.invalid"):
+        client.connect("no.such.host.invalid", 80)
+    with pytest.raises(ValueError, match="timeout"):
+        client.connect("127.0.0.1", 80, timeout=0)

@@ -24,6 +24,7 @@ from conftest import (
     recv_exactly,
     recv_until_eof,
     reset_close,
+    unacked_bytes,
     wait_until,
 )
 
@@ -627,3 +628,35 @@ def test_stop_while_another_thread_connects_cancels_the_connect():
     client = outcome = None
     gc.collect()
     wait_until(lambda: open_fds() == before, what=f"fd count back to {before}")
+
+
+def test_data_that_arrived_before_a_reset_is_delivered_before_on_close(serve):
+    """The reactor is held in a callback while the peer sends 50 KB and then resets, so
+    the next turn reads the data and the reset together: every byte still reaches
+    on_recv, then on_close gets ConnectionResetError."""
+    release = threading.Event()
+
+    class Holding(Recorder):
+        def on_recv(self, session, data):
+            super().on_recv(session, data)
+            if data == b"hold":
+                release.wait(WAIT)  # holds the reactor: nothing is read meanwhile
+
+    recorder = Holding()
+    server = serve(recorder)
+    payload = pattern(9, 50_000)
+    with connect(server.port) as holder:
+        sock = connect(server.port)
+        recorder.wait_sessions(2)
+        holder.sendall(b"hold")
+        wait_until(lambda: b"hold" in recorder.data.values(), what="the reactor to be held")
+        sock.sendall(payload)
+        wait_until(lambda: unacked_bytes(sock) == 0, what="the server's kernel to take all bytes")
+        reset_close(sock)
+        release.set()
+        wait_until(lambda: len(recorder.closes) == 1, what="on_close of the reset session")
+        (sid,) = recorder.closes
+        assert recorder.received(sid) == payload
+        assert recorder.kinds(sid)[-1] == "close"
+        (exc,) = recorder.closes[sid]
+        assert isinstance(exc, ConnectionResetError), exc

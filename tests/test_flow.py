@@ -8,17 +8,14 @@ duplicated or reordered chunk is caught, not only a wrong length.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import math
 import os
 import random
 import socket
-import struct
 import subprocess
 import sys
-import termios
 import textwrap
 import threading
 import time
@@ -26,7 +23,15 @@ from typing import Any
 
 import hamanet
 import pytest
-from conftest import WAIT, Recorder, connect, recv_exactly, recv_until_eof, wait_until
+from conftest import (
+    WAIT,
+    Recorder,
+    connect,
+    recv_exactly,
+    recv_until_eof,
+    unacked_bytes,
+    wait_until,
+)
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -77,11 +82,6 @@ def rss() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS in /proc/self/status")
-
-
-def unsent(sock: socket.socket) -> int:
-    """Bytes in ``sock``'s send queue not yet acknowledged by the peer (SIOCOUTQ)."""
-    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
 
 
 def echo_ok(sock: socket.socket, payload: bytes) -> bool:
@@ -405,7 +405,7 @@ def test_data_that_arrived_while_paused_is_delivered_after_resume(serve):
         sock.sendall(expected(len(head), 100_000))
         # Everything is in the server's receive queue (acknowledged), and nothing was
         # delivered while paused.
-        wait_until(lambda: unsent(sock) == 0, what="the server's kernel to take all bytes")
+        wait_until(lambda: unacked_bytes(sock) == 0, what="the server's kernel to take all bytes")
         assert handler.received(session.id) == first
         assert session.reading_paused
         assert handler.kinds(session.id).count("recv") == 1
@@ -414,7 +414,7 @@ def test_data_that_arrived_while_paused_is_delivered_after_resume(serve):
         total = len(head) + 100_000
         wait_until(lambda: len(handler.received(session.id)) >= total, what="data after resume")
         assert handler.received(session.id) == expected(0, total)
-        assert unsent(sock) == 0  # the peer sent nothing new meanwhile
+        assert unacked_bytes(sock) == 0  # the peer sent nothing new meanwhile
         sock.shutdown(socket.SHUT_WR)
         assert handler.wait_closed(session.id) == [None]
         assert handler.received(session.id) == expected(0, total)

@@ -267,3 +267,21 @@ def test_bad_framing_arguments():
         Delimiter(max_length=0)
     with pytest.raises(TypeError, match="framing"):
         hamanet.Server(hamanet.Handler(), framing=b"\n")
+
+
+def test_write_frame_refuses_a_payload_that_would_end_its_message_early(serve):
+    outcome = []
+
+    class Writer(hamanet.Handler):
+        def on_connect(self, session):
+            try:
+                session.write_frame(b"Host: x\r\n")  # + b"\r\n\r\n" would end at b"Host: x"
+            except hamanet.FramingError as exc:
+                outcome.append(exc)
+            session.write_frame(b"Host: x")
+            session.close()
+
+    server = serve(Writer(), framing=Delimiter(b"\r\n\r\n"))
+    with connect(server.port) as sock:
+        assert recv_until_eof(sock) == b"Host: x\r\n\r\n"
+    assert outcome and "delimiter" in str(outcome[0])

@@ -8,18 +8,24 @@ reordered or cross-session chunk is caught, not only a wrong length.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import random
 import selectors
 import socket
 import struct
-import termios
 import threading
 import time
 
 import hamanet
 import pytest
-from conftest import WAIT, Recorder, connect, recv_exactly, recv_until_eof, wait_until
+from conftest import (
+    WAIT,
+    Recorder,
+    connect,
+    recv_exactly,
+    recv_until_eof,
+    unacked_bytes,
+    wait_until,
+)
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -77,12 +83,6 @@ def small_buffer_socket(port: int, size: int = 65536, timeout: float = 30.0) -> 
     sock.settimeout(timeout)
     sock.connect(("127.0.0.1", port))
     return sock
-
-
-def unacked_bytes(sock: socket.socket) -> int:
-    """Bytes in the socket's send queue (not yet acknowledged by the peer's kernel)."""
-    raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    return struct.unpack("i", raw)[0]
 
 
 def server_session_for(recorder: Recorder, sock: socket.socket) -> hamanet.Session:
