@@ -219,7 +219,7 @@ pub fn run(mut reactor: Reactor, inner: Arc<LoopInner>) {
             let batch = reactor.take_batch();
             for event in &batch {
                 dispatcher.deliver(&reactor, &callbacks, event);
-                if let Event::Closed { .. } = event {
+                if let Event::Closed { .. } | Event::ConnectFailed { .. } = event {
                     inner.shared.session_closed();
                 }
             }
@@ -345,6 +345,21 @@ impl<'py> Dispatcher<'_, 'py> {
                 let session = entry.session.bind(py);
                 if let Err(err) = callback.call1(py, (session, reason)) {
                     // The session is closed already: only log (or stop on an interrupt).
+                    self.handler_failed("on_close", None, err);
+                }
+            }
+            Event::ConnectFailed { session, error } => {
+                let Some(object) = lock(&self.inner.pending).remove(&session.id) else {
+                    return;
+                };
+                let Some(callback) = &callbacks.on_close else {
+                    return;
+                };
+                let reason = match error {
+                    Some(err) => close_reason(py, err),
+                    None => py.None(),
+                };
+                if let Err(err) = callback.call1(py, (object, reason)) {
                     self.handler_failed("on_close", None, err);
                 }
             }

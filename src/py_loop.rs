@@ -377,6 +377,55 @@ impl PyLoop {
         self.connect_any(py, &addrs, timeout, &context)
     }
 
+    /// Starts connecting to `ip:port` and returns the `Session` at once; the reactor
+    /// finishes the connect. `on_connect` follows when it completes; if it fails, times
+    /// out or is cancelled by `close()`, `on_close` comes instead (with the error, or
+    /// None). Never blocks, so it may be called from a callback.
+    fn connect_nowait(
+        &self,
+        py: Python<'_>,
+        host: &str,
+        port: u16,
+        timeout: f64,
+    ) -> PyResult<Py<PySession>> {
+        let timeout = timeout_seconds(timeout, "timeout")?;
+        if self.inner.phase() != Phase::Running {
+            return Err(LifecycleError::new_err(
+                "cannot connect_nowait(): the client is not running; create a new Client",
+            ));
+        }
+        let ip: std::net::IpAddr = host.parse().map_err(|_| {
+            PyValueError::new_err(format!(
+                "connect_nowait() needs an IP address, not {host:?}: resolving a name \
+                 would block; resolve it first (socket.getaddrinfo) or use connect()"
+            ))
+        })?;
+        let context = format!("{host}:{port}");
+        let addr = Address::Inet(std::net::SocketAddr::new(ip, port));
+        let fd = net::connect_start(&addr, &self.inner.config.options)
+            .map_err(|e| os_error(&e, Some(&context)))?;
+        let local = net::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(&context)))?;
+        let limits = self.inner.config.limits;
+        let core = SessionCore::new(Arc::clone(&self.inner.shared), addr, local, limits);
+        let session = Py::new(
+            py,
+            PySession::new(Arc::clone(&core), self.inner.framer.clone()),
+        )?;
+        lock(&self.inner.pending).insert(core.id, session.clone_ref(py));
+        let deadline = Instant::now() + timeout;
+        if !self
+            .inner
+            .shared
+            .adopt(Arc::clone(&core), fd, Some(deadline))
+        {
+            lock(&self.inner.pending).remove(&core.id);
+            return Err(LifecycleError::new_err(
+                "cannot connect_nowait(): the client stopped",
+            ));
+        }
+        Ok(session)
+    }
+
     /// Connects to the Unix domain socket at `path`; returns the `Session`.
     fn connect_unix(&self, py: Python<'_>, path: PathBuf, timeout: f64) -> PyResult<Py<PySession>> {
         let context = path.display().to_string();
@@ -558,7 +607,7 @@ impl PyLoop {
                 PySession::new(Arc::clone(&core), self.inner.framer.clone()),
             )?;
             lock(&self.inner.pending).insert(core.id, session.clone_ref(py));
-            if !self.inner.shared.adopt(Arc::clone(&core), fd) {
+            if !self.inner.shared.adopt(Arc::clone(&core), fd, None) {
                 lock(&self.inner.pending).remove(&core.id);
                 return Err(LifecycleError::new_err(
                     "cannot connect(): the client stopped",

@@ -89,6 +89,14 @@ pub enum Event {
         /// The session's token.
         token: Token,
     },
+    /// A connect that never completed ended: refused, timed out, or cancelled by
+    /// `close()`/`abort()`/stop (`error` is `None`). The session was never opened.
+    ConnectFailed {
+        /// The session, which the handler layer knows only by its core.
+        session: Arc<SessionCore>,
+        /// Why, unless the user cancelled it.
+        error: Option<io::Error>,
+    },
     /// The session is closed and its slot freed; `error` is `None` for a clean close.
     Closed {
         /// The session's token.
@@ -125,6 +133,8 @@ struct SessionSlot {
     last_active: Instant,
     /// The session is on the `again` list already.
     requeued: bool,
+    /// A non-blocking connect is still in progress: nothing is read or sent yet.
+    connecting: bool,
 }
 
 enum Slot {
@@ -184,6 +194,8 @@ pub struct Reactor {
     /// The shortest idle timeout in force (the loop's or a session's), and when to look
     /// for idle sessions next.
     idle: IdleSweep,
+    /// Sessions still connecting, with their deadlines.
+    connecting: Vec<(Instant, Token)>,
     /// The time of the last wakeup: one clock read per turn serves every session.
     now: Instant,
     stats: Stats,
@@ -201,6 +213,7 @@ impl Reactor {
             events: Events::with_capacity(EVENTS_PER_WAIT),
             shared: Arc::new(LoopShared::new(waker)),
             idle: IdleSweep::new(config.idle_timeout, now),
+            connecting: Vec::new(),
             config,
             slots: Vec::new(),
             vacant: Vec::new(),
@@ -316,6 +329,9 @@ impl Reactor {
                 self.accept_ready(token);
             }
         }
+        if !self.connecting.is_empty() {
+            self.expire_connects();
+        }
         if self.idle.next.is_some_and(|at| self.now >= at) {
             self.close_idle_sessions();
         }
@@ -356,6 +372,14 @@ impl Reactor {
         match self.slots.get(token.slot()) {
             Some(slot) if slot.generation() != token.generation() => {}
             Some(Slot::Listener { .. }) => self.accept_ready(token),
+            // A connect in progress reports its end as writable, or as an error.
+            Some(Slot::Session(session))
+                if session.connecting
+                    && (readiness.writable || readiness.error || readiness.read_closed) =>
+            {
+                self.finish_connect(token, readiness)
+            }
+            Some(Slot::Session(session)) if session.connecting => {}
             Some(Slot::Session(_)) => {
                 // Read first: data that arrived before a reset is still readable and is
                 // delivered before the error that ends the session.
@@ -373,6 +397,46 @@ impl Reactor {
         }
     }
 
+    /// A non-blocking connect ended: open the session (and serve what is already there),
+    /// or release it with the connect's error.
+    fn finish_connect(&mut self, token: Token, readiness: Readiness) {
+        let Some(session) = session_slot(&mut self.slots, token) else {
+            return;
+        };
+        match net::take_error(session.fd.as_fd()) {
+            Ok(None) => {
+                session.connecting = false;
+                let core = Arc::clone(&session.core);
+                self.connecting.retain(|(_, pending)| *pending != token);
+                self.batch.push(Event::Opened {
+                    token,
+                    session: core,
+                });
+                // Writes made while connecting, and a reply that came with the handshake.
+                self.flush(token);
+                if readiness.readable || readiness.read_closed {
+                    self.read(token, readiness.read_closed);
+                }
+            }
+            Ok(Some(err)) | Err(err) => self.release(token, CloseKind::Dead, Some(err)),
+        }
+    }
+
+    /// Ends the connects whose deadline has passed, with `TimedOut`.
+    fn expire_connects(&mut self) {
+        let now = self.now;
+        let expired: Vec<Token> = self
+            .connecting
+            .iter()
+            .filter(|(deadline, _)| *deadline <= now)
+            .map(|(_, token)| *token)
+            .collect();
+        for token in expired {
+            let error = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+            self.release(token, CloseKind::Dead, Some(error));
+        }
+    }
+
     fn run_commands(&mut self) {
         self.shared.take_commands(&mut self.commands);
         let mut commands = std::mem::take(&mut self.commands);
@@ -384,9 +448,10 @@ impl Reactor {
                         self.flush(token);
                     }
                 }
-                Command::Adopt(core, fd) => {
+                Command::Adopt(core, fd, connect_deadline) => {
                     // `LoopShared::adopt` already counted it in the status.
-                    if let Some(token) = self.register(fd, Arc::clone(&core), false) {
+                    let registered = self.register(fd, Arc::clone(&core), false, connect_deadline);
+                    if let Some(token) = registered {
                         if self.stop_deadline.is_some() {
                             core.outbox().close_requested = true;
                             self.flush(token);
@@ -448,7 +513,13 @@ impl Reactor {
 
     /// Registers a session socket; `count` says whether to add it to the status count
     /// (adopted sessions were counted when they were queued).
-    fn register(&mut self, fd: OwnedFd, core: Arc<SessionCore>, count: bool) -> Option<Token> {
+    fn register(
+        &mut self,
+        fd: OwnedFd,
+        core: Arc<SessionCore>,
+        count: bool,
+        connect_deadline: Option<Instant>,
+    ) -> Option<Token> {
         let (index, generation) = self.allocate();
         let token = Token::new(index as u32, generation);
         core.set_token(token);
@@ -474,16 +545,21 @@ impl Reactor {
             read_turn: 0,
             last_active: self.now,
             requeued: false,
+            connecting: connect_deadline.is_some(),
         });
         self.sessions += 1;
         self.stats.sessions_total += 1;
         if count {
             self.shared.update_status(|status| status.sessions += 1);
         }
-        self.batch.push(Event::Opened {
-            token,
-            session: core,
-        });
+        match connect_deadline {
+            // Opened once the connect completes: epoll reports it writable (or failed).
+            Some(deadline) => self.connecting.push((deadline, token)),
+            None => self.batch.push(Event::Opened {
+                token,
+                session: core,
+            }),
+        }
         Some(token)
     }
 
@@ -552,7 +628,7 @@ impl Reactor {
             }
         };
         let core = SessionCore::new(Arc::clone(&self.shared), peer, local, self.config.limits);
-        self.register(stream, core, true);
+        self.register(stream, core, true, None);
     }
 
     fn read(&mut self, token: Token, read_closed: bool) {
@@ -562,7 +638,7 @@ impl Reactor {
             return;
         };
         session.fin_reported |= read_closed;
-        if session.eof {
+        if session.eof || session.connecting {
             return;
         }
         if session.read_turn == turn {
@@ -663,6 +739,14 @@ impl Reactor {
         if outbox.abort_requested {
             drop(outbox);
             self.release(token, CloseKind::Abortive, None);
+            return;
+        }
+        if session.connecting {
+            // Nothing can be sent yet; closing cancels the connect.
+            if outbox.close_requested {
+                drop(outbox);
+                self.release(token, CloseKind::Dead, None);
+            }
             return;
         }
         if std::mem::take(&mut outbox.read_resume_pending) {
@@ -774,6 +858,16 @@ impl Reactor {
         }
         drop(session.fd);
         self.sessions -= 1;
+        if session.connecting {
+            // Never opened: the handler layer knows it only by its core.
+            self.connecting.retain(|(_, pending)| *pending != token);
+            let core = session.core;
+            self.batch.push(Event::ConnectFailed {
+                session: core,
+                error,
+            });
+            return;
+        }
         // The status count drops when the consumer has delivered this event (see
         // `LoopShared::session_closed`), so `join()` cannot return before `on_close` ran.
         self.batch.push(Event::Closed { token, error });
@@ -885,7 +979,7 @@ impl Reactor {
         self.again.clear();
         for command in self.shared.close_queue() {
             match command {
-                Command::Adopt(core, _fd) => {
+                Command::Adopt(core, _fd, _) => {
                     let mut outbox = core.outbox();
                     outbox.closed = true;
                     outbox.buffer.clear();
@@ -903,6 +997,7 @@ impl Reactor {
             self.accept_paused_until,
             self.idle.next,
             self.timers.next_deadline(),
+            self.connecting.iter().map(|(deadline, _)| *deadline).min(),
         ]
         .into_iter()
         .flatten()
@@ -1010,6 +1105,7 @@ mod tests {
                             log.push("eof".to_owned());
                         }
                         Event::Drained { .. }
+                        | Event::ConnectFailed { .. }
                         | Event::PauseWriting { .. }
                         | Event::ResumeWriting { .. }
                         | Event::Timer { .. }

@@ -386,8 +386,9 @@ impl SessionCore {
 pub enum Command {
     /// The session has new bytes to send or a close/abort/shutdown request.
     Flush(Arc<SessionCore>),
-    /// Register a socket connected by `Client.connect` as a session.
-    Adopt(Arc<SessionCore>, OwnedFd),
+    /// Register a client socket as a session: connected already (`Client.connect`), or
+    /// still connecting until the deadline (`Client.connect_nowait`).
+    Adopt(Arc<SessionCore>, OwnedFd, Option<Instant>),
     /// Start accepting on a listening socket.
     Listen(OwnedFd, Address),
     /// Stop: close listeners, flush and close every session, abort what is left at the
@@ -496,9 +497,14 @@ impl LoopShared {
 
     /// Hands a connected socket to the reactor. The session counts as open from here on,
     /// before the reactor has registered it, so `join()` cannot miss it.
-    pub fn adopt(&self, core: Arc<SessionCore>, fd: OwnedFd) -> bool {
+    pub fn adopt(
+        &self,
+        core: Arc<SessionCore>,
+        fd: OwnedFd,
+        connect_deadline: Option<Instant>,
+    ) -> bool {
         self.update_status(|status| status.sessions += 1);
-        let accepted = self.submit(Command::Adopt(core, fd));
+        let accepted = self.submit(Command::Adopt(core, fd, connect_deadline));
         if !accepted {
             self.update_status(|status| status.sessions -= 1);
         }

@@ -375,6 +375,21 @@ class Client(_Endpoint):
         self._ensure_started()
         return self._loop.connect(host, port, timeout)
 
+    def connect_nowait(
+        self, host: str, port: int, *, timeout: float = DEFAULT_CONNECT_TIMEOUT
+    ) -> Session:
+        """Starts connecting to ``host`` (an IP address) and returns the Session at once;
+        the reactor finishes the connect, so this never blocks and works from a callback
+        (a proxy opening its upstream, say). ``on_connect`` follows when connected. If the
+        connect fails or times out, ``on_close(session, exc)`` comes instead, without an
+        ``on_connect``; ``close()`` before then cancels it (``on_close(session, None)``).
+        Writes made meanwhile are sent once connected."""
+        host = _check_host(host)
+        port = _check_port(port)
+        timeout = _check_timeout(timeout, positive=True)
+        self._ensure_started()
+        return self._loop.connect_nowait(host, port, timeout)
+
     def connect_unix(
         self, path: str | os.PathLike[str], *, timeout: float = DEFAULT_CONNECT_TIMEOUT
     ) -> Session:
