@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import fcntl
 import os
+import queue
 import socket
 import struct
+import subprocess
+import sys
 import termios
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import hamanet
@@ -183,3 +187,96 @@ def pattern(seed: int, size: int) -> bytes:
     block = bytes((seed * 131 + i * 7 + (i >> 8)) & 0xFF for i in range(65536))
     repeats, rest = divmod(size, len(block))
     return block * repeats + block[:rest]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A loopback port free right now (for programs that take a port number)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Proc:
+    """A Python subprocess whose output lines are collected by background threads."""
+
+    def __init__(self, *args: str) -> None:
+        self.popen = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._readers = [
+            threading.Thread(
+                target=self._pump, args=(self.popen.stdout, self.stdout, True), daemon=True
+            ),
+            threading.Thread(
+                target=self._pump, args=(self.popen.stderr, self.stderr, False), daemon=True
+            ),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _pump(self, stream, into: list[str], announce: bool) -> None:
+        for line in stream:
+            into.append(line)
+            if announce:
+                self.lines.put(line)
+
+    def wait_line(self, prefix: str, timeout: float = WAIT) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.kill()
+                pytest.fail(
+                    f"no line starting {prefix!r}; stdout={self.stdout} "
+                    f"stderr={''.join(self.stderr)}"
+                )
+            try:
+                line = self.lines.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                if self.popen.poll() is not None and self.lines.empty():
+                    pytest.fail(
+                        f"process exited ({self.popen.returncode}) before {prefix!r}; "
+                        f"stderr={''.join(self.stderr)}"
+                    )
+                continue
+            if line.startswith(prefix):
+                return line
+
+    def wait(self, timeout: float = WAIT) -> int:
+        try:
+            code = self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"process did not exit within {timeout}s; stdout={self.stdout}")
+        for reader in self._readers:
+            reader.join(WAIT)
+        return code
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(WAIT)
+
+
+@pytest.fixture
+def procs():
+    started: list[Proc] = []
+
+    def spawn(*args: str) -> Proc:
+        proc = Proc(*args)
+        started.append(proc)
+        return proc
+
+    yield spawn
+    for proc in started:
+        proc.kill()

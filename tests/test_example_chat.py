@@ -5,19 +5,16 @@ line that is too long, or send a line in pieces."""
 from __future__ import annotations
 
 import logging
-import os
-import queue
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import hamanet
 import pytest
-from conftest import WAIT, wait_until
+from conftest import WAIT, free_port, wait_until
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 if str(EXAMPLES) not in sys.path:
@@ -296,41 +293,22 @@ def test_hamanet_clients_can_chat(chat, client_factory):
     assert lines.seen() == [greeting, bob.prefix + b"hi hamanet"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.timeout(60)
-def test_chat_server_program_serves_and_stops_on_sigterm():
+def test_chat_server_program_serves_and_stops_on_sigterm(procs):
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "chat_server.py"), str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    out: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [out.put(line) for line in proc.stdout], daemon=True).start()
-    clients: list[ChatClient] = []
+    proc = procs(str(EXAMPLES / "chat_server.py"), str(port))
+    line = proc.wait_line("chat: listening")
+    assert line.strip().endswith(f":{port}"), line
+    clients = [ChatClient(port) for _ in range(3)]
     try:
-        line = out.get(timeout=WAIT)
-        assert "listening" in line and line.strip().endswith(f":{port}"), line
-        clients = [ChatClient(port) for _ in range(3)]
         clients[0].send(b"hello from a process\n")
         for other in clients[1:]:
             assert other.read_line() == clients[0].prefix + b"hello from a process"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=WAIT) == 0, proc.stderr.read()
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.wait() == 0, "".join(proc.stderr)
         for client in clients:
             data, _ = client.read_until_end()
             assert data == b""
     finally:
         for client in clients:
             client.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=WAIT)
-        proc.stderr.close()

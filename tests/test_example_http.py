@@ -5,8 +5,6 @@ http.client, and wrk and curl when they are installed."""
 from __future__ import annotations
 
 import http.client
-import os
-import queue
 import re
 import shutil
 import signal
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import hamanet
 import pytest
-from conftest import WAIT, connect, recv_exactly, recv_until_eof, wait_until
+from conftest import WAIT, connect, free_port, recv_exactly, recv_until_eof, wait_until
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 if str(EXAMPLES) not in sys.path:
@@ -571,43 +569,23 @@ def test_curl(http_port):
 # -- 6. the example as a program --------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.timeout(60)
-def test_http_server_program_serves_and_stops_on_sigterm():
+def test_http_server_program_serves_and_stops_on_sigterm(procs):
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "http_server.py"), str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    proc = procs(str(EXAMPLES / "http_server.py"), str(port))
+    line = proc.wait_line("http: listening")
+    assert line.strip().endswith(f":{port}/"), line
+    client = http_client(port)
     try:
-        line = lines.get(timeout=WAIT)
-        assert "listening" in line and line.strip().endswith(f":{port}/"), line
-        client = http_client(port)
-        try:
-            for _ in range(3):
-                client.request("GET", "/")
-                assert client.getresponse().read() == BODY
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=WAIT) == 0, proc.stderr.read()
-        finally:
-            client.close()
-        with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        for _ in range(3):
+            client.request("GET", "/")
+            assert client.getresponse().read() == BODY
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.wait() == 0, "".join(proc.stderr)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=WAIT)
-        proc.stderr.close()
+        client.close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=WAIT)
 
 
 def test_handler_is_a_hamanet_handler():

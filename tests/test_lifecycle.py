@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import gc
 import os
-import queue
 import signal
 import socket
 import subprocess
@@ -15,14 +14,15 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import hamanet
 import pytest
 from conftest import (
+    ROOT,
     WAIT,
     Recorder,
     connect,
+    free_port,
     open_fds,
     pattern,
     read_until_end,
@@ -32,7 +32,6 @@ from conftest import (
     wait_until,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 # -- helpers -------------------------------------------------------------------------------
@@ -46,12 +45,6 @@ def refuses(port: int) -> bool:
         return True
     sock.close()
     return False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def small_rcvbuf_connect(port: int) -> socket.socket:
@@ -73,89 +66,6 @@ def time_wait_on(port: int) -> bool:
             if local_port == port and fields[3] == "06":
                 return True
     return False
-
-
-class Proc:
-    """A Python subprocess whose output lines are collected by background threads."""
-
-    def __init__(self, *args: str) -> None:
-        self.popen = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._readers = [
-            threading.Thread(
-                target=self._pump, args=(self.popen.stdout, self.stdout, True), daemon=True
-            ),
-            threading.Thread(
-                target=self._pump, args=(self.popen.stderr, self.stderr, False), daemon=True
-            ),
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    def _pump(self, stream, into: list[str], announce: bool) -> None:
-        for line in stream:
-            into.append(line)
-            if announce:
-                self.lines.put(line)
-
-    def wait_line(self, prefix: str, timeout: float = WAIT) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.kill()
-                pytest.fail(
-                    f"no line starting {prefix!r}; stdout={self.stdout} "
-                    f"stderr={''.join(self.stderr)}"
-                )
-            try:
-                line = self.lines.get(timeout=min(left, 0.5))
-            except queue.Empty:
-                if self.popen.poll() is not None and self.lines.empty():
-                    pytest.fail(
-                        f"process exited ({self.popen.returncode}) before {prefix!r}; "
-                        f"stderr={''.join(self.stderr)}"
-                    )
-                continue
-            if line.startswith(prefix):
-                return line
-
-    def wait(self, timeout: float = WAIT) -> int:
-        try:
-            code = self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"process did not exit within {timeout}s; stdout={self.stdout}")
-        for reader in self._readers:
-            reader.join(WAIT)
-        return code
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(WAIT)
-
-
-@pytest.fixture
-def procs():
-    started: list[Proc] = []
-
-    def spawn(*args: str) -> Proc:
-        proc = Proc(*args)
-        started.append(proc)
-        return proc
-
-    yield spawn
-    for proc in started:
-        proc.kill()
 
 
 def started_server(handler: hamanet.Handler, **options) -> hamanet.Server:
