@@ -13,7 +13,7 @@ PY_LIBDIR = $(shell $(PY) -c "import sysconfig; print(sysconfig.get_config_var('
 DEMO_PORT ?= 2826
 
 .PHONY: help setup build demo test test-rust test-python test-debug lint fmt bench clean
-BENCH_CRATES := bench/loadgen/Cargo.toml bench/servers/rust_echo/Cargo.toml
+BENCH_CRATES := bench/benchsys/Cargo.toml bench/loadgen/Cargo.toml bench/servers/rust_echo/Cargo.toml
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'

@@ -53,7 +53,7 @@ impl Stream {
                 ));
             }
         };
-        ep.add(fd.as_raw_fd(), token)
+        ep.add(fd.as_raw_fd(), sys::INTEREST, token)
             .map_err(|e| format!("conn {id}: epoll_ctl: {e}"))?;
         let start = Pattern::start(id);
         Ok(Stream {

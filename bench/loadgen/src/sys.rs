@@ -1,67 +1,17 @@
-//! The only place the load generator calls libc: epoll, non-blocking TCP sockets to
-//! 127.0.0.1, the open-file limit. Everything returns `io::Result` so a failing call
-//! becomes a loud benchmark failure, never a panic.
+//! The only place the load generator calls libc: non-blocking TCP sockets to 127.0.0.1,
+//! plus what it shares with the echo server (`benchsys`: epoll, recv/send, the open-file
+//! limit). Everything returns `io::Result` so a failing call becomes a loud benchmark
+//! failure, never a panic.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use benchsys::{check, owned, set_int_opt};
+pub use benchsys::{raise_nofile_limit, recv, send, Epoll};
 
 /// Edge-triggered interest used for every connection: registered once, never modified.
 pub const INTEREST: u32 =
     (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
-
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as usize)
-    }
-}
-
-/// An epoll instance.
-pub struct Epoll {
-    fd: OwnedFd,
-}
-
-impl Epoll {
-    pub fn new() -> io::Result<Self> {
-        // SAFETY: epoll_create1 takes no pointers; a non-negative return is a new fd we own.
-        let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Epoll { fd })
-    }
-
-    pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: INTEREST,
-            u64: token,
-        };
-        // SAFETY: `ev` is a valid epoll_event that outlives the call.
-        check(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
-        Ok(())
-    }
-
-    /// Waits for events; an interrupted wait reports zero events rather than an error.
-    pub fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
-        let max = events.len().min(i32::MAX as usize) as libc::c_int;
-        // SAFETY: the kernel writes at most `max` entries into `events`, which has that room.
-        let n =
-            unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms) };
-        match check(n) {
-            Ok(n) => Ok(n as usize),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
-            Err(e) => Err(e),
-        }
-    }
-}
 
 /// Outcome of starting a non-blocking connect.
 pub enum Connect {
@@ -106,15 +56,19 @@ pub fn connect_loopback(port: u16, dial: Dial) -> io::Result<Connect> {
             0,
         )
     })?;
-    // SAFETY: `raw` was just returned by the kernel and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = owned(raw);
     if dial.nodelay {
-        set_int_opt(&fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+        set_int_opt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
     }
     if let Some(host) = dial.source {
         // Port 0 plus IP_BIND_ADDRESS_NO_PORT: the port is still chosen by `connect`,
         // unique per 4-tuple, instead of being reserved for this address alone by `bind`.
-        set_int_opt(&fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
+        set_int_opt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            1,
+        )?;
         let src = loopback(host, 0);
         // SAFETY: `src` is a valid sockaddr_in and the length passed is its size.
         check(unsafe {
@@ -141,20 +95,6 @@ pub fn connect_loopback(port: u16, dial: Dial) -> io::Result<Connect> {
     }
 }
 
-fn set_int_opt(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: i32) -> io::Result<()> {
-    // SAFETY: the option value is a live i32 and the length passed is its size.
-    check(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            &value as *const i32 as *const libc::c_void,
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    })?;
-    Ok(())
-}
-
 /// The pending socket error (SO_ERROR), e.g. the result of a non-blocking connect.
 pub fn take_error(fd: &OwnedFd) -> io::Result<()> {
     let mut value: i32 = 0;
@@ -176,53 +116,10 @@ pub fn take_error(fd: &OwnedFd) -> io::Result<()> {
     }
 }
 
-pub fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
-    check_size(unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-            0,
-        )
-    })
-}
-
-pub fn send(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`.
-    // MSG_NOSIGNAL: a peer that vanished must be an error we report, not a SIGPIPE.
-    check_size(unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            buf.as_ptr() as *const libc::c_void,
-            buf.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    })
-}
-
 pub fn shutdown_write(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: shutdown takes no pointers.
     check(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) })?;
     Ok(())
-}
-
-/// Raises the soft open-file limit towards `want` (capped by the hard limit) and
-/// returns the soft limit now in force.
-pub fn raise_nofile_limit(want: u64) -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a live rlimit the kernel fills in.
-    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
-    let target = want.min(lim.rlim_max);
-    if lim.rlim_cur < target {
-        lim.rlim_cur = target;
-        // SAFETY: `lim` is a valid rlimit with cur <= max.
-        check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
-    }
-    Ok(lim.rlim_cur)
 }
 
 /// True for the errors that mean "try again when epoll says so".

@@ -113,7 +113,7 @@ fn accept_all(listener: &OwnedFd, ep: &sys::Epoll, conns: &mut Vec<Option<Conn>>
             }
         };
         let raw = fd.as_raw_fd();
-        if let Err(e) = ep.add(raw, CONN_EVENTS) {
+        if let Err(e) = ep.add(raw, CONN_EVENTS, raw as u64) {
             eprintln!("rust_echo: epoll_ctl: {e}");
             continue;
         }
@@ -130,13 +130,17 @@ fn accept_all(listener: &OwnedFd, ep: &sys::Epoll, conns: &mut Vec<Option<Conn>>
 }
 
 fn run(port: u16) -> io::Result<()> {
-    if let Err(e) = sys::raise_nofile_limit() {
+    if let Err(e) = sys::raise_nofile_limit(u64::MAX) {
         eprintln!("rust_echo: cannot raise the open-file limit: {e}");
     }
     let listener = sys::listen_loopback(port)?;
     let ep = sys::Epoll::new()?;
     // Every token is the fd number; no connection can share the listener's while it is open.
-    ep.add(listener.as_raw_fd(), libc::EPOLLIN as u32)?;
+    ep.add(
+        listener.as_raw_fd(),
+        libc::EPOLLIN as u32,
+        listener.as_raw_fd() as u64,
+    )?;
     let listener_token = listener.as_raw_fd() as u64;
     println!("rust_echo: listening on 127.0.0.1:{port}");
     io::stdout().flush()?;
@@ -147,7 +151,7 @@ fn run(port: u16) -> io::Result<()> {
     let mut buf = vec![0u8; READ_CHUNK];
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
     loop {
-        let n = ep.wait(&mut events)?;
+        let n = ep.wait(&mut events, -1)?;
         for e in &events[..n] {
             let (flags, token) = (e.events, e.u64);
             if token == listener_token {

@@ -1,45 +1,13 @@
-//! The only place the echo server calls libc: a listening socket on 127.0.0.1, accept4,
-//! epoll, recv/send. Every call returns `io::Result`; the server decides what an error
+//! The only place the echo server calls libc: a listening socket on 127.0.0.1 and accept4,
+//! plus what it shares with the load generator (`benchsys`: epoll, recv/send, the
+//! open-file limit). Every call returns `io::Result`; the server decides what an error
 //! means (a bad connection is closed, never a reason to exit).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as usize)
-    }
-}
-
-/// Takes ownership of an fd the kernel just returned.
-fn owned(fd: libc::c_int) -> OwnedFd {
-    // SAFETY: callers pass only fds freshly returned by the kernel that nothing else owns.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-fn set_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int, value: i32) -> io::Result<()> {
-    // SAFETY: the option value is a live i32 and the length passed is its size.
-    check(unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &value as *const i32 as *const libc::c_void,
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    })?;
-    Ok(())
-}
+use benchsys::{check, owned, set_int_opt};
+pub use benchsys::{raise_nofile_limit, recv, send, Epoll};
 
 /// A non-blocking listening socket on 127.0.0.1:`port` (SO_REUSEADDR, backlog 1024, the
 /// same backlog every server in the benchmark uses).
@@ -87,77 +55,4 @@ pub fn accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
     })?);
     set_int_opt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
     Ok(fd)
-}
-
-pub struct Epoll {
-    fd: OwnedFd,
-}
-
-impl Epoll {
-    pub fn new() -> io::Result<Self> {
-        // SAFETY: epoll_create1 takes no pointers.
-        let fd = owned(check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?);
-        Ok(Epoll { fd })
-    }
-
-    pub fn add(&self, fd: RawFd, events: u32) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events,
-            u64: fd as u64,
-        };
-        // SAFETY: `ev` is a valid epoll_event that outlives the call.
-        check(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
-        Ok(())
-    }
-
-    /// Blocks until events arrive; an interrupted wait reports zero events.
-    pub fn wait(&self, events: &mut [libc::epoll_event]) -> io::Result<usize> {
-        let max = events.len().min(i32::MAX as usize) as libc::c_int;
-        // SAFETY: the kernel writes at most `max` entries into `events`, which has that room.
-        let n = unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), max, -1) };
-        match check(n) {
-            Ok(n) => Ok(n as usize),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-pub fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
-    check_size(unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-            0,
-        )
-    })
-}
-
-pub fn send(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`.
-    // MSG_NOSIGNAL: a vanished peer is a closed connection, not a SIGPIPE.
-    check_size(unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            buf.as_ptr() as *const libc::c_void,
-            buf.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    })
-}
-
-/// Raises the soft open-file limit to the hard limit: the idle scenario holds 10,000.
-pub fn raise_nofile_limit() -> io::Result<()> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a live rlimit the kernel fills in.
-    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: `lim` is a valid rlimit with cur == max.
-    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
-    Ok(())
 }
