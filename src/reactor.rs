@@ -567,15 +567,22 @@ impl Reactor {
         if self.accept_paused_until.is_some() || self.stop_deadline.is_some() {
             return;
         }
-        for _ in 0..ACCEPT_BUDGET {
+        let Some(Slot::Listener { fd, .. }) = self.slots.get(token.slot()) else {
+            return;
+        };
+        // A TCP listener tells how many connections are queued: exactly those are
+        // accepted, and any arriving meanwhile raise a new edge. A Unix listener cannot
+        // tell, so it is accepted from until EAGAIN.
+        let queued = net::queued_connections(fd.as_fd());
+        for _ in 0..queued.map_or(ACCEPT_BUDGET, |n| n.min(ACCEPT_BUDGET)) {
             let Some(Slot::Listener { fd, addr, .. }) = self.slots.get(token.slot()) else {
                 return;
             };
             let listen_addr = addr.clone();
             match net::accept(fd.as_fd()) {
-                Ok(Some(stream)) => {
+                Ok(Some((stream, peer))) => {
                     self.accept_pause_reported = false;
-                    self.open_accepted(stream, listen_addr);
+                    self.open_accepted(stream, peer, listen_addr);
                 }
                 Ok(None) => return,
                 Err(err) => {
@@ -593,10 +600,13 @@ impl Reactor {
                 }
             }
         }
-        self.again.push(token);
+        if queued.is_none_or(|n| n > ACCEPT_BUDGET) {
+            // The budget ran out with connections possibly left, which raise no new edge.
+            self.again.push(token);
+        }
     }
 
-    fn open_accepted(&mut self, stream: OwnedFd, listen_addr: Address) {
+    fn open_accepted(&mut self, stream: OwnedFd, peer: Option<Address>, listen_addr: Address) {
         self.stats.accepted += 1;
         if self
             .config
@@ -612,8 +622,8 @@ impl Reactor {
             // A Unix peer is unnamed; the local address is the listener's path.
             Address::Unix(_) => (Address::Unix(Default::default()), listen_addr),
             Address::Inet(inet) => {
-                // A peer that reset before we got here has no address: drop it quietly.
-                let Ok(peer) = net::peer_addr(stream.as_fd()) else {
+                // A peer that reset before we got here may have no address: drop it.
+                let Some(peer) = peer.or_else(|| net::peer_addr(stream.as_fd()).ok()) else {
                     return;
                 };
                 let local = if inet.ip().is_unspecified() {
@@ -1191,11 +1201,36 @@ mod tests {
         assert_eq!(log.iter().filter(|line| *line == "closed None").count(), 20);
     }
 
+    /// Raises this process's open-file limit to at least `want` (machines default to 1024).
+    fn ensure_open_files(want: u64) {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `limit` is a valid rlimit to fill.
+        let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        assert_eq!(got, 0);
+        if limit.rlim_cur < want {
+            assert!(
+                limit.rlim_max >= want,
+                "the hard open-file limit is below {want}"
+            );
+            limit.rlim_cur = want;
+            // SAFETY: `limit` is a valid rlimit within the hard limit.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+        }
+    }
+
     /// A reactor listening on a free loopback port.
     fn listening_reactor(config: LoopConfig) -> (Reactor, SocketAddr) {
+        listening_reactor_with_backlog(config, 64)
+    }
+
+    fn listening_reactor_with_backlog(config: LoopConfig, backlog: i32) -> (Reactor, SocketAddr) {
         let reactor = Reactor::new(config).expect("reactor");
         let any_port = "127.0.0.1:0".parse().expect("addr");
-        let listener = net::listen(any_port, 64, false, &reactor.config().options).expect("listen");
+        let listener =
+            net::listen(any_port, backlog, false, &reactor.config().options).expect("listen");
         let bound = net::local_addr(listener.as_fd()).expect("addr");
         let Address::Inet(addr) = bound else {
             panic!("not inet")
@@ -1217,6 +1252,26 @@ mod tests {
             }
         }
         panic!("the awaited event never came");
+    }
+
+    #[test]
+    fn a_queue_longer_than_the_accept_budget_is_accepted_whole() {
+        // More connections queued before the first turn than it accepts (the listener is
+        // served when it is registered and again for its first edge): the ones left raise
+        // no new edge, so the listener must come back by itself.
+        let count = 2 * ACCEPT_BUDGET + 44;
+        ensure_open_files(2 * count as u64 + 64);
+        let (mut reactor, addr) = listening_reactor_with_backlog(LoopConfig::default(), 1024);
+        let clients: Vec<TcpStream> = (0..count)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let mut opened = 0;
+        turn_until(&mut reactor, |event| {
+            opened += usize::from(matches!(event, Event::Opened { .. }));
+            opened == count
+        });
+        assert_eq!(reactor.stats.accepted, count as u64);
+        drop(clients);
     }
 
     #[test]
