@@ -297,14 +297,13 @@ impl<'py> Dispatcher<'_, 'py> {
                     self.deliver_messages(*token, callbacks, data);
                 } else if let Some(callback) = &callbacks.on_recv {
                     let data = PyBytes::new(py, data);
-                    self.call(*token, "on_recv", callback, |s| (s, data).into_pyobject(py));
+                    self.call(*token, "on_recv", callback, |s| Ok((s, data)));
                 }
             }
             Event::Eof { token } => {
                 let keep_open = match &callbacks.on_eof {
                     Some(callback) if !self.given_up(*token) => {
-                        let result =
-                            self.call(*token, "on_eof", callback, |s| (s,).into_pyobject(py));
+                        let result = self.call(*token, "on_eof", callback, |s| Ok((s,)));
                         // Even the truth of the result is handler code (`__bool__`).
                         match result.map(|value| value.is_truthy()) {
                             Some(Ok(keep)) => keep,
@@ -417,16 +416,12 @@ impl<'py> Dispatcher<'_, 'py> {
         }
         if let Some(callback) = &callbacks.on_messages {
             let batch = PyList::new(py, messages);
-            self.call(token, "on_messages", callback, |s| {
-                (s, batch?).into_pyobject(py)
-            });
+            self.call(token, "on_messages", callback, |s| Ok((s, batch?)));
         } else if let Some(callback) = &callbacks.on_message {
             for message in messages {
                 // A message after a close (by the handler, or for an error) is not delivered.
                 if self
-                    .call(token, "on_message", callback, |s| {
-                        (s, message).into_pyobject(py)
-                    })
+                    .call(token, "on_message", callback, |s| Ok((s, message)))
                     .is_none()
                     || self.given_up(token)
                 {
@@ -447,10 +442,9 @@ impl<'py> Dispatcher<'_, 'py> {
 
     /// Calls a `callback(session)` notification, if overridden and the session is open.
     fn notify(&mut self, token: Token, name: &str, callback: &Option<Py<PyAny>>) {
-        let py = self.py;
         if let Some(callback) = callback {
             if !self.given_up(token) {
-                self.call(token, name, callback, |s| (s,).into_pyobject(py));
+                self.call(token, name, callback, |s| Ok((s,)));
             }
         }
     }
