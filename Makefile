@@ -12,8 +12,10 @@ export PYO3_PYTHON := $(abspath $(PY))
 PY_LIBDIR = $(shell $(PY) -c "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))")
 DEMO_PORT ?= 2826
 
-.PHONY: help setup build demo test test-rust test-python test-debug lint fmt bench clean
+.PHONY: help setup build demo test test-rust test-python test-debug fuzz lint fmt bench clean
 BENCH_CRATES := bench/benchsys/Cargo.toml bench/loadgen/Cargo.toml bench/servers/rust_echo/Cargo.toml
+FUZZ_TARGETS := delimiter length_prefixed fixed
+FUZZ_SECONDS ?= 30
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,12 +48,26 @@ test-python: build ## the Python surface's tests
 test-debug: build ## pytest again under CPython's debug allocator (memory errors, other timings)
 	PYTHONMALLOC=debug $(PY) -m pytest -p no:cacheprovider
 
+# cargo fuzz passes nightly-only flags (-Zsanitizer=address); RUSTC_BOOTSTRAP lets the stable
+# toolchain accept them, so no nightly toolchain is needed. A failure leaves the input that
+# found it in fuzz/artifacts/ and the fuzzer's output in fuzz/logs/.
+fuzz: ## fuzz each framer for FUZZ_SECONDS (installs cargo-fuzz if missing)
+	command -v cargo-fuzz >/dev/null || cargo install --quiet --locked cargo-fuzz --version 0.13.2
+	mkdir -p fuzz/logs
+	cd fuzz && for target in $(FUZZ_TARGETS); do \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) \
+	    > logs/$$target.log 2>&1 || { tail -n 40 logs/$$target.log; exit 1; }; \
+	  echo "fuzz $$target: $$(grep -E '^Done' logs/$$target.log)"; \
+	done
+
 bench: build ## hamanet vs uvloop, asyncio, rloop and a plain Rust echo (see bench/README.md)
 	bench/run.sh $(BENCH_ARGS)
 
 lint: $(TOOLS) ## rustfmt, clippy and ruff, all as configured in the repo
 	cargo fmt --check
 	cargo clippy --all-targets --quiet -- -D warnings
+	cargo clippy --all-targets --quiet --no-default-features -- -D warnings
+	cargo fmt --check --manifest-path fuzz/Cargo.toml
 	for crate in $(BENCH_CRATES); do \
 	  cargo fmt --check --manifest-path $$crate && \
 	  cargo clippy --quiet --manifest-path $$crate -- -D warnings || exit 1; \

@@ -1,28 +1,36 @@
 //! hamanet's native core: an edge-triggered epoll reactor with sessions and buffers in
 //! Rust, driving Python handler objects with batched received bytes.
 //!
-//! The reactor core (`epoll`, `net`, `buffer`, `session`, `reactor`) has no Python in it
-//! and is tested by `cargo test` alone; `py_loop`, `py_session` and `errors` are the
-//! Python edge, and this file only assembles the `hamanet._hamanet` module.
+//! The reactor core (`epoll`, `net`, `buffer`, `session`, `reactor`, `timers`, `framing`)
+//! has no Python in it and is tested by `cargo test` alone; `py_loop`, `py_dispatch`,
+//! `py_session` and `errors` are the Python edge, built with the default `python` feature,
+//! and this file only assembles the `hamanet._hamanet` module. Without that feature the
+//! crate is the core alone, as the fuzz targets in `fuzz/` use it.
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("hamanet is built on epoll and runs on Linux only");
 
 pub mod buffer;
 pub mod epoll;
+#[cfg(feature = "python")]
 mod errors;
 pub mod framing;
 pub mod net;
+#[cfg(feature = "python")]
 mod py_dispatch;
+#[cfg(feature = "python")]
 mod py_loop;
+#[cfg(feature = "python")]
 mod py_session;
 pub mod reactor;
 pub mod session;
 pub mod timers;
 
+#[cfg(feature = "python")]
 use pyo3::prelude::*;
 
 /// The extension module `hamanet._hamanet`.
+#[cfg(feature = "python")]
 #[pymodule]
 fn _hamanet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
