@@ -189,7 +189,7 @@ fn is_stale_unix_socket(addr: &UnixAddr) -> bool {
 /// Accepts one connection with its peer's address, or `None` when the queue is empty.
 ///
 /// The address comes from `accept4` itself, which saves the `getpeername` call per
-/// connection. An address the kernel could not give (an unnamed Unix peer) is `None`.
+/// connection; it is `None` only if the kernel gave none that could be read.
 pub fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, Option<Address>)>> {
     loop {
         // SAFETY: all-zero bytes are a valid `sockaddr_storage`.
@@ -549,6 +549,7 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
+
     #[test]
     fn keepalive_set_on_the_listener_reaches_accepted_sockets() {
         let options = SocketOptions {
