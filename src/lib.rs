@@ -30,8 +30,13 @@ pub mod timers;
 use pyo3::prelude::*;
 
 /// The extension module `hamanet._hamanet`.
+///
+/// NOTE: `gil_used = true` because hamanet has not been tested on a free-threaded
+/// interpreter (3.13t and later): there it asks for the GIL rather than claim a safety that
+/// no test has shown. Its shared state is behind Rust locks, so lifting this should take
+/// a test run on such a build, not a redesign.
 #[cfg(feature = "python")]
-#[pymodule]
+#[pymodule(gil_used = true)]
 fn _hamanet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<py_loop::PyLoop>()?;
