@@ -1223,14 +1223,9 @@ mod tests {
 
     /// A reactor listening on a free loopback port.
     fn listening_reactor(config: LoopConfig) -> (Reactor, SocketAddr) {
-        listening_reactor_with_backlog(config, 64)
-    }
-
-    fn listening_reactor_with_backlog(config: LoopConfig, backlog: i32) -> (Reactor, SocketAddr) {
         let reactor = Reactor::new(config).expect("reactor");
         let any_port = "127.0.0.1:0".parse().expect("addr");
-        let listener =
-            net::listen(any_port, backlog, false, &reactor.config().options).expect("listen");
+        let listener = net::listen(any_port, 64, false, &reactor.config().options).expect("listen");
         let bound = net::local_addr(listener.as_fd()).expect("addr");
         let Address::Inet(addr) = bound else {
             panic!("not inet")
@@ -1261,10 +1256,28 @@ mod tests {
         // no new edge, so the listener must come back by itself.
         let count = 2 * ACCEPT_BUDGET + 44;
         ensure_open_files(2 * count as u64 + 64);
-        let (mut reactor, addr) = listening_reactor_with_backlog(LoopConfig::default(), 1024);
-        let clients: Vec<TcpStream> = (0..count)
-            .map(|_| TcpStream::connect(addr).expect("connect"))
+        let mut reactor = Reactor::new(LoopConfig::default()).expect("reactor");
+        let options = reactor.config().options.clone();
+        let any_port = "127.0.0.1:0".parse().expect("addr");
+        let listener = net::listen(any_port, 1024, false, &options).expect("listen");
+        let bound = net::local_addr(listener.as_fd()).expect("addr");
+        // Non-blocking connects: a kernel whose backlog cap (somaxconn) is too small
+        // fails the test below with the reason instead of hanging a connect.
+        let clients: Vec<OwnedFd> = (0..count)
+            .map(|_| net::connect_start(&bound, &options).expect("connect"))
             .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut queued = net::queued_connections(listener.as_fd());
+        while queued != Some(count) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            queued = net::queued_connections(listener.as_fd());
+        }
+        assert_eq!(
+            queued,
+            Some(count),
+            "the accept queue must hold {count} connections (is net.core.somaxconn lower?)"
+        );
+        assert!(reactor.shared().submit(Command::Listen(listener, bound)));
         let mut opened = 0;
         turn_until(&mut reactor, |event| {
             opened += usize::from(matches!(event, Event::Opened { .. }));
