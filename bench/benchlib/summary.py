@@ -13,7 +13,7 @@ speed drifts between rounds more than the servers differ.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -137,53 +137,65 @@ def headline_table(
         row = [sc.name]
         for name in servers:
             cell = grid[(sc.name, name)]
-            if cell.runs and not cell.ok_runs:
-                row.append("FAIL")
-            elif sc.mode == "idle":
+            if sc.mode == "idle" and not (cell.runs and not cell.ok_runs):
                 row.append(_fmt(cell.value, ",.0f") + " B")
             else:
-                failed = len(cell.runs) - len(cell.ok_runs)
-                row.append(_fmt(cell.ratio) + (f" ({failed} failed)" if failed else ""))
+                row.append(_cell_text(cell, cell.ratio))
         rows.append(row)
     return _table(["scenario", *servers], rows)
+
+
+# The columns every detail table ends with.
+_TAIL_HEADER = ["p50 us", "p99 us", "peak RSS MiB", "ok runs"]
+
+
+def _tail_cells(cell: Cell) -> list[str]:
+    peak = cell.med("peak_rss_kb")
+    return [
+        _fmt(cell.med("p50_us"), ",.0f"),
+        _fmt(cell.med("p99_us"), ",.0f"),
+        _fmt(None if peak is None else peak / 1024, ".1f"),
+        f"{len(cell.ok_runs)}/{len(cell.runs)}",
+    ]
+
+
+def _cells_that_ran(
+    grid: dict[tuple[str, str], Cell],
+    scenarios: Sequence[Scenario],
+    servers: Sequence[str],
+    real_client: bool,
+) -> Iterator[tuple[Scenario, str, Cell]]:
+    """(scenario, server, cell) for every run cell of the echo or the real-client scenarios."""
+    for sc in scenarios:
+        if sc.real_client != real_client:
+            continue
+        for name in servers:
+            cell = grid[(sc.name, name)]
+            if cell.runs:
+                yield sc, name, cell
 
 
 def detail_table(
     grid: dict[tuple[str, str], Cell], scenarios: Sequence[Scenario], servers: Sequence[str]
 ) -> str:
-    rows = []
-    for sc in scenarios:
-        if sc.real_client:
-            continue
-        idle = sc.mode == "idle"
-        for name in servers:
-            cell = grid[(sc.name, name)]
-            if not cell.runs:
-                continue
-            peak = cell.med("peak_rss_kb")
-            rows.append(
-                [
-                    sc.name,
-                    name,
-                    _fmt(cell.value, ",.0f" if idle else ".3f"),
-                    _fmt(cell.ratio),
-                    _fmt(cell.med("msgs_per_s"), ",.0f"),
-                    _fmt(cell.med("p50_us"), ",.0f"),
-                    _fmt(cell.med("p99_us"), ",.0f"),
-                    _fmt(None if peak is None else peak / 1024, ".1f"),
-                    f"{len(cell.ok_runs)}/{len(cell.runs)}",
-                ]
-            )
+    rows = [
+        [
+            sc.name,
+            name,
+            _fmt(cell.value, ",.0f" if sc.mode == "idle" else ".3f"),
+            _fmt(cell.ratio),
+            _fmt(cell.med("msgs_per_s"), ",.0f"),
+            *_tail_cells(cell),
+        ]
+        for sc, name, cell in _cells_that_ran(grid, scenarios, servers, real_client=False)
+    ]
     header = [
         "scenario",
         "server",
         "CPU-us/msg (idle: B/conn)",
         "vs uvloop",
         "msgs/s (idle: conns/s)",
-        "p50 us",
-        "p99 us",
-        "peak RSS MiB",
-        "ok runs",
+        *_TAIL_HEADER,
     ]
     return _table(header, rows)
 
@@ -227,35 +239,25 @@ def real_client_details(
     grid: dict[tuple[str, str], Cell], scenarios: Sequence[Scenario], servers: Sequence[str]
 ) -> str:
     rows = []
-    for sc in scenarios:
-        if not sc.real_client:
-            continue
-        for name in servers:
-            cell = grid[(sc.name, name)]
-            if not cell.runs:
-                continue
-            per_test = ""
-            if sc.mode == "redis-benchmark" and cell.ok_runs:
-                per_test = " / ".join(
-                    _fmt(_median([r.tests[t] for r in cell.ok_runs if t in r.tests]), ",.0f")
-                    for t in REDIS_TESTS
-                )
-            peak = cell.med("peak_rss_kb")
-            rows.append(
-                [
-                    sc.name,
-                    name,
-                    _fmt(cell.med("msgs_per_s"), ",.0f"),
-                    _fmt(cell.throughput_ratio),
-                    _fmt(cell.value, ".3f"),
-                    _fmt(cell.ratio),
-                    per_test,
-                    _fmt(cell.med("p50_us"), ",.0f"),
-                    _fmt(cell.med("p99_us"), ",.0f"),
-                    _fmt(None if peak is None else peak / 1024, ".1f"),
-                    f"{len(cell.ok_runs)}/{len(cell.runs)}",
-                ]
+    for sc, name, cell in _cells_that_ran(grid, scenarios, servers, real_client=True):
+        per_test = ""
+        if sc.mode == "redis-benchmark" and cell.ok_runs:
+            per_test = " / ".join(
+                _fmt(_median([r.tests[t] for r in cell.ok_runs if t in r.tests]), ",.0f")
+                for t in REDIS_TESTS
             )
+        rows.append(
+            [
+                sc.name,
+                name,
+                _fmt(cell.med("msgs_per_s"), ",.0f"),
+                _fmt(cell.throughput_ratio),
+                _fmt(cell.value, ".3f"),
+                _fmt(cell.ratio),
+                per_test,
+                *_tail_cells(cell),
+            ]
+        )
     header = [
         "scenario",
         "server",
@@ -264,10 +266,7 @@ def real_client_details(
         "CPU-us/request",
         "CPU vs uvloop (lower is better)",
         "redis req/s: " + " / ".join(REDIS_TESTS),
-        "p50 us",
-        "p99 us",
-        "peak RSS MiB",
-        "ok runs",
+        *_TAIL_HEADER,
     ]
     return _table(header, rows)
 
