@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import gc
 import os
 import queue
 import socket
@@ -180,6 +182,37 @@ def unacked_bytes(sock: socket.socket) -> int:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def wait_fds_back_to(count: int) -> None:
+    """Waits for this process to hold ``count`` fds again, after freeing what is garbage:
+    a stopped endpoint keeps its eventfd until the object is freed (drop the test's own
+    references to it, and to exceptions whose tracebacks hold it, first)."""
+    gc.collect()
+    wait_until(lambda: open_fds() == count, what=f"fd count back to {count}")
+
+
+@contextlib.contextmanager
+def full_backlog_port() -> Iterator[int]:
+    """A loopback port whose listener never accepts and whose backlog is full: a further
+    connect waits (the kernel drops its SYNs) until it times out. Closed on exit."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(3):  # backlog 0 holds one; the rest sit in SYN_SENT
+            sock = socket.socket()
+            fillers.append(sock)
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.connect(("127.0.0.1", port))
+        yield port
+    finally:
+        for sock in fillers:
+            sock.close()
+        listener.close()
 
 
 def pattern(seed: int, size: int) -> bytes:

@@ -9,8 +9,7 @@ import socket
 
 import hamanet
 import pytest
-from conftest import Recorder, open_fds, wait_until
-from test_faults import full_backlog_listener
+from conftest import Recorder, full_backlog_port, open_fds, wait_fds_back_to, wait_until
 
 
 class Echo(hamanet.Handler):
@@ -52,29 +51,24 @@ def test_refused_gives_on_close_with_the_error_and_no_on_connect(client_factory)
 def test_timeout_and_cancel_while_connecting_leave_no_fd(client_factory):
     gc.collect()
     before = open_fds()
-    listener, fillers = full_backlog_listener()
-    port = listener.getsockname()[1]
     recorder = Recorder()
     client = client_factory(recorder)
-    try:
-        timed = client.connect_nowait("127.0.0.1", port, timeout=0.3)
-        cancelled = client.connect_nowait("127.0.0.1", port, timeout=30)
-        cancelled.write(b"never sent")
-        cancelled.close()
-        assert recorder.wait_closed(cancelled.id) == [None]
-        (exc,) = recorder.wait_closed(timed.id)
-        assert isinstance(exc, TimeoutError), exc
-        assert recorder.kinds(timed.id) == ["close"]
-        assert recorder.kinds(cancelled.id) == ["close"]
-        assert client.join(timeout=10)
-    finally:
-        client.stop(timeout=2.0)
-        for sock in fillers:
-            sock.close()
-        listener.close()
+    with full_backlog_port() as port:
+        try:
+            timed = client.connect_nowait("127.0.0.1", port, timeout=0.3)
+            cancelled = client.connect_nowait("127.0.0.1", port, timeout=30)
+            cancelled.write(b"never sent")
+            cancelled.close()
+            assert recorder.wait_closed(cancelled.id) == [None]
+            (exc,) = recorder.wait_closed(timed.id)
+            assert isinstance(exc, TimeoutError), exc
+            assert recorder.kinds(timed.id) == ["close"]
+            assert recorder.kinds(cancelled.id) == ["close"]
+            assert client.join(timeout=10)
+        finally:
+            client.stop(timeout=2.0)
     client = timed = cancelled = None
-    gc.collect()
-    wait_until(lambda: open_fds() == before, what=f"fd count back to {before}")
+    wait_fds_back_to(before)
 
 
 def test_a_callback_opens_an_upstream_connection(serve, client_factory):

@@ -18,6 +18,7 @@ from conftest import (
     WAIT,
     Recorder,
     connect,
+    full_backlog_port,
     open_fds,
     pattern,
     read_until_end,
@@ -25,6 +26,7 @@ from conftest import (
     recv_until_eof,
     reset_close,
     unacked_bytes,
+    wait_fds_back_to,
     wait_until,
 )
 
@@ -37,23 +39,6 @@ def bound_unlistened_port() -> socket.socket:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     return sock
-
-
-def full_backlog_listener() -> tuple[socket.socket, list[socket.socket]]:
-    """A loopback listener that never accepts, with its backlog full: a further connect
-    waits (the kernel drops its SYNs) until it times out. Close all the sockets after."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    for _ in range(3):  # backlog 0 holds one; the rest sit in SYN_SENT
-        sock = socket.socket()
-        sock.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            sock.connect(("127.0.0.1", port))
-        fillers.append(sock)
-    return listener, fillers
 
 
 def settle(port: int) -> None:
@@ -529,37 +514,29 @@ def test_connect_refused_no_fd_leak():
     finally:
         client.stop(timeout=2.0)
         dead.close()
-    # A stopped Client keeps its eventfd until the object is freed (the exception's
-    # traceback references the client too).
-    client = info = None
-    gc.collect()
-    wait_until(lambda: open_fds() == before, what=f"fd count back to {before}")
+    client = info = None  # the exception's traceback references the client too
+    wait_fds_back_to(before)
 
 
 def test_connect_timeout_when_backlog_is_full_no_fd_leak():
     gc.collect()  # earlier tests' stopped endpoints hold fds until they are freed
     before = open_fds()
-    listener, fillers = full_backlog_listener()
-    port = listener.getsockname()[1]
     client = hamanet.Client(hamanet.Handler())
-    try:
-        with pytest.raises(TimeoutError):  # starts the reactor
-            client.connect("127.0.0.1", port, timeout=0.5)
-        running = open_fds()
-        for _ in range(2):
-            with pytest.raises(TimeoutError) as info:
+    with full_backlog_port() as port:
+        try:
+            with pytest.raises(TimeoutError):  # starts the reactor
                 client.connect("127.0.0.1", port, timeout=0.5)
-            assert info.value.errno == errno.ETIMEDOUT
-        assert client.session_count == 0
-        wait_until(lambda: open_fds() == running, what=f"fd count back to {running}")
-    finally:
-        client.stop(timeout=2.0)
-        for sock in fillers:
-            sock.close()
-        listener.close()
+            running = open_fds()
+            for _ in range(2):
+                with pytest.raises(TimeoutError) as info:
+                    client.connect("127.0.0.1", port, timeout=0.5)
+                assert info.value.errno == errno.ETIMEDOUT
+            assert client.session_count == 0
+            wait_until(lambda: open_fds() == running, what=f"fd count back to {running}")
+        finally:
+            client.stop(timeout=2.0)
     client = info = None
-    gc.collect()
-    wait_until(lambda: open_fds() == before, what=f"fd count back to {before}")
+    wait_fds_back_to(before)
 
 
 # -- 7. bad inputs -------------------------------------------------------------------------
@@ -599,20 +576,18 @@ def test_stop_while_another_thread_connects_cancels_the_connect():
     connecting thread, no hang, no fd left behind, no callback later."""
     gc.collect()
     before = open_fds()
-    listener, fillers = full_backlog_listener()
-    port = listener.getsockname()[1]
     recorder = Recorder()
     client = hamanet.Client(recorder)
     outcome: list[BaseException] = []
 
-    def connect_in_background():
+    def connect_in_background(port):
         try:
             client.connect("127.0.0.1", port, timeout=30)
         except BaseException as exc:  # recorded for the assertion
             outcome.append(exc)
 
-    thread = threading.Thread(target=connect_in_background, daemon=True)
-    try:
+    with full_backlog_port() as port:
+        thread = threading.Thread(target=connect_in_background, args=(port,), daemon=True)
         thread.start()
         wait_until(lambda: client.running, what="the connect to start the client")
         client.stop(timeout=2.0)
@@ -621,13 +596,8 @@ def test_stop_while_another_thread_connects_cancels_the_connect():
         assert len(outcome) == 1 and isinstance(outcome[0], hamanet.LifecycleError), outcome
         assert "stopped" in str(outcome[0])
         assert recorder.events == [], "no callback for a connect that never completed"
-    finally:
-        for sock in fillers:
-            sock.close()
-        listener.close()
     client = outcome = None
-    gc.collect()
-    wait_until(lambda: open_fds() == before, what=f"fd count back to {before}")
+    wait_fds_back_to(before)
 
 
 def test_data_that_arrived_before_a_reset_is_delivered_before_on_close(serve):

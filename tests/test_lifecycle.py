@@ -29,6 +29,7 @@ from conftest import (
     recv_exactly,
     recv_until_eof,
     reset_close,
+    wait_fds_back_to,
     wait_until,
 )
 
@@ -384,8 +385,7 @@ def test_thousand_connect_close_cycles_leak_no_fds():
         dead.close()
     # The endpoints' eventfds live as long as their objects and their Session objects.
     client = server = recorder = session = None
-    gc.collect()
-    wait_until(lambda: open_fds() == very_first, what=f"fd count back to {very_first}")
+    wait_fds_back_to(very_first)
 
 
 # -- 5. lifecycle errors -------------------------------------------------------------------
