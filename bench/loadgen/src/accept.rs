@@ -118,17 +118,10 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     }
 
     let (seconds, cpu) = window.result();
-    let (p50, p99) = latencies.summary();
     Ok(Report::new("accept")
         .int("conns", cfg.conns as u64)
         .int("size", size)
-        .int("messages", completed)
         .int("connections_total", total)
-        .float("seconds", seconds)
-        .float("msgs_per_s", completed as f64 / seconds)
-        .float("p50_us", p50)
-        .float("p99_us", p99)
-        .int("errors", 0)
-        .int("bytes_verified", verified)
+        .measured(completed, seconds, latencies, verified)
         .opt_int("server_cpu_ticks", cpu))
 }

@@ -115,15 +115,9 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     }
 
     let seconds = established.map_or(0.0, |e| (e - begun).as_secs_f64());
-    let (p50, p99) = latencies.summary();
+    let verified = streams.iter().map(|s| s.verified).sum();
     Ok(Report::new("idle")
         .int("conns", cfg.conns as u64)
         .int("size", size)
-        .int("messages", echoed as u64)
-        .float("seconds", seconds)
-        .float("msgs_per_s", echoed as f64 / seconds)
-        .float("p50_us", p50)
-        .float("p99_us", p99)
-        .int("errors", 0)
-        .int("bytes_verified", streams.iter().map(|s| s.verified).sum()))
+        .measured(echoed as u64, seconds, latencies, verified))
 }

@@ -86,6 +86,25 @@ impl Report {
         self
     }
 
+    /// The fields every mode reports: `messages` completed in `seconds`, their rate and
+    /// latency percentiles, and the bytes checked (a run that reports had no error).
+    pub fn measured(
+        self,
+        messages: u64,
+        seconds: f64,
+        latencies: Latencies,
+        bytes_verified: u64,
+    ) -> Self {
+        let (p50, p99) = latencies.summary();
+        self.int("messages", messages)
+            .float("seconds", seconds)
+            .float("msgs_per_s", messages as f64 / seconds)
+            .float("p50_us", p50)
+            .float("p99_us", p99)
+            .int("errors", 0)
+            .int("bytes_verified", bytes_verified)
+    }
+
     pub fn opt_int(self, key: &'static str, v: Option<u64>) -> Self {
         match v {
             Some(v) => self.int(key, v),

@@ -136,18 +136,11 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     }
 
     let (seconds, cpu) = window.result();
-    let (p50, p99) = latencies.summary();
     let verified: u64 = conns.iter().map(|c| c.stream.verified).sum();
     Ok(Report::new("rr")
         .int("conns", cfg.conns as u64)
         .int("size", size)
         .int("depth", depth)
-        .int("messages", messages)
-        .float("seconds", seconds)
-        .float("msgs_per_s", messages as f64 / seconds)
-        .float("p50_us", p50)
-        .float("p99_us", p99)
-        .int("errors", 0)
-        .int("bytes_verified", verified)
+        .measured(messages, seconds, latencies, verified)
         .opt_int("server_cpu_ticks", cpu))
 }
