@@ -405,25 +405,8 @@ impl PyLoop {
         let fd = net::connect_start(&addr, &self.inner.config.options)
             .map_err(|e| os_error(&e, Some(&context)))?;
         let local = net::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(&context)))?;
-        let limits = self.inner.config.limits;
-        let core = SessionCore::new(Arc::clone(&self.inner.shared), addr, local, limits);
-        let session = Py::new(
-            py,
-            PySession::new(Arc::clone(&core), self.inner.framer.clone()),
-        )?;
-        lock(&self.inner.pending).insert(core.id, session.clone_ref(py));
         let deadline = Instant::now() + timeout;
-        if !self
-            .inner
-            .shared
-            .adopt(Arc::clone(&core), fd, Some(deadline))
-        {
-            lock(&self.inner.pending).remove(&core.id);
-            return Err(LifecycleError::new_err(
-                "cannot connect_nowait(): the client stopped",
-            ));
-        }
-        Ok(session)
+        self.hand_over(py, addr, local, fd, Some(deadline), "connect_nowait")
     }
 
     /// Connects to the Unix domain socket at `path`; returns the `Session`.
@@ -567,6 +550,38 @@ impl PyLoop {
         Ok(())
     }
 
+    /// Makes the `Session` of a client socket and hands the socket to the reactor, which
+    /// finishes a connect still in progress by `connect_deadline`. The `Session` waits in
+    /// `pending` until the reactor reports it opened (or failed).
+    fn hand_over(
+        &self,
+        py: Python<'_>,
+        peer: Address,
+        local: Address,
+        fd: OwnedFd,
+        connect_deadline: Option<Instant>,
+        method: &str,
+    ) -> PyResult<Py<PySession>> {
+        let limits = self.inner.config.limits;
+        let core = SessionCore::new(Arc::clone(&self.inner.shared), peer, local, limits);
+        let session = Py::new(
+            py,
+            PySession::new(Arc::clone(&core), self.inner.framer.clone()),
+        )?;
+        lock(&self.inner.pending).insert(core.id, session.clone_ref(py));
+        if !self
+            .inner
+            .shared
+            .adopt(Arc::clone(&core), fd, connect_deadline)
+        {
+            lock(&self.inner.pending).remove(&core.id);
+            return Err(LifecycleError::new_err(format!(
+                "cannot {method}(): the client stopped"
+            )));
+        }
+        Ok(session)
+    }
+
     /// Tries each address in turn until one connects within the shared deadline.
     fn connect_any(
         &self,
@@ -600,20 +615,7 @@ impl PyLoop {
                     continue;
                 }
             };
-            let limits = self.inner.config.limits;
-            let core = SessionCore::new(Arc::clone(&self.inner.shared), peer, local, limits);
-            let session = Py::new(
-                py,
-                PySession::new(Arc::clone(&core), self.inner.framer.clone()),
-            )?;
-            lock(&self.inner.pending).insert(core.id, session.clone_ref(py));
-            if !self.inner.shared.adopt(Arc::clone(&core), fd, None) {
-                lock(&self.inner.pending).remove(&core.id);
-                return Err(LifecycleError::new_err(
-                    "cannot connect(): the client stopped",
-                ));
-            }
-            return Ok(session);
+            return self.hand_over(py, peer, local, fd, None, "connect");
         }
         let err = last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::TimedOut));
         Err(os_error(&err, Some(context)))
