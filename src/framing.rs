@@ -362,9 +362,9 @@ pub mod properties {
         );
     }
 
-    /// Every payload the framer agrees to envelope comes back as one message, the same
-    /// bytes, however the stream of them is cut.
-    pub fn envelopes_round_trip(framer: &Framer, payloads: &[Vec<u8>], cuts: &[usize]) {
+    /// The stream of every payload the framer agrees to envelope, each in its envelope,
+    /// and the messages decoding it must give (with the delimiter, for `keep`).
+    pub fn envelope_all(framer: &Framer, payloads: &[Vec<u8>]) -> (Vec<u8>, Vec<Vec<u8>>) {
         let mut stream = Vec::new();
         let mut expected = Vec::new();
         for payload in payloads {
@@ -379,6 +379,13 @@ pub mod properties {
                 _ => payload.clone(),
             });
         }
+        (stream, expected)
+    }
+
+    /// Every payload the framer agrees to envelope comes back as one message, the same
+    /// bytes, however the stream of them is cut.
+    pub fn envelopes_round_trip(framer: &Framer, payloads: &[Vec<u8>], cuts: &[usize]) {
+        let (stream, expected) = envelope_all(framer, payloads);
         let (decoded, err) = decode_in_pieces(framer, &stream, cuts);
         assert_eq!(err, None, "{framer:?}: enveloped payloads failed to frame");
         assert_eq!(decoded, expected, "{framer:?} cut at {cuts:?}");
@@ -387,7 +394,9 @@ pub mod properties {
 
 #[cfg(test)]
 mod tests {
-    use super::properties::{cuts_do_not_matter, decode_in_pieces, envelopes_round_trip};
+    use super::properties::{
+        cuts_do_not_matter, decode_in_pieces, envelope_all, envelopes_round_trip,
+    };
     use super::*;
 
     /// A small deterministic generator, so the property tests need no extra crate.
@@ -457,17 +466,6 @@ mod tests {
             .collect()
     }
 
-    fn encode_all(framer: &Framer, messages: &[Vec<u8>]) -> Vec<u8> {
-        let mut stream = Vec::new();
-        for message in messages {
-            let (prefix, suffix) = framer.envelope(message).expect("encodable");
-            stream.extend_from_slice(&prefix);
-            stream.extend_from_slice(message);
-            stream.extend_from_slice(&suffix);
-        }
-        stream
-    }
-
     /// Sorted cut offsets into a stream of `len` bytes.
     fn random_cuts(len: usize, rng: &mut Lcg) -> Vec<usize> {
         let mut cuts: Vec<usize> = (0..rng.below(12)).map(|_| rng.below(len + 1)).collect();
@@ -496,10 +494,9 @@ mod tests {
             includes_header: false,
             max_length: 100,
         };
-        let stream = encode_all(
-            &framer,
-            &[b"hello".to_vec(), Vec::new(), b"world!".to_vec()],
-        );
+        let messages = [b"hello".to_vec(), Vec::new(), b"world!".to_vec()];
+        let (stream, enveloped) = envelope_all(&framer, &messages);
+        assert_eq!(enveloped, messages, "every message fits the framer");
         let cuts: Vec<usize> = (1..stream.len()).collect();
         let (decoded, err) = decode_in_pieces(&framer, &stream, &cuts);
         assert_eq!(err, None);
