@@ -9,7 +9,7 @@ import weakref
 
 import hamanet
 import pytest
-from conftest import Recorder, connect, recv_exactly, wait_until
+from conftest import Recorder, connect, recv_exactly, recv_until_eof, wait_until
 
 
 class Echo(hamanet.Handler):
@@ -95,9 +95,7 @@ def test_writelines_and_every_bytes_like(serve):
 
     server = serve(Writer())
     with connect(server.port) as sock:
-        data = b""
-        while chunk := sock.recv(100):
-            data += chunk
+        data = recv_until_eof(sock)
     assert data == b"abcdefg"
 
 
@@ -135,9 +133,7 @@ def test_writelines_with_a_bad_item_writes_nothing(serve):
 
     server = serve(Writer())
     with connect(server.port) as sock:
-        data = b""
-        while chunk := sock.recv(100):
-            data += chunk
+        data = recv_until_eof(sock)
     assert errors and data == b"ok"
 
 
