@@ -15,7 +15,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from protocol_echo import PushBack, new_loop_factory, serve
+from protocol_echo import PushBack, serve_on_named_loop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 from protocols.http import HttpConnection
@@ -39,12 +39,7 @@ class HttpProtocol(PushBack):
 
 
 def main() -> None:
-    if len(sys.argv) != 3:
-        raise SystemExit(__doc__.strip().splitlines()[2])
-    loop_name, port = sys.argv[1], sys.argv[2]
-    new_loop = new_loop_factory(loop_name)
-    sys.argv[1:] = [port]  # protocol_echo.serve reads the port from argv[1]
-    serve(f"http_{loop_name}", new_loop, HttpProtocol)
+    serve_on_named_loop("http", __doc__.strip().splitlines()[2], HttpProtocol)
 
 
 if __name__ == "__main__":

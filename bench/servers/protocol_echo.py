@@ -31,9 +31,15 @@ def raise_nofile_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def serve(name: str, new_loop: Callable[[], asyncio.AbstractEventLoop], protocol=Echo) -> None:
-    """Echoes on 127.0.0.1:argv[1] until SIGTERM (backlog 1024, like every server here)."""
-    port = int(sys.argv[1])
+def serve(
+    name: str,
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+    protocol: Callable[[], asyncio.BaseProtocol] = Echo,
+    port: int | None = None,
+) -> None:
+    """Serves `protocol` (echo by default) on 127.0.0.1:`port` (default argv[1]) until
+    SIGTERM, with backlog 1024 like every server here."""
+    port = int(sys.argv[1]) if port is None else port
     raise_nofile_limit()
     loop = new_loop()
     asyncio.set_event_loop(loop)
@@ -57,6 +63,15 @@ class PushBack(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.transport.resume_reading()
+
+
+def serve_on_named_loop(app: str, usage: str, protocol: Callable[[], asyncio.BaseProtocol]) -> None:
+    """The protocol servers' main: serves `protocol` on the loop and port the command line
+    names (`asyncio|uvloop PORT`), as `{app}_{loop}`; `usage` when the arguments are wrong."""
+    if len(sys.argv) != 3:
+        raise SystemExit(usage)
+    loop_name, port = sys.argv[1], int(sys.argv[2])
+    serve(f"{app}_{loop_name}", new_loop_factory(loop_name), protocol, port)
 
 
 def new_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
