@@ -36,6 +36,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float = WAIT, what: str = 
         time.sleep(0.005)
 
 
+class Echo(hamanet.Handler):
+    """Writes every byte back to the session it came from."""
+
+    def on_recv(self, session, data):
+        session.write(data)
+
+
 class Recorder(hamanet.Handler):
     """Records every callback; optionally echoes. Thread-safe to inspect from tests."""
 

@@ -9,12 +9,7 @@ import weakref
 
 import hamanet
 import pytest
-from conftest import Recorder, connect, recv_exactly, recv_until_eof, wait_until
-
-
-class Echo(hamanet.Handler):
-    def on_recv(self, session, data):
-        session.write(data)
+from conftest import Echo, Recorder, connect, recv_exactly, recv_until_eof, wait_until
 
 
 def test_open_returns_the_bound_address_and_port(serve):

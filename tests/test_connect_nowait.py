@@ -9,12 +9,7 @@ import socket
 
 import hamanet
 import pytest
-from conftest import Recorder, full_backlog_port, open_fds, wait_fds_back_to, wait_until
-
-
-class Echo(hamanet.Handler):
-    def on_recv(self, session, data):
-        session.write(data)
+from conftest import Echo, Recorder, full_backlog_port, open_fds, wait_fds_back_to, wait_until
 
 
 def test_connects_sends_what_was_written_meanwhile_and_echoes(serve, client_factory):

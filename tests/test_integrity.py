@@ -19,6 +19,7 @@ import hamanet
 import pytest
 from conftest import (
     WAIT,
+    Echo,
     Recorder,
     connect,
     recv_exactly,
@@ -96,11 +97,6 @@ def server_session_for(recorder: Recorder, sock: socket.socket) -> hamanet.Sessi
         return None
 
     return wait_until(find, what=f"server session for {local}")
-
-
-class Echo(hamanet.Handler):
-    def on_recv(self, session, data):
-        session.write(data)
 
 
 # -- 1. 128 MiB each way through an echo server with small buffers ----------------------
