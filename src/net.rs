@@ -454,6 +454,17 @@ mod tests {
         Ok(socket::getsockopt(&fd, sockopt::TcpNoDelay)?)
     }
 
+    /// The next connection `listener` accepts, waiting a moment for its handshake.
+    fn accept_soon(listener: BorrowedFd<'_>) -> (OwnedFd, Option<Address>) {
+        for _ in 0..500 {
+            if let Some(accepted) = accept(listener).expect("accept") {
+                return accepted;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        panic!("no connection to accept within a second");
+    }
+
     fn loopback() -> SocketAddr {
         "127.0.0.1:0".parse().expect("addr")
     }
@@ -479,15 +490,7 @@ mod tests {
         assert!(connect_wait(client.as_fd(), Duration::from_secs(5)).expect("wait"));
         assert!(take_error(client.as_fd()).expect("so_error").is_none());
 
-        let mut server = None;
-        for _ in 0..500 {
-            server = accept(listener.as_fd()).expect("accept");
-            if server.is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let (server, peer) = server.expect("an accepted connection");
+        let (server, peer) = accept_soon(listener.as_fd());
         assert!(
             nodelay(server.as_fd()).expect("getsockopt"),
             "nodelay is inherited"
@@ -560,15 +563,7 @@ mod tests {
         let addr = local_addr(listener.as_fd()).expect("addr");
         let client = connect_start(&addr, &SocketOptions::default()).expect("connect");
         assert!(connect_wait(client.as_fd(), Duration::from_secs(5)).expect("wait"));
-        let mut accepted = None;
-        for _ in 0..500 {
-            accepted = accept(listener.as_fd()).expect("accept");
-            if accepted.is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let (accepted, _) = accepted.expect("an accepted connection");
+        let (accepted, _) = accept_soon(listener.as_fd());
         assert!(socket::getsockopt(&accepted, sockopt::KeepAlive).expect("getsockopt"));
     }
 
