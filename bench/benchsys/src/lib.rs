@@ -1,6 +1,6 @@
 //! The libc calls both benchmark programs make (the load generator and the plain Rust
-//! echo server): epoll, recv/send, socket options, the open-file limit. Every call returns
-//! `io::Result`; each program decides what an error means.
+//! echo server): epoll, recv/send, loopback addresses and bind, socket options, the
+//! open-file limit. Every call returns `io::Result`; each program decides what an error means.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -39,6 +39,31 @@ pub fn set_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int, value: i32)
             name,
             &value as *const i32 as *const libc::c_void,
             std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// The IPv4 address 127.0.0.`last_octet`:`port`.
+pub fn loopback(last_octet: u8, port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_be_bytes([127, 0, 0, last_octet]).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Binds `fd` to `addr`.
+pub fn bind(fd: RawFd, addr: &libc::sockaddr_in) -> io::Result<()> {
+    // SAFETY: `addr` is a valid sockaddr_in and the length passed is its size.
+    check(unsafe {
+        libc::bind(
+            fd,
+            addr as *const libc::sockaddr_in as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
         )
     })?;
     Ok(())

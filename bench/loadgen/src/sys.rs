@@ -6,7 +6,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use benchsys::{check, owned, set_int_opt};
+use benchsys::{bind, check, loopback, owned, set_int_opt};
 pub use benchsys::{raise_nofile_limit, recv, send, Epoll};
 
 /// Edge-triggered interest used for every connection: registered once, never modified.
@@ -34,17 +34,6 @@ pub struct Dial {
     pub source: Option<u8>,
 }
 
-fn loopback(last_octet: u8, port: u16) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_be_bytes([127, 0, 0, last_octet]).to_be(),
-        },
-        sin_zero: [0; 8],
-    }
-}
-
 /// Opens a non-blocking TCP socket set up as `dial` says and starts connecting it to
 /// 127.0.0.1:`port`, the only destination this program ever connects to.
 pub fn connect_loopback(port: u16, dial: Dial) -> io::Result<Connect> {
@@ -69,15 +58,7 @@ pub fn connect_loopback(port: u16, dial: Dial) -> io::Result<Connect> {
             libc::IP_BIND_ADDRESS_NO_PORT,
             1,
         )?;
-        let src = loopback(host, 0);
-        // SAFETY: `src` is a valid sockaddr_in and the length passed is its size.
-        check(unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &src as *const libc::sockaddr_in as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        })?;
+        bind(fd.as_raw_fd(), &loopback(host, 0))?;
     }
     let addr = loopback(1, port);
     // SAFETY: `addr` is a valid sockaddr_in and the length passed is its size.

@@ -6,7 +6,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use benchsys::{check, owned, set_int_opt};
+use benchsys::{bind, check, loopback, owned, set_int_opt};
 pub use benchsys::{raise_nofile_limit, recv, send, Epoll};
 
 /// A non-blocking listening socket on 127.0.0.1:`port` (SO_REUSEADDR, backlog 1024, the
@@ -21,22 +21,7 @@ pub fn listen_loopback(port: u16) -> io::Result<OwnedFd> {
         )
     })?);
     set_int_opt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: `addr` is a valid sockaddr_in and the length passed is its size.
-    check(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &addr as *const libc::sockaddr_in as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    })?;
+    bind(fd.as_raw_fd(), &loopback(1, port))?;
     // SAFETY: listen takes no pointers.
     check(unsafe { libc::listen(fd.as_raw_fd(), 1024) })?;
     Ok(fd)
