@@ -230,6 +230,10 @@ def pattern(seed: int, size: int) -> bytes:
 
 
 ROOT = Path(__file__).resolve().parent.parent
+# The example programs, importable by the tests (their handlers, their protocols/).
+EXAMPLES = ROOT / "examples"
+if str(EXAMPLES) not in sys.path:
+    sys.path.insert(0, str(EXAMPLES))
 
 
 def free_port() -> int:
@@ -306,6 +310,14 @@ class Proc:
         if self.popen.poll() is None:
             self.popen.kill()
             self.popen.wait(WAIT)
+
+
+def run_example(procs: Callable[..., Proc], script: str, banner: str) -> tuple[Proc, int, str]:
+    """Runs ``examples/<script> PORT`` on a free port until its line starting ``banner``:
+    the process, the port and that line."""
+    port = free_port()
+    proc = procs(str(EXAMPLES / script), str(port))
+    return proc, port, proc.wait_line(banner)
 
 
 @pytest.fixture

@@ -8,19 +8,12 @@ import logging
 import signal
 import socket
 import struct
-import sys
 import threading
-from pathlib import Path
 
+import chat_server
 import hamanet
 import pytest
-from conftest import WAIT, free_port, wait_until
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-if str(EXAMPLES) not in sys.path:
-    sys.path.insert(0, str(EXAMPLES))
-
-import chat_server  # noqa: E402
+from conftest import WAIT, run_example, wait_until
 
 MAX_LINE = chat_server.MAX_LINE
 
@@ -295,9 +288,7 @@ def test_hamanet_clients_can_chat(chat, client_factory):
 
 @pytest.mark.timeout(60)
 def test_chat_server_program_serves_and_stops_on_sigterm(procs):
-    port = free_port()
-    proc = procs(str(EXAMPLES / "chat_server.py"), str(port))
-    line = proc.wait_line("chat: listening")
+    proc, port, line = run_example(procs, "chat_server.py", "chat: listening")
     assert line.strip().endswith(f":{port}"), line
     clients = [ChatClient(port) for _ in range(3)]
     try:

@@ -10,20 +10,20 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import hamanet
+import http_server
 import pytest
-from conftest import WAIT, connect, free_port, recv_exactly, recv_until_eof, wait_until
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-if str(EXAMPLES) not in sys.path:
-    sys.path.insert(0, str(EXAMPLES))
-
-import http_server  # noqa: E402
-from protocols.http import BODY, MAX_BODY, MAX_HEAD, HttpConnection  # noqa: E402
+from conftest import (
+    WAIT,
+    connect,
+    recv_exactly,
+    recv_until_eof,
+    run_example,
+    wait_until,
+)
+from protocols.http import BODY, MAX_BODY, MAX_HEAD, HttpConnection
 
 HOST = b"Host: example\r\n"
 
@@ -571,9 +571,7 @@ def test_curl(http_port):
 
 @pytest.mark.timeout(60)
 def test_http_server_program_serves_and_stops_on_sigterm(procs):
-    port = free_port()
-    proc = procs(str(EXAMPLES / "http_server.py"), str(port))
-    line = proc.wait_line("http: listening")
+    proc, port, line = run_example(procs, "http_server.py", "http: listening")
     assert line.strip().endswith(f":{port}/"), line
     client = http_client(port)
     try:

@@ -9,17 +9,11 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from conftest import connect, recv_exactly, recv_until_eof, wait_until
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-sys.path.insert(0, str(EXAMPLES))
-
-from protocols.resp import MAX_INLINE, RedisLogic, RespConnection  # noqa: E402
-from redis_server import RedisHandler  # noqa: E402
+from protocols.resp import MAX_INLINE, RedisLogic, RespConnection
+from redis_server import RedisHandler
 
 
 def cmd(*args: bytes | str | int) -> bytes:

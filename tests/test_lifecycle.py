@@ -18,22 +18,21 @@ import time
 import hamanet
 import pytest
 from conftest import (
+    EXAMPLES,
     ROOT,
     WAIT,
     Recorder,
     connect,
-    free_port,
     open_fds,
     pattern,
     read_until_end,
     recv_exactly,
     recv_until_eof,
     reset_close,
+    run_example,
     wait_fds_back_to,
     wait_until,
 )
-
-EXAMPLES = ROOT / "examples"
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -494,9 +493,7 @@ def test_ctrl_c_interrupts_join(procs):
 
 @pytest.mark.timeout(60)
 def test_echo_server_example_stops_on_sigterm(procs):
-    port = free_port()
-    proc = procs(str(EXAMPLES / "echo_server.py"), str(port))
-    line = proc.wait_line("echo: listening")
+    proc, port, line = run_example(procs, "echo_server.py", "echo: listening")
     assert line.strip().endswith(f":{port}")
     sock = connect(port)
     for i in range(5):
@@ -657,9 +654,7 @@ def test_gil_hogging_handler_loses_no_data():
 
 @pytest.mark.timeout(60)
 def test_lyrics_examples(procs):
-    port = free_port()
-    poet = procs(str(EXAMPLES / "lyrics_poet.py"), str(port))
-    poet.wait_line("LyricsPoet: listening")
+    poet, port, _ = run_example(procs, "lyrics_poet.py", "LyricsPoet: listening")
     reader = subprocess.run(
         [sys.executable, str(EXAMPLES / "lyrics_reader.py"), "4", str(port)],
         cwd=ROOT,
