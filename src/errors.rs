@@ -114,6 +114,7 @@ fn errno_for_kind(kind: io::ErrorKind) -> Option<i32> {
         io::ErrorKind::BrokenPipe => libc::EPIPE,
         io::ErrorKind::NotConnected => libc::ENOTCONN,
         io::ErrorKind::AddrInUse => libc::EADDRINUSE,
+        io::ErrorKind::AlreadyExists => libc::EEXIST,
         _ => return None,
     })
 }

@@ -158,6 +158,16 @@ pub fn listen_unix(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
     let addr = unix_addr(path)?;
     let fd = new_stream_socket(AddressFamily::Unix)?;
     match socket::bind(fd.as_raw_fd(), &addr) {
+        Err(Errno::EADDRINUSE) if !is_socket_file(path)? => {
+            // A regular file, a directory or a symlink: never ours to replace.
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; open_unix() replaces only a socket file                      left by a dead server: choose another path or remove it yourself",
+                    path.display()
+                ),
+            ));
+        }
         Err(Errno::EADDRINUSE) if is_stale_unix_socket(&addr) => {
             std::fs::remove_file(path)?;
             socket::bind(fd.as_raw_fd(), &addr)?;
@@ -172,6 +182,14 @@ pub fn listen_unix(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
 /// cap it here rather than fail after binding.
 fn backlog_of(backlog: i32) -> io::Result<Backlog> {
     Backlog::new(backlog.clamp(1, libc::SOMAXCONN)).map_err(io::Error::from)
+}
+
+/// Whether `path` itself (not what a symlink points to) is a socket file. Connecting to
+/// anything else fails with `ECONNREFUSED` too, so the stale-socket probe alone cannot tell
+/// a dead server's socket from a user's file.
+fn is_socket_file(path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::FileTypeExt;
+    Ok(std::fs::symlink_metadata(path)?.file_type().is_socket())
 }
 
 /// Whether nothing listens on the socket file any more. The probe does not block: a live
@@ -434,6 +452,18 @@ pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
         // The peer is already gone; there is nothing left to half-close.
         Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
         Err(err) => Err(err.into()),
+    }
+}
+
+/// Bytes received and not yet read (`FIONREAD`).
+pub fn unread_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut count: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one `c_int` through the pointer, which is valid for it.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut count) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(count.max(0) as usize)
     }
 }
 

@@ -233,7 +233,8 @@ impl PySession {
     /// True once `close()` or `abort()` was called or the connection ended: writes fail.
     #[getter]
     fn closing(&self) -> bool {
-        self.core.outbox().is_closing()
+        let outbox = self.core.outbox();
+        outbox.is_closing() || outbox.connection_lost
     }
 
     /// True once the socket is closed (`on_close` is delivered or about to be).

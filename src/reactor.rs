@@ -10,6 +10,7 @@
 //! most [`ARENA_LIMIT`]; a session (or listener) cut short is re-queued and served next
 //! turn without waiting for a new edge, which edge-triggered epoll would never send.
 
+use std::collections::VecDeque;
 use std::io;
 use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -34,6 +35,12 @@ const EVENTS_PER_WAIT: usize = 1024;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Unread input discarded at a graceful close before giving up (then close sends RST).
 const DISCARD_LIMIT: usize = 256 * 1024;
+/// How long a connection refused by `max_connections` may take to finish sending (its
+/// input is read away meanwhile) before it is closed anyway.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// Most refused connections lingering at once; past it a refused connection is closed
+/// after reading away only what has already arrived.
+const REFUSALS_LINGERING_MAX: usize = 256;
 /// Idle sessions are looked for at a quarter of the shortest idle timeout, within these.
 const IDLE_SWEEP_MIN: Duration = Duration::from_millis(10);
 const IDLE_SWEEP_MAX: Duration = Duration::from_secs(1);
@@ -135,6 +142,9 @@ struct SessionSlot {
     requeued: bool,
     /// A non-blocking connect is still in progress: nothing is read or sent yet.
     connecting: bool,
+    /// The connection failed while reading was paused, with input still unread: that
+    /// input is delivered after `resume_reading()`, then the session closes with this.
+    broken: Option<io::Error>,
 }
 
 enum Slot {
@@ -146,13 +156,22 @@ enum Slot {
         fd: OwnedFd,
         addr: Address,
     },
+    /// A connection refused by `max_connections`: FIN sent, its input read away until the
+    /// peer's EOF (or a deadline), so the peer sees a clean EOF rather than RST.
+    Refused {
+        generation: u32,
+        fd: OwnedFd,
+        discarded: usize,
+    },
     Session(SessionSlot),
 }
 
 impl Slot {
     fn generation(&self) -> u32 {
         match self {
-            Slot::Vacant { generation } | Slot::Listener { generation, .. } => *generation,
+            Slot::Vacant { generation }
+            | Slot::Listener { generation, .. }
+            | Slot::Refused { generation, .. } => *generation,
             Slot::Session(session) => session.generation,
         }
     }
@@ -196,6 +215,8 @@ pub struct Reactor {
     idle: IdleSweep,
     /// Sessions still connecting, with their deadlines.
     connecting: Vec<(Instant, Token)>,
+    /// Refused connections lingering, with their deadlines (in deadline order).
+    refusals: VecDeque<(Instant, Token)>,
     /// The time of the last wakeup: one clock read per turn serves every session.
     now: Instant,
     stats: Stats,
@@ -214,6 +235,7 @@ impl Reactor {
             shared: Arc::new(LoopShared::new(waker)),
             idle: IdleSweep::new(config.idle_timeout, now),
             connecting: Vec::new(),
+            refusals: VecDeque::new(),
             config,
             slots: Vec::new(),
             vacant: Vec::new(),
@@ -332,6 +354,9 @@ impl Reactor {
         if !self.connecting.is_empty() {
             self.expire_connects();
         }
+        if !self.refusals.is_empty() {
+            self.expire_refusals();
+        }
         if self.idle.next.is_some_and(|at| self.now >= at) {
             self.close_idle_sessions();
         }
@@ -356,6 +381,7 @@ impl Reactor {
     /// this turn already produced stay in the batch, so each session gets its `Closed`.
     pub fn abort_all(&mut self, error: &io::Error) {
         self.close_listeners();
+        self.close_refusals();
         for token in self.session_tokens() {
             let error = io::Error::new(error.kind(), error.to_string());
             self.release(token, CloseKind::Abortive, Some(error));
@@ -372,6 +398,7 @@ impl Reactor {
         match self.slots.get(token.slot()) {
             Some(slot) if slot.generation() != token.generation() => {}
             Some(Slot::Listener { .. }) => self.accept_ready(token),
+            Some(Slot::Refused { .. }) => self.discard_refused(token),
             // A connect in progress reports its end as writable, or as an error.
             Some(Slot::Session(session))
                 if session.connecting
@@ -546,6 +573,7 @@ impl Reactor {
             last_active: self.now,
             requeued: false,
             connecting: connect_deadline.is_some(),
+            broken: None,
         });
         self.sessions += 1;
         self.stats.sessions_total += 1;
@@ -613,9 +641,8 @@ impl Reactor {
             .max_connections
             .is_some_and(|max| self.sessions >= max)
         {
-            // Over the limit: closing at once tells the peer plainly, keeps the backlog
-            // moving, and costs the server nothing but the accept.
             self.stats.refused_by_limit += 1;
+            self.refuse(stream);
             return;
         }
         let (peer, local) = match listen_addr {
@@ -639,6 +666,86 @@ impl Reactor {
         };
         let core = SessionCore::new(Arc::clone(&self.shared), peer, local, self.config.limits);
         self.register(stream, core, true, None);
+    }
+
+    /// Turns away a connection over `max_connections`: FIN at once keeps the backlog
+    /// moving and tells the peer plainly, but closing a socket with unread input sends RST,
+    /// which can destroy that FIN before the peer reads it. So the refused socket lingers
+    /// (bounded in number, time and bytes) while its input is read away.
+    fn refuse(&mut self, stream: OwnedFd) {
+        if net::shutdown_write(stream.as_fd()).is_err() {
+            return;
+        }
+        if self.refusals.len() >= REFUSALS_LINGERING_MAX {
+            discard_input(stream.as_fd(), &mut self.scratch, DISCARD_LIMIT);
+            return;
+        }
+        let (index, generation) = self.allocate();
+        let token = Token::new(index as u32, generation);
+        if self.poller.add_reader(stream.as_fd(), token).is_err() {
+            self.slots[index] = Slot::Vacant { generation };
+            self.vacant.push(index as u32);
+            return;
+        }
+        // Input already queued is reported by the first wait: registering checks it.
+        self.slots[index] = Slot::Refused {
+            generation,
+            fd: stream,
+            discarded: 0,
+        };
+        self.refusals.push_back((self.now + REFUSAL_LINGER, token));
+    }
+
+    /// Reads away a refused connection's input; closes it at the peer's EOF, on an error,
+    /// or once it has sent more than a graceful close would read away.
+    fn discard_refused(&mut self, token: Token) {
+        let Some(Slot::Refused { fd, discarded, .. }) = self.slots.get_mut(token.slot()) else {
+            return;
+        };
+        let done = loop {
+            match net::recv(fd.as_fd(), &mut self.scratch) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    *discarded += n;
+                    if *discarded >= DISCARD_LIMIT {
+                        break true;
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(_) => break true,
+            }
+        };
+        if done {
+            self.free_refused(token);
+        }
+    }
+
+    /// Closes the refusals whose linger time is over.
+    fn expire_refusals(&mut self) {
+        while let Some(&(deadline, token)) = self.refusals.front() {
+            if deadline > self.now {
+                break;
+            }
+            self.refusals.pop_front();
+            self.free_refused(token);
+        }
+    }
+
+    /// Closes a refused connection (if `token` still names one) and frees its slot.
+    fn free_refused(&mut self, token: Token) {
+        if !matches!(self.slots.get(token.slot()), Some(Slot::Refused { generation, .. }) if *generation == token.generation())
+        {
+            return;
+        }
+        let slot = std::mem::replace(
+            &mut self.slots[token.slot()],
+            Slot::Vacant {
+                generation: token.generation(),
+            },
+        );
+        self.vacant.push(token.slot() as u32);
+        self.refusals.retain(|(_, pending)| *pending != token);
+        drop(slot);
     }
 
     fn read(&mut self, token: Token, read_closed: bool) {
@@ -673,6 +780,7 @@ impl Reactor {
         let start = self.arena.len();
         let mut eof = false;
         let mut error = None;
+        let mut budget_spent = false;
         loop {
             let want = READ_BUDGET - (self.arena.len() - start);
             match self
@@ -686,6 +794,7 @@ impl Reactor {
                 Ok(n) if n == want => {
                     // Budget spent with data possibly left: serve again next turn.
                     requeue(&mut self.again, &mut session.requeued, token);
+                    budget_spent = true;
                     break;
                 }
                 // NOTE: a short read proves the receive queue empty at that moment, and
@@ -712,10 +821,19 @@ impl Reactor {
                 range: start..end,
             });
         }
-        if let Some(err) = error {
+        let both_finished = eof && session.core.outbox().fin_sent;
+        if session.broken.is_some() && !budget_spent {
+            // What arrived before the failure is in this batch; now report the failure.
+            let err = session.broken.take();
+            self.release(token, CloseKind::Dead, err);
+        } else if let Some(err) = error {
             self.release(token, CloseKind::Dead, Some(err));
         } else if eof {
             self.batch.push(Event::Eof { token });
+            if both_finished {
+                // Our FIN went out earlier: with the peer's, nothing is left to happen.
+                self.release(token, CloseKind::Graceful, None);
+            }
         }
     }
 
@@ -727,8 +845,27 @@ impl Reactor {
             return;
         };
         if let Ok(Some(err)) = net::take_error(session.fd.as_fd()) {
-            self.release(token, CloseKind::Dead, Some(err));
+            self.fail(token, err);
         }
+    }
+
+    /// The connection failed (a send or the socket reported `err`). If reading is paused
+    /// and input the peer sent before the failure is still unread, the session waits for
+    /// `resume_reading()` to deliver it, then closes with `err`; otherwise it closes now.
+    fn fail(&mut self, token: Token, err: io::Error) {
+        if let Some(session) = session_slot(&mut self.slots, token) {
+            let mut outbox = session.core.outbox();
+            let unread = || net::unread_bytes(session.fd.as_fd()).is_ok_and(|n| n > 0);
+            if outbox.read_paused && !outbox.is_closing() && !session.eof && unread() {
+                // Nothing can be sent any more: later writes are refused.
+                outbox.connection_lost = true;
+                outbox.buffer.clear();
+                drop(outbox);
+                session.broken.get_or_insert(err);
+                return;
+            }
+        }
+        self.release(token, CloseKind::Dead, Some(err));
     }
 
     /// Sends what the session has buffered (one send), then acts on its close, abort or
@@ -763,9 +900,18 @@ impl Reactor {
             // Data that arrived while reading was paused raised no new edge.
             requeue(&mut self.again, &mut session.requeued, token);
         }
+        if session.broken.is_some() {
+            // The connection is gone; only unread input is left, for after the resume.
+            if outbox.close_requested {
+                drop(outbox);
+                let err = session.broken.take();
+                self.release(token, CloseKind::Dead, err);
+            }
+            return;
+        }
         if let Some(err) = outbox.send_error.take() {
             drop(outbox);
-            self.release(token, CloseKind::Dead, Some(err));
+            self.fail(token, err);
             return;
         }
         self.stats.writes += std::mem::take(&mut outbox.writes);
@@ -787,7 +933,7 @@ impl Reactor {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                 Err(err) => {
                     drop(outbox);
-                    self.release(token, CloseKind::Dead, Some(err));
+                    self.fail(token, err);
                     return;
                 }
             }
@@ -819,6 +965,12 @@ impl Reactor {
             if let Err(err) = net::shutdown_write(fd) {
                 drop(outbox);
                 self.release(token, CloseKind::Dead, Some(err));
+                return;
+            }
+            if session.eof {
+                // Both directions are finished: nothing can happen on it any more.
+                drop(outbox);
+                self.release(token, CloseKind::Graceful, None);
                 return;
             }
         }
@@ -856,13 +1008,7 @@ impl Reactor {
             CloseKind::Graceful if !session.eof => {
                 // Unread input would make close() send RST, which can destroy data still
                 // in flight to the peer; read it away first (bounded).
-                let mut discarded = 0;
-                while discarded < DISCARD_LIMIT {
-                    match net::recv(session.fd.as_fd(), &mut self.scratch) {
-                        Ok(n) if n > 0 => discarded += n,
-                        _ => break,
-                    }
-                }
+                discard_input(session.fd.as_fd(), &mut self.scratch, DISCARD_LIMIT);
             }
             CloseKind::Graceful | CloseKind::Dead => {}
         }
@@ -905,6 +1051,13 @@ impl Reactor {
             .filter(|(_, slot)| keep(slot))
             .map(|(index, slot)| Token::new(index as u32, slot.generation()))
             .collect()
+    }
+
+    /// Closes every lingering refused connection (at stop).
+    fn close_refusals(&mut self) {
+        while let Some((_, token)) = self.refusals.pop_front() {
+            self.free_refused(token);
+        }
     }
 
     fn close_listeners(&mut self) {
@@ -958,6 +1111,7 @@ impl Reactor {
         }
         self.stop_deadline = Some(deadline);
         self.close_listeners();
+        self.close_refusals();
         for token in self.session_tokens() {
             self.request_close(token);
         }
@@ -1008,6 +1162,7 @@ impl Reactor {
             self.idle.next,
             self.timers.next_deadline(),
             self.connecting.iter().map(|(deadline, _)| *deadline).min(),
+            self.refusals.front().map(|(deadline, _)| *deadline),
         ]
         .into_iter()
         .flatten()
@@ -1066,6 +1221,18 @@ fn session_slot(slots: &mut [Slot], token: Token) -> Option<&mut SessionSlot> {
     match slots.get_mut(token.slot()) {
         Some(Slot::Session(s)) if s.generation == token.generation() => Some(s),
         _ => None,
+    }
+}
+
+/// Reads and drops up to `limit` bytes of what has arrived on `fd`, so that closing it
+/// does not send RST for unread input.
+fn discard_input(fd: std::os::fd::BorrowedFd<'_>, scratch: &mut [u8], limit: usize) {
+    let mut discarded = 0;
+    while discarded < limit {
+        match net::recv(fd, scratch) {
+            Ok(n) if n > 0 => discarded += n,
+            _ => break,
+        }
     }
 }
 

@@ -98,6 +98,9 @@ pub struct Outbox {
     pub fin_sent: bool,
     /// The reactor has closed the socket; nothing more will happen.
     pub closed: bool,
+    /// The connection failed while reading was paused: nothing can be sent, and the
+    /// session closes once the input that arrived before is delivered.
+    pub connection_lost: bool,
     /// The session is in the reactor's queue already (so a burst of writes queues it once).
     pub queued: bool,
     /// The write-buffer limits.
@@ -128,7 +131,7 @@ pub struct Outbox {
 impl Outbox {
     /// Why a write now would be refused, if it would.
     pub fn write_refusal(&self) -> Option<Refusal> {
-        if self.closed || self.close_requested || self.abort_requested {
+        if self.closed || self.close_requested || self.abort_requested || self.connection_lost {
             Some(Refusal::Closed)
         } else if self.shutdown_requested {
             Some(Refusal::WriteShut)
