@@ -121,6 +121,12 @@ impl Poller {
         })
     }
 
+    /// The epoll instance's fd number (for [`crate::fork::close_epoll_copy`]).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.epoll.0.as_raw_fd()
+    }
+
     /// Registers a connected stream socket for edge-triggered read and write readiness.
     pub fn add_stream(&self, fd: BorrowedFd<'_>, token: Token) -> io::Result<()> {
         Ok(self

@@ -177,8 +177,10 @@ impl Framer {
                         Ok(Some((0, end, at + delimiter.len())))
                     }
                     None if data.len() >= max_length + delimiter.len() => {
+                        // No delimiter starts within the first max_length + 1 bytes: that
+                        // much is known to be message (what follows may be other messages).
                         Err(FrameError::TooLong {
-                            length: data.len(),
+                            length: max_length + 1,
                             max_length: *max_length,
                         })
                     }
@@ -435,7 +437,7 @@ mod tests {
             Framer::Delimiter {
                 delimiter: b"\r\n\r\n".to_vec(),
                 max_length: 300,
-                keep: false,
+                keep: true,
             },
         ];
         for header in [1, 2, 4, 8] {
@@ -481,6 +483,10 @@ mod tests {
                 let messages = random_messages(&framer, &mut rng);
                 let encoded: usize = messages.iter().map(|m| m.len() + 8).sum();
                 let cuts = random_cuts(encoded, &mut rng);
+                // Every message here is valid: a framer that refused some would leave
+                // nothing to compare, and the round trip would pass vacuously.
+                let (_, expected) = envelope_all(&framer, &messages);
+                assert_eq!(expected.len(), messages.len(), "{framer:?} refused a message");
                 envelopes_round_trip(&framer, &messages, &cuts);
             }
         }
@@ -517,7 +523,27 @@ mod tests {
             .expect("still fits");
         assert_eq!(out, [b"ok".to_vec()]);
         let err = decoder.feed(b"A", |_| {}).expect_err("11 bytes, no end");
-        assert!(matches!(err, FrameError::TooLong { max_length: 10, .. }));
+        assert!(matches!(
+            err,
+            FrameError::TooLong {
+                length: 11,
+                max_length: 10
+            }
+        ));
+
+        // The length reported is the message's, not everything buffered behind it.
+        let framer = Framer::Delimiter {
+            delimiter: b"\r\n".to_vec(),
+            max_length: 5,
+            keep: false,
+        };
+        let err = FrameDecoder::new(framer)
+            .feed(b"123456\r\nnext\r\n", |_| {})
+            .expect_err("6 bytes > 5");
+        assert_eq!(
+            err.to_string(),
+            "message of at least 6 bytes exceeds max_length 5; the session is closed"
+        );
 
         let framer = Framer::LengthPrefixed {
             header: 4,

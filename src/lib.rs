@@ -12,6 +12,7 @@ compile_error!("hamanet is built on epoll and runs on Linux only");
 
 pub mod buffer;
 pub mod epoll;
+pub mod fork;
 #[cfg(feature = "python")]
 mod errors;
 pub mod framing;

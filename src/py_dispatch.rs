@@ -6,7 +6,7 @@
 //! per wakeup would cost more than the callbacks themselves.
 
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,94 @@ pub const CALLBACK_NAMES: [&str; 9] = [
     "on_message",
     "on_messages",
 ];
+
+/// A handler callback, numbered as in [`CALLBACK_NAMES`], or a timer's.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum Callback {
+    OnConnect,
+    OnRecv,
+    OnSend,
+    OnEof,
+    OnClose,
+    OnPauseWriting,
+    OnResumeWriting,
+    OnMessage,
+    OnMessages,
+    Timer,
+}
+
+impl Callback {
+    const ALL: [Callback; 10] = [
+        Callback::OnConnect,
+        Callback::OnRecv,
+        Callback::OnSend,
+        Callback::OnEof,
+        Callback::OnClose,
+        Callback::OnPauseWriting,
+        Callback::OnResumeWriting,
+        Callback::OnMessage,
+        Callback::OnMessages,
+        Callback::Timer,
+    ];
+
+    /// How logs name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Callback::Timer => "a timer callback",
+            handler => CALLBACK_NAMES[handler as usize],
+        }
+    }
+}
+
+/// Which callback the reactor thread is running, and since when: what a `stop()` kept
+/// waiting by a callback that does not return names in its log line. A few relaxed
+/// atomic stores per callback; a reader may see a mix of two callbacks, which only
+/// blurs a log line.
+pub struct Busy {
+    origin: Instant,
+    /// Nanoseconds from `origin` to the callback's start, plus one; 0 when idle.
+    since: AtomicU64,
+    which: AtomicU8,
+    session: AtomicU64,
+}
+
+impl Busy {
+    pub fn new() -> Busy {
+        Busy {
+            origin: Instant::now(),
+            since: AtomicU64::new(0),
+            which: AtomicU8::new(0),
+            session: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(&self, which: Callback, session: u64) {
+        self.which.store(which as u8, Ordering::Relaxed);
+        self.session.store(session, Ordering::Relaxed);
+        let since = self.origin.elapsed().as_nanos() as u64 + 1;
+        self.since.store(since, Ordering::Release);
+    }
+
+    fn end(&self) {
+        self.since.store(0, Ordering::Release);
+    }
+
+    /// The callback running now (its name and session id, 0 for none) and for how long.
+    pub fn current(&self) -> Option<(&'static str, u64, Duration)> {
+        let since = self.since.load(Ordering::Acquire);
+        if since == 0 {
+            return None;
+        }
+        let which = Callback::ALL
+            .get(usize::from(self.which.load(Ordering::Relaxed)))
+            .copied()
+            .unwrap_or(Callback::Timer);
+        let started = Duration::from_nanos(since - 1);
+        let running = self.origin.elapsed().saturating_sub(started);
+        Some((which.name(), self.session.load(Ordering::Relaxed), running))
+    }
+}
 
 /// The handler's callbacks, each `None` when the handler does not override it, so an
 /// unused callback costs nothing per event.
@@ -222,6 +310,9 @@ pub fn run(mut reactor: Reactor, inner: Arc<LoopInner>) {
                 if let Event::Closed { .. } | Event::ConnectFailed { .. } = event {
                     inner.shared.session_closed();
                 }
+                if inner.shared.is_forked_copy() {
+                    dispatcher.end_forked_child();
+                }
             }
             reactor.recycle_batch(batch);
             if reactor.is_finished() {
@@ -285,7 +376,7 @@ impl<'py> Dispatcher<'_, 'py> {
                     .as_ref()
                     .map(|framer| Box::new(FrameDecoder::new(Framer::clone(framer))));
                 self.table.insert(*token, object, decoder);
-                self.notify(*token, "on_connect", &callbacks.on_connect);
+                self.notify(*token, Callback::OnConnect, &callbacks.on_connect);
             }
             Event::Received { token, range } => {
                 if self.given_up(*token) {
@@ -297,18 +388,18 @@ impl<'py> Dispatcher<'_, 'py> {
                     self.deliver_messages(*token, callbacks, data);
                 } else if let Some(callback) = &callbacks.on_recv {
                     let data = PyBytes::new(py, data);
-                    self.call(*token, "on_recv", callback, |s| Ok((s, data)));
+                    self.call(*token, Callback::OnRecv, callback, |s| Ok((s, data)));
                 }
             }
             Event::Eof { token } => {
                 let keep_open = match &callbacks.on_eof {
                     Some(callback) if !self.given_up(*token) => {
-                        let result = self.call(*token, "on_eof", callback, |s| Ok((s,)));
+                        let result = self.call(*token, Callback::OnEof, callback, |s| Ok((s,)));
                         // Even the truth of the result is handler code (`__bool__`).
                         match result.map(|value| value.is_truthy()) {
                             Some(Ok(keep)) => keep,
                             Some(Err(err)) => {
-                                self.fail_session(*token, "on_eof", err);
+                                self.fail_session(*token, Callback::OnEof, err);
                                 false
                             }
                             None => false,
@@ -322,12 +413,12 @@ impl<'py> Dispatcher<'_, 'py> {
                     }
                 }
             }
-            Event::Drained { token } => self.notify(*token, "on_send", &callbacks.on_send),
+            Event::Drained { token } => self.notify(*token, Callback::OnSend, &callbacks.on_send),
             Event::PauseWriting { token } => {
-                self.notify(*token, "on_pause_writing", &callbacks.on_pause_writing)
+                self.notify(*token, Callback::OnPauseWriting, &callbacks.on_pause_writing)
             }
             Event::ResumeWriting { token } => {
-                self.notify(*token, "on_resume_writing", &callbacks.on_resume_writing)
+                self.notify(*token, Callback::OnResumeWriting, &callbacks.on_resume_writing)
             }
             Event::Closed { token, error } => {
                 let Some(entry) = self.table.remove(*token) else {
@@ -342,9 +433,12 @@ impl<'py> Dispatcher<'_, 'py> {
                     (None, None) => py.None(),
                 };
                 let session = entry.session.bind(py);
-                if let Err(err) = callback.call1(py, (session, reason)) {
+                self.inner.busy.begin(Callback::OnClose, session.get().core().id);
+                let result = callback.call1(py, (session, reason));
+                self.inner.busy.end();
+                if let Err(err) = result {
                     // The session is closed already: only log (or stop on an interrupt).
-                    self.handler_failed("on_close", None, err);
+                    self.handler_failed(Callback::OnClose, None, err);
                 }
             }
             Event::ConnectFailed { session, error } => {
@@ -358,16 +452,22 @@ impl<'py> Dispatcher<'_, 'py> {
                     Some(err) => close_reason(py, err),
                     None => py.None(),
                 };
-                if let Err(err) = callback.call1(py, (object, reason)) {
-                    self.handler_failed("on_close", None, err);
+                self.inner.busy.begin(Callback::OnClose, session.id);
+                let result = callback.call1(py, (object, reason));
+                self.inner.busy.end();
+                if let Err(err) = result {
+                    self.handler_failed(Callback::OnClose, None, err);
                 }
             }
             Event::Timer { id } => {
                 let Some((callback, args)) = lock(&self.inner.timers).remove(id) else {
                     return; // cancelled after it came due
                 };
-                if let Err(err) = callback.call1(py, args.bind(py)) {
-                    self.handler_failed("a timer callback", None, err);
+                self.inner.busy.begin(Callback::Timer, 0);
+                let result = callback.call1(py, args.bind(py));
+                self.inner.busy.end();
+                if let Err(err) = result {
+                    self.handler_failed(Callback::Timer, None, err);
                 }
             }
             Event::AcceptPaused { error } => {
@@ -416,12 +516,12 @@ impl<'py> Dispatcher<'_, 'py> {
         }
         if let Some(callback) = &callbacks.on_messages {
             let batch = PyList::new(py, messages);
-            self.call(token, "on_messages", callback, |s| Ok((s, batch?)));
+            self.call(token, Callback::OnMessages, callback, |s| Ok((s, batch?)));
         } else if let Some(callback) = &callbacks.on_message {
             for message in messages {
                 // A message after a close (by the handler, or for an error) is not delivered.
                 if self
-                    .call(token, "on_message", callback, |s| Ok((s, message)))
+                    .call(token, Callback::OnMessage, callback, |s| Ok((s, message)))
                     .is_none()
                     || self.given_up(token)
                 {
@@ -441,10 +541,10 @@ impl<'py> Dispatcher<'_, 'py> {
     }
 
     /// Calls a `callback(session)` notification, if overridden and the session is open.
-    fn notify(&mut self, token: Token, name: &str, callback: &Option<Py<PyAny>>) {
+    fn notify(&mut self, token: Token, which: Callback, callback: &Option<Py<PyAny>>) {
         if let Some(callback) = callback {
             if !self.given_up(token) {
-                self.call(token, name, callback, |s| Ok((s,)));
+                self.call(token, which, callback, |s| Ok((s,)));
             }
         }
     }
@@ -454,7 +554,7 @@ impl<'py> Dispatcher<'_, 'py> {
     fn call<A>(
         &mut self,
         token: Token,
-        name: &str,
+        which: Callback,
         callback: &Py<PyAny>,
         args: impl FnOnce(Bound<'py, PySession>) -> PyResult<A>,
     ) -> Option<Bound<'py, PyAny>>
@@ -464,10 +564,13 @@ impl<'py> Dispatcher<'_, 'py> {
         let py = self.py;
         let entry = self.table.get(token)?;
         let session = entry.session.bind(py).clone();
-        match args(session).and_then(|args| callback.bind(py).call1(args)) {
+        self.inner.busy.begin(which, entry.session.get().core().id);
+        let result = args(session).and_then(|args| callback.bind(py).call1(args));
+        self.inner.busy.end();
+        match result {
             Ok(value) => Some(value),
             Err(err) => {
-                self.fail_session(token, name, err);
+                self.fail_session(token, which, err);
                 None
             }
         }
@@ -475,7 +578,7 @@ impl<'py> Dispatcher<'_, 'py> {
 
     /// Handler code raised for the session at `token`: log it and abort that session,
     /// whose `on_close` then receives the exception.
-    fn fail_session(&mut self, token: Token, name: &str, err: PyErr) {
+    fn fail_session(&mut self, token: Token, which: Callback, err: PyErr) {
         let py = self.py;
         let Some(entry) = self.table.get(token) else {
             return;
@@ -489,12 +592,12 @@ impl<'py> Dispatcher<'_, 'py> {
         }
         entry.error.get_or_insert_with(|| err.clone_ref(py));
         core.abort();
-        self.handler_failed(name, Some(core.id), err);
+        self.handler_failed(which, Some(core.id), err);
     }
 
     /// Routes an exception raised by handler code: `KeyboardInterrupt` and `SystemExit`
     /// stop the loop and surface from `join()`; anything else is logged.
-    fn handler_failed(&mut self, name: &str, session: Option<u64>, err: PyErr) {
+    fn handler_failed(&mut self, which: Callback, session: Option<u64>, err: PyErr) {
         let py = self.py;
         self.inner.handler_errors.fetch_add(1, Ordering::Relaxed);
         if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
@@ -509,6 +612,7 @@ impl<'py> Dispatcher<'_, 'py> {
                 .submit(Command::Stop(Instant::now() + Duration::from_secs(1)));
             return;
         }
+        let name = which.name();
         match session {
             Some(id) => self.log_error(name, id, &err),
             None => {
@@ -520,6 +624,24 @@ impl<'py> Dispatcher<'_, 'py> {
                 );
             }
         }
+    }
+
+    /// A callback called `fork()` and returned in the child, onto the parent's reactor: the
+    /// child cannot go on turning it (the parent's sockets and epoll are shared), so it
+    /// ends here, as a `multiprocessing` child ends after its target, with status 0.
+    fn end_forked_child(&self) -> ! {
+        self.log_warning(
+            "hamanet: a callback forked, and the child returned from it onto the parent's \
+             reactor; the child exits now (end it yourself with os._exit() in the callback)",
+        );
+        let py = self.py;
+        for stream in ["stdout", "stderr"] {
+            if let Ok(stream) = py.import("sys").and_then(|sys| sys.getattr(stream)) {
+                let _ = stream.call_method0("flush");
+            }
+        }
+        // SAFETY: `_exit` ends the process at once; nothing of the parent's state is run.
+        unsafe { libc::_exit(0) }
     }
 
     fn log_error(&self, name: &str, id: u64, err: &PyErr) {

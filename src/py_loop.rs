@@ -19,7 +19,7 @@ use pyo3::types::{PyDict, PyTuple};
 use crate::errors::{os_error, LifecycleError};
 use crate::framing::Framer;
 use crate::net::{self, Address, SocketOptions};
-use crate::py_dispatch::{run, Callbacks};
+use crate::py_dispatch::{run, Busy, Callbacks};
 use crate::py_session::{address_object, PySession};
 use crate::reactor::{LoopConfig, Reactor};
 use crate::session::{lock, Command, LoopShared, LoopStatus, SessionCore, WriteLimits};
@@ -59,11 +59,29 @@ pub(crate) struct LoopInner {
     pub(crate) handler_errors: AtomicU64,
     /// `KeyboardInterrupt`/`SystemExit` raised by a handler, re-raised by `wait()`.
     pub(crate) failure: Mutex<Option<PyErr>>,
+    /// The callback the reactor thread is running, if any.
+    pub(crate) busy: Busy,
 }
 
 impl LoopInner {
     fn phase(&self) -> Phase {
+        if self.shared.is_forked_copy() {
+            // Without touching the lock, which the fork may have caught held.
+            return Phase::Stopped;
+        }
         *lock(&self.phase)
+    }
+
+    /// Refuses use of a forked child's copy of this loop.
+    fn check_not_forked(&self, what: &str) -> PyResult<()> {
+        if self.shared.is_forked_copy() {
+            return Err(LifecycleError::new_err(format!(
+                "cannot {what}: this server or client belongs to the process this one was \
+                 forked from (its reactor thread does not survive fork()); create a new \
+                 one in the child"
+            )));
+        }
+        Ok(())
     }
 
     fn on_reactor_thread(&self) -> bool {
@@ -71,6 +89,7 @@ impl LoopInner {
     }
 
     fn check_running(&self, what: &str) -> PyResult<()> {
+        self.check_not_forked(what)?;
         match self.phase() {
             Phase::Stopped => Err(LifecycleError::new_err(format!(
                 "cannot {what}: it was stopped; create a new one"
@@ -188,6 +207,7 @@ impl PyLoop {
                 framer,
                 handler_errors: AtomicU64::new(0),
                 failure: Mutex::new(None),
+                busy: Busy::new(),
             }),
         })
     }
@@ -267,6 +287,7 @@ impl PyLoop {
 
     /// Starts the reactor thread.
     fn start(&self) -> PyResult<()> {
+        self.inner.check_not_forked("start()")?;
         let mut phase = lock(&self.inner.phase);
         match *phase {
             Phase::Created => {}
@@ -299,6 +320,9 @@ impl PyLoop {
     /// what has not flushed after `timeout` seconds. Returns at once; `wait()` waits.
     fn stop(&self, timeout: f64) -> PyResult<()> {
         let timeout = seconds(timeout, "timeout")?;
+        if self.inner.shared.is_forked_copy() {
+            return Ok(()); // nothing runs here to stop
+        }
         let mut phase = lock(&self.inner.phase);
         match *phase {
             Phase::Created => {
@@ -313,13 +337,13 @@ impl PyLoop {
                     .shared
                     .update_status(|status| status.finished = true);
             }
-            Phase::Running => {
+            Phase::Running | Phase::Stopped => {
+                // Stopping already, a second stop can shorten the deadline (never extend it).
                 *phase = Phase::Stopped;
                 self.inner
                     .shared
                     .submit(Command::Stop(Instant::now() + timeout));
             }
-            Phase::Stopped => {}
         }
         Ok(())
     }
@@ -327,6 +351,9 @@ impl PyLoop {
     /// Waits up to `timeout` seconds for the reactor to finish; returns whether it has.
     /// Re-raises a `KeyboardInterrupt`/`SystemExit` that a handler raised.
     fn wait(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        if self.inner.shared.is_forked_copy() {
+            return Ok(true); // nothing runs here to wait for
+        }
         if self.inner.phase() == Phase::Created {
             return Err(LifecycleError::new_err("cannot wait: call start() first"));
         }
@@ -353,6 +380,9 @@ impl PyLoop {
     /// Waits up to `timeout` seconds until no session is open (or the loop finished).
     /// Re-raises a `KeyboardInterrupt`/`SystemExit` that a handler raised.
     fn wait_idle(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        if self.inner.shared.is_forked_copy() {
+            return Ok(true);
+        }
         let idle = self.wait_until(py, timeout, |status| {
             status.sessions == 0 || status.finished
         })?;
@@ -389,6 +419,7 @@ impl PyLoop {
         timeout: f64,
     ) -> PyResult<Py<PySession>> {
         let timeout = timeout_seconds(timeout, "timeout")?;
+        self.inner.check_not_forked("connect_nowait()")?;
         if self.inner.phase() != Phase::Running {
             return Err(LifecycleError::new_err(
                 "cannot connect_nowait(): the client is not running; create a new Client",
@@ -431,7 +462,14 @@ impl PyLoop {
             )));
         }
         let delay = capped_duration(when - now);
-        self.schedule(Instant::now() + delay, when, callback, args)
+        let at = Instant::now() + delay;
+        self.schedule(when, callback, args, |id| Command::Timer(id, at))
+    }
+
+    /// Runs `callback(*args)` on the reactor thread in its next batch, waking it if it
+    /// waits. Safe from any thread; `now` is the caller's `time.monotonic()`.
+    fn call_soon(&self, callback: Py<PyAny>, args: Py<PyTuple>, now: f64) -> PyResult<PyTimerHandle> {
+        self.schedule(now, callback, args, Command::CallSoon)
     }
 
     /// Scheduled callbacks that have not run and were not cancelled.
@@ -442,6 +480,7 @@ impl PyLoop {
 
     /// Counters, cheap enough to read often.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.inner.check_not_forked("read stats()")?;
         let stats = self.inner.shared.stats();
         let dict = PyDict::new(py);
         dict.set_item("sessions_open", self.inner.shared.status().sessions)?;
@@ -456,11 +495,19 @@ impl PyLoop {
         dict.set_item("idle_timeouts", stats.idle_timeouts)?;
         dict.set_item("accept_pauses", stats.accept_pauses)?;
         dict.set_item("timers_fired", stats.timers_fired)?;
+        dict.set_item("calls_soon", stats.calls_soon)?;
         dict.set_item(
             "handler_errors",
             self.inner.handler_errors.load(Ordering::Relaxed),
         )?;
         Ok(dict)
+    }
+
+    /// The callback the reactor thread is running now, as `(name, session_id, seconds)`
+    /// (`session_id` 0 for a timer), or None between callbacks.
+    fn busy_callback(&self) -> Option<(&'static str, u64, f64)> {
+        let (name, session, running) = self.inner.busy.current()?;
+        Some((name, session, running.as_secs_f64()))
     }
 
     /// Whether the caller runs on this loop's reactor thread (inside a handler callback).
@@ -471,6 +518,9 @@ impl PyLoop {
     /// Sessions currently open.
     #[getter]
     fn session_count(&self) -> usize {
+        if self.inner.shared.is_forked_copy() {
+            return 0;
+        }
         self.inner.shared.status().sessions
     }
 
@@ -487,7 +537,22 @@ impl PyLoop {
     /// Whether the reactor thread has finished (or never ran and was stopped).
     #[getter]
     fn finished(&self) -> bool {
-        self.inner.shared.status().finished
+        self.inner.shared.is_forked_copy() || self.inner.shared.status().finished
+    }
+
+    /// In a forked child: releases this copy of the loop. Closes the child's copies of
+    /// the sockets a running reactor held (or drops a reactor that never started), so the
+    /// parent's connections and listeners are not kept alive by the child. Idempotent.
+    fn forget_after_fork(&self) {
+        if !self.inner.shared.is_forked_copy() {
+            return;
+        }
+        // try_lock: a lock the fork caught held stays held; then there is nothing to drop.
+        let unstarted = self.inner.reactor.try_lock().ok().and_then(|mut r| r.take());
+        match unstarted {
+            Some(reactor) => drop(reactor),
+            None => self.inner.shared.close_fork_copies(),
+        }
     }
 }
 
@@ -514,15 +579,15 @@ impl PyLoop {
 
     fn schedule(
         &self,
-        at: Instant,
         when: f64,
         callback: Py<PyAny>,
         args: Py<PyTuple>,
+        command: impl FnOnce(u64) -> Command,
     ) -> PyResult<PyTimerHandle> {
         self.inner.check_running("schedule a callback")?;
         let id = self.inner.next_timer.fetch_add(1, Ordering::Relaxed);
         lock(&self.inner.timers).insert(id, (callback, args));
-        if !self.inner.shared.submit(Command::Timer(id, at)) {
+        if !self.inner.shared.submit(command(id)) {
             lock(&self.inner.timers).remove(&id);
             return Err(LifecycleError::new_err(
                 "cannot schedule a callback: it has stopped",
@@ -536,6 +601,7 @@ impl PyLoop {
     }
 
     fn check_can_connect(&self) -> PyResult<()> {
+        self.inner.check_not_forked("connect()")?;
         if self.inner.phase() != Phase::Running {
             return Err(LifecycleError::new_err(
                 "cannot connect(): the client is not running (it was stopped); create a new Client",

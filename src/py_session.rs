@@ -9,7 +9,7 @@ use std::sync::Arc;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyMemoryView};
 
 use crate::errors::{refused, FramingError};
 use crate::framing::Framer;
@@ -59,12 +59,18 @@ fn chunk<'py>(data: &Bound<'py, PyAny>, method: &str) -> PyResult<Chunk<'py>> {
     if let Ok(bytes) = data.cast::<PyBytes>() {
         return Ok(Chunk::Bytes(bytes.clone()));
     }
-    match PyBuffer::<u8>::get(data) {
-        // The bytes are copied: the caller may mutate a bytearray right after the call.
-        Ok(buffer) => Ok(Chunk::Copied(buffer.to_vec(data.py())?)),
+    // The bytes are copied: the caller may mutate a bytearray right after the call.
+    if let Ok(buffer) = PyBuffer::<u8>::get(data) {
+        return Ok(Chunk::Copied(buffer.to_vec(data.py())?));
+    }
+    // Any other C-contiguous buffer (array.array('i'), a memoryview of floats...) is sent
+    // as its raw bytes, as socket.send does: seen through a byte-format memoryview.
+    let as_bytes = PyMemoryView::from(data).and_then(|view| view.call_method1("cast", ("B",)));
+    match as_bytes.and_then(|view| Ok(PyBuffer::<u8>::get(&view)?.to_vec(data.py())?)) {
+        Ok(bytes) => Ok(Chunk::Copied(bytes)),
         Err(_) => Err(PyTypeError::new_err(format!(
-            "{method}() takes a bytes-like object (bytes, bytearray, memoryview of bytes), \
-             not '{}'; encode text first, e.g. text.encode()",
+            "{method}() takes a bytes-like object (bytes, bytearray, memoryview, array; any \
+             C-contiguous buffer), not '{}'; encode text first, e.g. text.encode()",
             data.get_type().name()?
         ))),
     }

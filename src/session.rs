@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::buffer::WriteBuffer;
 use crate::epoll::{Token, Waker};
+use crate::fork::{close_epoll_copy, Epoch};
 use crate::net::Address;
 
 /// A session's write-buffer limits.
@@ -240,6 +241,10 @@ impl SessionCore {
     /// Buffers several pieces atomically: all or none, and no other thread's write lands
     /// between them.
     pub fn write_all(self: &Arc<Self>, pieces: &[&[u8]]) -> Result<(), Refusal> {
+        if self.shared.is_forked_copy() {
+            // Checked before locking: a lock held at the fork stays held in the child.
+            return Err(Refusal::Closed);
+        }
         let size: usize = pieces.iter().map(|piece| piece.len()).sum();
         let mut outbox = self.outbox();
         if let Some(refusal) = outbox.write_refusal() {
@@ -399,6 +404,8 @@ pub enum Command {
     Stop(Instant),
     /// Report [`crate::reactor::Event::Timer`] with this id at this instant.
     Timer(u64, Instant),
+    /// Report [`crate::reactor::Event::Timer`] with this id in the coming batch.
+    CallSoon(u64),
     /// Forget the timer with this id, if it has not fired.
     CancelTimer(u64),
 }
@@ -424,8 +431,10 @@ pub struct Stats {
     pub idle_timeouts: u64,
     /// Times accepting paused because the process ran out of fds or memory.
     pub accept_pauses: u64,
-    /// Timer and `call_soon_threadsafe` callbacks run.
+    /// Timers (`call_later`, `call_at`) that came due.
     pub timers_fired: u64,
+    /// `call_soon_threadsafe` callbacks handed to the handler layer.
+    pub calls_soon: u64,
 }
 
 /// Counters that `join()` and friends wait on.
@@ -459,12 +468,25 @@ pub struct LoopShared {
     waker: Mutex<Option<Waker>>,
     status: Mutex<LoopStatus>,
     status_changed: Condvar,
+    /// The fork epoch the loop was made in: in a forked child it is a dead copy.
+    born: Epoch,
+    /// The reactor's epoll fd, whose registrations a forked child closes.
+    epoll_fd: RawFd,
+    /// The reactor thread has ended and closed its fds (nothing for a child to close).
+    reactor_done: AtomicBool,
+    /// A forked child has closed its copies of the reactor's fds.
+    copies_closed: AtomicBool,
 }
 
 impl LoopShared {
-    /// Shares `waker`, which must be registered with the reactor's poller.
-    pub fn new(waker: Waker) -> LoopShared {
+    /// Shares `waker`, which must be registered with the reactor's poller, whose epoll fd
+    /// is `epoll_fd`.
+    pub fn new(waker: Waker, epoll_fd: RawFd) -> LoopShared {
         LoopShared {
+            born: Epoch::now(),
+            epoll_fd,
+            reactor_done: AtomicBool::new(false),
+            copies_closed: AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
             stats: Mutex::new(Stats::default()),
             polling: AtomicBool::new(false),
@@ -478,9 +500,36 @@ impl LoopShared {
         lock(&self.queue)
     }
 
+    /// Whether this is a forked child's copy of a loop whose reactor stayed in the parent.
+    pub fn is_forked_copy(&self) -> bool {
+        self.born.is_past()
+    }
+
+    /// The reactor has finished with its fds (reactor thread, as it ends).
+    pub(crate) fn reactor_done(&self) {
+        self.reactor_done.store(true, Ordering::Release);
+    }
+
+    /// In a forked child: closes the child's copies of the sockets of a reactor that was
+    /// running in the parent, so that the parent's connections and listeners end when the
+    /// parent closes them. Only once, and never for a reactor that had finished.
+    pub fn close_fork_copies(&self) {
+        if !self.is_forked_copy()
+            || self.reactor_done.load(Ordering::Acquire)
+            || self.copies_closed.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        close_epoll_copy(self.epoll_fd);
+    }
+
     /// Queues a command and wakes the reactor if it is (about to be) blocked.
-    /// Returns `false` when the loop has finished and will never run it.
+    /// Returns `false` when the loop has finished and will never run it (or is a forked
+    /// child's copy, whose reactor stayed in the parent).
     pub fn submit(&self, command: Command) -> bool {
+        if self.is_forked_copy() {
+            return false;
+        }
         {
             let mut queue = self.lock_queue();
             if queue.closed {

@@ -225,3 +225,296 @@ def test_the_peers_eof_then_own_shutdown_closes_the_session(serve):
     assert read_until_end(sock) == (b"reply after your eof", "eof")
     assert recorder.wait_closed(session.id) == [None]
     sock.close()
+
+
+# == 3. fork() after start(): the child's copies are dead, and the child can exit ==============
+FORK_SCRIPT = """
+import os, socket, sys
+import hamanet
+
+class Echo(hamanet.Handler):
+    def on_connect(self, session):
+        sessions.append(session)
+    def on_recv(self, session, data):
+        session.write(data)
+
+sessions = []
+server = hamanet.Server(Echo())
+port = server.open(0)[1]
+server.start()
+client = hamanet.Client(hamanet.Handler())
+client_session = client.connect("127.0.0.1", port)
+peer = socket.create_connection(("127.0.0.1", port), timeout=10)
+peer.sendall(b"ping")
+assert peer.recv(4) == b"ping"
+told, tell = os.pipe()
+wait, release = os.pipe()
+pid = os.fork()
+if pid == 0:
+    seen = [f"running={server.running}", f"client_running={client.running}"]
+    for name, use in [
+        ("call_soon", lambda: server.call_soon_threadsafe(print)),
+        ("open", lambda: server.open(0)),
+        ("stats", server.stats),
+        ("connect", lambda: client.connect("127.0.0.1", port)),
+        ("write", lambda: sessions[0].write(b"x")),
+        ("client_write", lambda: client_session.write(b"x")),
+    ]:
+        try:
+            use()
+            seen.append(f"{name}=accepted")
+        except (hamanet.LifecycleError, hamanet.SessionClosedError) as exc:
+            seen.append(f"{name}={type(exc).__name__}")
+    server.stop()
+    seen.append(f"joined={server.join()}")
+    os.write(tell, (" ".join(seen) + "\\n").encode())
+    os.read(wait, 1)  # alive until the parent has closed its session
+    sys.exit(0)  # the exit hook must not wait for the parent's reactor
+print(os.read(told, 1000).decode().strip())
+# The parent stops: its peer sees EOF although the child, holding copies, still lives.
+server.stop()
+peer.settimeout(10)
+print("peer_eof", peer.recv(10) == b"")
+os.write(release, b"x")
+_, status = os.waitpid(pid, 0)
+print("child_exit", os.waitstatus_to_exitcode(status))
+client.stop()
+"""
+
+
+def test_a_forked_child_sees_dead_copies_and_exits(tmp_path):
+    script = tmp_path / "fork.py"
+    script.write_text(FORK_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == [
+        "running=False",
+        "client_running=False",
+        "call_soon=LifecycleError",
+        "open=LifecycleError",
+        "stats=LifecycleError",
+        "connect=LifecycleError",
+        "write=SessionClosedError",
+        "client_write=SessionClosedError",
+        "joined=True",
+    ]
+    assert lines[1:] == ["peer_eof True", "child_exit 0"]
+
+
+FORK_IN_CALLBACK_SCRIPT = """
+import os, socket, sys
+import hamanet
+
+class Forker(hamanet.Handler):
+    def on_recv(self, session, data):
+        if data != b"fork":
+            session.write(data)
+            return
+        pid = os.fork()
+        if pid == 0:
+            print("child ran", flush=True)
+            return  # back onto the parent's reactor: hamanet ends the child
+        session.write(str(pid).encode())
+
+server = hamanet.Server(Forker())
+port = server.open(0)[1]
+server.start()
+peer = socket.create_connection(("127.0.0.1", port), timeout=10)
+peer.sendall(b"fork")
+pid = int(peer.recv(100))
+_, status = os.waitpid(pid, 0)
+print("child_exit", os.waitstatus_to_exitcode(status))
+peer.sendall(b"again")  # the parent's reactor still serves
+print("served", len(peer.recv(100)) > 0)
+server.stop()
+"""
+
+
+def test_a_child_forked_in_a_callback_that_returns_ends(tmp_path):
+    script = tmp_path / "fork_in_callback.py"
+    script.write_text(FORK_IN_CALLBACK_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["child ran", "child_exit 0", "served True"]
+    assert "the child exits now" in done.stderr
+
+
+# == 4. stop(timeout): bounded, and what cannot be bounded is named ============================
+class Blocker(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def on_recv(self, session, data):
+        super().on_recv(session, data)
+        self.entered.set()
+        self.release.wait(WAIT)
+
+
+def test_stop_names_the_callback_that_holds_it_past_its_timeout(serve, caplog):
+    recorder = Blocker()
+    server = serve(recorder)
+    sock = connect(server.port)
+    sock.sendall(b"block")
+    assert recorder.entered.wait(WAIT)
+    (session,) = recorder.wait_sessions(1)
+    timer = threading.Timer(3.0, recorder.release.set)  # a callback that returns, late
+    timer.start()
+    with caplog.at_level("WARNING", logger="hamanet"):
+        server.stop(timeout=0.2)
+    timer.cancel()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        f"on_recv of session {session.id}" in w and "stop(timeout=0.2)" in w for w in warnings
+    ), warnings
+    # Nothing was left to send when the callback returned: a clean close, late.
+    assert recorder.wait_closed(session.id) == [None]
+    sock.close()
+
+
+def test_a_second_stop_shortens_the_deadline_of_the_first(serve):
+    recorder = Recorder()
+    server = serve(recorder, write_high=1 << 20, max_write_buffer=64 << 20)
+    sock = connect(server.port)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    (session,) = recorder.wait_sessions(1)
+    session.write(b"x" * (32 << 20))  # a peer that never reads: the flush cannot finish
+    stopper = threading.Thread(target=server.stop, kwargs={"timeout": 600.0})
+    stopper.start()
+    wait_until(lambda: not server.running or session.closing, what="the stop begun")
+    server.stop(timeout=0.0)  # aborts what is left now, not in 600 s
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    excs = recorder.wait_closed(session.id)
+    assert len(excs) == 1 and isinstance(excs[0], TimeoutError), excs
+    sock.close()
+
+
+CTRL_C_SCRIPT = """
+import logging, sys
+import hamanet
+import hamanet._endpoint
+
+logging.basicConfig(stream=sys.stdout, format="%(message)s")
+hamanet._endpoint.DEFAULT_STOP_TIMEOUT = 600.0  # a graceful stop that would hang the test
+
+class Flooder(hamanet.Handler):
+    def on_connect(self, session):
+        session.write(b"x" * (32 << 20))  # the peer never reads: the flush cannot finish
+        print("flooding", flush=True)
+    def on_close(self, session, exc):
+        print("closed", type(exc).__name__, flush=True)
+
+server = hamanet.Server(Flooder(), write_high=1 << 20, max_write_buffer=64 << 20)
+print("port", server.open(0)[1], flush=True)
+try:
+    server.serve_forever()
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_a_second_ctrl_c_aborts_a_graceful_stop_at_once(procs, tmp_path):
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_SCRIPT)
+    proc = procs(str(script))
+    port = int(proc.wait_line("port").split()[1])
+    sock = connect(port)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        proc.wait_line("flooding")
+        proc.popen.send_signal(signal.SIGINT)
+        proc.wait_line("hamanet: stopping")  # graceful, and says how to cut it short
+        proc.popen.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0  # well before the 600 s graceful deadline
+        assert proc.stdout[-2:] == ["closed TimeoutError\n", "interrupted\n"]
+        assert read_until_end(sock, limit=64 << 20)[1] == "reset"
+    finally:
+        sock.close()
+
+
+# == 14-16. mistakes refused loudly, counters that say what they count =========================
+@pytest.mark.parametrize("cls", [hamanet.Server, hamanet.Client])
+def test_a_misspelt_option_names_the_class_and_the_closest_option(cls):
+    with pytest.raises(TypeError) as info:
+        cls(Recorder(), idle_timout=5)
+    message = str(info.value)
+    assert message.startswith(f"{cls.__name__}() got an unknown option 'idle_timout'")
+    assert "did you mean 'idle_timeout'?" in message
+    assert "_Endpoint" not in message
+
+
+@pytest.mark.parametrize("cls", [hamanet.Server, hamanet.Client])
+def test_help_lists_the_options(cls):
+    import inspect
+
+    parameters = inspect.signature(cls).parameters
+    assert {"idle_timeout", "max_connections", "write_high", "framing"} <= set(parameters)
+    assert not any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda: hamanet.Server(Recorder(), max_write_buffer=2**64), "max_write_buffer"),
+        (lambda: hamanet.Server(Recorder(), write_high=2**64), "write_high"),
+        (lambda: hamanet.Server(Recorder(), recv_buffer=2**40), "recv_buffer"),
+        (lambda: hamanet.Server(Recorder(), max_connections=2**64), "max_connections"),
+        (lambda: hamanet.Server(Recorder()).open(0, backlog=2**40), "backlog"),
+        (lambda: hamanet.framing.FixedSize(2**70), "size"),
+    ],
+)
+def test_huge_numbers_are_a_value_error_naming_the_parameter(make, name):
+    with pytest.raises(ValueError, match=name):
+        make()
+
+
+def test_nul_in_a_host_or_path_is_named_as_such():
+    server = hamanet.Server(Recorder())
+    with pytest.raises(ValueError, match="host must not contain a NUL"):
+        server.open(0, host="127.0.0.1\0evil")
+    with pytest.raises(ValueError, match="path must not contain a NUL"):
+        server.open_unix("/tmp/a\0b")
+    client = hamanet.Client(Recorder())
+    with pytest.raises(ValueError, match="host must not contain a NUL"):
+        client.connect("local\0host", 80)
+    server.stop()
+    client.stop()
+
+
+def test_call_soon_threadsafe_on_a_client_not_yet_connected_runs(client_factory):
+    client = client_factory(Recorder())
+    ran = threading.Event()
+    handle = client.call_soon_threadsafe(ran.set)
+    assert ran.wait(WAIT), "a call_soon_threadsafe before any connect() never ran"
+    assert not handle.pending()
+    stats = client.stats()
+    assert (stats["calls_soon"], stats["timers_fired"]) == (1, 0)
+
+
+def test_timers_and_soon_calls_are_counted_apart(serve):
+    server = serve(Recorder())
+    done = threading.Event()
+    server.call_soon_threadsafe(lambda: None)
+    server.call_later(0.01, done.set)
+    assert done.wait(WAIT)
+    wait_until(lambda: server.stats()["timers_fired"] == 1, what="the timer counted")
+    assert server.stats()["calls_soon"] == 1
+
+
+def test_a_coroutine_timer_callback_is_refused(serve):
+    server = serve(Recorder())
+
+    async def later():
+        pass
+
+    with pytest.raises(TypeError, match="coroutine"):
+        server.call_soon_threadsafe(later)
+    with pytest.raises(TypeError, match="coroutine"):
+        server.call_later(1, later)

@@ -21,12 +21,13 @@ from ._hamanet import (
     TimerHandle,
     WriteBufferFullError,
 )
-from ._handler import Handler
+from ._handler import Handler, HandlerWarning
 
 __all__ = [
     "Client",
     "FramingError",
     "Handler",
+    "HandlerWarning",
     "LifecycleError",
     "Server",
     "Session",

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import difflib
+import inspect
 import ipaddress
+import logging
 import math
 import os
 import socket
+import sys
 import threading
 import time
 from typing import Any, Callable
 
 from ._hamanet import LifecycleError, Loop, Session, TimerHandle
 from ._handler import Handler, bound_callbacks
-from .framing import Framing
+from .framing import Framing, _check_framing
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_BACKLOG = 1024
@@ -25,6 +29,12 @@ DEFAULT_WRITE_LOW = 16 * 1024
 DEFAULT_MAX_WRITE_BUFFER = 128 * 1024 * 1024
 #: How long one blocking wait lasts before Python gets to handle signals (Ctrl-C).
 _WAIT_SLICE = 0.1
+#: How long stop() waits past its timeout before it says which callback holds it up.
+_STOP_GRACE = 1.0
+#: Sizes the kernel takes as a C int (socket buffers, the listen backlog).
+_C_INT_MAX = 2**31 - 1
+
+_logger = logging.getLogger("hamanet")
 
 # Started endpoints, kept alive until stopped (as a running thread keeps itself alive), so a
 # server whose last reference was dropped still gets stopped before the interpreter exits.
@@ -48,7 +58,21 @@ def _check_host(host: Any) -> str:
             "host must not be empty; use '127.0.0.1' for loopback or '0.0.0.0' "
             "to listen on every interface"
         )
+    if "\0" in host:
+        raise ValueError(f"host must not contain a NUL character, got {host!r}")
     return host
+
+
+def _check_path(path: Any) -> str:
+    path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"path must be a non-empty filesystem path, got {path!r}")
+    if "\0" in path:
+        raise ValueError(
+            f"path must not contain a NUL character (abstract Unix socket names are not "
+            f"supported), got {path!r}"
+        )
+    return path
 
 
 def _check_timeout(timeout: Any, name: str = "timeout", *, positive: bool = False) -> float:
@@ -72,12 +96,21 @@ def _check_resolvable(host: str, port: int) -> None:
             raise socket.gaierror(exc.errno, f"{exc.strerror}: {host!r}") from None
 
 
-def _check_size(value: Any, name: str, *, optional: bool = True, minimum: int = 1) -> int | None:
+def _check_size(
+    value: Any,
+    name: str,
+    *,
+    optional: bool = True,
+    minimum: int = 1,
+    maximum: int = sys.maxsize,
+) -> int | None:
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        what = f"an int >= {minimum}" + (" or None" if optional else "")
-        raise ValueError(f"{name} must be {what}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        what = "an int" + (" or None" if optional else "")
+        raise TypeError(f"{name} must be {what}, not {type(value).__name__!r}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be between {minimum} and {maximum}, got {value!r}")
     return value
 
 
@@ -94,6 +127,12 @@ def _check_idle_timeout(value: Any) -> float | None:
 def _check_callback(callback: Any) -> None:
     if not callable(callback):
         raise TypeError(f"callback must be callable, not {type(callback).__name__!r}")
+    if inspect.iscoroutinefunction(callback):
+        raise TypeError(
+            f"callback {callback!r} is a coroutine function, which hamanet would call "
+            "without awaiting; pass a plain function (coroutine callbacks are not supported "
+            "yet)"
+        )
 
 
 class _Endpoint:
@@ -116,11 +155,8 @@ class _Endpoint:
     ) -> None:
         if framing is None:
             framing = getattr(handler, "framing", None)
-        if framing is not None and not isinstance(framing, Framing):
-            raise TypeError(
-                "framing must be a hamanet.framing.Delimiter, LengthPrefixed or FixedSize, "
-                f"not {type(framing).__name__!r}"
-            )
+        framing = _check_framing(framing)
+        self._framed = framing is not None
         write_high = _check_size(write_high, "write_high", optional=False, minimum=0)
         write_low = _check_size(write_low, "write_low", optional=False, minimum=0)
         max_write_buffer = _check_size(max_write_buffer, "max_write_buffer", optional=False)
@@ -135,11 +171,11 @@ class _Endpoint:
             )
         self._handler = handler
         self._loop = Loop(
-            bound_callbacks(handler),
+            bound_callbacks(handler, framed=self._framed),
             nodelay=bool(nodelay),
             keepalive=bool(keepalive),
-            recv_buffer=_check_size(recv_buffer, "recv_buffer"),
-            send_buffer=_check_size(send_buffer, "send_buffer"),
+            recv_buffer=_check_size(recv_buffer, "recv_buffer", maximum=_C_INT_MAX),
+            send_buffer=_check_size(send_buffer, "send_buffer", maximum=_C_INT_MAX),
             write_high=write_high,
             write_low=write_low,
             max_write_buffer=max_write_buffer,
@@ -156,7 +192,7 @@ class _Endpoint:
 
     def set_handler(self, handler: Handler) -> None:
         """Replaces the handler; the reactor uses the new one from its next wakeup."""
-        self._loop.set_callbacks(bound_callbacks(handler))
+        self._loop.set_callbacks(bound_callbacks(handler, framed=self._framed))
         self._handler = handler
 
     @property
@@ -175,7 +211,8 @@ class _Endpoint:
         """Counters as of the reactor's last wakeup: ``sessions_open``, ``sessions_total``,
         ``accepted``, ``refused_by_limit``, ``bytes_in``, ``bytes_out``, ``writes``,
         ``sends``, ``writes_coalesced``, ``idle_timeouts``, ``accept_pauses``,
-        ``timers_fired``, ``handler_errors``. Cheap: read it as often as you like."""
+        ``timers_fired`` (call_later/call_at), ``calls_soon`` (call_soon_threadsafe),
+        ``handler_errors``. Cheap: read it as often as you like."""
         return self._loop.stats()
 
     def time(self) -> float:
@@ -188,6 +225,7 @@ class _Endpoint:
         any thread; a callback that raises is logged on the ``hamanet`` logger."""
         delay = _check_timeout(delay, "delay")
         _check_callback(callback)
+        self._before_scheduling()
         now = time.monotonic()
         return self._loop.call_at(now + delay, callback, args, now)
 
@@ -197,14 +235,18 @@ class _Endpoint:
         if isinstance(when, bool) or not isinstance(when, (int, float)):
             raise TypeError(f"when must be a time.monotonic() value, not {when!r}")
         _check_callback(callback)
+        self._before_scheduling()
         return self._loop.call_at(float(when), callback, args, time.monotonic())
 
     def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> TimerHandle:
         """Runs ``callback(*args)`` on the reactor thread as soon as it can, waking it if
         it is waiting. The way for other threads to hand work to handler code."""
         _check_callback(callback)
-        now = time.monotonic()
-        return self._loop.call_at(now, callback, args, now)
+        self._before_scheduling()
+        return self._loop.call_soon(callback, args, time.monotonic())
+
+    def _before_scheduling(self) -> None:
+        """A Server runs callbacks scheduled before start() once it starts."""
 
     def start(self) -> None:
         """Starts the reactor on its own thread. Raises LifecycleError if called twice."""
@@ -217,14 +259,35 @@ class _Endpoint:
         it (FIN), aborting (RST) whatever has not flushed after ``timeout`` seconds. Every
         session gets exactly one ``on_close``.
 
-        From any thread but the reactor's, waits until the reactor has finished. From a
-        handler callback, only requests the stop (join() then returns once it is done).
-        Idempotent.
+        From any thread but the reactor's, waits until the reactor has finished: within
+        ``timeout`` unless a callback is running and does not return, which nothing can
+        interrupt; then a warning on the ``hamanet`` logger names it, and stop() goes on
+        waiting for it (Ctrl-C there aborts every session and returns). A second stop()
+        can shorten the deadline. From a handler callback, only requests the stop (join()
+        then returns once it is done).
         """
         timeout = _check_timeout(timeout)
         self._loop.stop(timeout)
-        if not self._loop.on_reactor_thread() and self._loop.phase != "created":
+        if self._loop.on_reactor_thread() or self._loop.phase == "created":
+            return
+        if not self._wait(timeout + _STOP_GRACE):
+            self._report_blocked(f"stop(timeout={timeout:g})")
             self._wait(None)
+
+    def _report_blocked(self, what: str) -> None:
+        busy = self._loop.busy_callback()
+        if busy is None:
+            return  # it finished meanwhile
+        name, session, seconds = busy
+        whose = f" of session {session}" if session else ""
+        _logger.warning(
+            "hamanet: %s is waiting for %s%s, which has been running for %.1f s; a "
+            "callback cannot be interrupted, so the reactor stops once it returns",
+            what,
+            name,
+            whose,
+            seconds,
+        )
 
     def join(self, timeout: float | None = None) -> bool:
         """Blocks until the reactor has finished (after stop()), or ``timeout`` seconds.
@@ -261,20 +324,34 @@ class _Endpoint:
                 _live.discard(self)
 
     def _wait_for(self, wait: Any, timeout: float | None) -> bool:
-        remaining = math.inf if timeout is None else timeout
         try:
-            while True:
-                if wait(min(_WAIT_SLICE, remaining)):
-                    return True
-                remaining -= _WAIT_SLICE
-                if remaining <= 0:
-                    return False
+            return _wait_in_slices(wait, timeout)
         except BaseException:
             # Ctrl-C (or a SystemExit from a signal handler) while waiting: leave the
-            # reactor stopped cleanly, then let the exception through.
-            self._loop.stop(DEFAULT_STOP_TIMEOUT)
-            self._loop.wait(DEFAULT_STOP_TIMEOUT + 1.0)
+            # reactor stopped, then let the exception through.
+            self._stop_after_interrupt()
             raise
+
+    def _stop_after_interrupt(self) -> None:
+        """The first Ctrl-C stops gracefully (flushing for up to DEFAULT_STOP_TIMEOUT);
+        a second one aborts every session at once, as servers users know do."""
+        self._loop.stop(DEFAULT_STOP_TIMEOUT)
+        try:
+            if _wait_in_slices(self._loop.wait, _STOP_GRACE):
+                return
+            _logger.warning(
+                "hamanet: stopping: sending what sessions have buffered for up to %g s; "
+                "press Ctrl-C again to abort them now",
+                DEFAULT_STOP_TIMEOUT,
+            )
+            if not _wait_in_slices(self._loop.wait, DEFAULT_STOP_TIMEOUT):
+                self._report_blocked("the stop after Ctrl-C")
+        except KeyboardInterrupt:
+            self._loop.stop(0.0)
+            # A callback that does not return cannot be aborted: wait only briefly.
+            with contextlib.suppress(BaseException):
+                if not _wait_in_slices(self._loop.wait, _STOP_GRACE):
+                    self._report_blocked("the abort after a second Ctrl-C")
 
     def __enter__(self) -> Any:
         return self
@@ -282,6 +359,33 @@ class _Endpoint:
     def __exit__(self, *exc_info: Any) -> None:
         if self._loop.phase != "stopped" or not self._loop.finished:
             self.stop()
+
+
+def _wait_in_slices(wait: Callable[[float], bool], timeout: float | None) -> bool:
+    """Calls ``wait(slice)`` until it returns True or ``timeout`` runs out; Python handles
+    signals between the slices."""
+    deadline = math.inf if timeout is None else time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if wait(max(0.0, min(_WAIT_SLICE, left))):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+
+
+#: The options Server and Client take, for a misspelt one's error message.
+_OPTIONS = tuple(inspect.signature(_Endpoint.__init__).parameters)[2:]
+
+
+def _check_options(cls: type, options: dict[str, Any]) -> None:
+    for name in options:
+        if name not in _OPTIONS:
+            close = difflib.get_close_matches(name, _OPTIONS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(
+                f"{cls.__name__}() got an unknown option {name!r}{hint} "
+                f"(options: {', '.join(_OPTIONS)})"
+            )
 
 
 class Server(_Endpoint):
@@ -293,8 +397,11 @@ class Server(_Endpoint):
     """
 
     def __init__(self, handler: Handler, **options: Any) -> None:
+        _check_options(type(self), options)
         super().__init__(handler, **options)
         self._addresses: list[tuple[str, int]] = []
+
+    __init__.__signature__ = inspect.signature(_Endpoint.__init__)  # type: ignore[attr-defined]
 
     def open(
         self,
@@ -314,7 +421,7 @@ class Server(_Endpoint):
         """
         port = _check_port(port)
         host = _check_host(host)
-        backlog = _check_size(backlog, "backlog", optional=False)
+        backlog = _check_size(backlog, "backlog", optional=False, maximum=_C_INT_MAX)
         _check_resolvable(host, port)
         # (host, port) for IPv6 too: flowinfo and scope_id say nothing about a listener.
         address = self._loop.listen(host, port, backlog, bool(reuse_port), bool(dual_stack))[:2]
@@ -326,10 +433,8 @@ class Server(_Endpoint):
         A socket file left behind by a dead process is replaced; one a live server owns
         raises OSError(EADDRINUSE); a path over 107 bytes raises ValueError. The file is
         removed when the server stops."""
-        path = os.fspath(path)
-        if not isinstance(path, str) or not path:
-            raise ValueError(f"path must be a non-empty filesystem path, got {path!r}")
-        backlog = _check_size(backlog, "backlog", optional=False)
+        path = _check_path(path)
+        backlog = _check_size(backlog, "backlog", optional=False, maximum=_C_INT_MAX)
         address = self._loop.listen_unix(path, backlog)
         self._addresses.append(address)
         return address
@@ -356,9 +461,19 @@ class Server(_Endpoint):
 class Client(_Endpoint):
     """A TCP client: ``connect()`` returns a Session; callbacks go to the handler.
 
-    The reactor starts with the first connect(). ``join()`` waits until every session of
-    this client has closed; ``stop()`` closes them all and ends the reactor.
+    The reactor starts with the first connect() or scheduled callback. ``join()`` waits
+    until every session of this client has closed; ``stop()`` closes them all and ends
+    the reactor.
     """
+
+    def __init__(self, handler: Handler, **options: Any) -> None:
+        _check_options(type(self), options)
+        super().__init__(handler, **options)
+
+    __init__.__signature__ = inspect.signature(_Endpoint.__init__)  # type: ignore[attr-defined]
+
+    def _before_scheduling(self) -> None:
+        self._ensure_started()
 
     def connect(self, host: str, port: int, *, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Session:
         """Connects, waiting up to ``timeout`` seconds, and returns the Session.
@@ -394,9 +509,7 @@ class Client(_Endpoint):
         self, path: str | os.PathLike[str], *, timeout: float = DEFAULT_CONNECT_TIMEOUT
     ) -> Session:
         """Connects to the Unix domain stream socket at ``path`` (see ``connect``)."""
-        path = os.fspath(path)
-        if not isinstance(path, str) or not path:
-            raise ValueError(f"path must be a non-empty filesystem path, got {path!r}")
+        path = _check_path(path)
         timeout = _check_timeout(timeout, positive=True)
         self._ensure_started()
         return self._loop.connect_unix(path, timeout)
@@ -427,3 +540,18 @@ def _stop_all() -> None:
     for endpoint in endpoints:
         with contextlib.suppress(Exception):
             endpoint.stop(timeout=1.0)
+
+
+def _forget_all_after_fork() -> None:
+    """In a forked child: every Server and Client of the parent is a dead copy (its
+    reactor thread stayed in the parent). Close the child's copies of their sockets, so
+    the parent's connections and listeners end when the parent closes them, and forget
+    them, so that exiting the child does not wait for them."""
+    global _live_lock
+    _live_lock = threading.Lock()  # another thread may have held it at the fork
+    for endpoint in list(_live):
+        endpoint._loop.forget_after_fork()
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_forget_all_after_fork)
