@@ -204,12 +204,18 @@ impl Callbacks {
 struct Entry {
     generation: u32,
     session: Py<PySession>,
+    /// The session's own handler, if it has one (`connect_nowait(handler=...)`), in
+    /// place of the loop's.
+    callbacks: Option<Arc<Callbacks>>,
     /// The exception a callback raised, handed to `on_close` instead of the OS's reason.
     error: Option<PyErr>,
     /// The session's framing state, when the loop frames (boxed: most loops do not, and
     /// an idle session should cost as little as it can).
     decoder: Option<Box<FrameDecoder>>,
 }
+
+/// A session returned by a connect call and not yet opened, with its own callbacks.
+pub type PendingSession = (Py<PySession>, Option<Arc<Callbacks>>);
 
 /// Python objects of open sessions, indexed like the reactor's slots.
 #[derive(Default)]
@@ -218,7 +224,12 @@ struct SessionTable {
 }
 
 impl SessionTable {
-    fn insert(&mut self, token: Token, session: Py<PySession>, decoder: Option<Box<FrameDecoder>>) {
+    fn insert(
+        &mut self,
+        token: Token,
+        (session, callbacks): PendingSession,
+        decoder: Option<Box<FrameDecoder>>,
+    ) {
         let index = token.slot();
         if self.entries.len() <= index {
             self.entries.resize_with(index + 1, || None);
@@ -226,6 +237,7 @@ impl SessionTable {
         self.entries[index] = Some(Entry {
             generation: token.generation(),
             session,
+            callbacks,
             error: None,
             decoder,
         });
@@ -324,8 +336,9 @@ pub fn run(mut reactor: Reactor, inner: Arc<LoopInner>) {
         // user still holds it and gets the one `on_close` every session gets.
         let never_opened = std::mem::take(&mut *lock(&inner.pending));
         let callbacks = Arc::clone(&lock(&inner.callbacks));
-        if let Some(callback) = &callbacks.on_close {
-            for session in never_opened.into_values() {
+        for (session, own) in never_opened.into_values() {
+            let callbacks = own.as_deref().unwrap_or(&callbacks);
+            if let Some(callback) = &callbacks.on_close {
                 let reason = PyConnectionAbortedError::new_err(
                     "the client stopped before the connection was registered",
                 );
@@ -353,29 +366,82 @@ struct Dispatcher<'a, 'py> {
 }
 
 impl<'py> Dispatcher<'_, 'py> {
-    fn deliver(&mut self, reactor: &Reactor, callbacks: &Callbacks, event: &Event) {
+    /// Delivers one event to the callbacks of its session's own handler, if it has one,
+    /// else to `loop_callbacks`.
+    fn deliver(&mut self, reactor: &Reactor, loop_callbacks: &Callbacks, event: &Event) {
+        let own = match event {
+            Event::Opened { token, session } => self.open(*token, session),
+            Event::ConnectFailed { session, .. } => {
+                let pending = lock(&self.inner.pending).remove(&session.id);
+                let Some((object, own)) = pending else {
+                    return;
+                };
+                let callbacks = own.as_deref().unwrap_or(loop_callbacks);
+                return self.connect_failed(event, object, callbacks);
+            }
+            Event::Received { token, .. }
+            | Event::Eof { token }
+            | Event::Drained { token }
+            | Event::PauseWriting { token }
+            | Event::ResumeWriting { token }
+            | Event::Closed { token, .. } => {
+                self.table.get(*token).and_then(|entry| entry.callbacks.clone())
+            }
+            Event::Timer { .. } | Event::AcceptPaused { .. } => None,
+        };
+        self.deliver_to(reactor, own.as_deref().unwrap_or(loop_callbacks), event);
+    }
+
+    /// Enters a newly opened session in the table (with the `Session` its connect call
+    /// returned, or a new one for an accepted connection); returns its own callbacks.
+    fn open(&mut self, token: Token, session: &Arc<SessionCore>) -> Option<Arc<Callbacks>> {
         let py = self.py;
         let framer = &self.inner.framer;
+        let pending = lock(&self.inner.pending).remove(&session.id);
+        let pending = match pending {
+            Some(pending) => pending,
+            None => match Py::new(py, PySession::new(Arc::clone(session), framer.clone())) {
+                Ok(object) => (object, None),
+                Err(err) => {
+                    self.log_error("creating the Session", session.id, &err);
+                    session.abort();
+                    return None;
+                }
+            },
+        };
+        let own = pending.1.clone();
+        let decoder = framer
+            .as_ref()
+            .map(|framer| Box::new(FrameDecoder::new(Framer::clone(framer))));
+        self.table.insert(token, pending, decoder);
+        own
+    }
+
+    /// `on_close` for a connect that never completed.
+    fn connect_failed(&mut self, event: &Event, object: Py<PySession>, callbacks: &Callbacks) {
+        let py = self.py;
+        let Event::ConnectFailed { session, error } = event else {
+            return;
+        };
+        let Some(callback) = &callbacks.on_close else {
+            return;
+        };
+        let reason = match error {
+            Some(err) => close_reason(py, err),
+            None => py.None(),
+        };
+        self.inner.busy.begin(Callback::OnClose, session.id);
+        let result = callback.call1(py, (object, reason));
+        self.inner.busy.end();
+        if let Err(err) = result {
+            self.handler_failed(Callback::OnClose, None, err);
+        }
+    }
+
+    fn deliver_to(&mut self, reactor: &Reactor, callbacks: &Callbacks, event: &Event) {
+        let py = self.py;
         match event {
-            Event::Opened { token, session } => {
-                let pending = lock(&self.inner.pending).remove(&session.id);
-                let object = match pending {
-                    Some(object) => object,
-                    None => {
-                        match Py::new(py, PySession::new(Arc::clone(session), framer.clone())) {
-                            Ok(object) => object,
-                            Err(err) => {
-                                self.log_error("creating the Session", session.id, &err);
-                                session.abort();
-                                return;
-                            }
-                        }
-                    }
-                };
-                let decoder = framer
-                    .as_ref()
-                    .map(|framer| Box::new(FrameDecoder::new(Framer::clone(framer))));
-                self.table.insert(*token, object, decoder);
+            Event::Opened { token, .. } => {
                 self.notify(*token, Callback::OnConnect, &callbacks.on_connect);
             }
             Event::Received { token, range } => {
@@ -441,24 +507,7 @@ impl<'py> Dispatcher<'_, 'py> {
                     self.handler_failed(Callback::OnClose, None, err);
                 }
             }
-            Event::ConnectFailed { session, error } => {
-                let Some(object) = lock(&self.inner.pending).remove(&session.id) else {
-                    return;
-                };
-                let Some(callback) = &callbacks.on_close else {
-                    return;
-                };
-                let reason = match error {
-                    Some(err) => close_reason(py, err),
-                    None => py.None(),
-                };
-                self.inner.busy.begin(Callback::OnClose, session.id);
-                let result = callback.call1(py, (object, reason));
-                self.inner.busy.end();
-                if let Err(err) = result {
-                    self.handler_failed(Callback::OnClose, None, err);
-                }
-            }
+            Event::ConnectFailed { .. } => {} // delivered by `deliver`
             Event::Timer { id } => {
                 let Some((callback, args)) = lock(&self.inner.timers).remove(id) else {
                     return; // cancelled after it came due

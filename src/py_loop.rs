@@ -19,7 +19,7 @@ use pyo3::types::{PyDict, PyTuple};
 use crate::errors::{os_error, LifecycleError};
 use crate::framing::Framer;
 use crate::net::{self, Address, SocketOptions};
-use crate::py_dispatch::{run, Busy, Callbacks};
+use crate::py_dispatch::{run, Busy, Callbacks, PendingSession};
 use crate::py_session::{address_object, PySession};
 use crate::reactor::{LoopConfig, Reactor};
 use crate::session::{lock, Command, LoopShared, LoopStatus, SessionCore, WriteLimits};
@@ -49,7 +49,7 @@ pub(crate) struct LoopInner {
     pub(crate) callbacks: Mutex<Arc<Callbacks>>,
     /// Client sessions whose Python object exists (returned by `connect`) but whose
     /// `Opened` event has not been delivered yet.
-    pub(crate) pending: Mutex<HashMap<u64, Py<PySession>>>,
+    pub(crate) pending: Mutex<HashMap<u64, PendingSession>>,
     /// Scheduled callbacks and their arguments, by timer id.
     pub(crate) timers: Mutex<HashMap<u64, ScheduledCall>>,
     next_timer: AtomicU64,
@@ -391,38 +391,47 @@ impl PyLoop {
     }
 
     /// Connects to `host:port`, waiting up to `timeout` seconds; returns the `Session`.
+    /// `callbacks`, if given, are the session's own handler's (else the loop's).
+    #[pyo3(signature = (host, port, timeout, callbacks=None))]
     fn connect(
         &self,
         py: Python<'_>,
         host: &str,
         port: u16,
         timeout: f64,
+        callbacks: Option<&Bound<'_, PyTuple>>,
     ) -> PyResult<Py<PySession>> {
         let context = format!("{host}:{port}");
         self.check_can_connect()?;
+        let own = own_callbacks(callbacks)?;
         let addrs = py
             .detach(|| net::resolve(host, port))
             .map_err(|e| os_error(&e, Some(&context)))?;
         let addrs: Vec<Address> = addrs.into_iter().map(Address::Inet).collect();
-        self.connect_any(py, &addrs, timeout, &context)
+        self.connect_any(py, &addrs, timeout, &context, own)
     }
 
     /// Starts connecting to `ip:port` and returns the `Session` at once; the reactor
     /// finishes the connect. `on_connect` follows when it completes; if it fails, times
     /// out or is cancelled by `close()`, `on_close` comes instead (with the error, or
-    /// None). Never blocks, so it may be called from a callback.
+    /// None). Never blocks, so it may be called from a callback. `callbacks`, if given,
+    /// are the session's own handler's (else the loop's).
+    #[pyo3(signature = (host, port, timeout, callbacks=None))]
     fn connect_nowait(
         &self,
         py: Python<'_>,
         host: &str,
         port: u16,
         timeout: f64,
+        callbacks: Option<&Bound<'_, PyTuple>>,
     ) -> PyResult<Py<PySession>> {
         let timeout = timeout_seconds(timeout, "timeout")?;
+        let own = own_callbacks(callbacks)?;
         self.inner.check_not_forked("connect_nowait()")?;
         if self.inner.phase() != Phase::Running {
             return Err(LifecycleError::new_err(
-                "cannot connect_nowait(): the client is not running; create a new Client",
+                "cannot connect_nowait(): it is not running (a Server must be started first; \
+                 a stopped one cannot be reused)",
             ));
         }
         let ip: std::net::IpAddr = host.parse().map_err(|_| {
@@ -437,14 +446,22 @@ impl PyLoop {
             .map_err(|e| os_error(&e, Some(&context)))?;
         let local = net::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(&context)))?;
         let deadline = Instant::now() + timeout;
-        self.hand_over(py, addr, local, fd, Some(deadline), "connect_nowait")
+        self.hand_over(py, (addr, local), fd, Some(deadline), "connect_nowait", own)
     }
 
     /// Connects to the Unix domain socket at `path`; returns the `Session`.
-    fn connect_unix(&self, py: Python<'_>, path: PathBuf, timeout: f64) -> PyResult<Py<PySession>> {
+    #[pyo3(signature = (path, timeout, callbacks=None))]
+    fn connect_unix(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        timeout: f64,
+        callbacks: Option<&Bound<'_, PyTuple>>,
+    ) -> PyResult<Py<PySession>> {
         let context = path.display().to_string();
         self.check_can_connect()?;
-        self.connect_any(py, &[Address::Unix(path)], timeout, &context)
+        let own = own_callbacks(callbacks)?;
+        self.connect_any(py, &[Address::Unix(path)], timeout, &context, own)
     }
 
     /// Runs `callback(*args)` on the reactor thread at `when` (`time.monotonic()` clock).
@@ -622,11 +639,11 @@ impl PyLoop {
     fn hand_over(
         &self,
         py: Python<'_>,
-        peer: Address,
-        local: Address,
+        (peer, local): (Address, Address),
         fd: OwnedFd,
         connect_deadline: Option<Instant>,
         method: &str,
+        own: Option<Arc<Callbacks>>,
     ) -> PyResult<Py<PySession>> {
         let limits = self.inner.config.limits;
         let core = SessionCore::new(Arc::clone(&self.inner.shared), peer, local, limits);
@@ -634,7 +651,7 @@ impl PyLoop {
             py,
             PySession::new(Arc::clone(&core), self.inner.framer.clone()),
         )?;
-        lock(&self.inner.pending).insert(core.id, session.clone_ref(py));
+        lock(&self.inner.pending).insert(core.id, (session.clone_ref(py), own));
         if !self
             .inner
             .shared
@@ -655,6 +672,7 @@ impl PyLoop {
         addrs: &[Address],
         timeout: f64,
         context: &str,
+        own: Option<Arc<Callbacks>>,
     ) -> PyResult<Py<PySession>> {
         let deadline = Instant::now() + seconds(timeout, "timeout")?;
         let mut last_error = None;
@@ -681,7 +699,7 @@ impl PyLoop {
                     continue;
                 }
             };
-            return self.hand_over(py, peer, local, fd, None, "connect");
+            return self.hand_over(py, (peer, local), fd, None, "connect", own);
         }
         let err = last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::TimedOut));
         Err(os_error(&err, Some(context)))
@@ -707,6 +725,13 @@ impl PyLoop {
             }
         }
     }
+}
+
+/// A session's own callbacks, from the tuple `hamanet`'s `bound_callbacks` makes.
+fn own_callbacks(callbacks: Option<&Bound<'_, PyTuple>>) -> PyResult<Option<Arc<Callbacks>>> {
+    callbacks
+        .map(|tuple| Callbacks::from_tuple(tuple).map(Arc::new))
+        .transpose()
 }
 
 /// A framer from the spec tuple that `hamanet.framing`'s classes make:

@@ -518,3 +518,86 @@ def test_a_coroutine_timer_callback_is_refused(serve):
         server.call_soon_threadsafe(later)
     with pytest.raises(TypeError, match="coroutine"):
         server.call_later(1, later)
+
+
+# == 6. a proxy on one reactor: outbound sessions with their own handler =======================
+class Upstream(hamanet.Handler):
+    """The upstream half of a proxy: what the upstream says goes to its downstream."""
+
+    def __init__(self, downstream: hamanet.Session) -> None:
+        self.downstream = downstream
+
+    def on_recv(self, session, data):
+        self.downstream.write(data)
+
+    def on_close(self, session, exc):
+        self.downstream.close()
+
+
+class Proxy(hamanet.Handler):
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.server: hamanet.Server | None = None
+
+    def on_connect(self, session):
+        assert self.server is not None
+        session.upstream = self.server.connect_nowait(
+            "127.0.0.1", self.upstream_port, handler=Upstream(session)
+        )
+
+    def on_recv(self, session, data):
+        session.upstream.write(data)
+
+    def on_close(self, session, exc):
+        session.upstream.close()
+
+
+class Greeter(hamanet.Handler):
+    """An upstream that speaks first (as SMTP, SSH and Redis replies do)."""
+
+    def on_connect(self, session):
+        session.write(b"220 hello %d\n" % session.id)
+
+    def on_recv(self, session, data):
+        session.write(data)
+
+
+def test_a_server_proxies_to_an_upstream_that_speaks_first_on_its_own_reactor(serve):
+    upstream = serve(Greeter())
+    proxy_handler = Proxy(upstream.port)
+    proxy = serve(proxy_handler)
+    proxy_handler.server = proxy
+    for round_ in range(200):
+        with connect(proxy.port) as sock:
+            banner = b""
+            while not banner.endswith(b"\n"):
+                chunk = sock.recv(100)
+                assert chunk, f"round {round_}: EOF before the upstream's banner"
+                banner += chunk
+            assert banner.startswith(b"220 hello ")
+            sock.sendall(b"ping")
+            assert sock.recv(4) == b"ping"
+    wait_until(lambda: proxy.stats()["sessions_open"] == 0, what="proxy sessions closed")
+
+
+def test_a_connects_own_handler_gets_its_callbacks_and_the_clients_does_not(
+    serve, client_factory
+):
+    server = serve(Greeter())
+    shared, own = Recorder(), Recorder()
+    client = client_factory(shared)
+    session = client.connect("127.0.0.1", server.port, handler=own)
+    other = client.connect("127.0.0.1", server.port)
+    wait_until(lambda: own.received(session.id).endswith(b"\n"), what="own banner")
+    wait_until(lambda: shared.received(other.id).endswith(b"\n"), what="shared banner")
+    session.close()
+    assert own.wait_closed(session.id) == [None]
+    assert session.id not in shared.sessions and session.id not in shared.closes
+    assert other.id not in own.sessions
+
+
+def test_server_connect_nowait_before_start_is_refused():
+    server = hamanet.Server(Recorder())
+    with pytest.raises(hamanet.LifecycleError, match="started first"):
+        server.connect_nowait("127.0.0.1", 9)
+    server.stop()

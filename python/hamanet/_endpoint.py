@@ -248,6 +248,41 @@ class _Endpoint:
     def _before_scheduling(self) -> None:
         """A Server runs callbacks scheduled before start() once it starts."""
 
+    def connect_nowait(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        handler: Handler | None = None,
+    ) -> Session:
+        """Starts connecting to ``host`` (an IP address) and returns the Session at once;
+        the reactor finishes the connect, so this never blocks and works from a callback.
+        On a Server it opens an outbound session on the server's own reactor: a proxy's
+        upstream then runs on the same thread as its downstream, and since a session
+        opened from a callback goes live only after that callback returns, the caller can
+        attach its state first. ``handler``, if given, receives this session's callbacks
+        instead of the endpoint's handler (e.g. an object holding the downstream session).
+
+        ``on_connect`` follows when connected. If the connect fails or times out,
+        ``on_close(session, exc)`` comes instead, without an ``on_connect``; ``close()``
+        before then cancels it (``on_close(session, None)``). Writes made meanwhile are
+        sent once connected."""
+        host = _check_host(host)
+        port = _check_port(port)
+        timeout = _check_timeout(timeout, positive=True)
+        callbacks = self._own_callbacks(handler)
+        self._before_connecting()
+        return self._loop.connect_nowait(host, port, timeout, callbacks)
+
+    def _own_callbacks(self, handler: Handler | None) -> tuple[Any, ...] | None:
+        if handler is None:
+            return None
+        return bound_callbacks(handler, framed=self._framed)
+
+    def _before_connecting(self) -> None:
+        """A Server connects only while running (a Client starts on demand)."""
+
     def start(self) -> None:
         """Starts the reactor on its own thread. Raises LifecycleError if called twice."""
         with self._start_lock:
@@ -475,44 +510,47 @@ class Client(_Endpoint):
     def _before_scheduling(self) -> None:
         self._ensure_started()
 
-    def connect(self, host: str, port: int, *, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Session:
+    def _before_connecting(self) -> None:
+        self._ensure_started()
+
+    def connect(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        handler: Handler | None = None,
+    ) -> Session:
         """Connects, waiting up to ``timeout`` seconds, and returns the Session.
 
         Refused, unreachable or timed-out connections raise the matching OSError
         (ConnectionRefusedError, TimeoutError, ...); nothing hangs and no fd leaks.
-        ``on_connect`` follows on the reactor thread. Call from any thread but the
-        reactor's (not from a callback).
+        ``on_connect`` follows on the reactor thread, possibly before this returns: state
+        the callbacks need belongs in ``handler``, which (if given) receives this
+        session's callbacks instead of the client's handler. Call from any thread but the
+        reactor's (not from a callback; see ``connect_nowait``).
         """
         host = _check_host(host)
         port = _check_port(port)
         timeout = _check_timeout(timeout, positive=True)
         _check_resolvable(host, port)
+        callbacks = self._own_callbacks(handler)
         self._ensure_started()
-        return self._loop.connect(host, port, timeout)
-
-    def connect_nowait(
-        self, host: str, port: int, *, timeout: float = DEFAULT_CONNECT_TIMEOUT
-    ) -> Session:
-        """Starts connecting to ``host`` (an IP address) and returns the Session at once;
-        the reactor finishes the connect, so this never blocks and works from a callback
-        (a proxy opening its upstream, say). ``on_connect`` follows when connected. If the
-        connect fails or times out, ``on_close(session, exc)`` comes instead, without an
-        ``on_connect``; ``close()`` before then cancels it (``on_close(session, None)``).
-        Writes made meanwhile are sent once connected."""
-        host = _check_host(host)
-        port = _check_port(port)
-        timeout = _check_timeout(timeout, positive=True)
-        self._ensure_started()
-        return self._loop.connect_nowait(host, port, timeout)
+        return self._loop.connect(host, port, timeout, callbacks)
 
     def connect_unix(
-        self, path: str | os.PathLike[str], *, timeout: float = DEFAULT_CONNECT_TIMEOUT
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        handler: Handler | None = None,
     ) -> Session:
         """Connects to the Unix domain stream socket at ``path`` (see ``connect``)."""
         path = _check_path(path)
         timeout = _check_timeout(timeout, positive=True)
+        callbacks = self._own_callbacks(handler)
         self._ensure_started()
-        return self._loop.connect_unix(path, timeout)
+        return self._loop.connect_unix(path, timeout, callbacks)
 
     def _ensure_started(self) -> None:
         with self._start_lock:
