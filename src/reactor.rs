@@ -854,19 +854,24 @@ impl Reactor {
         }
     }
 
-    /// The connection failed (a send or the socket reported `err`). If reading is paused
-    /// and input the peer sent before the failure is still unread, the session waits for
-    /// `resume_reading()` to deliver it, then closes with `err`; otherwise it closes now.
+    /// The connection failed (a send or the socket reported `err`). If input the peer
+    /// sent before the failure is still unread (past a read budget, or under
+    /// `pause_reading()`), the session is kept to deliver it, next turn or after the
+    /// resume, then closes with `err`; otherwise it closes now.
     fn fail(&mut self, token: Token, err: io::Error) {
         if let Some(session) = session_slot(&mut self.slots, token) {
             let mut outbox = session.core.outbox();
             let unread = || net::unread_bytes(session.fd.as_fd()).is_ok_and(|n| n > 0);
-            if outbox.read_paused && !outbox.is_closing() && !session.eof && unread() {
+            if !outbox.is_closing() && !session.eof && unread() {
                 // Nothing can be sent any more: later writes are refused.
                 outbox.connection_lost = true;
                 outbox.buffer.clear();
+                let paused = outbox.read_paused;
                 drop(outbox);
                 session.broken.get_or_insert(err);
+                if !paused {
+                    requeue(&mut self.again, &mut session.requeued, token);
+                }
                 return;
             }
         }
