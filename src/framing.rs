@@ -486,7 +486,11 @@ mod tests {
                 // Every message here is valid: a framer that refused some would leave
                 // nothing to compare, and the round trip would pass vacuously.
                 let (_, expected) = envelope_all(&framer, &messages);
-                assert_eq!(expected.len(), messages.len(), "{framer:?} refused a message");
+                assert_eq!(
+                    expected.len(),
+                    messages.len(),
+                    "{framer:?} refused a message"
+                );
                 envelopes_round_trip(&framer, &messages, &cuts);
             }
         }

@@ -12,9 +12,9 @@ compile_error!("hamanet is built on epoll and runs on Linux only");
 
 pub mod buffer;
 pub mod epoll;
-pub mod fork;
 #[cfg(feature = "python")]
 mod errors;
+pub mod fork;
 pub mod framing;
 pub mod net;
 #[cfg(feature = "python")]

@@ -384,9 +384,10 @@ impl<'py> Dispatcher<'_, 'py> {
             | Event::Drained { token }
             | Event::PauseWriting { token }
             | Event::ResumeWriting { token }
-            | Event::Closed { token, .. } => {
-                self.table.get(*token).and_then(|entry| entry.callbacks.clone())
-            }
+            | Event::Closed { token, .. } => self
+                .table
+                .get(*token)
+                .and_then(|entry| entry.callbacks.clone()),
             Event::Timer { .. } | Event::AcceptPaused { .. } => None,
         };
         self.deliver_to(reactor, own.as_deref().unwrap_or(loop_callbacks), event);
@@ -480,12 +481,16 @@ impl<'py> Dispatcher<'_, 'py> {
                 }
             }
             Event::Drained { token } => self.notify(*token, Callback::OnSend, &callbacks.on_send),
-            Event::PauseWriting { token } => {
-                self.notify(*token, Callback::OnPauseWriting, &callbacks.on_pause_writing)
-            }
-            Event::ResumeWriting { token } => {
-                self.notify(*token, Callback::OnResumeWriting, &callbacks.on_resume_writing)
-            }
+            Event::PauseWriting { token } => self.notify(
+                *token,
+                Callback::OnPauseWriting,
+                &callbacks.on_pause_writing,
+            ),
+            Event::ResumeWriting { token } => self.notify(
+                *token,
+                Callback::OnResumeWriting,
+                &callbacks.on_resume_writing,
+            ),
             Event::Closed { token, error } => {
                 let Some(entry) = self.table.remove(*token) else {
                     return;
@@ -499,7 +504,9 @@ impl<'py> Dispatcher<'_, 'py> {
                     (None, None) => py.None(),
                 };
                 let session = entry.session.bind(py);
-                self.inner.busy.begin(Callback::OnClose, session.get().core().id);
+                self.inner
+                    .busy
+                    .begin(Callback::OnClose, session.get().core().id);
                 let result = callback.call1(py, (session, reason));
                 self.inner.busy.end();
                 if let Err(err) = result {

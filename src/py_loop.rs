@@ -485,7 +485,12 @@ impl PyLoop {
 
     /// Runs `callback(*args)` on the reactor thread in its next batch, waking it if it
     /// waits. Safe from any thread; `now` is the caller's `time.monotonic()`.
-    fn call_soon(&self, callback: Py<PyAny>, args: Py<PyTuple>, now: f64) -> PyResult<PyTimerHandle> {
+    fn call_soon(
+        &self,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        now: f64,
+    ) -> PyResult<PyTimerHandle> {
         self.schedule(now, callback, args, Command::CallSoon)
     }
 
@@ -565,7 +570,12 @@ impl PyLoop {
             return;
         }
         // try_lock: a lock the fork caught held stays held; then there is nothing to drop.
-        let unstarted = self.inner.reactor.try_lock().ok().and_then(|mut r| r.take());
+        let unstarted = self
+            .inner
+            .reactor
+            .try_lock()
+            .ok()
+            .and_then(|mut r| r.take());
         match unstarted {
             Some(reactor) => drop(reactor),
             None => self.inner.shared.close_fork_copies(),

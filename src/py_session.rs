@@ -66,7 +66,7 @@ fn chunk<'py>(data: &Bound<'py, PyAny>, method: &str) -> PyResult<Chunk<'py>> {
     // Any other C-contiguous buffer (array.array('i'), a memoryview of floats...) is sent
     // as its raw bytes, as socket.send does: seen through a byte-format memoryview.
     let as_bytes = PyMemoryView::from(data).and_then(|view| view.call_method1("cast", ("B",)));
-    match as_bytes.and_then(|view| Ok(PyBuffer::<u8>::get(&view)?.to_vec(data.py())?)) {
+    match as_bytes.and_then(|view| PyBuffer::<u8>::get(&view)?.to_vec(data.py())) {
         Ok(bytes) => Ok(Chunk::Copied(bytes)),
         Err(_) => Err(PyTypeError::new_err(format!(
             "{method}() takes a bytes-like object (bytes, bytearray, memoryview, array; any \

@@ -1435,7 +1435,10 @@ mod tests {
             reactor.shared().submit(Command::Timer(0, tick));
             reactor.turn().expect("turn");
             // Every event of the batch is shown to `done`, also those after the awaited one.
-            let seen = reactor.batch().iter().fold(false, |seen, event| done(event) | seen);
+            let seen = reactor
+                .batch()
+                .iter()
+                .fold(false, |seen, event| done(event) | seen);
             if seen {
                 return;
             }
@@ -1574,5 +1577,53 @@ mod tests {
         stream.read_to_end(&mut rest).expect("EOF after stop");
         assert!(rest.is_empty());
         assert_eq!(log, ["opened", "closed None"]);
+    }
+
+    #[test]
+    fn a_refused_peer_that_sent_first_reads_eof_and_the_refusal_is_freed() {
+        let config = LoopConfig {
+            max_connections: Some(1),
+            ..LoopConfig::default()
+        };
+        let (mut reactor, addr) = listening_reactor(config);
+        let _held = TcpStream::connect(addr).expect("connect");
+        turn_until(&mut reactor, |event| matches!(event, Event::Opened { .. }));
+        let mut refused = TcpStream::connect(addr).expect("connect");
+        refused
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        // The request is in the server's queue before the reactor accepts and refuses it.
+        refused.write_all(&[b'x'; 50_000]).expect("send");
+        turn_until(&mut reactor, |_| reactor_refused(&refused));
+        let reader = std::thread::spawn(move || {
+            let mut rest = Vec::new();
+            refused.read_to_end(&mut rest).map(|_| rest.len())
+        });
+        turn_until(&mut reactor, |_| reader.is_finished());
+        assert_eq!(reader.join().expect("reader").expect("EOF, not RST"), 0);
+        refused_slots_drain(&mut reactor);
+    }
+
+    /// Whether the server has shut `peer`'s connection down for writing (FIN seen).
+    fn reactor_refused(peer: &TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        peer.set_nonblocking(true).expect("nonblocking");
+        let eof = matches!(peer.peek(&mut byte), Ok(0));
+        peer.set_nonblocking(false).expect("blocking");
+        eof
+    }
+
+    /// Turns until no refused connection lingers (the peer closed, or the linger ended).
+    fn refused_slots_drain(reactor: &mut Reactor) {
+        turn_until(reactor, |_| true);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !reactor.refusals.is_empty() {
+            assert!(Instant::now() < deadline, "a refusal never ended");
+            reactor.turn().expect("turn");
+        }
+        assert!(!reactor
+            .slots
+            .iter()
+            .any(|slot| matches!(slot, Slot::Refused { .. })));
     }
 }
