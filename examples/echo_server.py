@@ -3,6 +3,19 @@
     .venv/bin/python examples/echo_server.py [PORT]
 
 Binds 127.0.0.1 (port 2826 by default) and runs until Ctrl-C or SIGTERM.
+
+The fast path is a single ``session.write(data)`` per wakeup: ``data`` is everything read
+from the session in this wakeup, and the reactor sends it after the batch (a write of
+16 KiB or more into an empty buffer is sent at once from ``data`` itself, without a copy).
+
+Push-back: a peer that sends and never reads (or reads more slowly than it sends) would
+otherwise make every echo wait in the session's write buffer, up to the 128 MiB hard cap
+per session. So when more than the high watermark (64 KiB) is buffered, the reactor calls
+``on_pause_writing`` and the handler stops reading that session; the kernel's TCP window
+then pushes back on the peer. Once the peer has read enough for the buffer to drain to the
+low watermark (16 KiB), ``on_resume_writing`` resumes reading. A session's buffer stays
+within the watermark plus a read or two (256 KiB each at most), whatever the peer does.
+Both callbacks run only at the watermarks, so they cost the fast path nothing.
 """
 
 import contextlib
@@ -15,6 +28,12 @@ import hamanet
 class Echo(hamanet.Handler):
     def on_recv(self, session, data):
         session.write(data)
+
+    def on_pause_writing(self, session):
+        session.pause_reading()  # the peer reads too slowly: stop taking its input
+
+    def on_resume_writing(self, session):
+        session.resume_reading()  # it caught up: echo again
 
 
 def main() -> None:

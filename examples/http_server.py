@@ -1,17 +1,32 @@
 """An HTTP/1.1 server: ``GET /`` answers ``Hello, World!``, keep-alive and pipelining.
 
-    .venv/bin/python examples/http_server.py [PORT]
+    .venv/bin/python examples/http_server.py [PORT] [--head-timeout S] [--keepalive-timeout S]
 
 Binds 127.0.0.1 (port 8080 by default) and runs until Ctrl-C or SIGTERM. Try it with
 ``curl -i http://127.0.0.1:8080/`` or ``wrk -c 100 http://127.0.0.1:8080/``. The protocol
 logic (parsing, limits, responses) is ``examples/protocols/http.py``; this file is only the
 glue: one ``HttpConnection`` per session, fed everything each wakeup read, plus flow
 control (a client that pipelines without reading is not read from until it catches up)
-and an idle timeout.
+and two deadlines, so that no client holds a connection without using it:
+
+* ``--head-timeout`` (10 s): a request whose first bytes have come must be whole within
+  it (its head; then its body, if it announces one, within as long again). A late head
+  gets ``408 Request Timeout`` and the connection is closed; a late body is closed. This
+  is what ends slowloris clients that trickle a head a byte at a time, which an idle
+  timeout alone never would (each byte makes the connection active again). The deadline
+  is a timer of the server's (``server.call_at``), armed only when a read leaves a
+  request incomplete, so requests that arrive whole cost nothing.
+* ``--keepalive-timeout`` (30 s): a connection with no traffic either way for that long
+  (an idle keep-alive connection, or one that never sends a request) is closed quietly
+  (FIN, no response): the session's idle timeout (``session.set_idle_timeout``).
+
+Whichever deadline comes first applies. ``new_server()`` builds the server with its
+handler wired to it (the head deadline needs the server's timers).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -25,38 +40,129 @@ if _HERE not in sys.path:  # imported from elsewhere (tests, benchmarks): find p
 
 from protocols.http import HttpConnection  # noqa: E402
 
-IDLE_TIMEOUT = 60.0  # seconds
+HEAD_TIMEOUT = 10.0  # seconds for a request's head (and, after it, for its body)
+KEEPALIVE_TIMEOUT = 30.0  # seconds without traffic before an idle connection is closed
 
 
 class HttpHandler(hamanet.Handler):
-    """Feeds each session's bytes to its ``HttpConnection`` and writes what comes back."""
+    """Feeds each session's bytes to its ``HttpConnection`` and writes what comes back.
+
+    ``server`` must be the Server that runs this handler (``new_server`` sets it): the
+    head deadline runs on its timers. ``None`` for either timeout turns that one off.
+    """
+
+    def __init__(
+        self,
+        head_timeout: float | None = HEAD_TIMEOUT,
+        keepalive_timeout: float | None = KEEPALIVE_TIMEOUT,
+    ) -> None:
+        self.head_timeout = head_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.server: hamanet.Server | None = None
 
     def on_connect(self, session):
-        session.http = HttpConnection()
+        if self.head_timeout is not None and self.server is None:
+            raise RuntimeError(
+                "HttpHandler.server is not set: the head deadline needs the server's "
+                "timers (build the server with new_server(), or set handler.server)"
+            )
+        session.http = HttpConnection(self.head_timeout)
+        session.deadline_timer = None  # the TimerHandle of the head deadline, when armed
+        if self.keepalive_timeout is not None:
+            session.set_idle_timeout(self.keepalive_timeout)
 
     def on_recv(self, session, data):
-        response, close = session.http.feed(data)
+        http = session.http
+        response, close = http.feed(data)
         if response:
             session.write(response)
         if close:
             session.close()  # after the response is flushed: FIN
+        elif http.deadline is not None and session.deadline_timer is None:
+            # A request is incomplete: arm its deadline. One timer per session at most; it
+            # re-arms itself if the deadline moved on meanwhile (a newer request's).
+            session.deadline_timer = self.server.call_at(http.deadline, self._deadline, session)
+
+    def _deadline(self, session):
+        session.deadline_timer = None
+        http = session.http
+        if session.closing or http.deadline is None:
+            return  # closed meanwhile, or every request came whole in time
+        if session.reading_paused:
+            http.postpone()  # we stopped reading it (flow control): the client is not late
+        if http.deadline > self.server.time():
+            session.deadline_timer = self.server.call_at(http.deadline, self._deadline, session)
+            return
+        response = http.expire()  # 408 for a late head; nothing for a late body
+        if response:
+            session.write(response)
+        session.close()
+
+    def on_close(self, session, exc):
+        timer = getattr(session, "deadline_timer", None)
+        if timer is not None:
+            timer.cancel()  # frees the session now, not at the deadline
 
     # Flow control: a client that pipelines requests but does not read the responses is
     # not read from either, so its responses never pile up past the watermark (plus one
-    # wakeup's worth); TCP pushes back on it instead.
+    # wakeup's worth); TCP pushes back on it instead. Its head deadline waits meanwhile.
     def on_pause_writing(self, session):
         session.pause_reading()
 
     def on_resume_writing(self, session):
         session.resume_reading()
+        session.http.postpone()
+
+
+def new_server(
+    head_timeout: float | None = HEAD_TIMEOUT,
+    keepalive_timeout: float | None = KEEPALIVE_TIMEOUT,
+    **options,
+) -> hamanet.Server:
+    """A Server (``options`` as for ``hamanet.Server``) running an ``HttpHandler`` wired
+    to it; ``open()`` and start it."""
+    handler = HttpHandler(head_timeout, keepalive_timeout)
+    server = hamanet.Server(handler, **options)
+    handler.server = server
+    return server
+
+
+def _seconds(text: str) -> float | None:
+    """A timeout from the command line: seconds > 0, or "none" for no deadline."""
+    if text.lower() == "none":
+        return None
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"a timeout must be seconds > 0 or 'none', got {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="A small HTTP/1.1 server on hamanet.")
+    parser.add_argument("port", nargs="?", type=int, default=8080)
+    parser.add_argument(
+        "--head-timeout",
+        type=_seconds,
+        default=HEAD_TIMEOUT,
+        metavar="S",
+        help="seconds for a started request's head, then its body; else 408 and close "
+        f"(default: {HEAD_TIMEOUT:g}; 'none' to turn it off)",
+    )
+    parser.add_argument(
+        "--keepalive-timeout",
+        type=_seconds,
+        default=KEEPALIVE_TIMEOUT,
+        metavar="S",
+        help="seconds without traffic before a connection is closed quietly "
+        f"(default: {KEEPALIVE_TIMEOUT:g}; 'none' to turn it off)",
+    )
+    return parser.parse_args(argv)
 
 
 def main() -> None:
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8080
-    # A connection with no traffic either way for a minute is closed (FIN), so idle or
-    # stalled clients do not hold sessions forever.
-    server = hamanet.Server(HttpHandler(), idle_timeout=IDLE_TIMEOUT)
-    server.open(port)
+    args = parse_args()
+    server = new_server(args.head_timeout, args.keepalive_timeout)
+    server.open(args.port)
     # SIGTERM stops as cleanly as Ctrl-C: join() stops the server, then lets SystemExit out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     print(f"http: listening on http://127.0.0.1:{server.port}/", flush=True)

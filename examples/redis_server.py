@@ -1,6 +1,6 @@
 """An in-memory key-value server speaking the Redis protocol (RESP2), on hamanet.
 
-    .venv/bin/python examples/redis_server.py [PORT]
+    .venv/bin/python examples/redis_server.py [PORT] [--max-request BYTES] [--max-multibulk N]
     redis-cli -p PORT set greeting hello          # then: get greeting, incr n, mget ...
     redis-benchmark -p PORT -t ping,set,get -P 16 -q
 
@@ -9,8 +9,18 @@ another port if a real Redis runs here), and runs until Ctrl-C or SIGTERM. The p
 and the commands live in `protocols/resp.py` (no transport in it; the benchmark runs the
 same code on asyncio and uvloop); this file only connects it to hamanet: each session
 gets its own parser, every read is fed to it, and the replies go out in one write.
+
+What one client can cost is bounded. A request may cost at most `--max-request` bytes
+(64 MiB), each argument counted with 64 bytes for its Python object, so a million tiny
+arguments weigh as much as 64 MiB of data; an array header announcing more than
+`--max-multibulk` elements (1024 * 1024, as in Redis) is refused at once. Either gets
+`-ERR Protocol error: ...` and the connection is closed. Replies that pile up because the
+client does not read them stop the server reading it (below).
 """
 
+from __future__ import annotations
+
+import argparse
 import contextlib
 import os
 import signal
@@ -22,15 +32,17 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:  # imported from elsewhere (tests, benchmarks): find protocols/
     sys.path.insert(0, _HERE)
 
-from protocols.resp import RedisLogic, RespConnection  # noqa: E402
+from protocols.resp import MAX_BUFFER, MAX_MULTIBULK, RedisLogic, RespConnection  # noqa: E402
 
 
 class RedisHandler(hamanet.Handler):
-    def __init__(self) -> None:
+    def __init__(self, max_request: int = MAX_BUFFER, max_multibulk: int = MAX_MULTIBULK) -> None:
         self.logic = RedisLogic()  # one store for every session (callbacks share one thread)
+        self.max_request = max_request  # what one request's arguments may cost, in bytes
+        self.max_multibulk = max_multibulk  # elements one request array may announce
 
     def on_connect(self, session):
-        session.resp = RespConnection(self.logic)
+        session.resp = RespConnection(self.logic, self.max_request, self.max_multibulk)
 
     def on_recv(self, session, data):
         resp = session.resp
@@ -49,10 +61,33 @@ class RedisHandler(hamanet.Handler):
         session.resume_reading()
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="An in-memory Redis-protocol server.")
+    parser.add_argument("port", nargs="?", type=int, default=6379)
+    parser.add_argument(
+        "--max-request",
+        type=int,
+        default=MAX_BUFFER,
+        metavar="BYTES",
+        help="most bytes one request may cost, 64 per argument included (default: 64 MiB)",
+    )
+    parser.add_argument(
+        "--max-multibulk",
+        type=int,
+        default=MAX_MULTIBULK,
+        metavar="N",
+        help="most elements one request array may announce (default: 1048576)",
+    )
+    args = parser.parse_args(argv)
+    if args.max_request < 1 or args.max_multibulk < 1:
+        parser.error("--max-request and --max-multibulk must be at least 1")
+    return args
+
+
 def main() -> None:
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 6379
-    server = hamanet.Server(RedisHandler())
-    server.open(port)
+    args = parse_args()
+    server = hamanet.Server(RedisHandler(args.max_request, args.max_multibulk))
+    server.open(args.port)
     # SIGTERM (how benchmarks and supervisors stop servers) stops as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     print(f"redis: listening on 127.0.0.1:{server.port}", flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
+import logging
 import os
 import queue
 import socket
@@ -34,6 +35,67 @@ def wait_until(predicate: Callable[[], Any], timeout: float = WAIT, what: str = 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.005)
+
+
+HANDLER_ERRORS_MARKER = (
+    "handler_errors: this test makes handler code raise on purpose, so the hamanet logger "
+    "reporting ERRORs is expected (without the marker any such ERROR fails the test)"
+)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", HANDLER_ERRORS_MARKER)
+
+
+class _ErrorRecords(logging.Handler):
+    """Keeps every record of ERROR or above that reaches it (from any thread)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def hamanet_errors(request) -> Iterator[list[logging.LogRecord]]:
+    """Fails any test during which the ``hamanet`` logger reported an ERROR.
+
+    hamanet logs an exception raised by handler code (and a failed reactor) on the
+    ``hamanet`` logger instead of raising it anywhere a test could see it, so an
+    ``assert`` inside a callback, or a callback that breaks, would otherwise pass silently.
+    This fixture is autouse: every test in tests/ is covered, and the check runs after
+    the test's other fixtures have stopped their servers and clients.
+
+    OPT-OUT, for a test that makes handler code raise on purpose::
+
+        @pytest.mark.handler_errors
+        def test_a_raising_on_recv_is_logged(serve): ...
+
+    A test that wants to look at the records asks for this fixture by name: it is the list
+    of ``logging.LogRecord`` s of level ERROR or above seen so far (with or without the
+    marker)."""
+    logger = logging.getLogger("hamanet")
+    collector = _ErrorRecords()
+    saved_level = logger.level
+    if logger.getEffectiveLevel() > logging.ERROR:
+        logger.setLevel(logging.ERROR)  # a test that silenced the logger is still checked
+    logger.addHandler(collector)
+    try:
+        yield collector.records
+    finally:
+        logger.removeHandler(collector)
+        logger.setLevel(saved_level)
+    if collector.records and request.node.get_closest_marker("handler_errors") is None:
+        formatter = logging.Formatter("%(threadName)s %(levelname)s %(message)s")
+        reports = "\n\n".join(formatter.format(record) for record in collector.records)
+        pytest.fail(
+            f"the hamanet logger reported {len(collector.records)} unexpected ERROR(s) "
+            "(an exception in handler code; mark the test @pytest.mark.handler_errors if "
+            f"it raises on purpose):\n{reports}",
+            pytrace=False,
+        )
 
 
 class Echo(hamanet.Handler):
@@ -132,6 +194,37 @@ def client_factory() -> Iterator[Callable[..., hamanet.Client]]:
     yield make
     for client in clients:
         client.stop(timeout=2.0)
+
+
+def round_trip(endpoint: hamanet.Server | hamanet.Client, rounds: int = 2) -> None:
+    """Waits until the reactor of ``endpoint`` has run ``rounds`` call_soon_threadsafe
+    callbacks, one after the other: whatever it was doing when this was called (the rest of
+    a batch, a close decided in a callback) is done, and it has gone round again."""
+    for _ in range(rounds):
+        ran = threading.Event()
+        endpoint.call_soon_threadsafe(ran.set)
+        if not ran.wait(WAIT):
+            pytest.fail("the reactor did not run a call_soon_threadsafe callback")
+
+
+@contextlib.contextmanager
+def reactor_held(endpoint: hamanet.Server | hamanet.Client) -> Iterator[None]:
+    """Holds the reactor of ``endpoint`` inside a callback (which waits on an Event, so
+    other threads keep the GIL) until the block ends: what peers send meanwhile waits in
+    the kernel and is read in the reactor's next wakeup."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        release.wait(WAIT)
+
+    endpoint.call_soon_threadsafe(hold)
+    try:
+        if not entered.wait(WAIT):
+            pytest.fail("the reactor did not run the holding callback")
+        yield
+    finally:
+        release.set()
 
 
 def connect(port: int, host: str = "127.0.0.1", timeout: float = WAIT) -> socket.socket:

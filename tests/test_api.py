@@ -200,8 +200,10 @@ def test_bad_host_is_rejected():
             server.open(0, host="")
         with pytest.raises(OSError, match="no.such.host.invalid"):
             server.open(0, host="no.such.host.invalid")
-        with pytest.raises(OSError):
+        with pytest.raises(OSError) as info:
             server.open(0, host="192.0.2.1")  # not an address of this machine
+        assert info.value.errno == errno.EADDRNOTAVAIL, info.value
+        assert "192.0.2.1" in str(info.value), "the address is in the message"
     finally:
         server.stop()
 

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 
 import hamanet
@@ -285,9 +284,7 @@ client.stop()
 def test_a_forked_child_sees_dead_copies_and_exits(tmp_path):
     script = tmp_path / "fork.py"
     script.write_text(FORK_SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split() == [
@@ -336,9 +333,7 @@ server.stop()
 def test_a_child_forked_in_a_callback_that_returns_ends(tmp_path):
     script = tmp_path / "fork_in_callback.py"
     script.write_text(FORK_IN_CALLBACK_SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["child ran", "child_exit 0", "served True"]
     assert "the child exits now" in done.stderr
@@ -580,9 +575,7 @@ def test_a_server_proxies_to_an_upstream_that_speaks_first_on_its_own_reactor(se
     wait_until(lambda: proxy.stats()["sessions_open"] == 0, what="proxy sessions closed")
 
 
-def test_a_connects_own_handler_gets_its_callbacks_and_the_clients_does_not(
-    serve, client_factory
-):
+def test_a_connects_own_handler_gets_its_callbacks_and_the_clients_does_not(serve, client_factory):
     server = serve(Greeter())
     shared, own = Recorder(), Recorder()
     client = client_factory(shared)

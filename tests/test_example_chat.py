@@ -230,11 +230,13 @@ def test_an_overlong_line_closes_only_its_sender(chat):
     assert alice.read_line() == mallory.prefix + longest
     assert bob.read_line() == mallory.prefix + longest
     mallory.send(b"short\n" + b"x" * (MAX_LINE + 1) + b"\n")
-    # The complete line before the long one is still delivered, then mallory is closed.
+    # The complete line before the long one is still delivered, then mallory is closed:
+    # gracefully (hamanet closes a session whose framing breaks as close() does: FIN).
+    # Everything mallory sent went in one write, so the server had read it all before it
+    # closed: EOF, not a reset (input arriving after a close would get an RST).
     assert alice.read_line() == mallory.prefix + b"short"
     assert bob.read_line() == mallory.prefix + b"short"
-    data, _ = mallory.read_until_end()
-    assert data == b""
+    assert mallory.read_until_end() == (b"", "eof")
     wait_until(lambda: mallory.id not in handler.open_ids(), what="mallory removed")
     with handler.lock:
         assert isinstance(handler.closes[mallory.id], hamanet.FramingError)
@@ -244,7 +246,8 @@ def test_an_overlong_line_closes_only_its_sender(chat):
     eve = join()
     sync(alice, [bob, eve], b"eve is here")
     eve.send(b"y" * (MAX_LINE + 100))
-    eve.read_until_end()
+    # Nothing for eve (she had read her greeting and the line before), then FIN.
+    assert eve.read_until_end() == (b"", "eof")
     wait_until(lambda: eve.id not in handler.open_ids(), what="eve removed")
     with handler.lock:
         assert isinstance(handler.closes[eve.id], hamanet.FramingError)
@@ -297,9 +300,10 @@ def test_chat_server_program_serves_and_stops_on_sigterm(procs):
             assert other.read_line() == clients[0].prefix + b"hello from a process"
         proc.popen.send_signal(signal.SIGTERM)
         assert proc.wait() == 0, "".join(proc.stderr)
+        # stop() flushes every session and closes it with FIN (README, Server.stop): each
+        # client, having read everything meant for it, sees a clean EOF, never a reset.
         for client in clients:
-            data, _ = client.read_until_end()
-            assert data == b""
+            assert client.read_until_end() == (b"", "eof")
     finally:
         for client in clients:
             client.close()

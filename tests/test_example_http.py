@@ -1,23 +1,31 @@
 """The HTTP/1.1 example: its protocol logic (examples/protocols/http.py) byte for byte, then
 the hamanet server (examples/http_server.py) with clients nobody here wrote: Python's
-http.client, and wrk and curl when they are installed."""
+http.client, and wrk and curl when they are installed (in CI, with CI set, a missing one
+fails its test instead of skipping it). Also the deadlines that end slowloris and idle
+connections, with short values."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import threading
+import time
 
 import hamanet
 import http_server
 import pytest
 from conftest import (
+    EXAMPLES,
     WAIT,
     connect,
+    free_port,
+    read_until_end,
     recv_exactly,
     recv_until_eof,
     run_example,
@@ -60,6 +68,7 @@ NOT_ALLOWED = response(405, "Method Not Allowed")
 BAD = response(400, "Bad Request", connection="close")
 TOO_LARGE_HEAD = response(431, "Request Header Fields Too Large", connection="close")
 TOO_LARGE_BODY = response(413, "Content Too Large", connection="close")
+TIMEOUT = response(408, "Request Timeout", connection="close")
 
 
 def get(path: str = "/", *headers: str, method: str = "GET", version: str = "1.1") -> bytes:
@@ -321,13 +330,132 @@ def test_feed_accepts_bytes_like_input():
     assert HttpConnection().feed(memoryview(get("/"))) == (OK, False)
 
 
+# -- 3b. HttpConnection: the head deadline, on a clock the test moves ---------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def timed(head_timeout: float = 10.0) -> tuple[HttpConnection, Clock]:
+    clock = Clock()
+    return HttpConnection(head_timeout, clock), clock
+
+
+def test_no_deadline_without_a_head_timeout():
+    conn = HttpConnection()
+    assert conn.feed(get("/")[:5]) == (b"", False)
+    assert conn.deadline is None
+    assert conn.expire() == b""  # nothing to expire: still usable
+    assert conn.feed(get("/")[5:]) == (OK, False)
+
+
+def test_deadline_runs_from_a_requests_first_bytes_until_it_is_whole():
+    conn, clock = timed()
+    assert conn.feed(get("/")) == (OK, False)
+    assert conn.deadline is None  # whole requests never arm a deadline
+    assert conn.feed(b"GET / HT") == (b"", False)
+    assert conn.deadline == 1010.0
+    clock.now += 6
+    assert conn.feed(b"TP/1.1\r\n") == (b"", False)
+    assert conn.deadline == 1010.0  # more of the same head: the same deadline
+    clock.now += 3
+    assert conn.feed(b"Host: x\r\n\r\n" + get("/a")[:3]) == (OK, False)
+    assert conn.deadline == 1019.0  # a new request began: its own deadline
+    assert conn.feed(get("/a")[3:]) == (NOT_FOUND, False)
+    assert conn.deadline is None
+
+
+def test_late_head_gets_408_and_everything_after_is_ignored():
+    conn, clock = timed()
+    conn.feed(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    clock.now += 10
+    assert conn.expire() == TIMEOUT
+    assert conn.deadline is None
+    assert conn.feed(b"\r\n" + get("/")) == (b"", True)
+    assert conn.expire() == b""
+
+
+def test_body_gets_its_own_deadline_and_a_late_one_closes_without_a_response():
+    conn, clock = timed()
+    post = get("/", "Content-Length: 100", method="POST")
+    assert conn.feed(post[:10]) == (b"", False)
+    assert conn.deadline == 1010.0
+    clock.now += 5
+    assert conn.feed(post[10:] + b"b" * 40) == (NOT_ALLOWED, False)  # answered at its head
+    assert conn.deadline == 1015.0
+    clock.now += 4
+    assert conn.feed(b"b" * 59) == (b"", False)
+    assert conn.deadline == 1015.0  # one byte of the body still missing
+    assert conn.expire() == b""  # already answered: just close
+    assert conn.feed(b"b" + get("/")) == (b"", True)
+    # A body that does come whole leaves the connection idle.
+    conn, clock = timed()
+    conn.feed(post + b"b" * 99)
+    assert conn.deadline == 1010.0
+    assert conn.feed(b"b") == (b"", False)
+    assert conn.deadline is None
+
+
+def test_empty_lines_start_the_deadline_and_expire_quietly():
+    """A peer that sends nothing but CRLFs (allowed before a request line) cannot hold the
+    connection: the deadline starts with the first and is not moved by the next."""
+    conn, clock = timed()
+    assert conn.feed(b"\r\n") == (b"", False)
+    assert conn.deadline == 1010.0
+    clock.now += 9
+    assert conn.feed(b"\r\n\r\n") == (b"", False)
+    assert conn.deadline == 1010.0
+    assert conn.expire() == b""  # no request to answer
+    # After a request, a trailing CRLF (some clients send one after a body) counts too.
+    conn, clock = timed()
+    assert conn.feed(get("/") + b"\r\n") == (OK, False)
+    assert conn.deadline == 1010.0
+    assert conn.feed(get("/")) == (OK, False)
+    assert conn.deadline is None
+
+
+def test_postpone_restarts_the_deadline_of_a_request_in_progress():
+    conn, clock = timed()
+    conn.postpone()
+    assert conn.deadline is None  # nothing in progress: nothing to postpone
+    conn.feed(b"GET /")
+    clock.now += 8
+    conn.postpone()
+    assert conn.deadline == 1018.0
+    clock.now -= 5
+    conn.postpone()
+    assert conn.deadline == 1018.0  # never earlier
+
+
+def test_closing_responses_clear_the_deadline():
+    conn, _ = timed()
+    conn.feed(b"GET / HTTP/1.1\r\n")
+    assert conn.deadline is not None
+    assert conn.feed(b"Bad Header\r\n\r\n") == (BAD, True)
+    assert conn.deadline is None
+    assert conn.expire() == b""
+
+
 # -- 4. the hamanet server with real clients ------------------------------------------------
+
+
+def serve_http(serve, handler: http_server.HttpHandler | None = None, **timeouts):
+    """A started server running ``handler`` (the example's, with ``timeouts``), wired to
+    it as ``http_server.new_server`` does: its head deadline needs the server's timers."""
+    handler = http_server.HttpHandler(**timeouts) if handler is None else handler
+    server = serve(handler)
+    handler.server = server
+    return server
 
 
 @pytest.fixture
 def http_port(serve) -> int:
-    server = serve(http_server.HttpHandler())
-    return server.port
+    return serve_http(serve).port
 
 
 def http_client(port: int) -> http.client.HTTPConnection:
@@ -335,7 +463,7 @@ def http_client(port: int) -> http.client.HTTPConnection:
 
 
 def test_http_client_keep_alive_on_one_connection(serve):
-    server = serve(http_server.HttpHandler())
+    server = serve_http(serve)
     client = http_client(server.port)
     try:
         client.request("GET", "/")
@@ -452,7 +580,8 @@ def test_body_too_large_gets_413(http_port):
 class WatchedHttp(http_server.HttpHandler):
     """The example's handler, also noting the largest write buffer it left behind."""
 
-    def __init__(self) -> None:
+    def __init__(self, **timeouts) -> None:
+        super().__init__(**timeouts)
         self.lock = threading.Lock()
         self.sessions: list[hamanet.Session] = []
         self.max_buffered = 0
@@ -473,7 +602,7 @@ def test_a_client_that_pipelines_without_reading_is_pushed_back(serve):
     """Responses do not pile up without bound for a client that sends requests and reads
     nothing: the server stops reading it, and every response still arrives, in order."""
     handler = WatchedHttp()
-    server = serve(handler)
+    server = serve_http(serve, handler)
     count = 300_000  # about 8 MB of requests, 26 MB of responses: more than the kernel holds
     request = get("/")
     sock = connect(server.port)
@@ -516,19 +645,173 @@ def test_many_connections_at_once(http_port):
             client.close()
 
 
-# -- 5. wrk and curl, when installed --------------------------------------------------------
+# -- 4b. the deadlines, with short values ----------------------------------------------------
 
-WRK = shutil.which("wrk")
-CURL = shutil.which("curl")
+
+def read_all(sock: socket.socket) -> tuple[bytes, str, float]:
+    """Everything until the server ends the stream: (bytes, "eof" | "reset", when)."""
+    data, end = read_until_end(sock)
+    return data, end, time.monotonic()
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.skipif(WRK is None, reason="wrk is not installed (Debian package `wrk`)")
+def test_slowloris_heads_get_408_at_the_deadline(serve):
+    """Clients that trickle a head, a header line every 100 ms, never finishing it: the
+    idle timeout never fires (each line is traffic), but the head deadline does: 408 Request
+    Timeout, then FIN, while a normal client is served meanwhile."""
+    server = serve_http(serve, head_timeout=0.5, keepalive_timeout=5.0)
+    socks = [connect(server.port) for _ in range(50)]
+    try:
+        start = time.monotonic()
+        for sock in socks:
+            sock.sendall(b"GET / HTTP/1.1\r\n")
+        for i in range(10):  # 1 s of trickling, twice the deadline
+            if time.monotonic() - start > 1.0:
+                break
+            for sock in socks:
+                with contextlib.suppress(OSError):  # closed by the server already
+                    sock.sendall(b"X-Trickle-%d: slow\r\n" % i)
+            time.sleep(0.1)
+        with connect(server.port) as other:  # still served, at once
+            other.sendall(get("/"))
+            assert recv_exactly(other, len(OK)) == OK
+        for sock in socks:
+            data, _, when = read_all(sock)
+            assert data == TIMEOUT
+            assert when - start < 0.5 + 2.0, when - start
+    finally:
+        for sock in socks:
+            sock.close()
+    wait_until(lambda: server.stats()["sessions_open"] == 0, what="every session closed")
+    assert server.stats()["handler_errors"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_idle_keepalive_connections_are_closed_quietly(serve):
+    """An idle keep-alive connection, and one that never sends a byte, are closed after
+    the keep-alive timeout with a FIN and no response; an active one is not."""
+    server = serve_http(serve, head_timeout=5.0, keepalive_timeout=0.5)
+    with connect(server.port) as used, connect(server.port) as silent:
+        used.sendall(get("/"))
+        assert recv_exactly(used, len(OK)) == OK
+        start = time.monotonic()
+        for sock in (used, silent):
+            data, end, when = read_all(sock)
+            assert (data, end) == (b"", "eof")
+            # The idle sweep runs at a quarter of the timeout: closed within 1.25 of it.
+            assert 0.4 < when - start < 0.5 * 1.25 + 1.5, when - start
+    with connect(server.port) as busy:  # requests more often than the timeout: kept
+        for _ in range(6):
+            busy.sendall(get("/"))
+            assert recv_exactly(busy, len(OK)) == OK
+            time.sleep(0.2)
+    assert server.stats()["idle_timeouts"] == 2
+
+
+@pytest.mark.timeout(60)
+def test_a_trickled_body_is_closed_at_its_deadline(serve):
+    server = serve_http(serve, head_timeout=0.5, keepalive_timeout=5.0)
+    with connect(server.port) as sock:
+        sock.sendall(get("/", "Content-Length: 1000", method="POST"))
+        assert recv_exactly(sock, len(NOT_ALLOWED)) == NOT_ALLOWED  # answered at its head
+        start = time.monotonic()
+        for _ in range(20):
+            try:
+                sock.sendall(b"b")
+            except OSError:
+                break
+            if time.monotonic() - start > 2.0:
+                break
+            time.sleep(0.1)
+        data, _, when = read_all(sock)
+        assert data == b""  # no second response to a request answered already
+        assert when - start < 0.5 + 2.0
+
+
+@pytest.mark.timeout(60)
+def test_heads_and_bodies_in_pieces_within_the_deadline_are_served(serve):
+    server = serve_http(serve, head_timeout=0.6, keepalive_timeout=5.0)
+    with connect(server.port) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(2):  # each request well within its deadline, together past it
+            request = get("/")
+            for i in range(0, len(request), 12):
+                sock.sendall(request[i : i + 12])
+                time.sleep(0.1 * 12 / len(request))
+            assert recv_exactly(sock, len(OK)) == OK
+            time.sleep(0.3)
+        post = get("/", "Content-Length: 6", method="POST")
+        sock.sendall(post[:20])
+        time.sleep(0.3)
+        sock.sendall(post[20:] + b"abc")
+        assert recv_exactly(sock, len(NOT_ALLOWED)) == NOT_ALLOWED
+        time.sleep(0.4)  # the head took 0.3 s of its deadline; the body has its own
+        sock.sendall(b"def" + get("/"))
+        assert recv_exactly(sock, len(OK)) == OK
+        time.sleep(0.8)  # idle between requests: the head deadline is not running
+        sock.sendall(get("/", "Connection: close"))
+        assert recv_until_eof(sock) == OK_CLOSE
+    assert server.stats()["handler_errors"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_head_deadline_waits_while_the_server_is_not_reading(serve):
+    """A client that pipelines without reading makes the server stop reading it; a head
+    it had begun meanwhile is not timed out for the server's own pause."""
+    handler = WatchedHttp(head_timeout=0.3, keepalive_timeout=10.0)
+    server = serve_http(serve, handler)
+    count = 100_000  # about 9 MB of responses: far more than the socket buffers hold
+    with connect(server.port) as sock:
+        sock.sendall(get("/") * count + b"GET / HTTP/1.1\r\n")
+        wait_until(lambda: handler.sessions, what="the session")
+        session = handler.sessions[0]
+        wait_until(lambda: session.reading_paused, what="the server to stop reading")
+        time.sleep(0.6)  # twice the deadline, with the head begun and reading paused
+        assert recv_exactly(sock, len(OK) * count) == OK * count
+        time.sleep(0.1)
+        sock.sendall(b"Host: x\r\n\r\n")
+        assert recv_exactly(sock, len(OK)) == OK
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.handler_errors
+def test_handler_without_its_server_refuses_loudly(serve, caplog):
+    server = serve(http_server.HttpHandler())  # not wired: the head deadline has no timers
+    with connect(server.port) as sock:
+        sock.sendall(get("/"))
+        data, _ = read_until_end(sock)
+        assert data == b""
+    wait_until(lambda: server.stats()["handler_errors"] == 1, what="the error counted")
+    assert "HttpHandler.server is not set" in caplog.text
+    # Without a head deadline it needs no server.
+    server = serve(http_server.HttpHandler(head_timeout=None))
+    with connect(server.port) as sock:
+        sock.sendall(get("/"))
+        assert recv_exactly(sock, len(OK)) == OK
+
+
+# -- 5. wrk and curl, when installed (required in CI) ----------------------------------------
+
+
+def tool(name: str, package: str) -> str:
+    """The path of a real client; skips the test without it, except in CI (CI set), where
+    a missing client fails the test instead of silently leaving it untested."""
+    path = shutil.which(name)
+    if path is None:
+        missing = f"{name} is not installed (Debian/Ubuntu: apt-get install {package})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing}; CI must run the real-client tests", pytrace=False)
+        pytest.skip(missing)
+    return path
+
+
+@pytest.mark.timeout(60)
 def test_wrk_keep_alive_load(serve):
-    server = serve(http_server.HttpHandler())
+    wrk = tool("wrk", "wrk")
+    server = serve_http(serve)
     url = f"http://127.0.0.1:{server.port}/"
     proc = subprocess.run(
-        [WRK, "-t1", "-c10", "-d1s", url], capture_output=True, text=True, timeout=30
+        [wrk, "-t1", "-c10", "-d1s", url], capture_output=True, text=True, timeout=30
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
@@ -541,22 +824,22 @@ def test_wrk_keep_alive_load(serve):
     assert server.stats()["accepted"] < int(match.group(1))
 
 
-@pytest.mark.skipif(CURL is None, reason="curl is not installed")
 def test_curl(http_port):
+    curl = tool("curl", "curl")
     base = f"http://127.0.0.1:{http_port}"
     proc = subprocess.run(
-        [CURL, "-sS", "-i", "--max-time", "10", f"{base}/", f"{base}/missing"],
+        [curl, "-sS", "-i", "--max-time", "10", f"{base}/", f"{base}/missing"],
         capture_output=True,
         timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == OK + NOT_FOUND
     proc = subprocess.run(
-        [CURL, "-sS", "-I", "--max-time", "10", f"{base}/"], capture_output=True, timeout=30
+        [curl, "-sS", "-I", "--max-time", "10", f"{base}/"], capture_output=True, timeout=30
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == OK_HEAD
-    post = [CURL, "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"]
+    post = [curl, "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"]
     proc = subprocess.run(
         [*post, "-d", "x=1", f"{base}/"],
         capture_output=True,
@@ -584,6 +867,59 @@ def test_http_server_program_serves_and_stops_on_sigterm(procs):
         client.close()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+
+
+@pytest.mark.timeout(60)
+def test_http_server_program_ends_slowloris_and_idle_connections(procs):
+    """The program with short deadlines from its command line: 1,000 connections that
+    begin a head and go silent get 408 and are closed at the head deadline, 200 that never
+    send a byte are closed quietly at the keep-alive timeout, and meanwhile a normal
+    client is served."""
+    port = free_port()
+    proc = procs(
+        str(EXAMPLES / "http_server.py"),
+        str(port),
+        "--head-timeout",
+        "0.5",
+        "--keepalive-timeout",
+        "1",
+    )
+    proc.wait_line("http: listening")
+    slow = [connect(port) for _ in range(1000)]
+    silent = [connect(port) for _ in range(200)]
+    try:
+        start = time.monotonic()
+        for sock in slow:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Never-Ends: ")
+        client = http_client(port)
+        try:
+            client.request("GET", "/")
+            assert client.getresponse().read() == BODY
+        finally:
+            client.close()
+        for sock in slow:
+            data, _, when = read_all(sock)
+            assert data == TIMEOUT
+        assert when - start < 0.5 + 3.0, when - start
+        for sock in silent:
+            data, end, when = read_all(sock)
+            assert (data, end) == (b"", "eof")
+        assert when - start < 1.25 + 3.0, when - start
+    finally:
+        for sock in slow + silent:
+            sock.close()
+    assert proc.popen.poll() is None, "".join(proc.stderr)
+    proc.popen.send_signal(signal.SIGTERM)
+    assert proc.wait() == 0, "".join(proc.stderr)
+
+
+def test_program_options():
+    args = http_server.parse_args([])
+    assert (args.port, args.head_timeout, args.keepalive_timeout) == (8080, 10.0, 30.0)
+    args = http_server.parse_args(["81", "--head-timeout", "none", "--keepalive-timeout", "2"])
+    assert (args.port, args.head_timeout, args.keepalive_timeout) == (81, None, 2.0)
+    with pytest.raises(SystemExit):
+        http_server.parse_args(["--head-timeout", "0"])
 
 
 def test_handler_is_a_hamanet_handler():

@@ -1,19 +1,35 @@
 """The Redis-protocol example: RESP parsing and the commands (examples/protocols/resp.py),
-the hamanet server around them (examples/redis_server.py) over plain sockets, and the real
-clients from Debian's redis-tools (redis-cli, redis-benchmark) when they are installed."""
+the hamanet server around them (examples/redis_server.py) over plain sockets, what one
+request may cost the server (its memory, seen as RSS), and the real clients from Debian's
+redis-tools (redis-cli, redis-benchmark) when they are installed (in CI, with CI set, a
+missing one fails its test instead of skipping it)."""
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
 import socket
 import subprocess
+import threading
+import tracemalloc
 
 import pytest
-from conftest import connect, recv_exactly, recv_until_eof, wait_until
-from protocols.resp import MAX_INLINE, RedisLogic, RespConnection
-from redis_server import RedisHandler
+from conftest import (
+    EXAMPLES,
+    WAIT,
+    connect,
+    free_port,
+    recv_exactly,
+    recv_until_eof,
+    run_example,
+    wait_until,
+)
+from protocols.resp import ARG_OVERHEAD, MAX_INLINE, MAX_MULTIBULK, RedisLogic, RespConnection
+from redis_server import RedisHandler, parse_args
+
+MIB = 1 << 20
 
 
 def cmd(*args: bytes | str | int) -> bytes:
@@ -407,7 +423,8 @@ def test_malformed_input_found_across_reads():
 
 def test_bulk_longer_than_the_buffer_is_refused_before_it_arrives():
     c = new_conn(max_buffer=1024)
-    assert c.feed(cmd("SET", "a", "x" * 1000)) == OK  # under the limit: fine
+    # Under the limit, counting ARG_OVERHEAD per argument (3 + 1 + 800 + 3 * 64): fine.
+    assert c.feed(cmd("SET", "a", "x" * 800)) == OK
     assert c.feed(b"*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$1025\r\n") == (
         b"-ERR Protocol error: invalid bulk length\r\n"
     )
@@ -434,6 +451,89 @@ def test_default_buffer_limit_is_64_mib():
     assert c.feed(b"*2\r\n$3\r\nGET\r\n$%d\r\n" % (64 * 1024 * 1024 + 1)) == (
         b"-ERR Protocol error: invalid bulk length\r\n"
     )
+
+
+def test_many_tiny_arguments_count_their_objects_against_the_limit():
+    """An array of two-byte arguments, never finished: each argument is a Python object
+    worth far more than its two bytes, so the limit counts ARG_OVERHEAD for each, and the
+    request is refused once what it really holds reaches the limit, not 30 times later."""
+    limit = MIB
+    c = new_conn(max_buffer=limit)
+    chunk = b"$2\r\nxy\r\n" * 8192  # 64 KiB of arguments
+    out = c.feed(b"*%d\r\n" % MAX_MULTIBULK)
+    tracemalloc.start()
+    try:
+        for _ in range(32):  # 2 MiB of input at most: 262,144 arguments
+            out += c.feed(chunk)
+            assert c.buffered <= limit
+            if c.closing:
+                break
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out == b"-ERR Protocol error: request larger than the 1048576-byte limit\r\n"
+    assert c.closing and c.buffered == 0
+    assert peak < 2 * limit, f"{peak / MIB:.1f} MiB held for a {limit / MIB:.0f} MiB limit"
+
+
+def test_whole_requests_over_the_limit_are_refused_too():
+    """One read holding a complete request that costs more than the limit is refused like an
+    incomplete one: the limit is on what a request holds, however it arrives."""
+    c = new_conn(max_buffer=4096)
+    fits = cmd("DEL", *[b"k"] * ((4096 - 3 - ARG_OVERHEAD) // (1 + ARG_OVERHEAD)))
+    assert c.feed(fits) == b":0\r\n"
+    too_many = cmd("DEL", *[b"k"] * (4096 // (1 + ARG_OVERHEAD)))
+    assert c.feed(cmd("PING") + too_many) == (
+        b"+PONG\r\n-ERR Protocol error: request larger than the 4096-byte limit\r\n"
+    )
+    assert c.closing
+
+
+def test_array_header_over_max_multibulk_is_refused_at_once():
+    c = new_conn()
+    assert c.max_multibulk == MAX_MULTIBULK == 1024 * 1024
+    assert c.feed(b"*%d\r\n" % MAX_MULTIBULK) == b""  # at the limit: waits for elements
+    assert not c.closing
+    c = new_conn()
+    assert c.feed(b"*%d\r\n" % (MAX_MULTIBULK + 1)) == (
+        b"-ERR Protocol error: invalid multibulk length\r\n"
+    )
+    assert c.closing and c.buffered == 0
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_max_multibulk_is_configurable(split):
+    """Whole requests (the fast path's) and requests cut across reads (the general
+    parser's) meet the same limit."""
+    c = new_conn(max_multibulk=3)
+
+    def feed(raw: bytes) -> bytes:
+        if not split:
+            return c.feed(raw)
+        return b"".join(c.feed(raw[i : i + 5]) for i in range(0, len(raw), 5))
+
+    assert feed(cmd("MSET", "a", "1")) == OK  # three elements: at the limit
+    assert feed(cmd("MSET", "a", "1", "b", "2")) == (
+        b"-ERR Protocol error: invalid multibulk length\r\n"
+    )
+    assert c.closing
+    assert c.logic.data == {b"a": b"1"}
+    with pytest.raises(ValueError, match="max_multibulk"):
+        new_conn(max_multibulk=0)
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 4096])
+def test_inline_request_over_the_limit_is_refused_even_with_its_line_end(chunk):
+    """An inline request is one line split on whitespace: a line past MAX_INLINE would be
+    tens of thousands of arguments, so it is refused whether or not its end has come."""
+    at_limit = b"ECHO " + b"y" * (MAX_INLINE - 7) + b"\r\n"  # MAX_INLINE bytes up to "\n"
+    c = new_conn()
+    assert c.feed(at_limit) == bulk(b"y" * (MAX_INLINE - 7))
+    over = b"DEL" + b" k" * (MAX_INLINE // 2) + b"\r\n"
+    c = new_conn()
+    out = b"".join(c.feed(over[i : i + chunk]) for i in range(0, len(over), chunk))
+    assert out == b"-ERR Protocol error: too big inline request\r\n"
+    assert c.closing
 
 
 @pytest.mark.parametrize(
@@ -529,6 +629,143 @@ def test_server_inline_line_without_end_is_bounded(redis_server):
         assert recv_until_eof(s) == b"-ERR Protocol error: too big inline request\r\n"
 
 
+# -- the example as a program: what one client's requests may cost it -----------------
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process ``pid`` (VmRSS in /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+class PeakRss:
+    """Samples a process's RSS every few milliseconds on a thread, keeping the peak."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.baseline = self.peak = rss_bytes(pid)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.wait(0.005):
+            self.peak = max(self.peak, rss_bytes(self.pid))
+
+    def growth(self) -> int:
+        self.done.set()
+        self.thread.join(WAIT)
+        self.peak = max(self.peak, rss_bytes(self.pid))
+        return self.peak - self.baseline
+
+
+class Flood:
+    """One connection that sends an array header, then up to ``count`` copies of ``item``
+    (never the last element the header announced), from a thread, until the server ends
+    the connection; ``result()`` is what the server sent back and how the stream ended."""
+
+    def __init__(self, port: int, header: bytes, item: bytes, count: int) -> None:
+        self.sock = connect(port)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.header, self.item, self.count = header, item, count
+        self.sent = 0
+        self.thread = threading.Thread(target=self._send, daemon=True)
+        self.thread.start()
+
+    def _send(self) -> None:
+        per_chunk = max(1, 65536 // len(self.item))
+        try:
+            self.sock.sendall(self.header)
+            while self.sent < self.count:  # exactly `count` items: the array never ends
+                items = min(per_chunk, self.count - self.sent)
+                self.sock.sendall(self.item * items)
+                self.sent += items
+        except OSError:
+            pass  # the server refused the request and closed: the point of the test
+
+    def result(self) -> tuple[bytes, str]:
+        data = bytearray()
+        try:
+            for _ in range(10_000):
+                try:
+                    chunk = self.sock.recv(65536)
+                except ConnectionResetError:
+                    return bytes(data), "reset"
+                if not chunk:
+                    return bytes(data), "eof"
+                data += chunk
+            raise AssertionError("no end of stream")
+        except socket.timeout:
+            raise AssertionError(
+                f"no reply within {WAIT}s after {self.sent} elements; got {bytes(data)!r}"
+            ) from None
+        finally:
+            self.thread.join(WAIT)
+            self.sock.close()
+
+
+@pytest.mark.timeout(90)
+def test_server_refuses_a_million_tiny_arguments_at_the_default_limit(procs):
+    """Issue 9: `*1048576` then a million `$1 x` elements, never finished. Each element is
+    counted with ARG_OVERHEAD, so the request passes the 64 MiB limit before its end and
+    is refused; the server's memory stays within that limit, and others are served."""
+    proc, port, _ = run_example(procs, "redis_server.py", "redis: listening")
+    rss = PeakRss(proc.popen.pid)
+    flood = Flood(port, b"*%d\r\n" % MAX_MULTIBULK, b"$1\r\nx\r\n", MAX_MULTIBULK - 1)
+    data, _ = flood.result()
+    growth = rss.growth()
+    assert data == b"-ERR Protocol error: request larger than the 67108864-byte limit\r\n"
+    assert flood.sent * (1 + ARG_OVERHEAD) >= 64 * MIB - 65536 * (1 + ARG_OVERHEAD)
+    assert growth < 64 * MIB, f"RSS grew by {growth / MIB:.1f} MiB"
+    with connect(port) as s:
+        exchange(s, cmd("PING"), b"+PONG\r\n")
+
+
+@pytest.mark.timeout(90)
+def test_server_limits_are_options_and_bound_each_request(procs):
+    """--max-request and --max-multibulk, from the command line: an array header over the
+    element limit is refused at once, and six clients that each send an array too costly
+    for the byte limit (20,000 arguments of 64 bytes: 2.5 MiB counted with ARG_OVERHEAD)
+    are each refused at it, the server's memory growing by a few of those limits."""
+    port = free_port()
+    proc = procs(
+        str(EXAMPLES / "redis_server.py"),
+        str(port),
+        "--max-request",
+        str(2 * MIB),
+        "--max-multibulk",
+        "20000",
+    )
+    proc.wait_line("redis: listening")
+    with connect(port) as s:
+        s.sendall(b"*20001\r\n")
+        assert recv_until_eof(s) == b"-ERR Protocol error: invalid multibulk length\r\n"
+    with connect(port) as s:  # at the element limit, and under the byte limit: served
+        exchange(s, cmd("DEL", *[b"k"] * 19_999), b":0\r\n")
+    rss = PeakRss(proc.popen.pid)
+    item = b"$64\r\n" + b"v" * 64 + b"\r\n"
+    floods = [Flood(port, b"*20000\r\n", item, 19_999) for _ in range(6)]
+    for flood in floods:
+        data, _ = flood.result()
+        assert data == b"-ERR Protocol error: request larger than the 2097152-byte limit\r\n"
+    growth = rss.growth()
+    assert growth < 24 * MIB, f"RSS grew by {growth / MIB:.1f} MiB"
+    with connect(port) as s:
+        exchange(s, cmd("PING"), b"+PONG\r\n")
+
+
+def test_program_options():
+    args = parse_args([])
+    assert (args.port, args.max_request, args.max_multibulk) == (6379, 64 * MIB, MAX_MULTIBULK)
+    args = parse_args(["7000", "--max-request", "4096", "--max-multibulk", "8"])
+    assert (args.port, args.max_request, args.max_multibulk) == (7000, 4096, 8)
+    with pytest.raises(SystemExit):
+        parse_args(["--max-multibulk", "0"])
+    handler = RedisHandler(4096, 8)
+    assert (handler.max_request, handler.max_multibulk) == (4096, 8)
+
+
 @pytest.mark.timeout(60)
 def test_server_pushes_back_on_a_client_that_does_not_read(serve):
     sessions = []
@@ -555,9 +792,14 @@ def test_server_pushes_back_on_a_client_that_does_not_read(serve):
 
 # -- the real clients: redis-cli and redis-benchmark from Debian's redis-tools ---------
 def tool(name: str) -> str:
+    """The path of a real client; skips the test without it, except in CI (CI set), where
+    a missing client fails the test instead of silently leaving it untested."""
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed (Debian/Ubuntu: apt-get install redis-tools)")
+        missing = f"{name} is not installed (Debian/Ubuntu: apt-get install redis-tools)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing}; CI must run the real-client tests", pytrace=False)
+        pytest.skip(missing)
     return path
 
 

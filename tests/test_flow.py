@@ -27,6 +27,7 @@ from conftest import (
     WAIT,
     Recorder,
     connect,
+    reactor_held,
     recv_exactly,
     recv_until_eof,
     unacked_bytes,
@@ -308,6 +309,7 @@ class PauseEveryRecv(hamanet.Handler):
         self.server: hamanet.Server | None = None
         self.offset = 0
         self.recvs = 0
+        self.largest = 0  # the most bytes one on_recv got
         self.mismatch_at: int | None = None
         self.recv_while_paused = 0
         self.paused = False
@@ -323,6 +325,7 @@ class PauseEveryRecv(hamanet.Handler):
                 self.mismatch_at = self.offset + diff
         self.offset += len(data)
         self.recvs += 1
+        self.largest = max(self.largest, len(data))
         session.pause_reading()
         self.paused = True
         self.server.call_later(0.001, self.resume, session)
@@ -371,7 +374,8 @@ def test_256_mib_to_a_handler_pausing_reading_after_each_recv(serve):
         assert handler.offset == total
         assert handler.eof_at == total
         assert handler.recv_while_paused == 0, "on_recv while reading was paused"
-        assert handler.recvs >= total // (256 * KiB)  # at most one read budget per on_recv
+        assert handler.largest <= 256 * KiB, f"one on_recv got {handler.largest} bytes"
+        assert handler.recvs >= total // (256 * KiB)
         assert handler.closes == [None]
         assert recv_until_eof(sock) == b""
         growth = peak[0] - baseline
@@ -466,8 +470,9 @@ def test_flooding_peer_does_not_starve_a_ping_pong_peer(serve):
     def flood(sock: socket.socket) -> int:
         sock.sendall(b"F")
         sent = 0
-        deadline = time.monotonic() + 45  # a cap for failing instead of hanging
-        while not stop.is_set() and time.monotonic() < deadline and sent < 64 * 1024 * MiB:
+        # Ended by the stop flag (the finally below sets it however the test ends); the byte
+        # cap only bounds the loop, out of reach within the test's timeout.
+        while not stop.is_set() and sent < 1 << 40:
             sock.sendall(expected_view(sent, MiB))
             sent += MiB
         state["stopped_by"] = "stop flag" if stop.is_set() else "cap"
@@ -510,7 +515,9 @@ def test_flooding_peer_does_not_starve_a_ping_pong_peer(serve):
 def test_idle_timeout_closes_200_silent_sockets_while_a_talker_is_served(serve):
     silent_n = 200
     recorder = Recorder(echo=True)
-    server = serve(recorder, idle_timeout=0.3)
+    # The talker talks every 10 ms against a 1 s timeout: a ratio of 100, enough for a
+    # loaded machine or the debug allocator to stall the talker without it timing out.
+    server = serve(recorder, idle_timeout=1.0)
     silent = [connect(server.port) for _ in range(silent_n)]
     talker = connect(server.port)
     try:
@@ -525,13 +532,11 @@ def test_idle_timeout_closes_200_silent_sockets_while_a_talker_is_served(serve):
                     if sid != talker_session.id and any(isinstance(e, TimeoutError) for e in excs)
                 )
 
-        deadline = time.monotonic() + 30
-        while timed_out() < silent_n:
-            assert time.monotonic() < deadline, f"only {timed_out()} idle sessions closed"
+        while timed_out() < silent_n:  # bounded by the test's timeout
             rounds += 1
             message = f"talk {rounds:05d}".encode()
             assert echo_ok(talker, message), f"echo round {rounds}"
-            time.sleep(0.02)  # the talker's pace: well inside the idle timeout
+            time.sleep(0.01)  # the talker's pace: a hundredth of the idle timeout
         assert rounds >= 1
         for sock in silent:
             assert sock.recv(1) == b"", "a silent socket did not see EOF"
@@ -615,12 +620,12 @@ def test_set_idle_timeout_on_a_server_without_one_closes_that_session(serve):
 
 
 # == 5. max_connections =======================================================================
-def _refused(sock: socket.socket) -> bool:
-    """True if the server closed this connection at once (EOF or reset)."""
+def _end_of(sock: socket.socket) -> str:
+    """How the server ended this connection: "eof", "reset", or "data" if it sent bytes."""
     try:
-        return sock.recv(1) == b""
+        return "eof" if sock.recv(1) == b"" else "data"
     except ConnectionResetError:
-        return True
+        return "reset"
 
 
 def test_max_connections_refuses_extra_connections_and_stays_responsive(serve):
@@ -633,14 +638,24 @@ def test_max_connections_refuses_extra_connections_and_stays_responsive(serve):
         recorder.wait_sessions(5)
         for i, sock in enumerate(held):
             assert echo_ok(sock, f"held {i}".encode())
-        for _ in range(5):
-            sock = connect(server.port)
-            extra.append(sock)
-            assert _refused(sock), "a connection past max_connections was not closed"
+        for i in range(6):
+            if i % 2:
+                # A peer that sent a request before the server got to refuse it: the
+                # request is in the server's kernel buffer when the reactor accepts.
+                with reactor_held(server):
+                    sock = connect(server.port)
+                    extra.append(sock)
+                    sock.sendall(b"request %d" % i)
+                    wait_until(lambda s=sock: unacked_bytes(s) == 0, what="the request acked")
+            else:
+                sock = connect(server.port)
+                extra.append(sock)
+            end = _end_of(sock)
+            assert end == "eof", f"connection {i} past max_connections: {end}, not EOF"
         assert echo_ok(held[0], b"still served")
-        wait_until(lambda: server.stats()["refused_by_limit"] >= 5, what="refused_by_limit")
+        wait_until(lambda: server.stats()["refused_by_limit"] == 6, what="refused_by_limit")
         assert len(recorder.sessions) == 5  # refused connections never reach the handler
-        assert server.stats()["accepted"] >= 10
+        assert server.stats()["accepted"] == 11
         for sock in held:
             sock.close()
         wait_until(lambda: server.session_count == 0, what="the held sessions to close")
@@ -734,18 +749,20 @@ def test_timers_fire_in_deadline_order_and_cancel_works(serve):
     server = serve(Recorder())
     lock = threading.Lock()
     fired: list[str] = []
+    fired_at: dict[str, float] = {}
 
     def record(label: str) -> None:
         with lock:
             fired.append(label)
+            fired_at[label] = time.monotonic()
 
-    t0 = server.time()
+    t0 = time.monotonic()
     handles = {
         "a": server.call_later(0.05, record, "a"),
         "b": server.call_later(0.01, record, "b"),
         "c": server.call_later(0.03, record, "c"),
     }
-    t1 = server.time()
+    t1 = time.monotonic()
     cancelled = server.call_later(0.02, record, "x")
     assert cancelled.pending()
     cancelled.cancel()
@@ -754,7 +771,9 @@ def test_timers_fire_in_deadline_order_and_cancel_works(serve):
     for label, delay in (("a", 0.05), ("b", 0.01), ("c", 0.03)):
         assert handles[label].pending()
         assert t0 + delay <= handles[label].when() <= t1 + delay
-    at = server.call_at(server.time() + 0.02, record, "at")
+    before, now, after = time.monotonic(), server.time(), time.monotonic()
+    assert before <= now <= after, "server.time() is time.monotonic()"
+    at = server.call_at(now + 0.02, record, "at")
     sentinel = server.call_later(0.08, record, "sentinel")  # due after all the others
     wait_until(lambda: "sentinel" in fired, what="the timers to fire")
     with lock:
@@ -765,7 +784,9 @@ def test_timers_fire_in_deadline_order_and_cancel_works(serve):
     assert order == sorted(order, key=lambda label: whens[label].when()), "not in deadline order"
     for handle in whens.values():
         assert not handle.pending()
-    assert abs(server.time() - time.monotonic()) < 1.0  # the same clock
+    # when() is on time.monotonic(), and no timer fires before it is due on that clock.
+    for label, handle in whens.items():
+        assert fired_at[label] >= handle.when(), f"{label} fired before its when()"
     wait_until(lambda: server.stats()["timers_fired"] == 5, what="timers_fired == 5")
     assert server.stats()["handler_errors"] == 0
 
@@ -802,7 +823,8 @@ def test_call_soon_threadsafe_from_8_threads_runs_all_in_order_on_the_reactor(se
     assert tid not in {threading.get_native_id(), *(t.native_id for t in threads)}
     with open(f"/proc/self/task/{tid}/comm") as comm:
         assert comm.read().strip() == "hamanet-reactor"
-    wait_until(lambda: server.stats()["timers_fired"] == 800, what="timers_fired == 800")
+    wait_until(lambda: server.stats()["calls_soon"] == 800, what="calls_soon == 800")
+    assert server.stats()["timers_fired"] == 0  # call_later/call_at only
 
 
 def test_callbacks_see_the_reactor_thread_name_in_python(serve):
@@ -815,6 +837,7 @@ def test_callbacks_see_the_reactor_thread_name_in_python(serve):
     assert names == ["hamanet-reactor"]
 
 
+@pytest.mark.handler_errors
 def test_a_raising_timer_is_logged_and_the_next_timer_still_fires(serve, caplog):
     caplog.set_level(logging.ERROR, logger="hamanet")
     server = serve(Recorder())
@@ -1115,14 +1138,25 @@ EMFILE_SCRIPT = textwrap.dedent(
         out["fd_table_filled"] = len(dummies) < 200
         for _ in range(3):
             os.close(dummies.pop())
+        # The reactor's own clock: a timer that ticks every 50 ms for the whole run. Accept
+        # retries every 100 ms, so it retries about once every two ticks; a spinning accept
+        # would retry thousands of times a tick. Counting against ticks, not seconds, keeps
+        # the check independent of how fast this machine (or the debug allocator) is.
+        ticks = [0]
+
+        def tick():
+            ticks[0] += 1
+            server.call_later(0.05, tick)
+
         server.start()
+        server.call_soon_threadsafe(tick)
         out["paused"] = wait(lambda: server.stats()["accept_pauses"] >= 1)
         stats = server.stats()
         out["accepted_while_short"] = stats["accepted"]
-        # Over one second of exhaustion the reactor retries about ten times, not thousands.
-        before = server.stats()["accept_pauses"]
-        time.sleep(1.0)
-        out["pauses_in_1s"] = server.stats()["accept_pauses"] - before
+        before, ticks_before = server.stats()["accept_pauses"], ticks[0]
+        out["ticked"] = wait(lambda: ticks[0] >= ticks_before + 10)
+        out["pauses_in_ticks"] = server.stats()["accept_pauses"] - before
+        out["ticks"] = ticks[0] - ticks_before
         out["warnings_during"] = warnings()
         accepted = out["accepted_while_short"]
         out["accepted_echo_during"] = accepted >= 1 and echo_ok(clients[0], b"during")
@@ -1140,6 +1174,7 @@ EMFILE_SCRIPT = textwrap.dedent(
         out["fresh_echo"] = echo_ok(fresh, b"fresh")
         out["warnings_after"] = warnings()
         out["stats"] = server.stats()
+        out["ticks_total"] = ticks[0]
         for c in queued + [fresh]:
             c.close()
         server.stop(timeout=2.0)
@@ -1167,11 +1202,12 @@ def test_emfile_on_accept_logs_once_backs_off_and_serves_the_backlog():
     assert out["fd_table_filled"]
     assert out["paused"], f"accept never hit EMFILE: {out}"
     assert 1 <= out["accepted_while_short"] < 20, out
-    assert 1 <= out["pauses_in_1s"] < 100, out
+    assert out["ticked"], out
+    assert 1 <= out["pauses_in_ticks"] <= out["ticks"] + 2, out  # no more often than a tick
     assert len(out["warnings_during"]) == 1, out["warnings_during"]
     assert out["accepted_echo_during"], out
     assert out["queued"] >= 1
     assert out["queued_echo"], out
     assert out["fresh_echo"], out
     assert len(out["warnings_after"]) == 1, out["warnings_after"]
-    assert out["stats"]["accept_pauses"] < 1000, out["stats"]
+    assert out["stats"]["accept_pauses"] <= out["ticks_total"] + 2, out

@@ -9,10 +9,22 @@ import threading
 
 import hamanet
 import pytest
-from conftest import connect, recv_exactly, recv_until_eof, wait_until
+from conftest import (
+    connect,
+    reactor_held,
+    recv_exactly,
+    recv_until_eof,
+    round_trip,
+    unacked_bytes,
+    wait_until,
+)
 from hamanet.framing import Delimiter, FixedSize, LengthPrefixed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+# What the server may read of a stream it refuses: its first read budget (256 KiB), and
+# what a graceful close reads away (up to 256 KiB more), with room to spare.
+MAX_READ = 1 << 20
 
 
 class Collector(hamanet.Handler):
@@ -110,26 +122,34 @@ def test_any_split_of_a_valid_stream_yields_the_same_messages(servers, index, da
     messages = data.draw(messages_for(framing))
     stream = encode(framing, messages)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    # The previous example's session has closed: nothing else is read by this server now.
+    base = server.stats()["bytes_in"]
     with connect(server.port) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         last = 0
         for cut in [*cuts, len(stream)]:
             sock.sendall(stream[last:cut])
             last = cut
+            # Loopback would merge the pieces: let the server read each one on its own.
+            wait_until(
+                lambda c=cut: server.stats()["bytes_in"] >= base + c,
+                what=f"the server to read up to the cut at {cut}",
+            )
         sock.shutdown(socket.SHUT_WR)
         assert recv_until_eof(sock) == b""
 
-    def done():
+    def closed():
         with collector.lock:
-            return sum(len(m) for m in collector.messages.values()) >= 0 and all(
-                sid in collector.closes for sid in collector.messages
-            )
+            return collector.messages and all(sid in collector.closes for sid in collector.messages)
 
-    wait_until(done, what="every session closed")
+    wait_until(closed, what="the session to close")
     with collector.lock:
-        got = list(collector.messages.values())[-1]
+        sessions = dict(collector.messages)
+        closes = dict(collector.closes)
         collector.messages.clear()
         collector.closes.clear()
+    ((sid, got),) = sessions.items()
+    assert closes == {sid: [None]}, "a valid stream ends with one clean on_close"
     assert got == messages
 
 
@@ -138,10 +158,14 @@ def test_on_messages_gets_a_whole_batch_in_one_call(serve):
     server = serve(collector)
     lines = [f"line {i}".encode() for i in range(1000)]
     with connect(server.port) as sock:
-        sock.sendall(b"\n".join(lines) + b"\n")
+        wait_until(lambda: collector.messages, what="on_connect")
+        # Every line is in the server's kernel buffer before the reactor reads any of them.
+        with reactor_held(server):
+            sock.sendall(b"\n".join(lines) + b"\n")
+            wait_until(lambda: unacked_bytes(sock) == 0, what="the server's kernel to ack")
         wait_until(lambda: sum(map(len, collector.messages.values())) == 1000, what="1000 lines")
     assert next(iter(collector.messages.values())) == lines
-    assert collector.calls < 1000, "messages of one read arrive in one call"
+    assert collector.calls == 1, "the lines of one read arrive in one on_messages call"
 
 
 def test_on_message_one_by_one_and_class_attribute_framing(serve):
@@ -182,15 +206,21 @@ def test_bad_streams_close_the_session_with_framing_error(serve, framing, bad):
 def test_oversize_stream_is_never_buffered_whole(serve):
     collector = Collector(Delimiter(b"\n", max_length=1024))
     server = serve(collector)
-    with connect(server.port) as sock:
-        try:
-            for _ in range(1000):  # up to 64 MiB without a newline
-                sock.sendall(b"x" * 65536)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # closed by the server long before
+    chunk, chunks = b"x" * 65536, 1024  # up to 64 MiB without a newline
+    sent = 0
+    with connect(server.port) as sock, pytest.raises((BrokenPipeError, ConnectionResetError)):
+        for _ in range(chunks):
+            sock.sendall(chunk)
+            sent += len(chunk)
+    assert sent < chunks * len(chunk), "the sender was never cut off"
     wait_until(lambda: collector.closes, what="on_close")
     (closes,) = collector.closes.values()
-    assert isinstance(closes[0], hamanet.FramingError)
+    assert len(closes) == 1 and isinstance(closes[0], hamanet.FramingError), closes
+    # The server stopped reading at the oversize line: a read budget or two, not the stream.
+    round_trip(server)
+    bytes_in = server.stats()["bytes_in"]
+    print(f"sent {sent} bytes, the server read {bytes_in}")
+    assert bytes_in <= MAX_READ, f"the server read {bytes_in} bytes of an oversize stream"
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import hamanet
 import pytest
@@ -66,6 +65,14 @@ def time_wait_on(port: int) -> bool:
             if local_port == port and fields[3] == "06":
                 return True
     return False
+
+
+def session_of(recorder: Recorder, sock: socket.socket) -> hamanet.Session:
+    """The server's session for the client socket ``sock``."""
+    local = sock.getsockname()[:2]
+    with recorder.lock:
+        (session,) = [s for s in recorder.sessions.values() if s.peer_addr[:2] == local]
+    return session
 
 
 def started_server(handler: hamanet.Handler, **options) -> hamanet.Server:
@@ -135,41 +142,55 @@ def test_stop_from_other_thread_while_idle():
 
 @pytest.mark.timeout(60)
 def test_stop_from_other_thread_while_streaming():
+    """stop() while a peer streams to an echo and reads the echo back: stop() returns,
+    the session's buffered echo is handed to the reading peer and it is closed cleanly
+    (on_close(None)); every byte the peer got is the echo of its stream, in order.
+
+    The peer keeps sending after the close, so its kernel gets RST (the documented limit
+    of a graceful close), which can cost it the tail of the echo. Which of its two threads
+    sees ECONNRESET is a race: the writer's send can take the error, and the reader then
+    sees a plain EOF. So neither the end the reader sees nor the echo's length is checked,
+    only that the echo is a prefix and that the stream did end."""
     recorder = Recorder(echo=True)
     server = started_server(recorder)
     sock = connect(server.port)
     chunk = pattern(5, 64 * 1024)
     sent = [0]
-    received = [0]
+    received = bytearray()
+    ends: dict[str, object] = {}
 
     def writer():
-        deadline = time.monotonic() + 20
-        for _ in range(100_000):
-            if time.monotonic() > deadline:
-                return
+        for _ in range(100_000):  # 6.4 GB at most; the stop ends it long before
             try:
                 sock.sendall(chunk)
-            except OSError:
+            except OSError as exc:
+                ends["writer"] = exc
                 return
             sent[0] += len(chunk)
+        ends["writer"] = "sent everything"
 
     def reader():
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        for _ in range(1_000_000):
             try:
                 data = sock.recv(1 << 20)
-            except OSError:
+            except ConnectionResetError:
+                ends["reader"] = "reset"
+                return
+            except OSError as exc:
+                ends["reader"] = exc
                 return
             if not data:
+                ends["reader"] = "eof"
                 return
-            received[0] += len(data)
+            received.extend(data)
+        ends["reader"] = "still reading"
 
     threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
     for thread in threads:
         thread.start()
     try:
         (session,) = recorder.wait_sessions(1)
-        wait_until(lambda: received[0] > 2 << 20, what="the echo stream to be under way")
+        wait_until(lambda: len(received) > 2 << 20, what="the echo stream to be under way")
         stopper = threading.Thread(target=server.stop, kwargs={"timeout": 5.0})
         stopper.start()
         stopper.join(WAIT)
@@ -181,11 +202,20 @@ def test_stop_from_other_thread_while_streaming():
             thread.join(WAIT)
         sock.close()
     assert not any(thread.is_alive() for thread in threads)
+    assert ends["reader"] in ("eof", "reset"), ends
+    assert isinstance(ends["writer"], (BrokenPipeError, ConnectionResetError)), ends
     closes = recorder.wait_closed(session.id)
-    assert len(closes) == 1, closes
-    assert closes[0] is None or isinstance(closes[0], OSError), closes
+    assert closes == [None], "the reading peer took the whole flush: a clean close"
     assert recorder.kinds(session.id).count("close") == 1
     assert server.session_count == 0
+    # The echo is the stream itself, from its first byte, with nothing lost or repeated.
+    got = bytes(received)
+    whole, rest = divmod(len(got), len(chunk))
+    assert got == chunk * whole + chunk[:rest], "the echo is not a prefix of the stream"
+    echoed = recorder.received(session.id)
+    assert len(got) <= len(echoed) <= sent[0] + len(chunk)  # + a partly sent chunk
+    whole, rest = divmod(len(echoed), len(chunk))
+    assert echoed == chunk * whole + chunk[:rest], "the server read the stream wrongly"
 
 
 # -- 2. stop() mid-transfer ----------------------------------------------------------------
@@ -244,8 +274,7 @@ def test_stop_timeout_aborts_a_peer_that_never_reads():
         server.stop(timeout=1.0)
     closes = recorder.wait_closed(session.id)
     assert len(closes) == 1, closes
-    assert isinstance(closes[0], OSError), repr(closes[0])
-    print("on_close after stop timeout:", repr(closes[0]))
+    assert isinstance(closes[0], TimeoutError), repr(closes[0])
     data, outcome = read_until_end(sock)
     sock.close()
     assert len(data) < BIG
@@ -487,7 +516,7 @@ def test_ctrl_c_interrupts_join(procs):
     assert "KeyboardInterrupt" in stderr, stderr
     assert not any("join returned" in line for line in proc.stdout)
     data, outcome = read_until_end(sock)
-    assert data == b"" and outcome in ("eof", "reset")
+    assert (data, outcome) == (b"", "eof"), "Ctrl-C stops the server cleanly: EOF, not RST"
     sock.close()
 
 
@@ -534,13 +563,18 @@ def test_keyboard_interrupt_in_callback_surfaces_from_join(exit_exc):
         assert refuses(port)
     finally:
         server.stop(timeout=1.0)
-    for peer in (sock, bystander):
-        data, outcome = read_until_end(peer)
-        assert data == b"" and outcome in ("eof", "reset")
-        peer.close()
+    # The session whose callback raised is aborted, as for any raising callback (RST, and
+    # on_close gets the exception); the stop closes every other session cleanly (EOF).
+    raising = session_of(recorder, sock)
+    assert read_until_end(sock) == (b"", "reset")
+    assert read_until_end(bystander) == (b"", "eof"), "the stop is clean for the others"
+    sock.close()
+    bystander.close()
     with recorder.lock:
-        assert len(recorder.closes) == 2
-        assert all(len(excs) == 1 for excs in recorder.closes.values())
+        closes = dict(recorder.closes)
+    assert len(closes) == 2
+    assert [type(exc) for exc in closes.pop(raising.id)] == [exit_exc]
+    assert list(closes.values()) == [[None]]
     # Joining again after the stop neither hangs nor raises again.
     assert server.join(timeout=WAIT) is True
 
@@ -588,20 +622,24 @@ def test_keyboard_interrupt_in_client_callback_surfaces_from_client_join():
 
 @pytest.mark.timeout(60)
 def test_gil_hogging_handler_loses_no_data():
+    """A callback spins in Python (holding the GIL but for the interpreter's switch
+    interval) while a peer pushes into the stuck reactor everything the kernel will take.
+    Once it returns, every byte is echoed, in order, and the server still answers."""
+
     class Hog(hamanet.Handler):
         def __init__(self):
             self.hog_ports: set[int] = set()
             self.spinning = threading.Event()
-            self.spun: float | None = None
+            self.release = threading.Event()
+            self.released: bool | None = None
 
         def on_recv(self, session, data):
             if session.peer_addr[1] in self.hog_ports:
                 self.spinning.set()
-                start = time.monotonic()
                 spins = 0
-                while time.monotonic() - start < 2.0 and spins < 10**9:  # holds the GIL
+                while not self.release.is_set() and spins < 10**9:  # holds the GIL
                     spins += 1
-                self.spun = time.monotonic() - start
+                self.released = self.release.is_set()
                 session.write(b"done")
                 return
             session.write(data)
@@ -619,6 +657,7 @@ def test_gil_hogging_handler_loses_no_data():
         hog.connect(("127.0.0.1", server.port))
 
         errors: list[BaseException] = []
+        pushed = [0]
 
         def send_stream():
             try:
@@ -627,9 +666,26 @@ def test_gil_hogging_handler_loses_no_data():
                 hog.sendall(b"hog the GIL")
                 if not handler.spinning.wait(WAIT):
                     raise AssertionError("the handler never started spinning")
-                streamer.sendall(payload[half:])  # while the reactor is stuck
+                # While the reactor is stuck: push until the kernel takes no more (through a
+                # non-blocking twin: a socket with a timeout waits for room even with
+                # MSG_DONTWAIT).
+                sent = half
+                with socket.socket(fileno=os.dup(streamer.fileno())) as pusher:
+                    pusher.setblocking(False)
+                    for _ in range(half // 65536 + 1):
+                        try:
+                            sent += pusher.send(payload[sent : sent + 65536])
+                        except BlockingIOError:
+                            break
+                        if sent == total:
+                            break
+                pushed[0] = sent - half
+                handler.release.set()
+                streamer.sendall(payload[sent:])
             except BaseException as exc:
                 errors.append(exc)
+            finally:
+                handler.release.set()
 
         sender = threading.Thread(target=send_stream)
         sender.start()
@@ -637,9 +693,12 @@ def test_gil_hogging_handler_loses_no_data():
         sender.join(WAIT)
         assert not sender.is_alive()
         assert errors == []
-        assert echoed == payload
         assert recv_exactly(hog, 4) == b"done"
-        assert handler.spun is not None and handler.spun >= 2.0
+        assert handler.released, (
+            "the callback returned before the push into the stuck reactor ended"
+        )
+        print(f"pushed {pushed[0]} bytes into the stuck reactor")
+        assert echoed == payload
         # Still responsive afterwards.
         streamer.sendall(b"after")
         assert recv_exactly(streamer, 5) == b"after"

@@ -73,9 +73,7 @@ def test_8_threads_10k_framed_writes_to_one_session_no_torn_frames(serve):
     try:
         next_seq = [0] * threads_n
         frames = 0
-        deadline = time.monotonic() + 60
-        while frames < threads_n * per_thread:
-            assert time.monotonic() < deadline, f"only {frames} frames arrived"
+        while frames < threads_n * per_thread:  # recv_exactly fails on a stall
             (length,) = struct.unpack(">I", recv_exactly(sock, 4))
             assert 8 <= length <= 8 + 40_000, f"frame {frames}: torn (length {length})"
             body = recv_exactly(sock, length)

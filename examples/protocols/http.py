@@ -20,11 +20,24 @@ What it serves:
 * A request head (request line and headers) longer than ``MAX_HEAD`` bytes: 431, then
   close. The unparsed tail kept between calls is always shorter than ``MAX_HEAD``, so a
   peer that never sends the blank line cannot make the buffer grow.
+* Deadlines, with ``HttpConnection(head_timeout=seconds)`` (the transport arms a timer
+  for ``deadline`` and calls ``expire()`` when it passes): once the first byte of a
+  request has arrived (a stray empty line before it counts), its head must be whole
+  within ``head_timeout`` seconds, and the body it announces within ``head_timeout``
+  seconds of the head's end. A head that misses its deadline gets 408 Request Timeout,
+  then close; a body that misses it, or empty lines with no request after them, are
+  closed without a word (the request was answered already; there is no request to
+  answer). So a peer that trickles a head or a body (slowloris) cannot hold a
+  connection longer than that. Between requests the connection is idle: closing idle
+  keep-alive connections is the transport's idle timeout.
 
 After a response that closes, ``feed`` discards everything and returns ``(b"", True)``.
 """
 
 from __future__ import annotations
+
+import time
+from typing import Callable
 
 __all__ = ["BODY", "MAX_BODY", "MAX_HEAD", "HttpConnection"]
 
@@ -44,6 +57,7 @@ _REASONS = {
     400: b"Bad Request",
     404: b"Not Found",
     405: b"Method Not Allowed",
+    408: b"Request Timeout",
     413: b"Content Too Large",
     431: b"Request Header Fields Too Large",
     501: b"Not Implemented",
@@ -187,14 +201,49 @@ def _parse_or_raise(head: bytes) -> tuple[bytes, bool, int]:
 
 
 class HttpConnection:
-    """The HTTP/1.1 state of one connection: feed it bytes, send what it returns."""
+    """The HTTP/1.1 state of one connection: feed it bytes, send what it returns.
 
-    __slots__ = ("_buffer", "_done", "_skip")
+    With ``head_timeout`` (seconds; None: no deadline), ``deadline`` is the time on
+    ``clock`` by which the request in progress must be complete, or None while no request
+    is in progress. The transport calls ``expire()`` once that time has passed with the
+    deadline still set, sends what it returns, and closes.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_blank", "_buffer", "_clock", "_done", "_head_timeout", "_skip", "deadline")
+
+    def __init__(
+        self,
+        head_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._buffer = b""  # an incomplete head, always shorter than MAX_HEAD
         self._skip = 0  # request body bytes still to be consumed
         self._done = False  # a closing response was produced: ignore the rest
+        self._blank = False  # empty lines came after the last request: the next has begun
+        self._head_timeout = head_timeout
+        self._clock = clock
+        self.deadline: float | None = None
+
+    def postpone(self) -> None:
+        """Gives the request in progress a whole ``head_timeout`` from now: for when the
+        transport stopped reading (flow control), so the peer is not the one late."""
+        if self.deadline is not None and self._head_timeout is not None:
+            self.deadline = max(self.deadline, self._clock() + self._head_timeout)
+
+    def expire(self) -> bytes:
+        """The deadline has passed: returns what to send before closing. 408 for a part of
+        a head; nothing for a body (its request was answered already) or for empty lines
+        alone (some clients send one after a body: the connection looks idle to them).
+        Feed then ignores everything, as after any closing response."""
+        if self._done or self.deadline is None:
+            return b""
+        partial_head = bool(self._buffer)
+        self._done = True
+        self._buffer = b""
+        self._skip = 0
+        self._blank = False
+        self.deadline = None
+        return _ERROR_CLOSE[408] if partial_head else b""
 
     def feed(self, data: bytes) -> tuple[bytes, bool]:
         """Consumes ``data``; returns (responses to every complete request, close after)."""
@@ -203,15 +252,19 @@ class HttpConnection:
         buffer = self._buffer + data if self._buffer else bytes(data)
         size = len(buffer)
         pos = 0
+        finished = False  # a request was completed here: one still in progress is new
         if self._skip:
             pos = min(self._skip, size)
             self._skip -= pos
+            finished = not self._skip
+        blank = self._blank
         responses: list[bytes] = []
         close = False
         cache = _CACHE
         while pos < size:
             if buffer.startswith(b"\r\n", pos):
                 pos += 2  # an empty line before a request line (RFC 9112 2.2)
+                blank = True
                 continue
             end = buffer.find(b"\r\n\r\n", pos, pos + MAX_HEAD)
             if end < 0:
@@ -233,6 +286,7 @@ class HttpConnection:
                     cache[head] = result
             response, close, skip = result
             responses.append(response)
+            blank = False
             if close:
                 break
             if skip:
@@ -243,8 +297,15 @@ class HttpConnection:
             self._done = True
             self._buffer = b""
             self._skip = 0
+            self.deadline = None
         else:
             self._buffer = buffer[pos:] if pos < size else b""
+            self._blank = blank
+            if self._head_timeout is not None:
+                if not (self._buffer or self._skip or blank):
+                    self.deadline = None  # idle, between requests
+                elif self.deadline is None or finished or responses:
+                    self.deadline = self._clock() + self._head_timeout
         if len(responses) == 1:
             return responses[0], close
         return b"".join(responses), close

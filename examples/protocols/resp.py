@@ -10,12 +10,28 @@ EXISTS, INCR, MGET, MSET, FLUSHALL, DBSIZE, SELECT 0, QUIT, and enough of COMMAN
 CONFIG GET for redis-cli and redis-benchmark to connect. Requests are RESP arrays of bulk
 strings or inline commands (`PING\\r\\n`, split on whitespace, without quoting).
 
-Bounded: a request still incomplete past `max_buffer` bytes (64 MiB), a bulk string longer
-than that, an inline request or length line over 64 KiB without its line end, and
-malformed input (a bad length, a type byte other than `$` inside an array, a bulk not
-followed by CRLF) get one `-ERR Protocol error: ...` reply and set `closing`: the transport
-sends what `feed` returned and closes. Keys with a time to live expire lazily, when a
-command touches them (on `time.monotonic()`, or the clock given to RedisLogic).
+Bounded: what one request may cost in memory is limited, its number of arguments included,
+the way Redis limits it (both limits are `RespConnection` arguments):
+
+* `max_multibulk` (`MAX_MULTIBULK`, 1024 * 1024, Redis's own limit): an array header
+  `*N` with more elements is refused as soon as it is read, with
+  `-ERR Protocol error: invalid multibulk length`.
+* `max_buffer` (`MAX_BUFFER`, 64 MiB): a request's arguments may cost at most this many
+  bytes, each counted as its length plus `ARG_OVERHEAD` (64) bytes for the Python object
+  that holds it and its slot in the argument list. So a million one-byte arguments cost
+  as much as 64 MiB of data, and the request is refused with
+  `-ERR Protocol error: request larger than the N-byte limit` once it passes the limit,
+  whether it is complete or not, before its next argument is buffered; a single bulk
+  string longer than the limit is refused from its `$N` header (`invalid bulk length`).
+* An inline request over `MAX_INLINE` (64 KiB), with or without its line end, and a
+  `*N` / `$N` line that long without its end (`too big inline request`, ...): so an
+  inline request splits into a bounded number of arguments too.
+
+Each refusal, like malformed input (a bad length, a type byte other than `$` inside an
+array, a bulk not followed by CRLF), gets one `-ERR Protocol error: ...` reply and sets
+`closing`: the transport sends what `feed` returned and closes, and the connection's
+partial request is dropped. Keys with a time to live expire lazily, when a command
+touches them (on `time.monotonic()`, or the clock given to RedisLogic).
 """
 
 from __future__ import annotations
@@ -24,15 +40,23 @@ import fnmatch
 import time
 from typing import Callable
 
-MAX_BUFFER = 64 * 1024 * 1024  # bytes of one incomplete request we are willing to hold
-MAX_INLINE = 64 * 1024  # an inline request, or a `*N` / `$N` line, without its line end
-MAX_MULTIBULK = 1024 * 1024  # arguments in one request (Redis's own limit)
+MAX_BUFFER = 64 * 1024 * 1024  # what one request's arguments may cost, overhead included
+MAX_INLINE = 64 * 1024  # an inline request (ended or not), or a `*N` / `$N` line without its end
+MAX_MULTIBULK = 1024 * 1024  # elements of one request array (Redis's own limit)
+# What an argument costs beyond its bytes: a bytes object's header (33 bytes on 64-bit
+# CPython) rounded up by the allocator, plus its pointer in the argument list. Counting it
+# makes a request of many tiny arguments hit `max_buffer` as one big argument does.
+ARG_OVERHEAD = 64
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 # The fast path (RespConnection._parse_split) reads requests of small arrays of short bulk
 # strings by table lookup, not int(): `*N` and `$N` tokens up to these sizes.
 FAST_ARRAY_MAX = 1024
 FAST_BULK_MAX = 4096
 FAST_BUFFER_MAX = 1024 * 1024  # larger reads go straight to the general parser
+# The fast path checks no limit: a request it takes costs at most the read's length plus
+# FAST_ARRAY_MAX * ARG_OVERHEAD, so it is only used while that is within max_buffer, and
+# while max_multibulk admits every array it knows.
+FAST_COST_MAX = FAST_ARRAY_MAX * ARG_OVERHEAD
 _ARRAY_TOKENS = {b"*%d" % i: i for i in range(1, FAST_ARRAY_MAX + 1)}
 _BULK_TOKENS = {b"$%d" % i: i for i in range(FAST_BULK_MAX + 1)}
 
@@ -351,22 +375,50 @@ class RespConnection:
     the same as one arriving whole.
     """
 
-    __slots__ = ("_argc", "_args", "_held", "_need", "_pending", "closing", "logic", "max_buffer")
+    __slots__ = (
+        "_argc",
+        "_args",
+        "_fast_max",
+        "_held",
+        "_need",
+        "_pending",
+        "closing",
+        "logic",
+        "max_buffer",
+        "max_multibulk",
+    )
 
-    def __init__(self, logic: RedisLogic, max_buffer: int = MAX_BUFFER) -> None:
+    def __init__(
+        self,
+        logic: RedisLogic,
+        max_buffer: int = MAX_BUFFER,
+        max_multibulk: int = MAX_MULTIBULK,
+    ) -> None:
+        if max_buffer < 1 or max_multibulk < 1:
+            raise ValueError(
+                f"max_buffer and max_multibulk must be >= 1, got {max_buffer}, {max_multibulk}"
+            )
         self.logic = logic
-        self.max_buffer = max_buffer
+        self.max_buffer = max_buffer  # what one request's arguments may cost (see ARG_OVERHEAD)
+        self.max_multibulk = max_multibulk  # elements one request array may announce
+        # Reads up to this size may take the fast path (0: never, the limits are too tight).
+        self._fast_max = (
+            min(FAST_BUFFER_MAX, max_buffer - FAST_COST_MAX)
+            if max_multibulk >= FAST_ARRAY_MAX
+            else 0
+        )
         self.closing = False  # set by QUIT or a protocol error: close after sending
         self._pending = bytearray()  # unparsed bytes of a request not yet complete
         # len(_pending) below which parsing again cannot make progress; -1: a line end
         self._need = 0
         self._args: list[bytes] = []  # arguments of that request parsed so far
         self._argc = 0  # arguments of it still to come (0: between requests)
-        self._held = 0  # bytes in _args
+        self._held = 0  # what _args costs: each argument's length plus ARG_OVERHEAD
 
     @property
     def buffered(self) -> int:
-        """Bytes of an incomplete request held until the rest arrives."""
+        """What an incomplete request holds until the rest arrives: its unparsed bytes,
+        and its arguments counted as `max_buffer` counts them (length + ARG_OVERHEAD)."""
         return len(self._pending) + self._held
 
     def feed(self, data: bytes) -> bytes:
@@ -391,7 +443,7 @@ class RespConnection:
         try:
             out: list[bytes] = []
             pos = 0
-            if not self._argc and len(buf) <= FAST_BUFFER_MAX:
+            if not self._argc and len(buf) <= self._fast_max:
                 pos = self._parse_split(buf, out)
                 if pos == len(buf) or self.closing:
                     return out[0] if len(out) == 1 else b"".join(out)
@@ -451,7 +503,7 @@ class RespConnection:
                     k += 2
                 if k != j:
                     break
-            elif tok[:1] != b"*" and b"\n" not in tok:  # an inline command
+            elif tok[:1] != b"*" and b"\n" not in tok and len(tok) < MAX_INLINE:  # inline
                 j = i + 1
                 args = tok.split()
                 if not args:  # a blank line
@@ -472,11 +524,12 @@ class RespConnection:
         execute = self._execute
         find = buf.find
         n = len(buf)
-        max_bulk = self.max_buffer
+        max_buffer = self.max_buffer
+        max_multibulk = self.max_multibulk
         p = pos  # start of the next bulk string of the current array
         args = self._args
         argc = self._argc  # nonzero: resuming an array the previous read cut short
-        resumed = len(args)  # args[:resumed] are counted in self._held already
+        held = self._held  # what args costs: each argument's length plus ARG_OVERHEAD
         # When the loop stops on an incomplete request: the bytes it needs from p, or -1
         # for the end of a line (feed() parses again only once a "\n" has come).
         need = 0
@@ -488,9 +541,11 @@ class RespConnection:
                     break
                 if buf[pos] != 42:  # not b"*": an inline command, one line
                     end = find(b"\n", pos)
+                    # Over the limit with or without its line end: it would split into
+                    # too many arguments (Redis reads too little at a time to see one).
+                    if (end if end >= 0 else n) - pos > MAX_INLINE:
+                        raise ProtocolError(b"".join(out), "too big inline request")
                     if end < 0:
-                        if n - pos > MAX_INLINE:
-                            raise ProtocolError(b"".join(out), "too big inline request")
                         p, need = pos, -1
                         break
                     line = buf[pos:end].split()  # on whitespace, "\r" included
@@ -512,15 +567,15 @@ class RespConnection:
                 elif count[:1] == b"-" and count[1:].isdigit():
                     argc = 0  # *-1 (a null array), as Redis takes it: nothing to do
                 else:
-                    argc = MAX_MULTIBULK + 1
-                if argc > MAX_MULTIBULK:
+                    argc = max_multibulk + 1
+                if argc > max_multibulk:
                     raise ProtocolError(b"".join(out), "invalid multibulk length")
                 p = end + 2
                 if not argc:  # *0 and *-1: nothing to do, as Redis does
                     pos = p
                     continue
                 args = []
-                resumed = 0
+                held = 0
             while argc:
                 if p >= n:
                     need = 1
@@ -536,8 +591,14 @@ class RespConnection:
                     break
                 digits = buf[p + 1 : end]
                 size = int(digits) if digits.isdigit() and len(digits) <= 18 else -1
-                if not 0 <= size <= max_bulk:
+                if not 0 <= size <= max_buffer:
                     raise ProtocolError(b"".join(out), "invalid bulk length")
+                # Refused before the argument is buffered, let alone made an object.
+                cost = held + size + ARG_OVERHEAD
+                if cost > max_buffer:
+                    raise ProtocolError(
+                        b"".join(out), f"request larger than the {max_buffer}-byte limit"
+                    )
                 start = end + 2
                 end = start + size
                 if end + 2 > n:
@@ -546,6 +607,7 @@ class RespConnection:
                 if buf[end : end + 2] != b"\r\n":
                     raise ProtocolError(b"".join(out), "expected CRLF after a bulk string")
                 args.append(buf[start:end])
+                held = cost
                 p = end + 2
                 argc -= 1
             if argc:  # the array goes on past this read
@@ -554,19 +616,16 @@ class RespConnection:
             out.append(execute(args))
             if self.closing:
                 return b"".join(out)
-        # Keep what an incomplete request still needs parsed, and the state to resume.
+        # Keep what an incomplete request still needs parsed, and the state to resume. (A
+        # bulk string it waits for fits: its cost was checked against max_buffer above.)
         self._argc = argc
         if argc:
-            self._held += sum(map(len, args[resumed:]))
+            self._held = held
             self._args = args
         else:
             self._held = 0
             self._args = []
         if p < n or argc:
-            if self._held + need > self.max_buffer:
-                raise ProtocolError(
-                    b"".join(out), f"request larger than the {self.max_buffer}-byte limit"
-                )
             self._pending = bytearray(memoryview(buf)[p:])
             self._need = need
         if len(out) == 1:
