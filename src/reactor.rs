@@ -521,21 +521,30 @@ impl Reactor {
         }
     }
 
+    /// A slot (still vacant) for `fd`, registered for read readiness; `None`, the slot
+    /// given back, when epoll refuses (only possible when the kernel is out of memory).
+    fn allocate_reader(&mut self, fd: std::os::fd::BorrowedFd<'_>) -> Option<(usize, Token)> {
+        let (index, generation) = self.allocate();
+        let token = Token::new(index as u32, generation);
+        if self.poller.add_reader(fd, token).is_err() {
+            self.slots[index] = Slot::Vacant { generation };
+            self.vacant.push(index as u32);
+            return None;
+        }
+        Some((index, token))
+    }
+
     fn add_listener(&mut self, fd: OwnedFd, addr: Address) {
         if self.stop_deadline.is_some() {
             // Opened as the server stopped: close it at once, as stop closes the others.
             remove_unix_socket_file(fd, addr);
             return;
         }
-        let (index, generation) = self.allocate();
-        let token = Token::new(index as u32, generation);
-        if self.poller.add_reader(fd.as_fd(), token).is_err() {
-            self.slots[index] = Slot::Vacant { generation };
-            self.vacant.push(index as u32);
+        let Some((index, token)) = self.allocate_reader(fd.as_fd()) else {
             return;
-        }
+        };
         self.slots[index] = Slot::Listener {
-            generation,
+            generation: token.generation(),
             fd,
             addr,
         };
@@ -685,16 +694,12 @@ impl Reactor {
             discard_input(stream.as_fd(), &mut self.scratch, DISCARD_LIMIT);
             return;
         }
-        let (index, generation) = self.allocate();
-        let token = Token::new(index as u32, generation);
-        if self.poller.add_reader(stream.as_fd(), token).is_err() {
-            self.slots[index] = Slot::Vacant { generation };
-            self.vacant.push(index as u32);
+        let Some((index, token)) = self.allocate_reader(stream.as_fd()) else {
             return;
-        }
+        };
         // Input already queued is reported by the first wait: registering checks it.
         self.slots[index] = Slot::Refused {
-            generation,
+            generation: token.generation(),
             fd: stream,
             discarded: 0,
         };

@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import queue
+import shutil
 import socket
 import struct
 import subprocess
@@ -425,3 +426,25 @@ def procs():
     yield spawn
     for proc in started:
         proc.kill()
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process ``pid`` (VmRSS in /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def real_client(name: str, package: str) -> str:
+    """The path of a real client (redis-cli, wrk, ...); skips the test without it, except
+    in CI (CI set), where a missing client fails the test instead of silently leaving it
+    untested."""
+    path = shutil.which(name)
+    if path is None:
+        missing = f"{name} is not installed (Debian/Ubuntu: apt-get install {package})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing}; CI must run the real-client tests", pytrace=False)
+        pytest.skip(missing)
+    return path

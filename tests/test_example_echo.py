@@ -12,18 +12,9 @@ import time
 import echo_server
 import hamanet
 import pytest
-from conftest import WAIT, Proc, connect, pattern, recv_exactly, run_example
+from conftest import WAIT, Proc, connect, pattern, recv_exactly, rss_bytes, run_example
 
 MIB = 1 << 20
-
-
-def rss_bytes(pid: int) -> int:
-    """The resident set size of process ``pid`` (VmRSS in /proc/PID/status)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
 
 
 def start_echo(procs) -> tuple[Proc, int]:

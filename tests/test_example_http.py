@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +24,7 @@ from conftest import (
     connect,
     free_port,
     read_until_end,
+    real_client,
     recv_exactly,
     recv_until_eof,
     run_example,
@@ -793,21 +792,9 @@ def test_handler_without_its_server_refuses_loudly(serve, caplog):
 # -- 5. wrk and curl, when installed (required in CI) ----------------------------------------
 
 
-def tool(name: str, package: str) -> str:
-    """The path of a real client; skips the test without it, except in CI (CI set), where
-    a missing client fails the test instead of silently leaving it untested."""
-    path = shutil.which(name)
-    if path is None:
-        missing = f"{name} is not installed (Debian/Ubuntu: apt-get install {package})"
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing}; CI must run the real-client tests", pytrace=False)
-        pytest.skip(missing)
-    return path
-
-
 @pytest.mark.timeout(60)
 def test_wrk_keep_alive_load(serve):
-    wrk = tool("wrk", "wrk")
+    wrk = real_client("wrk", "wrk")
     server = serve_http(serve)
     url = f"http://127.0.0.1:{server.port}/"
     proc = subprocess.run(
@@ -825,7 +812,7 @@ def test_wrk_keep_alive_load(serve):
 
 
 def test_curl(http_port):
-    curl = tool("curl", "curl")
+    curl = real_client("curl", "curl")
     base = f"http://127.0.0.1:{http_port}"
     proc = subprocess.run(
         [curl, "-sS", "-i", "--max-time", "10", f"{base}/", f"{base}/missing"],

@@ -6,10 +6,8 @@ missing one fails its test instead of skipping it)."""
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -21,8 +19,10 @@ from conftest import (
     WAIT,
     connect,
     free_port,
+    real_client,
     recv_exactly,
     recv_until_eof,
+    rss_bytes,
     run_example,
     wait_until,
 )
@@ -630,15 +630,6 @@ def test_server_inline_line_without_end_is_bounded(redis_server):
 
 
 # -- the example as a program: what one client's requests may cost it -----------------
-def rss_bytes(pid: int) -> int:
-    """The resident set size of process ``pid`` (VmRSS in /proc/PID/status)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
-
-
 class PeakRss:
     """Samples a process's RSS every few milliseconds on a thread, keeping the peak."""
 
@@ -792,15 +783,7 @@ def test_server_pushes_back_on_a_client_that_does_not_read(serve):
 
 # -- the real clients: redis-cli and redis-benchmark from Debian's redis-tools ---------
 def tool(name: str) -> str:
-    """The path of a real client; skips the test without it, except in CI (CI set), where
-    a missing client fails the test instead of silently leaving it untested."""
-    path = shutil.which(name)
-    if path is None:
-        missing = f"{name} is not installed (Debian/Ubuntu: apt-get install redis-tools)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing}; CI must run the real-client tests", pytrace=False)
-        pytest.skip(missing)
-    return path
+    return real_client(name, "redis-tools")
 
 
 def redis_cli(port: int, *args: str, stdin: str | None = None) -> str:
