@@ -63,14 +63,15 @@ fn chunk<'py>(data: &Bound<'py, PyAny>, method: &str) -> PyResult<Chunk<'py>> {
     if let Ok(buffer) = PyBuffer::<u8>::get(data) {
         return Ok(Chunk::Copied(buffer.to_vec(data.py())?));
     }
-    // Any other C-contiguous buffer (array.array('i'), a memoryview of floats...) is sent
-    // as its raw bytes, as socket.send does: seen through a byte-format memoryview.
+    // Any other buffer (array.array('i'), a memoryview of floats...) is sent as its raw
+    // bytes, as socket.send does: seen through a byte-format memoryview.
     let as_bytes = PyMemoryView::from(data).and_then(|view| view.call_method1("cast", ("B",)));
     match as_bytes.and_then(|view| PyBuffer::<u8>::get(&view)?.to_vec(data.py())) {
         Ok(bytes) => Ok(Chunk::Copied(bytes)),
         Err(_) => Err(PyTypeError::new_err(format!(
-            "{method}() takes a bytes-like object (bytes, bytearray, memoryview, array; any \
-             C-contiguous buffer), not '{}'; encode text first, e.g. text.encode()",
+            "{method}() takes a bytes-like object (bytes, bytearray, memoryview, array: \
+             anything with the buffer protocol), not '{}'; encode text first, e.g. \
+             text.encode()",
             data.get_type().name()?
         ))),
     }

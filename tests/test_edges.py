@@ -19,6 +19,7 @@ from conftest import (
     connect,
     pattern,
     read_until_end,
+    recv_exactly,
     reset_close,
     unacked_bytes,
     wait_until,
@@ -594,3 +595,20 @@ def test_server_connect_nowait_before_start_is_refused():
     with pytest.raises(hamanet.LifecycleError, match="started first"):
         server.connect_nowait("127.0.0.1", 9)
     server.stop()
+
+
+def test_any_buffer_is_written_as_its_bytes_and_text_is_refused(serve):
+    import array
+
+    recorder = Recorder()
+    server = serve(recorder)
+    with connect(server.port) as sock:
+        (session,) = recorder.wait_sessions(1)
+        numbers = array.array("i", range(1000))
+        session.write(numbers)
+        session.write(memoryview(array.array("d", [1.5, -2.25])))
+        session.write(memoryview(b"abcdef")[::2])  # strided: its logical bytes, in order
+        expected = numbers.tobytes() + array.array("d", [1.5, -2.25]).tobytes() + b"ace"
+        assert recv_exactly(sock, len(expected)) == expected
+        with pytest.raises(TypeError, match="encode text first"):
+            session.write("text")
