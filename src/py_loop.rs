@@ -478,8 +478,15 @@ impl PyLoop {
                 "when must be a finite time, got {when}"
             )));
         }
-        let delay = capped_duration(when - now);
-        let at = Instant::now() + delay;
+        let start = Instant::now();
+        // A `when` in the past stays in the past, so past timers still run in `when` order.
+        let at = if when >= now {
+            start + capped_duration(when - now)
+        } else {
+            start
+                .checked_sub(capped_duration(now - when))
+                .unwrap_or(start)
+        };
         self.schedule(when, callback, args, |id| Command::Timer(id, at))
     }
 

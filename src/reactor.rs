@@ -1096,16 +1096,21 @@ impl Reactor {
     fn close_idle_sessions(&mut self) {
         let default = self.config.idle_timeout;
         let mut idle = Vec::new();
+        // The shortest timeout still in force: once the sessions with short ones are gone,
+        // the sweeps slow down again.
+        let mut shortest = default;
         for (index, slot) in self.slots.iter().enumerate() {
             if let Slot::Session(session) = slot {
                 let timeout = session.core.outbox().idle_timeout.unwrap_or(default);
                 if let Some(timeout) = timeout {
+                    shortest = Some(shortest.map_or(timeout, |s| s.min(timeout)));
                     if self.now.saturating_duration_since(session.last_active) >= timeout {
                         idle.push((Token::new(index as u32, session.generation), timeout));
                     }
                 }
             }
         }
+        self.idle.shortest = shortest;
         for (token, timeout) in idle {
             self.stats.idle_timeouts += 1;
             let error = io::Error::new(
@@ -1630,5 +1635,34 @@ mod tests {
             .slots
             .iter()
             .any(|slot| matches!(slot, Slot::Refused { .. })));
+    }
+
+    #[test]
+    fn idle_sweeps_stop_once_the_session_with_a_short_timeout_is_gone() {
+        let (mut reactor, addr) = listening_reactor(LoopConfig::default());
+        let _peer = TcpStream::connect(addr).expect("connect");
+        let mut session = None;
+        turn_until(&mut reactor, |event| match event {
+            Event::Opened { session: core, .. } => {
+                session = Some(Arc::clone(core));
+                true
+            }
+            _ => false,
+        });
+        let session = session.expect("session");
+        session.set_idle_timeout(Some(Duration::from_millis(20)));
+        turn_until(&mut reactor, |event| matches!(event, Event::Closed { .. }));
+        assert!(reactor.idle.next.is_some(), "swept while the session lived");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reactor.idle.next.is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "idle sweeps went on with no timeout in force"
+            );
+            reactor
+                .shared()
+                .submit(Command::Timer(0, Instant::now() + Duration::from_millis(5)));
+            reactor.turn().expect("turn");
+        }
     }
 }

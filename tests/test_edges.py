@@ -612,3 +612,19 @@ def test_any_buffer_is_written_as_its_bytes_and_text_is_refused(serve):
         assert recv_exactly(sock, len(expected)) == expected
         with pytest.raises(TypeError, match="encode text first"):
             session.write("text")
+
+
+def test_timers_due_in_the_past_run_in_when_order(serve):
+    server = serve(Recorder())
+    order: list[str] = []
+    done = threading.Event()
+    now = server.time()
+    with_held_reactor = threading.Event()
+    server.call_soon_threadsafe(with_held_reactor.wait, WAIT)  # all three land in one turn
+    server.call_at(now - 1.0, order.append, "later")
+    server.call_at(now - 2.0, order.append, "earlier")
+    server.call_at(now - 3.0, order.append, "earliest")
+    server.call_at(now - 0.5, done.set)
+    with_held_reactor.set()
+    assert done.wait(WAIT)
+    assert order == ["earliest", "earlier", "later"]
