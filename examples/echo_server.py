@@ -26,7 +26,6 @@ import sys
 
 import hamanet
 
-
 WRITE_HIGH = 1 << 20
 WRITE_LOW = 256 << 10
 
