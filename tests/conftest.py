@@ -428,8 +428,9 @@ def procs():
         proc.kill()
 
 
-def rss_bytes(pid: int) -> int:
-    """The resident set size of process ``pid`` (VmRSS in /proc/PID/status)."""
+def rss_bytes(pid: int | str = "self") -> int:
+    """The resident set size of process ``pid`` (VmRSS in /proc/PID/status), by default
+    of this one."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):

@@ -30,6 +30,7 @@ from conftest import (
     reactor_held,
     recv_exactly,
     recv_until_eof,
+    rss_bytes,
     unacked_bytes,
     wait_until,
 )
@@ -74,15 +75,6 @@ def first_difference(got: bytes, want: bytes) -> int | None:
         if a != b:
             return i
     return min(len(got), len(want))
-
-
-def rss() -> int:
-    """This process's resident set size in bytes."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
 
 
 def echo_ok(sock: socket.socket, payload: bytes) -> bool:
@@ -265,7 +257,7 @@ def test_peer_never_reads_pause_hard_cap_bounded_memory_then_resume(serve):
         assert checks["after_one_more"] == cap
 
         # Trying to write 200 MiB against the cap keeps memory flat.
-        rss_before = rss()
+        rss_before = rss_bytes()
         piece = expected(handler.offset, MiB)
         refused = 0
         for _ in range(200):
@@ -277,7 +269,7 @@ def test_peer_never_reads_pause_hard_cap_bounded_memory_then_resume(serve):
                 except hamanet.WriteBufferFullError:
                     refused += 1
             assert session.write_buffer_size <= cap
-        growth = rss() - rss_before
+        growth = rss_bytes() - rss_before
         assert refused == 200, "a 1 MiB write fit while a non-reading peer held ~1 MiB"
         assert growth < 100 * MiB, f"RSS grew by {growth / MiB:.1f} MiB"
         assert session.writing_paused
@@ -357,11 +349,11 @@ def test_256_mib_to_a_handler_pausing_reading_after_each_recv(serve):
     handler = PauseEveryRecv()
     server = serve(handler)
     handler.server = server
-    baseline = rss()
+    baseline = rss_bytes()
     peak = [baseline]
 
     def finished():
-        peak[0] = max(peak[0], rss())
+        peak[0] = max(peak[0], rss_bytes())
         return handler.closes
 
     sock = connect(server.port, timeout=30)
