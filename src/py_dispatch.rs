@@ -443,7 +443,11 @@ impl<'py> Dispatcher<'_, 'py> {
         let py = self.py;
         match event {
             Event::Opened { token, .. } => {
-                self.notify(*token, Callback::OnConnect, &callbacks.on_connect);
+                // Even if the user already closed it (right after `connect()` returned):
+                // a session that was connected gets its `on_connect` before `on_close`.
+                if let Some(callback) = &callbacks.on_connect {
+                    self.call(*token, Callback::OnConnect, callback, |s| Ok((s,)));
+                }
             }
             Event::Received { token, range } => {
                 if self.given_up(*token) {

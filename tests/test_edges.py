@@ -628,3 +628,17 @@ def test_timers_due_in_the_past_run_in_when_order(serve):
     with_held_reactor.set()
     assert done.wait(WAIT)
     assert order == ["earliest", "earlier", "later"]
+
+
+@pytest.mark.parametrize("end", ["close", "abort"])
+def test_a_client_session_ended_right_after_connect_still_gets_on_connect_first(
+    serve, client_factory, end
+):
+    server = serve(Recorder())
+    recorder = Recorder()
+    client = client_factory(recorder)
+    for _ in range(20):
+        session = client.connect("127.0.0.1", server.port)
+        getattr(session, end)()
+        recorder.wait_closed(session.id)
+        assert recorder.kinds(session.id) == ["connect", "close"]
