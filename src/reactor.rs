@@ -1436,6 +1436,19 @@ mod tests {
         (reactor, addr)
     }
 
+    /// Turns the reactor until a session opens; returns it.
+    fn next_opened(reactor: &mut Reactor) -> Arc<SessionCore> {
+        let mut session = None;
+        turn_until(reactor, |event| match event {
+            Event::Opened { session: core, .. } => {
+                session = Some(Arc::clone(core));
+                true
+            }
+            _ => false,
+        });
+        session.expect("session")
+    }
+
     /// Turns the reactor on this thread until `done` has seen what it waits for. A tick
     /// timer (id 0) keeps any one turn from blocking for long.
     fn turn_until(reactor: &mut Reactor, mut done: impl FnMut(&Event) -> bool) {
@@ -1542,15 +1555,7 @@ mod tests {
         peer.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
 
-        let mut session = None;
-        turn_until(&mut reactor, |event| match event {
-            Event::Opened { session: core, .. } => {
-                session = Some(Arc::clone(core));
-                true
-            }
-            _ => false,
-        });
-        let session = session.expect("session");
+        let session = next_opened(&mut reactor);
         let payload = pattern(0, 8_000_000);
         session.write(&payload).expect("write");
         let cap = session.outbox().limits.max;
@@ -1641,15 +1646,7 @@ mod tests {
     fn idle_sweeps_stop_once_the_session_with_a_short_timeout_is_gone() {
         let (mut reactor, addr) = listening_reactor(LoopConfig::default());
         let _peer = TcpStream::connect(addr).expect("connect");
-        let mut session = None;
-        turn_until(&mut reactor, |event| match event {
-            Event::Opened { session: core, .. } => {
-                session = Some(Arc::clone(core));
-                true
-            }
-            _ => false,
-        });
-        let session = session.expect("session");
+        let session = next_opened(&mut reactor);
         session.set_idle_timeout(Some(Duration::from_millis(20)));
         turn_until(&mut reactor, |event| matches!(event, Event::Closed { .. }));
         assert!(reactor.idle.next.is_some(), "swept while the session lived");

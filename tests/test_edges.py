@@ -175,17 +175,19 @@ def test_a_refused_peer_that_never_sends_or_closes_is_dropped_after_a_while(serv
 
 
 # == 7. both directions finished: the session closes by itself =================================
-class HalfCloser(Recorder):
+class KeepAfterEof(Recorder):
+    def on_eof(self, session):
+        super().on_eof(session)
+        return True
+
+
+class HalfCloser(KeepAfterEof):
     """Replies and half-closes at once; keeps the session after the peer's EOF."""
 
     def on_connect(self, session):
         super().on_connect(session)
         session.write(b"bye")
         session.shutdown_write()
-
-    def on_eof(self, session):
-        super().on_eof(session)
-        return True
 
 
 def test_own_shutdown_then_the_peers_eof_closes_the_session(serve):
@@ -201,12 +203,6 @@ def test_own_shutdown_then_the_peers_eof_closes_the_session(serve):
     assert recorder.kinds(session.id)[-2:] == ["eof", "close"]
     wait_until(lambda: server.stats()["sessions_open"] == 0, what="no session open")
     sock.close()
-
-
-class KeepAfterEof(Recorder):
-    def on_eof(self, session):
-        super().on_eof(session)
-        return True
 
 
 def test_the_peers_eof_then_own_shutdown_closes_the_session(serve):

@@ -19,6 +19,7 @@ from conftest import (
     WAIT,
     connect,
     free_port,
+    read_until_end,
     real_client,
     recv_exactly,
     recv_until_eof,
@@ -676,21 +677,10 @@ class Flood:
             pass  # the server refused the request and closed: the point of the test
 
     def result(self) -> tuple[bytes, str]:
-        data = bytearray()
         try:
-            for _ in range(10_000):
-                try:
-                    chunk = self.sock.recv(65536)
-                except ConnectionResetError:
-                    return bytes(data), "reset"
-                if not chunk:
-                    return bytes(data), "eof"
-                data += chunk
-            raise AssertionError("no end of stream")
+            return read_until_end(self.sock)
         except socket.timeout:
-            raise AssertionError(
-                f"no reply within {WAIT}s after {self.sent} elements; got {bytes(data)!r}"
-            ) from None
+            raise AssertionError(f"no reply within {WAIT}s after {self.sent} elements") from None
         finally:
             self.thread.join(WAIT)
             self.sock.close()
