@@ -1,0 +1,131 @@
+//! Accepting: listeners, exactly the queued connections per wakeup, and the sessions
+//! they open (or refuse, past `max_connections`).
+
+use super::*;
+
+impl Reactor {
+    pub(super) fn add_listener(&mut self, fd: OwnedFd, addr: Address) {
+        if self.stop_deadline.is_some() {
+            // Opened as the server stopped: close it at once, as stop closes the others.
+            remove_unix_socket_file(fd, addr);
+            return;
+        }
+        let Some((index, token)) = self.allocate_reader(fd.as_fd()) else {
+            return;
+        };
+        self.slots[index] = Slot::Listener {
+            generation: token.generation(),
+            fd,
+            addr,
+        };
+        // Connections may already be queued: an edge for them will not come.
+        self.accept_ready(token);
+    }
+
+    pub(super) fn accept_ready(&mut self, token: Token) {
+        if self.accept_paused_until.is_some() || self.stop_deadline.is_some() {
+            return;
+        }
+        let Some(Slot::Listener { fd, .. }) = self.slots.get(token.slot()) else {
+            return;
+        };
+        // A TCP listener tells how many connections are queued: exactly those are
+        // accepted, and any arriving meanwhile raise a new edge. A Unix listener cannot
+        // tell, so it is accepted from until EAGAIN.
+        let queued = net::queued_connections(fd.as_fd());
+        for _ in 0..queued.map_or(ACCEPT_BUDGET, |n| n.min(ACCEPT_BUDGET)) {
+            let Some(Slot::Listener { fd, addr, .. }) = self.slots.get(token.slot()) else {
+                return;
+            };
+            let listen_addr = addr.clone();
+            match net::accept(fd.as_fd()) {
+                Ok(Some((stream, peer))) => {
+                    self.accept_pause_reported = false;
+                    self.open_accepted(stream, peer, listen_addr);
+                }
+                Ok(None) => return,
+                Err(err) => {
+                    // The connection stays queued in the kernel; retry after a pause
+                    // instead of spinning on an accept that cannot succeed (out of fds
+                    // or memory) or giving up on the backlog until a new edge (anything
+                    // else `net::accept` did not already retry).
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    self.stats.accept_pauses += 1;
+                    if !self.accept_pause_reported {
+                        self.accept_pause_reported = true;
+                        self.batch.push(Event::AcceptPaused { error: err });
+                    }
+                    return;
+                }
+            }
+        }
+        if queued.is_none_or(|n| n > ACCEPT_BUDGET) {
+            // The budget ran out with connections possibly left, which raise no new edge.
+            self.again.push(token);
+        }
+    }
+
+    pub(super) fn open_accepted(
+        &mut self,
+        stream: OwnedFd,
+        peer: Option<Address>,
+        listen_addr: Address,
+    ) {
+        self.stats.accepted += 1;
+        if self
+            .config
+            .max_connections
+            .is_some_and(|max| self.sessions >= max)
+        {
+            self.stats.refused_by_limit += 1;
+            self.refuse(stream);
+            return;
+        }
+        let (peer, local) = match listen_addr {
+            // A Unix peer is unnamed; the local address is the listener's path.
+            Address::Unix(_) => (Address::Unix(Default::default()), listen_addr),
+            Address::Inet(inet) => {
+                // A peer that reset before we got here may have no address: drop it.
+                let Some(peer) = peer.or_else(|| net::peer_addr(stream.as_fd()).ok()) else {
+                    return;
+                };
+                let local = if inet.ip().is_unspecified() {
+                    match net::local_addr(stream.as_fd()) {
+                        Ok(local) => local,
+                        Err(_) => return,
+                    }
+                } else {
+                    listen_addr
+                };
+                (peer, local)
+            }
+        };
+        let core = SessionCore::new(Arc::clone(&self.shared), peer, local, self.config.limits);
+        self.register(stream, core, true, None);
+    }
+
+    pub(super) fn close_listeners(&mut self) {
+        for token in self.listener_tokens() {
+            let index = token.slot();
+            let slot = std::mem::replace(
+                &mut self.slots[index],
+                Slot::Vacant {
+                    generation: token.generation(),
+                },
+            );
+            self.vacant.push(index as u32);
+            if let Slot::Listener { fd, addr, .. } = slot {
+                remove_unix_socket_file(fd, addr);
+            }
+        }
+    }
+}
+
+/// Closes a listener; for a Unix socket also removes its file, which would otherwise
+/// outlive the server and need removing by hand (it is the file this listener bound).
+pub(super) fn remove_unix_socket_file(fd: OwnedFd, addr: Address) {
+    drop(fd);
+    if let Address::Unix(path) = addr {
+        let _ = std::fs::remove_file(path);
+    }
+}

@@ -1,0 +1,78 @@
+//! Releasing a session: its slot freed, its socket closed the way it was asked to
+//! close (FIN, RST, or already dead), and the event that tells the handler layer.
+
+use super::*;
+
+impl Reactor {
+    /// Frees the session's slot, closes its socket and reports [`Event::Closed`].
+    pub(super) fn release(&mut self, token: Token, kind: CloseKind, error: Option<io::Error>) {
+        let index = token.slot();
+        let slot = std::mem::replace(
+            &mut self.slots[index],
+            Slot::Vacant {
+                generation: token.generation(),
+            },
+        );
+        let Slot::Session(session) = slot else {
+            self.slots[index] = slot;
+            return;
+        };
+        self.vacant.push(index as u32);
+        session.core.set_fd(None);
+        {
+            let mut outbox = session.core.outbox();
+            outbox.closed = true;
+            outbox.buffer.clear();
+        }
+        match kind {
+            CloseKind::Abortive => {
+                // If this fails the close below is graceful instead; nothing is lost.
+                let _ = net::set_linger_zero(session.fd.as_fd());
+            }
+            CloseKind::Graceful if !session.eof => {
+                // Unread input would make close() send RST, which can destroy data still
+                // in flight to the peer; read it away first (bounded).
+                discard_input(session.fd.as_fd(), &mut self.scratch, DISCARD_LIMIT);
+            }
+            CloseKind::Graceful | CloseKind::Dead => {}
+        }
+        drop(session.fd);
+        self.sessions -= 1;
+        if session.connecting {
+            // Never opened: the handler layer knows it only by its core.
+            self.connecting.retain(|(_, pending)| *pending != token);
+            let core = session.core;
+            self.batch.push(Event::ConnectFailed {
+                session: core,
+                error,
+            });
+            return;
+        }
+        // The status count drops when the consumer has delivered this event (see
+        // `LoopShared::session_closed`), so `join()` cannot return before `on_close` ran.
+        self.batch.push(Event::Closed { token, error });
+    }
+}
+
+/// How a close treats the connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum CloseKind {
+    /// FIN after every queued byte (the socket's own buffer is already flushed to it).
+    Graceful,
+    /// RST, dropping whatever the kernel still holds.
+    Abortive,
+    /// The connection is already dead (reset, or an error); just release it.
+    Dead,
+}
+
+/// Reads and drops up to `limit` bytes of what has arrived on `fd`, so that closing it
+/// does not send RST for unread input.
+pub(super) fn discard_input(fd: std::os::fd::BorrowedFd<'_>, scratch: &mut [u8], limit: usize) {
+    let mut discarded = 0;
+    while discarded < limit {
+        match net::recv(fd, scratch) {
+            Ok(n) if n > 0 => discarded += n,
+            _ => break,
+        }
+    }
+}

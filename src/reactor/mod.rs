@@ -1,0 +1,439 @@
+//! The reactor (the seed's NetIO): owns the listeners and session sockets, turns epoll
+//! readiness into a batch of events, and performs every accept, read, send and close.
+//!
+//! One call to [`Reactor::turn`] is one wakeup. It runs the commands other threads queued,
+//! flushes what handlers wrote during the previous batch (one send per session), waits,
+//! then accepts and reads everything that became ready. The batch it leaves behind is
+//! handed to the handlers in one go; nothing in this module knows about Python.
+//!
+//! Fairness: a session reads at most [`READ_BUDGET`] bytes per turn and the whole turn at
+//! most [`ARENA_LIMIT`]; a session (or listener) cut short is re-queued and served next
+//! turn without waiting for a new edge, which edge-triggered epoll would never send.
+//!
+//! This file holds the types and the turn itself; each phase of a turn lives beside it:
+//! `slots` (the slot table and its generations), `accept` (listeners), `refusal` (peers
+//! over `max_connections`), `connect` (connects the reactor finishes), `read`, `flush`,
+//! `close` (releasing a session), `idle` (the idle timeout) and `stop`.
+
+use std::collections::VecDeque;
+use std::io;
+use std::ops::Range;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::buffer::ReadArena;
+use crate::epoll::{Events, Poller, Readiness, Token, Waker};
+use crate::net::{self, Address, SocketOptions};
+use crate::session::{Command, LoopShared, SessionCore, Stats, WriteLimits};
+use crate::timers::TimerQueue;
+
+mod accept;
+mod close;
+mod connect;
+mod flush;
+mod idle;
+mod read;
+mod refusal;
+mod slots;
+mod stop;
+#[cfg(test)]
+mod tests;
+
+use accept::remove_unix_socket_file;
+use close::{discard_input, CloseKind};
+use idle::IdleSweep;
+use slots::{SessionSlot, Slot};
+
+/// Most bytes one session may read in one turn before others get their go.
+pub const READ_BUDGET: usize = 256 * 1024;
+/// Most bytes all sessions together may read in one turn (plus one session's budget).
+pub const ARENA_LIMIT: usize = 4 * 1024 * 1024;
+/// Most connections one listener accepts in one turn.
+const ACCEPT_BUDGET: usize = 256;
+/// Events taken from the kernel per wait.
+const EVENTS_PER_WAIT: usize = 1024;
+/// How long accepting pauses after the process ran out of file descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Unread input discarded at a graceful close before giving up (then close sends RST).
+const DISCARD_LIMIT: usize = 256 * 1024;
+/// How long a connection refused by `max_connections` may take to finish sending (its
+/// input is read away meanwhile) before it is closed anyway.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// Most refused connections lingering at once; past it a refused connection is closed
+/// after reading away only what has already arrived.
+const REFUSALS_LINGERING_MAX: usize = 256;
+/// Idle sessions are looked for at a quarter of the shortest idle timeout, within these.
+const IDLE_SWEEP_MIN: Duration = Duration::from_millis(10);
+const IDLE_SWEEP_MAX: Duration = Duration::from_secs(1);
+
+/// What a loop is configured with.
+#[derive(Clone, Debug, Default)]
+pub struct LoopConfig {
+    /// Socket options for listeners and sessions.
+    pub options: SocketOptions,
+    /// Each new session's write-buffer limits.
+    pub limits: WriteLimits,
+    /// Close a session after this long without traffic (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Accept at most this many sessions at once; more are accepted and closed at once.
+    pub max_connections: Option<usize>,
+}
+
+/// What happened to a session during a turn, in the order it happened.
+pub enum Event {
+    /// A connection was accepted, or a connected client socket was adopted.
+    Opened {
+        /// The session's token.
+        token: Token,
+        /// The session, for the handler layer to wrap.
+        session: Arc<SessionCore>,
+    },
+    /// Bytes arrived: everything this session read this turn, in order.
+    Received {
+        /// The session's token.
+        token: Token,
+        /// Where the bytes are in [`Reactor::received`].
+        range: Range<usize>,
+    },
+    /// The peer sent FIN. The session stays open until something closes it.
+    Eof {
+        /// The session's token.
+        token: Token,
+    },
+    /// The write buffer drained to the kernel (reported when asked for, see
+    /// [`Reactor::set_notify_drained`]).
+    Drained {
+        /// The session's token.
+        token: Token,
+    },
+    /// The write buffer rose above its high watermark (after the reactor sent what it
+    /// could).
+    PauseWriting {
+        /// The session's token.
+        token: Token,
+    },
+    /// The write buffer fell to its low watermark after a `PauseWriting`.
+    ResumeWriting {
+        /// The session's token.
+        token: Token,
+    },
+    /// A connect that never completed ended: refused, timed out, or cancelled by
+    /// `close()`/`abort()`/stop (`error` is `None`). The session was never opened.
+    ConnectFailed {
+        /// The session, which the handler layer knows only by its core.
+        session: Arc<SessionCore>,
+        /// Why, unless the user cancelled it.
+        error: Option<io::Error>,
+    },
+    /// The session is closed and its slot freed; `error` is `None` for a clean close.
+    Closed {
+        /// The session's token.
+        token: Token,
+        /// Why it closed, if not cleanly.
+        error: Option<io::Error>,
+    },
+    /// A timer (or a `call_soon_threadsafe`) is due.
+    Timer {
+        /// The id it was scheduled with.
+        id: u64,
+    },
+    /// Accepting paused: the process ran out of file descriptors or memory. Reported once
+    /// per episode (until an accept succeeds again).
+    AcceptPaused {
+        /// What accept said.
+        error: io::Error,
+    },
+}
+
+/// The epoll reactor.
+pub struct Reactor {
+    poller: Poller,
+    events: Events,
+    shared: Arc<LoopShared>,
+    config: LoopConfig,
+    slots: Vec<Slot>,
+    vacant: Vec<u32>,
+    arena: ReadArena,
+    scratch: Vec<u8>,
+    batch: Vec<Event>,
+    commands: Vec<Command>,
+    /// Tokens cut short by a budget last turn, to serve again this turn.
+    again: Vec<Token>,
+    turn: u64,
+    sessions: usize,
+    notify_drained: bool,
+    stop_deadline: Option<Instant>,
+    accept_paused_until: Option<Instant>,
+    /// Whether the current run of accept pauses has been reported.
+    accept_pause_reported: bool,
+    timers: TimerQueue,
+    /// The shortest idle timeout in force (the loop's or a session's), and when to look
+    /// for idle sessions next.
+    idle: IdleSweep,
+    /// Sessions still connecting, with their deadlines.
+    connecting: Vec<(Instant, Token)>,
+    /// Refused connections lingering, with their deadlines (in deadline order).
+    refusals: VecDeque<(Instant, Token)>,
+    /// The time of the last wakeup: one clock read per turn serves every session.
+    now: Instant,
+    stats: Stats,
+    finished: bool,
+}
+
+impl Reactor {
+    /// A reactor with its own epoll instance and waker.
+    pub fn new(config: LoopConfig) -> io::Result<Reactor> {
+        let poller = Poller::new()?;
+        let waker = Waker::new(&poller)?;
+        let shared = Arc::new(LoopShared::new(waker, poller.raw_fd()));
+        let now = Instant::now();
+        Ok(Reactor {
+            poller,
+            events: Events::with_capacity(EVENTS_PER_WAIT),
+            shared,
+            idle: IdleSweep::new(config.idle_timeout, now),
+            connecting: Vec::new(),
+            refusals: VecDeque::new(),
+            config,
+            slots: Vec::new(),
+            vacant: Vec::new(),
+            arena: ReadArena::with_capacity(64 * 1024),
+            scratch: vec![0; 16 * 1024],
+            batch: Vec::new(),
+            commands: Vec::new(),
+            again: Vec::new(),
+            turn: 0,
+            sessions: 0,
+            notify_drained: false,
+            stop_deadline: None,
+            accept_paused_until: None,
+            accept_pause_reported: false,
+            timers: TimerQueue::default(),
+            now,
+            stats: Stats::default(),
+            finished: false,
+        })
+    }
+
+    /// What other threads use to reach this reactor.
+    pub fn shared(&self) -> &Arc<LoopShared> {
+        &self.shared
+    }
+
+    /// What the loop is configured with.
+    pub fn config(&self) -> &LoopConfig {
+        &self.config
+    }
+
+    /// Whether to report [`Event::Drained`] (only worth it when a handler listens).
+    pub fn set_notify_drained(&mut self, notify: bool) {
+        self.notify_drained = notify;
+    }
+
+    /// The events of the last turn.
+    pub fn batch(&self) -> &[Event] {
+        &self.batch
+    }
+
+    /// Takes the events of the last turn (their `Arc`s and errors move to the caller).
+    pub fn take_batch(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.batch)
+    }
+
+    /// Gives back a drained batch vector so its capacity is reused.
+    pub fn recycle_batch(&mut self, mut batch: Vec<Event>) {
+        batch.clear();
+        if self.batch.is_empty() {
+            self.batch = batch;
+        }
+    }
+
+    /// Bytes received this turn, by an [`Event::Received`] range.
+    pub fn received(&self, range: Range<usize>) -> &[u8] {
+        self.arena.get(range)
+    }
+
+    /// Whether the reactor has stopped for good (after a stop, once every session closed).
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// One wakeup: run queued commands and flush, wait for readiness, accept and read.
+    pub fn turn(&mut self) -> io::Result<()> {
+        self.shared.enter_reactor_thread();
+        self.arena.reset();
+        self.batch.clear();
+        self.turn += 1;
+        self.run_commands();
+        if self.check_stop() {
+            return Ok(());
+        }
+
+        let busy = !self.batch.is_empty() || !self.again.is_empty();
+        let mut timeout = if busy {
+            Some(Duration::ZERO)
+        } else {
+            self.until_next_deadline()
+        };
+        if self.shared.begin_poll() {
+            timeout = Some(Duration::ZERO);
+        }
+        let waited = self.poller.wait(&mut self.events, timeout);
+        self.shared.end_poll();
+        waited?;
+        self.now = Instant::now();
+
+        self.run_commands();
+        // What was cut short last turn goes first: a session stopped by its budget has
+        // a full receive window and gets no new edge, so behind busy peers with fresh
+        // edges it would otherwise wait for as long as they keep the arena full.
+        let again = std::mem::take(&mut self.again);
+        for token in again {
+            if let Some(session) = session_slot(&mut self.slots, token) {
+                session.requeued = false;
+                self.read(token, false);
+            } else if let Some(Slot::Listener { .. }) = self.slots.get(token.slot()) {
+                self.accept_ready(token);
+            }
+        }
+        for i in 0..self.events.len() {
+            let readiness = self.events.get(i);
+            self.handle(readiness);
+        }
+        if self
+            .accept_paused_until
+            .is_some_and(|until| self.now >= until)
+        {
+            self.accept_paused_until = None;
+            for token in self.listener_tokens() {
+                self.accept_ready(token);
+            }
+        }
+        if !self.connecting.is_empty() {
+            self.expire_connects();
+        }
+        if !self.refusals.is_empty() {
+            self.expire_refusals();
+        }
+        if self.idle.next.is_some_and(|at| self.now >= at) {
+            self.close_idle_sessions();
+        }
+        let (batch, stats) = (&mut self.batch, &mut self.stats);
+        self.timers.pop_due(self.now, |id| {
+            stats.timers_fired += 1;
+            batch.push(Event::Timer { id });
+        });
+        self.check_stop();
+        self.shared.publish_stats(&self.stats);
+        Ok(())
+    }
+
+    fn handle(&mut self, readiness: Readiness) {
+        let token = readiness.token;
+        if token == Token::WAKER {
+            self.shared.reset_waker();
+            return;
+        }
+        match self.slots.get(token.slot()) {
+            Some(slot) if slot.generation() != token.generation() => {}
+            Some(Slot::Listener { .. }) => self.accept_ready(token),
+            Some(Slot::Refused { .. }) => self.discard_refused(token),
+            // A connect in progress reports its end as writable, or as an error.
+            Some(Slot::Session(session))
+                if session.connecting
+                    && (readiness.writable || readiness.error || readiness.read_closed) =>
+            {
+                self.finish_connect(token, readiness)
+            }
+            Some(Slot::Session(session)) if session.connecting => {}
+            Some(Slot::Session(_)) => {
+                // Read first: data that arrived before a reset is still readable and is
+                // delivered before the error that ends the session.
+                if readiness.readable || readiness.read_closed || readiness.error {
+                    self.read(token, readiness.read_closed);
+                }
+                if readiness.writable || readiness.error {
+                    self.flush(token);
+                }
+                if readiness.error {
+                    self.check_error(token);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn run_commands(&mut self) {
+        self.shared.take_commands(&mut self.commands);
+        let mut commands = std::mem::take(&mut self.commands);
+        for command in commands.drain(..) {
+            match command {
+                Command::Flush(core) => {
+                    let token = core.token();
+                    if self.is_session(token, &core) {
+                        self.flush(token);
+                    }
+                }
+                Command::Adopt(core, fd, connect_deadline) => {
+                    // `LoopShared::adopt` already counted it in the status.
+                    let registered = self.register(fd, Arc::clone(&core), false, connect_deadline);
+                    if let Some(token) = registered {
+                        if self.stop_deadline.is_some() {
+                            core.outbox().close_requested = true;
+                            self.flush(token);
+                        }
+                    }
+                }
+                Command::Listen(fd, addr) => self.add_listener(fd, addr),
+                Command::Stop(deadline) => self.begin_stop(deadline),
+                Command::Timer(id, when) => self.timers.insert(id, when),
+                Command::CallSoon(id) => {
+                    self.stats.calls_soon += 1;
+                    self.batch.push(Event::Timer { id });
+                }
+                Command::CancelTimer(id) => self.timers.cancel(id),
+            }
+        }
+        self.commands = commands;
+    }
+
+    fn until_next_deadline(&mut self) -> Option<Duration> {
+        let next = [
+            self.stop_deadline,
+            self.accept_paused_until,
+            self.idle.next,
+            self.timers.next_deadline(),
+            self.connecting.iter().map(|(deadline, _)| *deadline).min(),
+            self.refusals.front().map(|(deadline, _)| *deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
+        Some(next.saturating_duration_since(Instant::now()))
+    }
+}
+
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        // Its fds close right after this: a forked child must not close those numbers.
+        self.shared.reactor_done();
+    }
+}
+
+/// Puts a session on the list to serve next turn, once however often it is asked.
+fn requeue(again: &mut Vec<Token>, requeued: &mut bool, token: Token) {
+    if !*requeued {
+        *requeued = true;
+        again.push(token);
+    }
+}
+
+/// The session in `token`'s slot, if the slot still holds that session (a free function
+/// so callers can borrow other fields of the reactor alongside).
+fn session_slot(slots: &mut [Slot], token: Token) -> Option<&mut SessionSlot> {
+    match slots.get_mut(token.slot()) {
+        Some(Slot::Session(s)) if s.generation == token.generation() => Some(s),
+        _ => None,
+    }
+}

@@ -1,0 +1,167 @@
+//! The slot table: which slot holds which listener, session or refused connection, and
+//! the generation that tells a stale epoll event from a live one.
+
+use super::*;
+
+impl Reactor {
+    pub(super) fn is_session(&self, token: Token, core: &Arc<SessionCore>) -> bool {
+        matches!(
+            self.slots.get(token.slot()),
+            Some(Slot::Session(s)) if s.generation == token.generation() && Arc::ptr_eq(&s.core, core)
+        )
+    }
+
+    pub(super) fn session(&mut self, token: Token) -> Option<&mut SessionSlot> {
+        session_slot(&mut self.slots, token)
+    }
+
+    pub(super) fn allocate(&mut self) -> (usize, u32) {
+        if let Some(index) = self.vacant.pop() {
+            let index = index as usize;
+            // Wrapping is harmless: a token would have to survive 2^32 reuses of its slot.
+            (index, self.slots[index].generation().wrapping_add(1))
+        } else {
+            self.slots.push(Slot::Vacant { generation: 0 });
+            (self.slots.len() - 1, 1)
+        }
+    }
+
+    /// A slot (still vacant) for `fd`, registered for read readiness; `None`, the slot
+    /// given back, when epoll refuses (only possible when the kernel is out of memory).
+    pub(super) fn allocate_reader(
+        &mut self,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Option<(usize, Token)> {
+        let (index, generation) = self.allocate();
+        let token = Token::new(index as u32, generation);
+        if self.poller.add_reader(fd, token).is_err() {
+            self.slots[index] = Slot::Vacant { generation };
+            self.vacant.push(index as u32);
+            return None;
+        }
+        Some((index, token))
+    }
+
+    /// Registers a session socket; `count` says whether to add it to the status count
+    /// (adopted sessions were counted when they were queued).
+    pub(super) fn register(
+        &mut self,
+        fd: OwnedFd,
+        core: Arc<SessionCore>,
+        count: bool,
+        connect_deadline: Option<Instant>,
+    ) -> Option<Token> {
+        let (index, generation) = self.allocate();
+        let token = Token::new(index as u32, generation);
+        core.set_token(token);
+        if self.poller.add_stream(fd.as_fd(), token).is_err() {
+            // Only possible when the kernel is out of memory: the socket is dropped.
+            self.slots[index] = Slot::Vacant { generation };
+            self.vacant.push(index as u32);
+            let mut outbox = core.outbox();
+            outbox.closed = true;
+            outbox.buffer.clear();
+            if !count {
+                self.shared.update_status(|status| status.sessions -= 1);
+            }
+            return None;
+        }
+        core.set_fd(Some(fd.as_raw_fd()));
+        self.slots[index] = Slot::Session(SessionSlot {
+            generation,
+            fd,
+            core: Arc::clone(&core),
+            fin_reported: false,
+            eof: false,
+            read_turn: 0,
+            last_active: self.now,
+            requeued: false,
+            connecting: connect_deadline.is_some(),
+            broken: None,
+        });
+        self.sessions += 1;
+        self.stats.sessions_total += 1;
+        if count {
+            self.shared.update_status(|status| status.sessions += 1);
+        }
+        match connect_deadline {
+            // Opened once the connect completes: epoll reports it writable (or failed).
+            Some(deadline) => self.connecting.push((deadline, token)),
+            None => self.batch.push(Event::Opened {
+                token,
+                session: core,
+            }),
+        }
+        Some(token)
+    }
+
+    pub(super) fn listener_tokens(&self) -> Vec<Token> {
+        self.tokens(|slot| matches!(slot, Slot::Listener { .. }))
+    }
+
+    pub(super) fn session_tokens(&self) -> Vec<Token> {
+        self.tokens(|slot| matches!(slot, Slot::Session(_)))
+    }
+
+    pub(super) fn tokens(&self, keep: impl Fn(&Slot) -> bool) -> Vec<Token> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| keep(slot))
+            .map(|(index, slot)| Token::new(index as u32, slot.generation()))
+            .collect()
+    }
+}
+
+pub(super) struct SessionSlot {
+    pub(super) generation: u32,
+    pub(super) fd: OwnedFd,
+    pub(super) core: Arc<SessionCore>,
+    /// epoll has reported the peer's FIN (`EPOLLRDHUP`). Sticky, because that edge is
+    /// reported once: until EOF is read, a short read no longer proves the socket drained.
+    pub(super) fin_reported: bool,
+    /// The peer's FIN has been read; there is nothing more to read.
+    pub(super) eof: bool,
+    /// The turn in which this session last read, so a session that is both re-queued and
+    /// reported ready reads once.
+    pub(super) read_turn: u64,
+    /// When bytes last moved in either direction (for the idle timeout).
+    pub(super) last_active: Instant,
+    /// The session is on the `again` list already.
+    pub(super) requeued: bool,
+    /// A non-blocking connect is still in progress: nothing is read or sent yet.
+    pub(super) connecting: bool,
+    /// The connection failed while reading was paused, with input still unread: that
+    /// input is delivered after `resume_reading()`, then the session closes with this.
+    pub(super) broken: Option<io::Error>,
+}
+
+pub(super) enum Slot {
+    Vacant {
+        generation: u32,
+    },
+    Listener {
+        generation: u32,
+        fd: OwnedFd,
+        addr: Address,
+    },
+    /// A connection refused by `max_connections`: FIN sent, its input read away until the
+    /// peer's EOF (or a deadline), so the peer sees a clean EOF rather than RST.
+    Refused {
+        generation: u32,
+        fd: OwnedFd,
+        discarded: usize,
+    },
+    Session(SessionSlot),
+}
+
+impl Slot {
+    pub(super) fn generation(&self) -> u32 {
+        match self {
+            Slot::Vacant { generation }
+            | Slot::Listener { generation, .. }
+            | Slot::Refused { generation, .. } => *generation,
+            Slot::Session(session) => session.generation,
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Stopping: listeners closed, sessions flushed and closed, what is left aborted at the
+//! deadline; and the ends that skip all that (never started, a fatal error).
+
+use super::*;
+
+impl Reactor {
+    /// Releases a reactor that never ran: queued listeners are closed (Unix socket files
+    /// removed) without accepting anything, and every later command is refused.
+    pub fn shutdown_unstarted(&mut self) {
+        self.stop_deadline = Some(Instant::now());
+        self.finish();
+    }
+
+    /// Closes every session at once with RST and finishes (for a fatal error). Events
+    /// this turn already produced stay in the batch, so each session gets its `Closed`.
+    pub fn abort_all(&mut self, error: &io::Error) {
+        self.close_listeners();
+        self.close_refusals();
+        for token in self.session_tokens() {
+            let error = io::Error::new(error.kind(), error.to_string());
+            self.release(token, CloseKind::Abortive, Some(error));
+        }
+        self.finish();
+    }
+
+    pub(super) fn begin_stop(&mut self, deadline: Instant) {
+        if let Some(current) = self.stop_deadline {
+            // Stopping already: a later stop can only make the wait shorter.
+            self.stop_deadline = Some(current.min(deadline));
+            return;
+        }
+        self.stop_deadline = Some(deadline);
+        self.close_listeners();
+        self.close_refusals();
+        for token in self.session_tokens() {
+            self.request_close(token);
+        }
+    }
+
+    /// Aborts what is left at the stop deadline and finishes once nothing is left.
+    /// Returns whether the reactor has finished.
+    pub(super) fn check_stop(&mut self) -> bool {
+        let Some(deadline) = self.stop_deadline else {
+            return false;
+        };
+        if self.sessions > 0 && Instant::now() >= deadline {
+            for token in self.session_tokens() {
+                let error = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "stop() timed out before the session's buffer was sent",
+                );
+                self.release(token, CloseKind::Abortive, Some(error));
+            }
+        }
+        if self.sessions == 0 && !self.finished {
+            self.finish();
+        }
+        self.finished
+    }
+
+    pub(super) fn finish(&mut self) {
+        self.finished = true;
+        self.again.clear();
+        for command in self.shared.close_queue() {
+            match command {
+                Command::Adopt(core, _fd, _) => {
+                    let mut outbox = core.outbox();
+                    outbox.closed = true;
+                    outbox.buffer.clear();
+                    self.shared.update_status(|status| status.sessions -= 1);
+                }
+                Command::Listen(fd, addr) => remove_unix_socket_file(fd, addr),
+                _ => {}
+            }
+        }
+    }
+}
