@@ -54,6 +54,7 @@ fn _hamanet(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<errors::WriteBufferFullError>(),
     )?;
 
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("READ_BUDGET", reactor::READ_BUDGET)?;
     m.add(
         "CALLBACK_NAMES",

@@ -429,3 +429,14 @@ def test_unresolvable_names_raise_gaierror(client_factory):
         client.connect("no.such.host.invalid", 80)
     with pytest.raises(ValueError, match="timeout"):
         client.connect("127.0.0.1", 80, timeout=0)
+
+
+def test_the_version_is_written_once_and_reported_everywhere():
+    import importlib.metadata
+    import re
+    from pathlib import Path
+
+    cargo = (Path(__file__).resolve().parent.parent / "Cargo.toml").read_text()
+    written = re.search(r'^version = "([^"]+)"', cargo, re.M).group(1)
+    assert hamanet.__version__ == written
+    assert importlib.metadata.version("hamanet") == written

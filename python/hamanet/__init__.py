@@ -20,6 +20,7 @@ from ._hamanet import (
     SessionClosedError,
     TimerHandle,
     WriteBufferFullError,
+    __version__,
 )
 from ._handler import Handler, HandlerWarning
 
@@ -34,6 +35,6 @@ __all__ = [
     "SessionClosedError",
     "TimerHandle",
     "WriteBufferFullError",
+    "__version__",
     "framing",
 ]
-__version__ = "0.1.0"

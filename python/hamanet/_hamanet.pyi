@@ -7,6 +7,7 @@ _BytesLike = bytes | bytearray | memoryview
 _Address = tuple[str, int] | tuple[str, int, int, int]
 _Callback = Callable[..., Any] | None
 
+__version__: str
 READ_BUDGET: int
 CALLBACK_NAMES: tuple[str, ...]
 
