@@ -27,8 +27,9 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_WRITE_HIGH = 64 * 1024
 DEFAULT_WRITE_LOW = 16 * 1024
 DEFAULT_MAX_WRITE_BUFFER = 128 * 1024 * 1024
-#: How long one blocking wait lasts before Python gets to handle signals (Ctrl-C).
-_WAIT_SLICE = 0.1
+#: A wait without a timeout: the native waits handle signals (Ctrl-C) every 50 ms
+#: themselves, so one call can wait as long as it takes.
+_FOREVER = 1e9
 #: How long stop() waits past its timeout before it says which callback holds it up.
 _STOP_GRACE = 1.0
 #: Sizes the kernel takes as a C int (socket buffers, the listen backlog).
@@ -360,7 +361,7 @@ class _Endpoint:
 
     def _wait_for(self, wait: Any, timeout: float | None) -> bool:
         try:
-            return _wait_in_slices(wait, timeout)
+            return wait(_FOREVER if timeout is None else timeout)
         except BaseException:
             # Ctrl-C (or a SystemExit from a signal handler) while waiting: leave the
             # reactor stopped, then let the exception through.
@@ -372,20 +373,20 @@ class _Endpoint:
         a second one aborts every session at once, as servers users know do."""
         self._loop.stop(DEFAULT_STOP_TIMEOUT)
         try:
-            if _wait_in_slices(self._loop.wait, _STOP_GRACE):
+            if self._loop.wait(_STOP_GRACE):
                 return
             _logger.warning(
                 "hamanet: stopping: sending what sessions have buffered for up to %g s; "
                 "press Ctrl-C again to abort them now",
                 DEFAULT_STOP_TIMEOUT,
             )
-            if not _wait_in_slices(self._loop.wait, DEFAULT_STOP_TIMEOUT):
+            if not self._loop.wait(DEFAULT_STOP_TIMEOUT):
                 self._report_blocked("the stop after Ctrl-C")
         except KeyboardInterrupt:
             self._loop.stop(0.0)
             # A callback that does not return cannot be aborted: wait only briefly.
             with contextlib.suppress(BaseException):
-                if not _wait_in_slices(self._loop.wait, _STOP_GRACE):
+                if not self._loop.wait(_STOP_GRACE):
                     self._report_blocked("the abort after a second Ctrl-C")
 
     def __enter__(self) -> Any:
@@ -394,18 +395,6 @@ class _Endpoint:
     def __exit__(self, *exc_info: Any) -> None:
         if self._loop.phase != "stopped" or not self._loop.finished:
             self.stop()
-
-
-def _wait_in_slices(wait: Callable[[float], bool], timeout: float | None) -> bool:
-    """Calls ``wait(slice)`` until it returns True or ``timeout`` runs out; Python handles
-    signals between the slices."""
-    deadline = math.inf if timeout is None else time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if wait(max(0.0, min(_WAIT_SLICE, left))):
-            return True
-        if time.monotonic() >= deadline:
-            return False
 
 
 #: The options Server and Client take, for a misspelt one's error message.
