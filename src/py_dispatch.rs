@@ -19,10 +19,10 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use crate::epoll::Token;
 use crate::errors::{close_reason, FramingError, SessionClosedError};
 use crate::framing::{FrameDecoder, Framer};
-use crate::py_loop::{LoopInner, Phase};
+use crate::py_loop::LoopInner;
 use crate::py_session::PySession;
 use crate::reactor::{Event, Reactor};
-use crate::session::{lock, Command, LoopShared, SessionCore};
+use crate::session::{lock, LoopShared, SessionCore};
 
 /// The names of the handler callbacks, in the order `Loop` receives them.
 pub const CALLBACK_NAMES: [&str; 9] = [
@@ -666,10 +666,7 @@ impl<'py> Dispatcher<'_, 'py> {
                 *failure = Some(err);
             }
             drop(failure);
-            *lock(&self.inner.phase) = Phase::Stopped;
-            self.inner
-                .shared
-                .submit(Command::Stop(Instant::now() + Duration::from_secs(1)));
+            self.inner.request_stop(Duration::from_secs(1));
             return;
         }
         let name = which.name();

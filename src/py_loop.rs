@@ -42,7 +42,7 @@ pub(crate) enum Phase {
 pub(crate) struct LoopInner {
     pub(crate) shared: Arc<LoopShared>,
     config: LoopConfig,
-    pub(crate) phase: Mutex<Phase>,
+    phase: Mutex<Phase>,
     reactor: Mutex<Option<Reactor>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 
@@ -70,6 +70,13 @@ impl LoopInner {
             return Phase::Stopped;
         }
         *lock(&self.phase)
+    }
+
+    /// Marks the loop stopped and asks the reactor to stop within `timeout`. Stopping
+    /// already, a second request can shorten the deadline (never extend it).
+    pub(crate) fn request_stop(&self, timeout: Duration) {
+        *lock(&self.phase) = Phase::Stopped;
+        self.shared.submit(Command::Stop(Instant::now() + timeout));
     }
 
     /// Refuses use of a forked child's copy of this loop.
@@ -338,11 +345,8 @@ impl PyLoop {
                     .update_status(|status| status.finished = true);
             }
             Phase::Running | Phase::Stopped => {
-                // Stopping already, a second stop can shorten the deadline (never extend it).
-                *phase = Phase::Stopped;
-                self.inner
-                    .shared
-                    .submit(Command::Stop(Instant::now() + timeout));
+                drop(phase);
+                self.inner.request_stop(timeout);
             }
         }
         Ok(())
