@@ -125,54 +125,26 @@ impl Busy {
     }
 }
 
-/// The handler's callbacks, each `None` when the handler does not override it, so an
-/// unused callback costs nothing per event.
-pub struct Callbacks {
-    on_connect: Option<Py<PyAny>>,
-    on_recv: Option<Py<PyAny>>,
-    on_send: Option<Py<PyAny>>,
-    on_eof: Option<Py<PyAny>>,
-    on_close: Option<Py<PyAny>>,
-    on_pause_writing: Option<Py<PyAny>>,
-    on_resume_writing: Option<Py<PyAny>>,
-    on_message: Option<Py<PyAny>>,
-    on_messages: Option<Py<PyAny>>,
-}
+/// The handler's callbacks, indexed by [`Callback`] (in [`CALLBACK_NAMES`] order), each
+/// `None` when the handler does not override it, so an unused callback costs nothing per
+/// event.
+pub struct Callbacks([Option<Py<PyAny>>; CALLBACK_NAMES.len()]);
 
 impl Callbacks {
     /// No callbacks at all (what a loop whose handler was cleared by the GC keeps).
     pub fn none() -> Callbacks {
-        Callbacks {
-            on_connect: None,
-            on_recv: None,
-            on_send: None,
-            on_eof: None,
-            on_close: None,
-            on_pause_writing: None,
-            on_resume_writing: None,
-            on_message: None,
-            on_messages: None,
-        }
+        Callbacks(std::array::from_fn(|_| None))
     }
 
     /// Shows the garbage collector each callable held (they usually reference the
     /// handler, which may reference the Server: a cycle only the GC can free).
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for callback in [
-            &self.on_connect,
-            &self.on_recv,
-            &self.on_send,
-            &self.on_eof,
-            &self.on_close,
-            &self.on_pause_writing,
-            &self.on_resume_writing,
-            &self.on_message,
-            &self.on_messages,
-        ] {
+        for callback in &self.0 {
             visit.call(callback)?;
         }
         Ok(())
     }
+
     /// From a tuple in [`CALLBACK_NAMES`] order, `None` for callbacks not overridden.
     pub fn from_tuple(callbacks: &Bound<'_, PyTuple>) -> PyResult<Callbacks> {
         if callbacks.len() != CALLBACK_NAMES.len() {
@@ -182,21 +154,23 @@ impl Callbacks {
                 CALLBACK_NAMES.join(", ")
             )));
         }
-        let get = |i: usize| -> PyResult<Option<Py<PyAny>>> {
-            let item = callbacks.get_item(i)?;
-            Ok((!item.is_none()).then(|| item.unbind()))
-        };
-        Ok(Callbacks {
-            on_connect: get(0)?,
-            on_recv: get(1)?,
-            on_send: get(2)?,
-            on_eof: get(3)?,
-            on_close: get(4)?,
-            on_pause_writing: get(5)?,
-            on_resume_writing: get(6)?,
-            on_message: get(7)?,
-            on_messages: get(8)?,
-        })
+        let mut out = Callbacks::none();
+        for (index, slot) in out.0.iter_mut().enumerate() {
+            let item = callbacks.get_item(index)?;
+            *slot = (!item.is_none()).then(|| item.unbind());
+        }
+        Ok(out)
+    }
+}
+
+impl std::ops::Index<Callback> for Callbacks {
+    type Output = Option<Py<PyAny>>;
+
+    /// The handler's callable for `which` (always `None` for [`Callback::Timer`], whose
+    /// callables live with their timers).
+    fn index(&self, which: Callback) -> &Option<Py<PyAny>> {
+        const NONE: &Option<Py<PyAny>> = &None;
+        self.0.get(which as usize).unwrap_or(NONE)
     }
 }
 
@@ -315,7 +289,7 @@ pub fn run(mut reactor: Reactor, inner: Arc<LoopInner>) {
             // Read after the wait, so a handler swapped while the reactor slept is the one
             // that gets this wakeup's events.
             let callbacks = Arc::clone(&lock(&inner.callbacks));
-            reactor.set_notify_drained(callbacks.on_send.is_some());
+            reactor.set_notify_drained(callbacks[Callback::OnSend].is_some());
             let batch = reactor.take_batch();
             for event in &batch {
                 dispatcher.deliver(&reactor, &callbacks, event);
@@ -338,7 +312,7 @@ pub fn run(mut reactor: Reactor, inner: Arc<LoopInner>) {
         let callbacks = Arc::clone(&lock(&inner.callbacks));
         for (session, own) in never_opened.into_values() {
             let callbacks = own.as_deref().unwrap_or(&callbacks);
-            if let Some(callback) = &callbacks.on_close {
+            if let Some(callback) = &callbacks[Callback::OnClose] {
                 let reason = PyConnectionAbortedError::new_err(
                     "the client stopped before the connection was registered",
                 );
@@ -424,7 +398,7 @@ impl<'py> Dispatcher<'_, 'py> {
         let Event::ConnectFailed { session, error } = event else {
             return;
         };
-        let Some(callback) = &callbacks.on_close else {
+        let Some(callback) = &callbacks[Callback::OnClose] else {
             return;
         };
         let reason = match error {
@@ -445,7 +419,7 @@ impl<'py> Dispatcher<'_, 'py> {
             Event::Opened { token, .. } => {
                 // Even if the user already closed it (right after `connect()` returned):
                 // a session that was connected gets its `on_connect` before `on_close`.
-                if let Some(callback) = &callbacks.on_connect {
+                if let Some(callback) = &callbacks[Callback::OnConnect] {
                     self.call(*token, Callback::OnConnect, callback, |s| Ok((s,)));
                 }
             }
@@ -457,13 +431,13 @@ impl<'py> Dispatcher<'_, 'py> {
                 let data = reactor.received(range.clone());
                 if self.inner.framer.is_some() {
                     self.deliver_messages(*token, callbacks, data);
-                } else if let Some(callback) = &callbacks.on_recv {
+                } else if let Some(callback) = &callbacks[Callback::OnRecv] {
                     let data = PyBytes::new(py, data);
                     self.call(*token, Callback::OnRecv, callback, |s| Ok((s, data)));
                 }
             }
             Event::Eof { token } => {
-                let keep_open = match &callbacks.on_eof {
+                let keep_open = match &callbacks[Callback::OnEof] {
                     Some(callback) if !self.given_up(*token) => {
                         let result = self.call(*token, Callback::OnEof, callback, |s| Ok((s,)));
                         // Even the truth of the result is handler code (`__bool__`).
@@ -484,22 +458,18 @@ impl<'py> Dispatcher<'_, 'py> {
                     }
                 }
             }
-            Event::Drained { token } => self.notify(*token, Callback::OnSend, &callbacks.on_send),
-            Event::PauseWriting { token } => self.notify(
-                *token,
-                Callback::OnPauseWriting,
-                &callbacks.on_pause_writing,
-            ),
-            Event::ResumeWriting { token } => self.notify(
-                *token,
-                Callback::OnResumeWriting,
-                &callbacks.on_resume_writing,
-            ),
+            Event::Drained { token } => self.notify(*token, Callback::OnSend, callbacks),
+            Event::PauseWriting { token } => {
+                self.notify(*token, Callback::OnPauseWriting, callbacks)
+            }
+            Event::ResumeWriting { token } => {
+                self.notify(*token, Callback::OnResumeWriting, callbacks)
+            }
             Event::Closed { token, error } => {
                 let Some(entry) = self.table.remove(*token) else {
                     return;
                 };
-                let Some(callback) = &callbacks.on_close else {
+                let Some(callback) = &callbacks[Callback::OnClose] else {
                     return;
                 };
                 let reason: Py<PyAny> = match (entry.error, error) {
@@ -574,10 +544,10 @@ impl<'py> Dispatcher<'_, 'py> {
         if messages.is_empty() {
             return;
         }
-        if let Some(callback) = &callbacks.on_messages {
+        if let Some(callback) = &callbacks[Callback::OnMessages] {
             let batch = PyList::new(py, messages);
             self.call(token, Callback::OnMessages, callback, |s| Ok((s, batch?)));
-        } else if let Some(callback) = &callbacks.on_message {
+        } else if let Some(callback) = &callbacks[Callback::OnMessage] {
             for message in messages {
                 // A message after a close (by the handler, or for an error) is not delivered.
                 if self
@@ -601,8 +571,8 @@ impl<'py> Dispatcher<'_, 'py> {
     }
 
     /// Calls a `callback(session)` notification, if overridden and the session is open.
-    fn notify(&mut self, token: Token, which: Callback, callback: &Option<Py<PyAny>>) {
-        if let Some(callback) = callback {
+    fn notify(&mut self, token: Token, which: Callback, callbacks: &Callbacks) {
+        if let Some(callback) = &callbacks[which] {
             if !self.given_up(token) {
                 self.call(token, which, callback, |s| Ok((s,)));
             }

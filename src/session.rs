@@ -141,6 +141,12 @@ impl Outbox {
         }
     }
 
+    /// The socket is closed (or will never be registered): nothing more will be sent.
+    pub fn mark_closed(&mut self) {
+        self.closed = true;
+        self.buffer.clear();
+    }
+
     /// Whether the user asked for the session to end (`close()` or `abort()`).
     pub fn given_up(&self) -> bool {
         self.close_requested || self.abort_requested
@@ -384,8 +390,7 @@ impl SessionCore {
             outbox.queued = true;
             return true;
         }
-        outbox.closed = true;
-        outbox.buffer.clear();
+        outbox.mark_closed();
         false
     }
 }

@@ -106,15 +106,7 @@ impl Reactor {
 
     pub(super) fn close_listeners(&mut self) {
         for token in self.listener_tokens() {
-            let index = token.slot();
-            let slot = std::mem::replace(
-                &mut self.slots[index],
-                Slot::Vacant {
-                    generation: token.generation(),
-                },
-            );
-            self.vacant.push(index as u32);
-            if let Slot::Listener { fd, addr, .. } = slot {
+            if let Slot::Listener { fd, addr, .. } = self.vacate(token) {
                 remove_unix_socket_file(fd, addr);
             }
         }

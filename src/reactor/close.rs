@@ -6,24 +6,14 @@ use super::*;
 impl Reactor {
     /// Frees the session's slot, closes its socket and reports [`Event::Closed`].
     pub(super) fn release(&mut self, token: Token, kind: CloseKind, error: Option<io::Error>) {
-        let index = token.slot();
-        let slot = std::mem::replace(
-            &mut self.slots[index],
-            Slot::Vacant {
-                generation: token.generation(),
-            },
-        );
-        let Slot::Session(session) = slot else {
-            self.slots[index] = slot;
+        if !matches!(self.slots.get(token.slot()), Some(Slot::Session(_))) {
+            return;
+        }
+        let Slot::Session(session) = self.vacate(token) else {
             return;
         };
-        self.vacant.push(index as u32);
         session.core.set_fd(None);
-        {
-            let mut outbox = session.core.outbox();
-            outbox.closed = true;
-            outbox.buffer.clear();
-        }
+        session.core.outbox().mark_closed();
         match kind {
             CloseKind::Abortive => {
                 // If this fails the close below is graceful instead; nothing is lost.

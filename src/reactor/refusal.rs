@@ -69,15 +69,8 @@ impl Reactor {
         {
             return;
         }
-        let slot = std::mem::replace(
-            &mut self.slots[token.slot()],
-            Slot::Vacant {
-                generation: token.generation(),
-            },
-        );
-        self.vacant.push(token.slot() as u32);
+        drop(self.vacate(token));
         self.refusals.retain(|(_, pending)| *pending != token);
-        drop(slot);
     }
 
     /// Closes every lingering refused connection (at stop).

@@ -26,6 +26,16 @@ impl Reactor {
         }
     }
 
+    /// Frees `token`'s slot for reuse and returns what it held. The slot keeps the
+    /// token's generation; its next occupant gets the one after, so events still in
+    /// flight for `token` are recognised as stale.
+    pub(super) fn vacate(&mut self, token: Token) -> Slot {
+        let index = token.slot();
+        self.vacant.push(index as u32);
+        let generation = token.generation();
+        std::mem::replace(&mut self.slots[index], Slot::Vacant { generation })
+    }
+
     /// A slot (still vacant) for `fd`, registered for read readiness; `None`, the slot
     /// given back, when epoll refuses (only possible when the kernel is out of memory).
     pub(super) fn allocate_reader(
@@ -35,8 +45,7 @@ impl Reactor {
         let (index, generation) = self.allocate();
         let token = Token::new(index as u32, generation);
         if self.poller.add_reader(fd, token).is_err() {
-            self.slots[index] = Slot::Vacant { generation };
-            self.vacant.push(index as u32);
+            self.vacate(token);
             return None;
         }
         Some((index, token))
@@ -56,11 +65,9 @@ impl Reactor {
         core.set_token(token);
         if self.poller.add_stream(fd.as_fd(), token).is_err() {
             // Only possible when the kernel is out of memory: the socket is dropped.
-            self.slots[index] = Slot::Vacant { generation };
-            self.vacant.push(index as u32);
+            self.vacate(token);
             let mut outbox = core.outbox();
-            outbox.closed = true;
-            outbox.buffer.clear();
+            outbox.mark_closed();
             if !count {
                 self.shared.update_status(|status| status.sessions -= 1);
             }

@@ -65,8 +65,7 @@ impl Reactor {
             match command {
                 Command::Adopt(core, _fd, _) => {
                     let mut outbox = core.outbox();
-                    outbox.closed = true;
-                    outbox.buffer.clear();
+                    outbox.mark_closed();
                     self.shared.update_status(|status| status.sessions -= 1);
                 }
                 Command::Listen(fd, addr) => remove_unix_socket_file(fd, addr),
