@@ -155,13 +155,12 @@ impl Framer {
         }
     }
 
-    /// Finds the first complete message in `data`: `Ok(Some((start, end, consumed)))` with
-    /// the message at `data[start..end]` and `consumed` bytes used up, `Ok(None)` if more
-    /// bytes are needed.
+    /// Finds the first complete message in `data`: `Ok(Some(frame))`, or `Ok(None)` if
+    /// more bytes are needed.
     /// For a delimiter, the search starts at `from`: the bytes before it are known to hold
     /// no start of the delimiter, so a message arriving in small pieces is not scanned
     /// from its beginning again for every piece.
-    fn next(&self, data: &[u8], from: usize) -> Result<Option<(usize, usize, usize)>, FrameError> {
+    fn next(&self, data: &[u8], from: usize) -> Result<Option<Frame>, FrameError> {
         match self {
             Framer::Delimiter {
                 delimiter,
@@ -174,7 +173,10 @@ impl Framer {
                 match memchr::memmem::find(&data[from..window], delimiter).map(|at| from + at) {
                     Some(at) => {
                         let end = if *keep { at + delimiter.len() } else { at };
-                        Ok(Some((0, end, at + delimiter.len())))
+                        Ok(Some(Frame {
+                            message: 0..end,
+                            consumed: at + delimiter.len(),
+                        }))
                     }
                     None if data.len() >= max_length + delimiter.len() => {
                         // No delimiter starts within the first max_length + 1 bytes: that
@@ -219,11 +221,25 @@ impl Framer {
                     });
                 }
                 let end = header + payload as usize;
-                Ok((data.len() >= end).then_some((*header, end, end)))
+                Ok((data.len() >= end).then_some(Frame {
+                    message: *header..end,
+                    consumed: end,
+                }))
             }
-            Framer::Fixed { size } => Ok((data.len() >= *size).then_some((0, *size, *size))),
+            Framer::Fixed { size } => Ok((data.len() >= *size).then_some(Frame {
+                message: 0..*size,
+                consumed: *size,
+            })),
         }
     }
+}
+
+/// Where one message lies at the front of the buffered bytes.
+struct Frame {
+    /// The message itself (header and delimiter excluded, unless kept).
+    message: std::ops::Range<usize>,
+    /// The bytes it used up, header and delimiter included.
+    consumed: usize,
 }
 
 fn fits(payload: &[u8], max_length: usize) -> Result<(), String> {
@@ -303,9 +319,9 @@ fn split(
 ) -> Result<usize, FrameError> {
     let mut offset = 0;
     let mut from = searched;
-    while let Some((start, end, consumed)) = framer.next(&data[offset..], from)? {
-        message(&data[offset + start..offset + end]);
-        offset += consumed;
+    while let Some(frame) = framer.next(&data[offset..], from)? {
+        message(&data[offset + frame.message.start..offset + frame.message.end]);
+        offset += frame.consumed;
         from = 0;
     }
     Ok(offset)

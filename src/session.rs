@@ -66,6 +66,29 @@ impl Default for WriteLimits {
     }
 }
 
+/// A session's idle timeout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IdleTimeout {
+    /// The loop's (`idle_timeout=` of the Server or Client).
+    #[default]
+    Loop,
+    /// None: the session never times out.
+    Never,
+    /// Its own.
+    After(Duration),
+}
+
+impl IdleTimeout {
+    /// The timeout in force, given the loop's.
+    pub fn resolve(self, loop_default: Option<Duration>) -> Option<Duration> {
+        match self {
+            IdleTimeout::Loop => loop_default,
+            IdleTimeout::Never => None,
+            IdleTimeout::After(after) => Some(after),
+        }
+    }
+}
+
 /// Why a session refused a write or another request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -113,8 +136,8 @@ pub struct Outbox {
     /// `resume_reading()` was called: the reactor must look at the socket itself, since
     /// data that arrived while paused raised its edge already.
     pub read_resume_pending: bool,
-    /// This session's own idle timeout, if it overrides the loop's (`Some(None)`: none).
-    pub idle_timeout: Option<Option<Duration>>,
+    /// This session's own idle timeout, if it overrides the loop's.
+    pub idle_timeout: IdleTimeout,
     /// `idle_timeout` changed since the reactor last looked.
     pub idle_timeout_changed: bool,
     /// `write()` calls since the last flush (for the coalescing statistics).
@@ -336,7 +359,10 @@ impl SessionCore {
     /// Overrides the loop's idle timeout for this session (`None`: never times out).
     pub fn set_idle_timeout(self: &Arc<Self>, timeout: Option<Duration>) {
         let mut outbox = self.outbox();
-        outbox.idle_timeout = Some(timeout);
+        outbox.idle_timeout = match timeout {
+            Some(after) => IdleTimeout::After(after),
+            None => IdleTimeout::Never,
+        };
         outbox.idle_timeout_changed = true;
         if !outbox.closed {
             self.queue(outbox);

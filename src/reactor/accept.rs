@@ -101,7 +101,7 @@ impl Reactor {
             }
         };
         let core = SessionCore::new(Arc::clone(&self.shared), peer, local, self.config.limits);
-        self.register(stream, core, true, None);
+        self.register(stream, core, Origin::Accepted, None);
     }
 
     pub(super) fn close_listeners(&mut self) {

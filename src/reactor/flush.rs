@@ -75,7 +75,7 @@ impl Reactor {
             }
         }
         if std::mem::take(&mut outbox.idle_timeout_changed) {
-            if let Some(Some(timeout)) = outbox.idle_timeout {
+            if let IdleTimeout::After(timeout) = outbox.idle_timeout {
                 self.idle.note(timeout, now);
             }
         }

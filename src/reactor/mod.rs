@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crate::buffer::ReadArena;
 use crate::epoll::{Events, Poller, Readiness, Token, Waker};
 use crate::net::{self, Address, SocketOptions};
-use crate::session::{Command, LoopShared, SessionCore, Stats, WriteLimits};
+use crate::session::{Command, IdleTimeout, LoopShared, SessionCore, Stats, WriteLimits};
 use crate::timers::TimerQueue;
 
 mod accept;
@@ -43,7 +43,7 @@ mod tests;
 use accept::remove_unix_socket_file;
 use close::{discard_input, CloseKind};
 use idle::IdleSweep;
-use slots::{SessionSlot, Slot};
+use slots::{Origin, SessionSlot, Slot};
 
 /// Most bytes one session may read in one turn before others get their go.
 pub const READ_BUDGET: usize = 256 * 1024;
@@ -376,8 +376,8 @@ impl Reactor {
                     }
                 }
                 Command::Adopt(core, fd, connect_deadline) => {
-                    // `LoopShared::adopt` already counted it in the status.
-                    let registered = self.register(fd, Arc::clone(&core), false, connect_deadline);
+                    let registered =
+                        self.register(fd, Arc::clone(&core), Origin::Adopted, connect_deadline);
                     if let Some(token) = registered {
                         if self.stop_deadline.is_some() {
                             core.outbox().close_requested = true;

@@ -51,13 +51,13 @@ impl Reactor {
         Some((index, token))
     }
 
-    /// Registers a session socket; `count` says whether to add it to the status count
-    /// (adopted sessions were counted when they were queued).
+    /// Registers a session socket: accepted here, or adopted from a connect call
+    /// (counted as open when it was queued), still connecting until a deadline or not.
     pub(super) fn register(
         &mut self,
         fd: OwnedFd,
         core: Arc<SessionCore>,
-        count: bool,
+        origin: Origin,
         connect_deadline: Option<Instant>,
     ) -> Option<Token> {
         let (index, generation) = self.allocate();
@@ -68,7 +68,7 @@ impl Reactor {
             self.vacate(token);
             let mut outbox = core.outbox();
             outbox.mark_closed();
-            if !count {
+            if origin == Origin::Adopted {
                 self.shared.update_status(|status| status.sessions -= 1);
             }
             return None;
@@ -88,7 +88,7 @@ impl Reactor {
         });
         self.sessions += 1;
         self.stats.sessions_total += 1;
-        if count {
+        if origin == Origin::Accepted {
             self.shared.update_status(|status| status.sessions += 1);
         }
         match connect_deadline {
@@ -160,6 +160,16 @@ pub(super) enum Slot {
         discarded: usize,
     },
     Session(SessionSlot),
+}
+
+/// Where a session socket came from, which decides when it counts as open.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// Accepted by a listener: it counts as open from its registration.
+    Accepted,
+    /// Handed over by a connect call, which counted it as open already (so that
+    /// `join()` cannot miss it while it waits in the command queue).
+    Adopted,
 }
 
 impl Slot {
