@@ -239,8 +239,8 @@ fn ended_by_peer(py: Python<'_>, err: &PyErr, core: &SessionCore) -> bool {
     if !err.is_instance_of::<SessionClosedError>(py) {
         return false;
     }
-    let outbox = core.outbox();
-    outbox.closed && !outbox.given_up()
+    let state = core.state();
+    state.closed && !state.given_up()
 }
 
 /// Marks the loop finished when the reactor thread ends, however it ends (a panic
@@ -523,7 +523,7 @@ impl<'py> Dispatcher<'_, 'py> {
         };
         let mut messages: Vec<Bound<'py, PyBytes>> = Vec::new();
         let result = decoder.feed(data, |message| messages.push(PyBytes::new(py, message)));
-        self.hand_over(token, callbacks, messages);
+        self.call_message_callbacks(token, callbacks, messages);
         if let Err(err) = result {
             if let Some(entry) = self.table.get(token) {
                 entry
@@ -534,7 +534,7 @@ impl<'py> Dispatcher<'_, 'py> {
         }
     }
 
-    fn hand_over(
+    fn call_message_callbacks(
         &mut self,
         token: Token,
         callbacks: &Callbacks,
@@ -567,7 +567,7 @@ impl<'py> Dispatcher<'_, 'py> {
     fn given_up(&mut self, token: Token) -> bool {
         self.table
             .get(token)
-            .is_none_or(|entry| entry.session.get().core().outbox().given_up())
+            .is_none_or(|entry| entry.session.get().core().state().given_up())
     }
 
     /// Calls a `callback(session)` notification, if overridden and the session is open.

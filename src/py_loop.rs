@@ -450,7 +450,7 @@ impl PyLoop {
             .map_err(|e| os_error(&e, Some(&context)))?;
         let local = net::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(&context)))?;
         let deadline = Instant::now() + timeout;
-        self.hand_over(py, (addr, local), fd, Some(deadline), "connect_nowait", own)
+        self.adopt_socket(py, (addr, local), fd, Some(deadline), "connect_nowait", own)
     }
 
     /// Connects to the Unix domain socket at `path`; returns the `Session`.
@@ -657,7 +657,7 @@ impl PyLoop {
     /// Makes the `Session` of a client socket and hands the socket to the reactor, which
     /// finishes a connect still in progress by `connect_deadline`. The `Session` waits in
     /// `pending` until the reactor reports it opened (or failed).
-    fn hand_over(
+    fn adopt_socket(
         &self,
         py: Python<'_>,
         (peer, local): (Address, Address),
@@ -720,7 +720,7 @@ impl PyLoop {
                     continue;
                 }
             };
-            return self.hand_over(py, (peer, local), fd, None, "connect", own);
+            return self.adopt_socket(py, (peer, local), fd, None, "connect", own);
         }
         let err = last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::TimedOut));
         Err(os_error(&err, Some(context)))

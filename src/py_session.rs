@@ -184,13 +184,13 @@ impl PySession {
     /// True while `pause_reading()` is in force.
     #[getter]
     fn reading_paused(&self) -> bool {
-        self.core.outbox().read_paused
+        self.core.state().read_paused
     }
 
     /// True between `on_pause_writing` and `on_resume_writing`.
     #[getter]
     fn writing_paused(&self) -> bool {
-        self.core.outbox().writing_paused
+        self.core.state().writing_paused
     }
 
     /// Sets the write-buffer watermarks and hard cap, in bytes. An argument left out
@@ -217,7 +217,7 @@ impl PySession {
 
     /// `(low, high, max)`: the watermarks and the hard cap, in bytes.
     fn get_write_buffer_limits(&self) -> (usize, usize, usize) {
-        let limits = self.core.outbox().limits;
+        let limits = self.core.state().limits;
         (limits.low, limits.high, limits.max)
     }
 
@@ -240,28 +240,28 @@ impl PySession {
     /// True once `close()` or `abort()` was called or the connection ended: writes fail.
     #[getter]
     fn closing(&self) -> bool {
-        let outbox = self.core.outbox();
-        outbox.is_closing() || outbox.connection_lost
+        let state = self.core.state();
+        state.is_closing() || state.connection_lost
     }
 
     /// True once the socket is closed (`on_close` is delivered or about to be).
     #[getter]
     fn closed(&self) -> bool {
-        self.core.outbox().closed
+        self.core.state().closed
     }
 
     fn __repr__(&self) -> String {
-        let outbox = self.core.outbox();
-        let state = if outbox.closed {
+        let state = self.core.state();
+        let shown = if state.closed {
             "closed"
-        } else if outbox.is_closing() {
+        } else if state.is_closing() {
             "closing"
         } else {
             "open"
         };
         format!(
             "<hamanet.Session id={} peer={} {}>",
-            self.core.id, self.core.peer, state
+            self.core.id, self.core.peer, shown
         )
     }
 }

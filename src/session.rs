@@ -107,9 +107,11 @@ pub enum Refusal {
     },
 }
 
-/// What the session has been asked to do, and what it has done.
+/// What a session's other threads share with the reactor, under one short lock: the write
+/// buffer, what the session has been asked to do (close, abort, shut down, pause reading,
+/// new limits, an idle timeout) and what the reactor has done about it.
 #[derive(Debug, Default)]
-pub struct Outbox {
+pub struct SessionState {
     /// Bytes written and not yet taken by the kernel.
     pub buffer: WriteBuffer,
     /// `close()` was requested: flush, then close.
@@ -152,10 +154,10 @@ pub struct Outbox {
     pub send_error: Option<std::io::Error>,
 }
 
-impl Outbox {
+impl SessionState {
     /// Why a write now would be refused, if it would.
     pub fn write_refusal(&self) -> Option<Refusal> {
-        if self.closed || self.close_requested || self.abort_requested || self.connection_lost {
+        if self.is_closing() || self.connection_lost {
             Some(Refusal::Closed)
         } else if self.shutdown_requested {
             Some(Refusal::WriteShut)
@@ -177,7 +179,7 @@ impl Outbox {
 
     /// Whether the session is closed or on its way to closing.
     pub fn is_closing(&self) -> bool {
-        self.closed || self.close_requested || self.abort_requested
+        self.closed || self.given_up()
     }
 }
 
@@ -193,7 +195,7 @@ pub struct SessionCore {
     /// The socket while the reactor holds it open, else -1. Read only on the reactor
     /// thread, where it cannot be closed underneath the reader (see `write_all`).
     fd: AtomicI32,
-    outbox: Mutex<Outbox>,
+    state: Mutex<SessionState>,
     shared: Arc<LoopShared>,
 }
 
@@ -231,9 +233,9 @@ impl SessionCore {
             local,
             token: AtomicU64::new(u64::MAX),
             fd: AtomicI32::new(-1),
-            outbox: Mutex::new(Outbox {
+            state: Mutex::new(SessionState {
                 limits,
-                ..Outbox::default()
+                ..SessionState::default()
             }),
             shared,
         })
@@ -244,9 +246,9 @@ impl SessionCore {
         &self.shared
     }
 
-    /// Locks the outbox.
-    pub fn outbox(&self) -> MutexGuard<'_, Outbox> {
-        lock(&self.outbox)
+    /// Locks the state.
+    pub fn state(&self) -> MutexGuard<'_, SessionState> {
+        lock(&self.state)
     }
 
     pub(crate) fn set_token(&self, token: Token) {
@@ -275,23 +277,23 @@ impl SessionCore {
             return Err(Refusal::Closed);
         }
         let size: usize = pieces.iter().map(|piece| piece.len()).sum();
-        let mut outbox = self.outbox();
-        if let Some(refusal) = outbox.write_refusal() {
+        let mut state = self.state();
+        if let Some(refusal) = state.write_refusal() {
             return Err(refusal);
         }
-        let buffered = outbox.buffer.len();
-        if size > outbox.limits.max.saturating_sub(buffered) {
+        let buffered = state.buffer.len();
+        if size > state.limits.max.saturating_sub(buffered) {
             return Err(Refusal::Full {
                 buffered,
                 size,
-                max: outbox.limits.max,
+                max: state.limits.max,
             });
         }
         if size == 0 {
             return Ok(());
         }
         let mut pieces = pieces;
-        if let ([piece], true) = (pieces, outbox.buffer.is_empty() && size >= EAGER_SEND_MIN) {
+        if let ([piece], true) = (pieces, state.buffer.is_empty() && size >= EAGER_SEND_MIN) {
             let fd = self.fd.load(Ordering::Relaxed);
             // NOTE: the fd is only used on the reactor thread, which alone closes it and is
             // busy running this caller, so it cannot be closed (and reused) meanwhile.
@@ -299,27 +301,27 @@ impl SessionCore {
                 let sent = match crate::net::send_raw(fd, piece) {
                     Ok(sent) => sent,
                     Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                        outbox.kernel_full = true;
+                        state.kernel_full = true;
                         0
                     }
                     // The peer is gone: the flush reports it (the first error after an
                     // RST is the informative ECONNRESET; a retry would only say EPIPE).
                     Err(err) => {
-                        outbox.send_error = Some(err);
+                        state.send_error = Some(err);
                         0
                     }
                 };
-                outbox.kernel_full |= sent > 0 && sent < piece.len();
-                outbox.sent_directly += sent;
+                state.kernel_full |= sent > 0 && sent < piece.len();
+                state.sent_directly += sent;
                 pieces = &[];
-                outbox.buffer.extend(&piece[sent..]);
+                state.buffer.extend(&piece[sent..]);
             }
         }
         for piece in pieces {
-            outbox.buffer.extend(piece);
+            state.buffer.extend(piece);
         }
-        outbox.writes += 1;
-        if !self.queue(outbox) {
+        state.writes += 1;
+        if !self.queue(state) {
             return Err(Refusal::Closed);
         }
         Ok(())
@@ -328,16 +330,16 @@ impl SessionCore {
     /// Stops reading from the socket until `resume_reading`; the kernel's receive window
     /// then pushes back on the peer. Idempotent.
     pub fn pause_reading(&self) {
-        self.outbox().read_paused = true;
+        self.state().read_paused = true;
     }
 
     /// Resumes reading; data that arrived while paused is delivered next. Idempotent.
     pub fn resume_reading(self: &Arc<Self>) {
-        let mut outbox = self.outbox();
-        if outbox.read_paused && !outbox.closed {
-            outbox.read_paused = false;
-            outbox.read_resume_pending = true;
-            self.queue(outbox);
+        let mut state = self.state();
+        if state.read_paused && !state.closed {
+            state.read_paused = false;
+            state.read_resume_pending = true;
+            self.queue(state);
         }
     }
 
@@ -348,83 +350,84 @@ impl SessionCore {
         self: &Arc<Self>,
         update: impl FnOnce(WriteLimits) -> Result<WriteLimits, E>,
     ) -> Result<(), E> {
-        let mut outbox = self.outbox();
-        outbox.limits = update(outbox.limits)?;
-        if !outbox.closed {
-            self.queue(outbox);
+        let mut state = self.state();
+        state.limits = update(state.limits)?;
+        if !state.closed {
+            self.queue(state);
         }
         Ok(())
     }
 
     /// Overrides the loop's idle timeout for this session (`None`: never times out).
     pub fn set_idle_timeout(self: &Arc<Self>, timeout: Option<Duration>) {
-        let mut outbox = self.outbox();
-        outbox.idle_timeout = match timeout {
+        let mut state = self.state();
+        state.idle_timeout = match timeout {
             Some(after) => IdleTimeout::After(after),
             None => IdleTimeout::Never,
         };
-        outbox.idle_timeout_changed = true;
-        if !outbox.closed {
-            self.queue(outbox);
+        state.idle_timeout_changed = true;
+        if !state.closed {
+            self.queue(state);
         }
     }
 
     /// Requests a graceful close: everything buffered is sent, then FIN. Idempotent.
     pub fn close(self: &Arc<Self>) {
-        let mut outbox = self.outbox();
-        if !outbox.is_closing() {
-            outbox.close_requested = true;
-            self.queue(outbox);
+        let mut state = self.state();
+        if !state.is_closing() {
+            state.close_requested = true;
+            self.queue(state);
         }
     }
 
     /// Requests an abortive close: the buffer is dropped and the peer gets RST. Idempotent.
     pub fn abort(self: &Arc<Self>) {
-        let mut outbox = self.outbox();
-        if !outbox.closed && !outbox.abort_requested {
-            outbox.abort_requested = true;
-            outbox.buffer.clear();
-            self.queue(outbox);
+        let mut state = self.state();
+        if !state.closed && !state.abort_requested {
+            state.abort_requested = true;
+            state.buffer.clear();
+            self.queue(state);
         }
     }
 
     /// Requests a half-close: everything buffered is sent, then FIN; reading goes on.
     pub fn shutdown_write(self: &Arc<Self>) {
-        let mut outbox = self.outbox();
-        if outbox.write_refusal().is_none() {
-            outbox.shutdown_requested = true;
-            self.queue(outbox);
+        let mut state = self.state();
+        if state.write_refusal().is_none() {
+            state.shutdown_requested = true;
+            self.queue(state);
         }
     }
 
     /// Bytes buffered and not yet handed to the kernel.
     pub fn buffered(&self) -> usize {
-        self.outbox().buffer.len()
+        self.state().buffer.len()
     }
 
     /// Puts the session on the reactor's queue unless it is there already. Returns
     /// `false` when the loop has finished, so nothing will ever act on the session.
-    fn queue(self: &Arc<Self>, mut outbox: MutexGuard<'_, Outbox>) -> bool {
-        if outbox.queued {
+    fn queue(self: &Arc<Self>, mut state: MutexGuard<'_, SessionState>) -> bool {
+        if state.queued {
             return true;
         }
-        // NOTE: the outbox stays locked while the command is queued, so a concurrent
+        // NOTE: the state stays locked while the command is queued, so a concurrent
         // writer that finds `queued` set can rely on the command being there. The lock
-        // order outbox -> queue is the only one: the reactor never holds the queue lock
-        // while it locks an outbox.
-        if self.shared.submit(Command::Flush(Arc::clone(self))) {
-            outbox.queued = true;
+        // order state -> queue is the only one: the reactor never holds the queue lock
+        // while it locks an state.
+        if self.shared.submit(Command::Attend(Arc::clone(self))) {
+            state.queued = true;
             return true;
         }
-        outbox.mark_closed();
+        state.mark_closed();
         false
     }
 }
 
 /// What other threads ask of the reactor.
 pub enum Command {
-    /// The session has new bytes to send or a close/abort/shutdown request.
-    Flush(Arc<SessionCore>),
+    /// The session wants the reactor's attention: bytes to send, a close, abort or
+    /// shutdown request, reading resumed, new limits or idle timeout.
+    Attend(Arc<SessionCore>),
     /// Register a client socket as a session: connected already (`Client.connect`), or
     /// still connecting until the deadline (`Client.connect_nowait`).
     Adopt(Arc<SessionCore>, OwnedFd, Option<Instant>),

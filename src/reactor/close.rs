@@ -13,7 +13,7 @@ impl Reactor {
             return;
         };
         session.core.set_fd(None);
-        session.core.outbox().mark_closed();
+        session.core.state().mark_closed();
         match kind {
             CloseKind::Abortive => {
                 // If this fails the close below is graceful instead; nothing is lost.

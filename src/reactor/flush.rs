@@ -14,103 +14,103 @@ impl Reactor {
         };
         let fd = session.fd.as_fd();
         let core = Arc::clone(&session.core);
-        let mut outbox = core.outbox();
-        outbox.queued = false;
-        if outbox.closed {
+        let mut state = core.state();
+        state.queued = false;
+        if state.closed {
             return;
         }
-        if outbox.abort_requested {
-            drop(outbox);
+        if state.abort_requested {
+            drop(state);
             self.release(token, CloseKind::Abortive, None);
             return;
         }
         if session.connecting {
             // Nothing can be sent yet; closing cancels the connect.
-            if outbox.close_requested {
-                drop(outbox);
+            if state.close_requested {
+                drop(state);
                 self.release(token, CloseKind::Dead, None);
             }
             return;
         }
-        if std::mem::take(&mut outbox.read_resume_pending) {
+        if std::mem::take(&mut state.read_resume_pending) {
             // Data that arrived while reading was paused raised no new edge.
             requeue(&mut self.again, &mut session.requeued, token);
         }
         if session.broken.is_some() {
             // The connection is gone; only unread input is left, for after the resume.
-            if outbox.close_requested {
-                drop(outbox);
+            if state.close_requested {
+                drop(state);
                 let err = session.broken.take();
                 self.release(token, CloseKind::Dead, err);
             }
             return;
         }
-        if let Some(err) = outbox.send_error.take() {
-            drop(outbox);
+        if let Some(err) = state.send_error.take() {
+            drop(state);
             self.fail(token, err);
             return;
         }
-        self.stats.writes += std::mem::take(&mut outbox.writes);
-        let sent_directly = std::mem::take(&mut outbox.sent_directly);
+        self.stats.writes += std::mem::take(&mut state.writes);
+        let sent_directly = std::mem::take(&mut state.sent_directly);
         if sent_directly > 0 {
             self.stats.sends += 1;
             self.stats.bytes_out += sent_directly as u64;
             session.last_active = now;
         }
-        let had_bytes = sent_directly > 0 || !outbox.buffer.is_empty();
-        if !outbox.buffer.is_empty() && !std::mem::take(&mut outbox.kernel_full) {
+        let had_bytes = sent_directly > 0 || !state.buffer.is_empty();
+        if !state.buffer.is_empty() && !std::mem::take(&mut state.kernel_full) {
             self.stats.sends += 1;
-            match net::send(fd, outbox.buffer.pending()) {
+            match net::send(fd, state.buffer.pending()) {
                 Ok(n) => {
-                    outbox.buffer.consume(n);
+                    state.buffer.consume(n);
                     self.stats.bytes_out += n as u64;
                     session.last_active = now;
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                 Err(err) => {
-                    drop(outbox);
+                    drop(state);
                     self.fail(token, err);
                     return;
                 }
             }
         }
-        if std::mem::take(&mut outbox.idle_timeout_changed) {
-            if let IdleTimeout::After(timeout) = outbox.idle_timeout {
+        if std::mem::take(&mut state.idle_timeout_changed) {
+            if let IdleTimeout::After(timeout) = state.idle_timeout {
                 self.idle.note(timeout, now);
             }
         }
-        let buffered = outbox.buffer.len();
-        if !outbox.writing_paused && buffered > outbox.limits.high {
-            outbox.writing_paused = true;
+        let buffered = state.buffer.len();
+        if !state.writing_paused && buffered > state.limits.high {
+            state.writing_paused = true;
             self.batch.push(Event::PauseWriting { token });
-        } else if outbox.writing_paused && buffered <= outbox.limits.low {
-            outbox.writing_paused = false;
+        } else if state.writing_paused && buffered <= state.limits.low {
+            state.writing_paused = false;
             self.batch.push(Event::ResumeWriting { token });
         }
         if buffered > 0 {
             // The kernel's buffer is full; EPOLLOUT will report room.
             return;
         }
-        if outbox.close_requested {
-            drop(outbox);
+        if state.close_requested {
+            drop(state);
             self.release(token, CloseKind::Graceful, None);
             return;
         }
-        if outbox.shutdown_requested && !outbox.fin_sent {
-            outbox.fin_sent = true;
+        if state.shutdown_requested && !state.fin_sent {
+            state.fin_sent = true;
             if let Err(err) = net::shutdown_write(fd) {
-                drop(outbox);
+                drop(state);
                 self.release(token, CloseKind::Dead, Some(err));
                 return;
             }
             if session.eof {
                 // Both directions are finished: nothing can happen on it any more.
-                drop(outbox);
+                drop(state);
                 self.release(token, CloseKind::Graceful, None);
                 return;
             }
         }
-        drop(outbox);
+        drop(state);
         if had_bytes && notify_drained {
             self.batch.push(Event::Drained { token });
         }
@@ -118,7 +118,7 @@ impl Reactor {
 
     pub(super) fn request_close(&mut self, token: Token) {
         if let Some(session) = self.session(token) {
-            session.core.outbox().close_requested = true;
+            session.core.state().close_requested = true;
             self.flush(token);
         }
     }

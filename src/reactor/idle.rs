@@ -13,7 +13,7 @@ impl Reactor {
         let mut shortest = default;
         for (index, slot) in self.slots.iter().enumerate() {
             if let Slot::Session(session) = slot {
-                let timeout = session.core.outbox().idle_timeout.resolve(default);
+                let timeout = session.core.state().idle_timeout.resolve(default);
                 if let Some(timeout) = timeout {
                     shortest = Some(shortest.map_or(timeout, |s| s.min(timeout)));
                     if self.now.saturating_duration_since(session.last_active) >= timeout {

@@ -369,7 +369,7 @@ impl Reactor {
         let mut commands = std::mem::take(&mut self.commands);
         for command in commands.drain(..) {
             match command {
-                Command::Flush(core) => {
+                Command::Attend(core) => {
                     let token = core.token();
                     if self.is_session(token, &core) {
                         self.flush(token);
@@ -380,7 +380,7 @@ impl Reactor {
                         self.register(fd, Arc::clone(&core), Origin::Adopted, connect_deadline);
                     if let Some(token) = registered {
                         if self.stop_deadline.is_some() {
-                            core.outbox().close_requested = true;
+                            core.state().close_requested = true;
                             self.flush(token);
                         }
                     }

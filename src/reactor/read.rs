@@ -22,8 +22,8 @@ impl Reactor {
             return;
         }
         {
-            let outbox = session.core.outbox();
-            if outbox.read_paused || outbox.is_closing() {
+            let state = session.core.state();
+            if state.read_paused || state.is_closing() {
                 return;
             }
         }
@@ -77,7 +77,7 @@ impl Reactor {
                 range: start..end,
             });
         }
-        let both_finished = eof && session.core.outbox().fin_sent;
+        let both_finished = eof && session.core.state().fin_sent;
         if session.broken.is_some() && !budget_spent {
             // What arrived before the failure is in this batch; now report the failure.
             let err = session.broken.take();
@@ -111,14 +111,14 @@ impl Reactor {
     /// resume, then closes with `err`; otherwise it closes now.
     pub(super) fn fail(&mut self, token: Token, err: io::Error) {
         if let Some(session) = session_slot(&mut self.slots, token) {
-            let mut outbox = session.core.outbox();
+            let mut state = session.core.state();
             let unread = || net::unread_bytes(session.fd.as_fd()).is_ok_and(|n| n > 0);
-            if !outbox.is_closing() && !session.eof && unread() {
+            if !state.is_closing() && !session.eof && unread() {
                 // Nothing can be sent any more: later writes are refused.
-                outbox.connection_lost = true;
-                outbox.buffer.clear();
-                let paused = outbox.read_paused;
-                drop(outbox);
+                state.connection_lost = true;
+                state.buffer.clear();
+                let paused = state.read_paused;
+                drop(state);
                 session.broken.get_or_insert(err);
                 if !paused {
                     requeue(&mut self.again, &mut session.requeued, token);

@@ -66,8 +66,8 @@ impl Reactor {
         if self.poller.add_stream(fd.as_fd(), token).is_err() {
             // Only possible when the kernel is out of memory: the socket is dropped.
             self.vacate(token);
-            let mut outbox = core.outbox();
-            outbox.mark_closed();
+            let mut state = core.state();
+            state.mark_closed();
             if origin == Origin::Adopted {
                 self.shared.update_status(|status| status.sessions -= 1);
             }

@@ -64,8 +64,8 @@ impl Reactor {
         for command in self.shared.close_queue() {
             match command {
                 Command::Adopt(core, _fd, _) => {
-                    let mut outbox = core.outbox();
-                    outbox.mark_closed();
+                    let mut state = core.state();
+                    state.mark_closed();
                     self.shared.update_status(|status| status.sessions -= 1);
                 }
                 Command::Listen(fd, addr) => remove_unix_socket_file(fd, addr),

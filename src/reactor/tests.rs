@@ -282,7 +282,7 @@ fn a_peer_that_does_not_read_pauses_writing_until_it_drains() {
     let session = next_opened(&mut reactor);
     let payload = pattern(0, 8_000_000);
     session.write(&payload).expect("write");
-    let cap = session.outbox().limits.max;
+    let cap = session.state().limits.max;
     let err = session.write(&vec![0u8; cap]).expect_err("past the cap");
     assert!(matches!(err, crate::session::Refusal::Full { .. }));
     turn_until(&mut reactor, |event| {
