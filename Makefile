@@ -20,10 +20,10 @@ FUZZ_SECONDS ?= 30
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(TOOLS): pyproject.toml
+$(TOOLS): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "maturin>=1.9,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "ruff>=0.6"
+	$(PY) -m pip install --quiet "maturin>=1.9,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "ruff>=0.6" "mypy>=1.10"
 	touch $@
 
 setup: $(TOOLS) ## create .venv and install the build and test tools into it
@@ -64,7 +64,7 @@ fuzz: ## fuzz each framer for FUZZ_SECONDS (installs cargo-fuzz if missing)
 bench: build ## hamanet vs uvloop, asyncio, rloop and a plain Rust echo (see bench/README.md)
 	bench/run.sh $(BENCH_ARGS)
 
-lint: $(TOOLS) ## rustfmt, clippy and ruff, all as configured in the repo
+lint: build ## rustfmt, clippy, ruff, and mypy's stubtest of the .pyi against the built module
 	cargo fmt --check
 	cargo clippy --all-targets --quiet -- -D warnings
 	cargo clippy --all-targets --quiet --no-default-features -- -D warnings
@@ -75,6 +75,7 @@ lint: $(TOOLS) ## rustfmt, clippy and ruff, all as configured in the repo
 	done
 	$(VENV)/bin/ruff check python tests examples bench
 	$(VENV)/bin/ruff format --check python tests examples bench
+	$(PY) -m mypy.stubtest hamanet._hamanet --allowlist python/stubtest-allowlist.txt
 
 fmt: $(TOOLS) ## apply rustfmt and ruff format
 	cargo fmt

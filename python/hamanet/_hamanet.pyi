@@ -1,12 +1,24 @@
 """Type stubs for the native module ``hamanet._hamanet`` (built from src/)."""
 
 from collections.abc import Iterable
-from typing import Any, Callable
+from typing import Any, Callable, final
 
 _BytesLike = bytes | bytearray | memoryview
 _Address = tuple[str, int] | tuple[str, int, int, int]
 _Callback = Callable[..., Any] | None
 
+__all__ = [
+    "CALLBACK_NAMES",
+    "READ_BUDGET",
+    "FramingError",
+    "LifecycleError",
+    "Loop",
+    "Session",
+    "SessionClosedError",
+    "TimerHandle",
+    "WriteBufferFullError",
+    "__version__",
+]
 __version__: str
 READ_BUDGET: int
 CALLBACK_NAMES: tuple[str, ...]
@@ -23,6 +35,7 @@ class FramingError(ValueError):
 class WriteBufferFullError(BufferError):
     """A write would take the session's buffer past max_write_buffer; nothing was written."""
 
+@final
 class TimerHandle:
     """A scheduled callback."""
 
@@ -30,12 +43,13 @@ class TimerHandle:
     def pending(self) -> bool: ...
     def when(self) -> float: ...
 
+@final
 class Session:
     """One TCP connection; handlers receive it, users never construct it."""
 
-    def write(self, data: _BytesLike, /) -> None: ...
-    def writelines(self, chunks: Iterable[_BytesLike], /) -> None: ...
-    def write_frame(self, payload: _BytesLike, /) -> None: ...
+    def write(self, data: _BytesLike) -> None: ...
+    def writelines(self, chunks: Iterable[_BytesLike]) -> None: ...
+    def write_frame(self, payload: _BytesLike) -> None: ...
     def close(self) -> None: ...
     def abort(self) -> None: ...
     def shutdown_write(self) -> None: ...
@@ -65,24 +79,25 @@ class Session:
     def __getattr__(self, name: str) -> Any: ...
     def __setattr__(self, name: str, value: Any) -> None: ...
 
+@final
 class Loop:
     """A reactor thread and its handler's callbacks (used by Server and Client)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         callbacks: tuple[_Callback, ...],
         *,
         nodelay: bool = True,
         keepalive: bool = False,
         recv_buffer: int | None = None,
         send_buffer: int | None = None,
-        write_high: int = 65536,
-        write_low: int = 16384,
-        max_write_buffer: int = 134217728,
+        write_high: int = ...,  # 64 KiB
+        write_low: int = ...,  # 16 KiB
+        max_write_buffer: int = ...,  # 128 MiB
         idle_timeout: float | None = None,
         max_connections: int | None = None,
         framing: tuple[Any, ...] | None = None,
-    ) -> None: ...
+    ) -> Loop: ...
     def set_callbacks(self, callbacks: tuple[_Callback, ...]) -> None: ...
     def listen(
         self, host: str, port: int, backlog: int, reuse_port: bool, dual_stack: bool
