@@ -163,7 +163,8 @@ pub fn listen_unix(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 format!(
-                    "{} exists and is not a socket; open_unix() replaces only a socket file                      left by a dead server: choose another path or remove it yourself",
+                    "{} exists and is not a socket; open_unix() replaces only a socket file \
+                     left by a dead server: choose another path or remove it yourself",
                     path.display()
                 ),
             ));

@@ -98,15 +98,15 @@ impl Busy {
         }
     }
 
-    fn begin(&self, which: Callback, session: u64) {
+    /// Runs `call` (a callback of `session`, 0 for none) marked as busy with `which`.
+    fn during<R>(&self, which: Callback, session: u64, call: impl FnOnce() -> R) -> R {
         self.which.store(which as u8, Ordering::Relaxed);
         self.session.store(session, Ordering::Relaxed);
         let since = self.origin.elapsed().as_nanos() as u64 + 1;
         self.since.store(since, Ordering::Release);
-    }
-
-    fn end(&self) {
+        let result = call();
         self.since.store(0, Ordering::Release);
+        result
     }
 
     /// The callback running now (its name and session id, 0 for none) and for how long.
@@ -345,13 +345,13 @@ impl<'py> Dispatcher<'_, 'py> {
     fn deliver(&mut self, reactor: &Reactor, loop_callbacks: &Callbacks, event: &Event) {
         let own = match event {
             Event::Opened { token, session } => self.open(*token, session),
-            Event::ConnectFailed { session, .. } => {
+            Event::ConnectFailed { session, error } => {
                 let pending = lock(&self.inner.pending).remove(&session.id);
                 let Some((object, own)) = pending else {
                     return;
                 };
                 let callbacks = own.as_deref().unwrap_or(loop_callbacks);
-                return self.connect_failed(event, object, callbacks);
+                return self.connect_failed(session.id, error.as_ref(), object, callbacks);
             }
             Event::Received { token, .. }
             | Event::Eof { token }
@@ -393,11 +393,14 @@ impl<'py> Dispatcher<'_, 'py> {
     }
 
     /// `on_close` for a connect that never completed.
-    fn connect_failed(&mut self, event: &Event, object: Py<PySession>, callbacks: &Callbacks) {
+    fn connect_failed(
+        &mut self,
+        session_id: u64,
+        error: Option<&io::Error>,
+        object: Py<PySession>,
+        callbacks: &Callbacks,
+    ) {
         let py = self.py;
-        let Event::ConnectFailed { session, error } = event else {
-            return;
-        };
         let Some(callback) = &callbacks[Callback::OnClose] else {
             return;
         };
@@ -405,9 +408,10 @@ impl<'py> Dispatcher<'_, 'py> {
             Some(err) => close_reason(py, err),
             None => py.None(),
         };
-        self.inner.busy.begin(Callback::OnClose, session.id);
-        let result = callback.call1(py, (object, reason));
-        self.inner.busy.end();
+        let busy = &self.inner.busy;
+        let result = busy.during(Callback::OnClose, session_id, || {
+            callback.call1(py, (object, reason))
+        });
         if let Err(err) = result {
             self.handler_failed(Callback::OnClose, None, err);
         }
@@ -478,11 +482,10 @@ impl<'py> Dispatcher<'_, 'py> {
                     (None, None) => py.None(),
                 };
                 let session = entry.session.bind(py);
-                self.inner
-                    .busy
-                    .begin(Callback::OnClose, session.get().core().id);
-                let result = callback.call1(py, (session, reason));
-                self.inner.busy.end();
+                let id = session.get().core().id;
+                let result = self.inner.busy.during(Callback::OnClose, id, || {
+                    callback.call1(py, (session, reason))
+                });
                 if let Err(err) = result {
                     // The session is closed already: only log (or stop on an interrupt).
                     self.handler_failed(Callback::OnClose, None, err);
@@ -493,9 +496,8 @@ impl<'py> Dispatcher<'_, 'py> {
                 let Some((callback, args)) = lock(&self.inner.timers).remove(id) else {
                     return; // cancelled after it came due
                 };
-                self.inner.busy.begin(Callback::Timer, 0);
-                let result = callback.call1(py, args.bind(py));
-                self.inner.busy.end();
+                let busy = &self.inner.busy;
+                let result = busy.during(Callback::Timer, 0, || callback.call1(py, args.bind(py)));
                 if let Err(err) = result {
                     self.handler_failed(Callback::Timer, None, err);
                 }
@@ -594,9 +596,10 @@ impl<'py> Dispatcher<'_, 'py> {
         let py = self.py;
         let entry = self.table.get(token)?;
         let session = entry.session.bind(py).clone();
-        self.inner.busy.begin(which, entry.session.get().core().id);
-        let result = args(session).and_then(|args| callback.bind(py).call1(args));
-        self.inner.busy.end();
+        let id = entry.session.get().core().id;
+        let result = self.inner.busy.during(which, id, || {
+            args(session).and_then(|args| callback.bind(py).call1(args))
+        });
         match result {
             Ok(value) => Some(value),
             Err(err) => {

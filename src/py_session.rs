@@ -240,8 +240,7 @@ impl PySession {
     /// True once `close()` or `abort()` was called or the connection ended: writes fail.
     #[getter]
     fn closing(&self) -> bool {
-        let state = self.core.state();
-        state.is_closing() || state.connection_lost
+        self.core.state().is_ending()
     }
 
     /// True once the socket is closed (`on_close` is delivered or about to be).

@@ -157,7 +157,7 @@ pub struct SessionState {
 impl SessionState {
     /// Why a write now would be refused, if it would.
     pub fn write_refusal(&self) -> Option<Refusal> {
-        if self.is_closing() || self.connection_lost {
+        if self.is_ending() {
             Some(Refusal::Closed)
         } else if self.shutdown_requested {
             Some(Refusal::WriteShut)
@@ -180,6 +180,12 @@ impl SessionState {
     /// Whether the session is closed or on its way to closing.
     pub fn is_closing(&self) -> bool {
         self.closed || self.given_up()
+    }
+
+    /// Whether the session is closing or its connection was lost (while input is still
+    /// to be delivered): either way nothing more can be written.
+    pub fn is_ending(&self) -> bool {
+        self.is_closing() || self.connection_lost
     }
 }
 
@@ -413,7 +419,7 @@ impl SessionCore {
         // NOTE: the state stays locked while the command is queued, so a concurrent
         // writer that finds `queued` set can rely on the command being there. The lock
         // order state -> queue is the only one: the reactor never holds the queue lock
-        // while it locks an state.
+        // while it locks a session's state.
         if self.shared.submit(Command::Attend(Arc::clone(self))) {
             state.queued = true;
             return true;

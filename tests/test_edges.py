@@ -34,7 +34,10 @@ def test_open_unix_refuses_a_regular_file_and_leaves_it_alone(tmp_path):
     with pytest.raises(FileExistsError) as info:
         server.open_unix(precious)
     assert str(precious) in str(info.value)
-    assert "not a socket" in str(info.value)
+    assert (
+        "exists and is not a socket; open_unix() replaces only a socket file left by a dead "
+        "server: choose another path or remove it yourself"
+    ) in str(info.value)
     assert precious.read_bytes() == b"precious data"
     server.stop()
 
@@ -223,6 +226,14 @@ def test_the_peers_eof_then_own_shutdown_closes_the_session(serve):
     sock.close()
 
 
+def run_script(path, source: str) -> subprocess.CompletedProcess:
+    """Runs ``source`` as a Python program in a process of its own; it must exit 0."""
+    path.write_text(source)
+    done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 # == 3. fork() after start(): the child's copies are dead, and the child can exit ==============
 FORK_SCRIPT = """
 import os, socket, sys
@@ -279,10 +290,7 @@ client.stop()
 
 
 def test_a_forked_child_sees_dead_copies_and_exits(tmp_path):
-    script = tmp_path / "fork.py"
-    script.write_text(FORK_SCRIPT)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = run_script(tmp_path / "fork.py", FORK_SCRIPT)
     lines = done.stdout.splitlines()
     assert lines[0].split() == [
         "running=False",
@@ -328,10 +336,7 @@ server.stop()
 
 
 def test_a_child_forked_in_a_callback_that_returns_ends(tmp_path):
-    script = tmp_path / "fork_in_callback.py"
-    script.write_text(FORK_IN_CALLBACK_SCRIPT)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = run_script(tmp_path / "fork_in_callback.py", FORK_IN_CALLBACK_SCRIPT)
     assert done.stdout.splitlines() == ["child ran", "child_exit 0", "served True"]
     assert "the child exits now" in done.stderr
 

@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable
 
 from ._hamanet import LifecycleError, Loop, Session, TimerHandle
-from ._handler import Handler, bound_callbacks
+from ._handler import Handler, _is_async, bound_callbacks
 from .framing import Framing, _check_framing
 
 DEFAULT_HOST = "127.0.0.1"
@@ -128,18 +128,22 @@ def _check_idle_timeout(value: Any) -> float | None:
 def _check_callback(callback: Any) -> None:
     if not callable(callback):
         raise TypeError(f"callback must be callable, not {type(callback).__name__!r}")
-    if inspect.iscoroutinefunction(callback):
+    if _is_async(callback):
         raise TypeError(
-            f"callback {callback!r} is a coroutine function, which hamanet would call "
-            "without awaiting; pass a plain function (coroutine callbacks are not supported "
-            "yet)"
+            f"callback {callback!r} is async (a coroutine function), which hamanet would "
+            "call without awaiting; pass a plain function (coroutine callbacks are not "
+            "supported yet)"
         )
 
 
 class _Endpoint:
     """What Server and Client share: the reactor, its handler and its lifecycle."""
 
-    def __init__(
+    def __init__(self, handler: Handler, **options: Any) -> None:
+        _check_options(type(self), options)
+        self._configure(handler, **options)
+
+    def _configure(
         self,
         handler: Handler,
         *,
@@ -226,7 +230,7 @@ class _Endpoint:
         any thread; a callback that raises is logged on the ``hamanet`` logger."""
         delay = _check_timeout(delay, "delay")
         _check_callback(callback)
-        self._before_scheduling()
+        self._start_on_demand()
         now = time.monotonic()
         return self._loop.call_at(now + delay, callback, args, now)
 
@@ -236,18 +240,20 @@ class _Endpoint:
         if isinstance(when, bool) or not isinstance(when, (int, float)):
             raise TypeError(f"when must be a time.monotonic() value, not {when!r}")
         _check_callback(callback)
-        self._before_scheduling()
+        self._start_on_demand()
         return self._loop.call_at(float(when), callback, args, time.monotonic())
 
     def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> TimerHandle:
         """Runs ``callback(*args)`` on the reactor thread as soon as it can, waking it if
         it is waiting. The way for other threads to hand work to handler code."""
         _check_callback(callback)
-        self._before_scheduling()
+        self._start_on_demand()
         return self._loop.call_soon(callback, args, time.monotonic())
 
-    def _before_scheduling(self) -> None:
-        """A Server runs callbacks scheduled before start() once it starts."""
+    def _start_on_demand(self) -> None:
+        """Before a callback is scheduled or a connect made: a Client starts its reactor
+        then; a Server runs what was scheduled before start() once it starts, and
+        connects only while running."""
 
     def connect_nowait(
         self,
@@ -273,16 +279,13 @@ class _Endpoint:
         port = _check_port(port)
         timeout = _check_timeout(timeout, positive=True)
         callbacks = self._own_callbacks(handler)
-        self._before_connecting()
+        self._start_on_demand()
         return self._loop.connect_nowait(host, port, timeout, callbacks)
 
     def _own_callbacks(self, handler: Handler | None) -> tuple[Any, ...] | None:
         if handler is None:
             return None
         return bound_callbacks(handler, framed=self._framed)
-
-    def _before_connecting(self) -> None:
-        """A Server connects only while running (a Client starts on demand)."""
 
     def start(self) -> None:
         """Starts the reactor on its own thread. Raises LifecycleError if called twice."""
@@ -398,7 +401,9 @@ class _Endpoint:
 
 
 #: The options Server and Client take, for a misspelt one's error message.
-_OPTIONS = tuple(inspect.signature(_Endpoint.__init__).parameters)[2:]
+_OPTIONS = tuple(inspect.signature(_Endpoint._configure).parameters)[2:]
+# help(Server), help(Client) list the options, not **options.
+_Endpoint.__init__.__signature__ = inspect.signature(_Endpoint._configure)  # type: ignore[attr-defined]
 
 
 def _check_options(cls: type, options: dict[str, Any]) -> None:
@@ -421,11 +426,10 @@ class Server(_Endpoint):
     """
 
     def __init__(self, handler: Handler, **options: Any) -> None:
-        _check_options(type(self), options)
         super().__init__(handler, **options)
         self._addresses: list[tuple[str, int]] = []
 
-    __init__.__signature__ = inspect.signature(_Endpoint.__init__)  # type: ignore[attr-defined]
+    __init__.__signature__ = _Endpoint.__init__.__signature__  # type: ignore[attr-defined]
 
     def open(
         self,
@@ -490,16 +494,7 @@ class Client(_Endpoint):
     the reactor.
     """
 
-    def __init__(self, handler: Handler, **options: Any) -> None:
-        _check_options(type(self), options)
-        super().__init__(handler, **options)
-
-    __init__.__signature__ = inspect.signature(_Endpoint.__init__)  # type: ignore[attr-defined]
-
-    def _before_scheduling(self) -> None:
-        self._ensure_started()
-
-    def _before_connecting(self) -> None:
+    def _start_on_demand(self) -> None:
         self._ensure_started()
 
     def connect(
