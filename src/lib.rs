@@ -1,30 +1,33 @@
 //! hamanet's native core: an edge-triggered epoll reactor with sessions and buffers in
 //! Rust, driving Python handler objects with batched received bytes.
 //!
-//! The reactor core (`epoll`, `net`, `buffer`, `session`, `reactor`, `timers`, `framing`)
-//! has no Python in it and is tested by `cargo test` alone; `py_loop`, `py_dispatch`,
-//! `py_session` and `errors` are the Python edge, built with the default `python` feature,
-//! and this file only assembles the `hamanet._hamanet` module. Without that feature the
-//! crate is the core alone, as the fuzz targets in `fuzz/` use it.
+//! The module map, from the bottom up (each layer uses only the ones above it):
+//!
+//! ```text
+//! sys/        syscalls only: epoll + waker, sockets, what fork() leaves behind
+//! buffer      the write buffer          timers    the timer wheel's heap
+//! framing     streams cut into messages (private fields, checked constructors)
+//! shared/     what other threads touch: a session's core and state, the command
+//!             queue, counters and status
+//! reactor/    the reactor: Reactor::turn is the table of contents, one file per phase
+//! py/         the Python edge (the `python` feature): Loop, Session, TimerHandle, and
+//!             the reactor thread that calls the handler
+//! ```
+//!
+//! Everything above `py/` has no Python in it and is tested by `cargo test` alone; without
+//! the `python` feature the crate is that core, as the fuzz targets in `fuzz/` use it. This
+//! file only assembles the `hamanet._hamanet` module.
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("hamanet is built on epoll and runs on Linux only");
 
 pub mod buffer;
-pub mod epoll;
-#[cfg(feature = "python")]
-mod errors;
-pub mod fork;
 pub mod framing;
-pub mod net;
 #[cfg(feature = "python")]
-mod py_dispatch;
-#[cfg(feature = "python")]
-mod py_loop;
-#[cfg(feature = "python")]
-mod py_session;
+mod py;
 pub mod reactor;
-pub mod session;
+pub mod shared;
+pub mod sys;
 pub mod timers;
 
 #[cfg(feature = "python")]
@@ -40,25 +43,28 @@ use pyo3::prelude::*;
 #[pymodule(gil_used = true)]
 fn _hamanet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    m.add_class::<py_loop::PyLoop>()?;
-    m.add_class::<py_session::PySession>()?;
-    m.add_class::<py_loop::PyTimerHandle>()?;
+    m.add_class::<py::loop_::PyLoop>()?;
+    m.add_class::<py::session::PySession>()?;
+    m.add_class::<py::timer::PyTimerHandle>()?;
     m.add(
         "SessionClosedError",
-        py.get_type::<errors::SessionClosedError>(),
+        py.get_type::<py::errors::SessionClosedError>(),
     )?;
-    m.add("LifecycleError", py.get_type::<errors::LifecycleError>())?;
-    m.add("FramingError", py.get_type::<errors::FramingError>())?;
+    m.add(
+        "LifecycleError",
+        py.get_type::<py::errors::LifecycleError>(),
+    )?;
+    m.add("FramingError", py.get_type::<py::errors::FramingError>())?;
     m.add(
         "WriteBufferFullError",
-        py.get_type::<errors::WriteBufferFullError>(),
+        py.get_type::<py::errors::WriteBufferFullError>(),
     )?;
 
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("READ_BUDGET", reactor::READ_BUDGET)?;
     m.add(
         "CALLBACK_NAMES",
-        pyo3::types::PyTuple::new(py, py_dispatch::CALLBACK_NAMES)?,
+        pyo3::types::PyTuple::new(py, py::callbacks::CALLBACK_NAMES)?,
     )?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::collections::{BinaryHeap, HashSet};
 use std::time::Instant;
 
 /// Pending timers.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct TimerQueue {
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Cancelled ids still in the heap; skipped (and forgotten) when they come due.

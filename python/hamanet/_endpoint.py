@@ -1,4 +1,4 @@
-"""Server and Client (the seed's NetServer and NetClient) over the native reactor."""
+"""Server and Client over the native reactor."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The handler interface (the seed's NetHandler) and how the reactor finds its callbacks.
+"""The handler interface and how the reactor finds its callbacks.
 
 ``bound_callbacks`` also refuses, or warns about, the handler mistakes that would otherwise
 fail silently: a callback hamanet would never call, or call without effect (a coroutine it

@@ -86,11 +86,11 @@ impl Reactor {
             Address::Unix(_) => (Address::Unix(Default::default()), listen_addr),
             Address::Inet(inet) => {
                 // A peer that reset before we got here may have no address: drop it.
-                let Some(peer) = peer.or_else(|| net::peer_addr(stream.as_fd()).ok()) else {
+                let Some(peer) = peer.or_else(|| address::peer_addr(stream.as_fd()).ok()) else {
                     return;
                 };
                 let local = if inet.ip().is_unspecified() {
-                    match net::local_addr(stream.as_fd()) {
+                    match address::local_addr(stream.as_fd()) {
                         Ok(local) => local,
                         Err(_) => return,
                     }

@@ -27,7 +27,8 @@ impl Reactor {
             CloseKind::Graceful | CloseKind::Dead => {}
         }
         drop(session.fd);
-        self.sessions -= 1;
+        debug_assert!(self.sessions > 0, "more sessions released than registered");
+        self.sessions = self.sessions.saturating_sub(1);
         if session.connecting {
             // Never opened: the handler layer knows it only by its core.
             self.connecting.retain(|(_, pending)| *pending != token);

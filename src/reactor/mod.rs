@@ -1,4 +1,4 @@
-//! The reactor (the seed's NetIO): owns the listeners and session sockets, turns epoll
+//! The reactor: owns the listeners and session sockets, turns epoll
 //! readiness into a batch of events, and performs every accept, read, send and close.
 //!
 //! One call to [`Reactor::turn`] is one wakeup. It runs the commands other threads queued,
@@ -23,9 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::buffer::ReadArena;
-use crate::epoll::{Events, Poller, Readiness, Token, Waker};
-use crate::net::{self, Address, SocketOptions};
-use crate::session::{Command, IdleTimeout, LoopShared, SessionCore, Stats, WriteLimits};
+use crate::shared::{Command, IdleTimeout, LoopShared, SessionCore, Stats, WriteLimits};
+use crate::sys::address::{self, Address};
+use crate::sys::epoll::{Events, Poller, Readiness, Token, Waker};
+use crate::sys::net::{self, SocketOptions};
 use crate::timers::TimerQueue;
 
 mod accept;
@@ -81,6 +82,7 @@ pub struct LoopConfig {
 }
 
 /// What happened to a session during a turn, in the order it happened.
+#[derive(Debug)]
 pub enum Event {
     /// A connection was accepted, or a connected client socket was adopted.
     Opened {
@@ -179,6 +181,19 @@ pub struct Reactor {
     now: Instant,
     stats: Stats,
     finished: bool,
+}
+
+impl std::fmt::Debug for Reactor {
+    // A summary: the full state (every slot, the read arena) would drown it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reactor")
+            .field("turn", &self.turn)
+            .field("sessions", &self.sessions)
+            .field("slots", &self.slots.len())
+            .field("stop_deadline", &self.stop_deadline)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Reactor {

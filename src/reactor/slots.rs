@@ -69,7 +69,7 @@ impl Reactor {
             let mut state = core.state();
             state.mark_closed();
             if origin == Origin::Adopted {
-                self.shared.update_status(|status| status.sessions -= 1);
+                self.shared.session_closed();
             }
             return None;
         }

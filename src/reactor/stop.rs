@@ -66,7 +66,7 @@ impl Reactor {
                 Command::Adopt(core, _fd, _) => {
                     let mut state = core.state();
                     state.mark_closed();
-                    self.shared.update_status(|status| status.sessions -= 1);
+                    self.shared.session_closed();
                 }
                 Command::Listen(fd, addr) => remove_unix_socket_file(fd, addr),
                 _ => {}

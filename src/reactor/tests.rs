@@ -152,7 +152,7 @@ fn listening_reactor(config: LoopConfig) -> (Reactor, SocketAddr) {
     let reactor = Reactor::new(config).expect("reactor");
     let any_port = "127.0.0.1:0".parse().expect("addr");
     let listener = net::listen(any_port, 64, false, &reactor.config().options).expect("listen");
-    let bound = net::local_addr(listener.as_fd()).expect("addr");
+    let bound = address::local_addr(listener.as_fd()).expect("addr");
     let Address::Inet(addr) = bound else {
         panic!("not inet")
     };
@@ -204,7 +204,7 @@ fn a_queue_longer_than_the_accept_budget_is_accepted_whole() {
     let options = reactor.config().options.clone();
     let any_port = "127.0.0.1:0".parse().expect("addr");
     let listener = net::listen(any_port, 1024, false, &options).expect("listen");
-    let bound = net::local_addr(listener.as_fd()).expect("addr");
+    let bound = address::local_addr(listener.as_fd()).expect("addr");
     // Non-blocking connects: a kernel whose backlog cap (somaxconn) is too small
     // fails the test below with the reason instead of hanging a connect.
     let clients: Vec<OwnedFd> = (0..count)
@@ -284,7 +284,7 @@ fn a_peer_that_does_not_read_pauses_writing_until_it_drains() {
     session.write(&payload).expect("write");
     let cap = session.state().limits.max;
     let err = session.write(&vec![0u8; cap]).expect_err("past the cap");
-    assert!(matches!(err, crate::session::Refusal::Full { .. }));
+    assert!(matches!(err, crate::shared::Refusal::Full { .. }));
     turn_until(&mut reactor, |event| {
         matches!(event, Event::PauseWriting { .. })
     });

@@ -10,7 +10,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyBufferError, PyConnectionError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::session::Refusal;
+use crate::shared::Refusal;
 
 create_exception!(
     hamanet,

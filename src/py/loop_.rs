@@ -1,161 +1,39 @@
 //! `hamanet._hamanet.Loop`: a reactor on its own thread plus the handler callbacks it
-//! drives. `hamanet.Server` and `hamanet.Client` are thin Python classes over it; the
-//! thread itself lives in `py_dispatch`.
+//! drives. `hamanet.Server` and `hamanet.Client` are thin Python classes over it. Each
+//! method checks its arguments and the loop's phase, then hands the work on: the thread
+//! to `thread`, connects to `connect`, scheduled callbacks to `timer`.
 
 use std::collections::HashMap;
-use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::errors::{os_error, LifecycleError};
-use crate::framing::Framer;
-use crate::net::{self, Address, SocketOptions};
-use crate::py_dispatch::{run, Busy, Callbacks, PendingSession};
-use crate::py_session::{address_object, PySession};
+use super::callbacks::{own_callbacks, Busy, Callbacks};
+use super::connect::{adopt_socket, check_can_connect, connect_any};
+use super::convert::{
+    address_object, capped_duration, framer_from_spec, positive, seconds, timeout_seconds,
+};
+use super::errors::{os_error, LifecycleError};
+use super::inner::{LoopInner, Phase};
+use super::session::PySession;
+use super::thread::run;
+use super::timer::{schedule, PyTimerHandle};
 use crate::reactor::{LoopConfig, Reactor};
-use crate::session::{lock, Command, LoopShared, LoopStatus, SessionCore, WriteLimits};
-
-/// A timer's callback and its positional arguments.
-pub(crate) type ScheduledCall = (Py<PyAny>, Py<PyTuple>);
-
-/// How long a blocking wait runs before it returns to Python so Ctrl-C is seen promptly.
-const SIGNAL_SLICE: Duration = Duration::from_millis(50);
-
-/// Where the loop is in its life.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Phase {
-    Created,
-    Running,
-    Stopped,
-}
-
-/// Everything the Python-facing object and the reactor thread share.
-pub(crate) struct LoopInner {
-    pub(crate) shared: Arc<LoopShared>,
-    config: LoopConfig,
-    phase: Mutex<Phase>,
-    reactor: Mutex<Option<Reactor>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-
-    pub(crate) callbacks: Mutex<Arc<Callbacks>>,
-    /// Client sessions whose Python object exists (returned by `connect`) but whose
-    /// `Opened` event has not been delivered yet.
-    pub(crate) pending: Mutex<HashMap<u64, PendingSession>>,
-    /// Scheduled callbacks and their arguments, by timer id.
-    pub(crate) timers: Mutex<HashMap<u64, ScheduledCall>>,
-    next_timer: AtomicU64,
-    /// How sessions' streams are cut into messages, if they are.
-    pub(crate) framer: Option<Arc<Framer>>,
-    /// Exceptions raised by handler code (callbacks and timers).
-    pub(crate) handler_errors: AtomicU64,
-    /// `KeyboardInterrupt`/`SystemExit` raised by a handler, re-raised by `wait()`.
-    pub(crate) failure: Mutex<Option<PyErr>>,
-    /// The callback the reactor thread is running, if any.
-    pub(crate) busy: Busy,
-}
-
-impl LoopInner {
-    fn phase(&self) -> Phase {
-        if self.shared.is_forked_copy() {
-            // Without touching the lock, which the fork may have caught held.
-            return Phase::Stopped;
-        }
-        *lock(&self.phase)
-    }
-
-    /// Marks the loop stopped and asks the reactor to stop within `timeout`. Stopping
-    /// already, a second request can shorten the deadline (never extend it).
-    pub(crate) fn request_stop(&self, timeout: Duration) {
-        *lock(&self.phase) = Phase::Stopped;
-        self.shared.submit(Command::Stop(Instant::now() + timeout));
-    }
-
-    /// Refuses use of a forked child's copy of this loop.
-    fn check_not_forked(&self, what: &str) -> PyResult<()> {
-        if self.shared.is_forked_copy() {
-            return Err(LifecycleError::new_err(format!(
-                "cannot {what}: this server or client belongs to the process this one was \
-                 forked from (its reactor thread does not survive fork()); create a new \
-                 one in the child"
-            )));
-        }
-        Ok(())
-    }
-
-    fn on_reactor_thread(&self) -> bool {
-        self.shared.is_turned_by_this_thread()
-    }
-
-    fn check_running(&self, what: &str) -> PyResult<()> {
-        self.check_not_forked(what)?;
-        match self.phase() {
-            Phase::Stopped => Err(LifecycleError::new_err(format!(
-                "cannot {what}: it was stopped; create a new one"
-            ))),
-            _ => Ok(()),
-        }
-    }
-}
+use crate::shared::{lock, Command, WriteLimits};
+use crate::sys::address::{self, Address};
+use crate::sys::net::{self, SocketOptions};
 
 /// A reactor thread and its handler. Not for direct use: see `hamanet.Server`/`Client`.
 #[pyclass(module = "hamanet._hamanet", name = "Loop", frozen)]
 pub struct PyLoop {
     inner: Arc<LoopInner>,
-}
-
-/// A scheduled callback; `cancel()` it to keep it from running.
-#[pyclass(module = "hamanet", name = "TimerHandle", frozen)]
-pub struct PyTimerHandle {
-    id: u64,
-    when: f64,
-    inner: Arc<LoopInner>,
-}
-
-#[pymethods]
-impl PyTimerHandle {
-    /// Keeps the callback from running, if it has not run yet. Safe from any thread.
-    fn cancel(&self) {
-        // Taken out before anything else happens: freeing the callable may run Python
-        // code, which must not find the timers lock held.
-        let entry = lock(&self.inner.timers).remove(&self.id);
-        if entry.is_some() {
-            self.inner.shared.submit(Command::CancelTimer(self.id));
-        }
-        drop(entry);
-    }
-
-    /// True until the callback has run or been cancelled.
-    fn pending(&self) -> bool {
-        lock(&self.inner.timers).contains_key(&self.id)
-    }
-
-    /// When it is (or was) due, on the `time.monotonic()` clock.
-    fn when(&self) -> f64 {
-        self.when
-    }
-
-    fn __repr__(&self) -> String {
-        let state = if self.pending() { "pending" } else { "done" };
-        format!("<hamanet.TimerHandle when={:.3} {state}>", self.when)
-    }
-}
-
-fn positive(value: Option<usize>, name: &str) -> PyResult<Option<usize>> {
-    if value == Some(0) {
-        return Err(PyValueError::new_err(format!(
-            "{name} must be at least 1, or None"
-        )));
-    }
-    Ok(value)
 }
 
 #[pymethods]
@@ -265,7 +143,7 @@ impl PyLoop {
         self.inner.check_running("open()")?;
         let context = format!("{host}:{port}");
         let addr = py
-            .detach(|| net::resolve(host, port))
+            .detach(|| address::resolve(host, port))
             .map_err(|e| os_error(&e, Some(&context)))?[0];
         let options = SocketOptions {
             reuse_port,
@@ -361,7 +239,9 @@ impl PyLoop {
         if self.inner.phase() == Phase::Created {
             return Err(LifecycleError::new_err("cannot wait: call start() first"));
         }
-        let done = self.wait_until(py, timeout, |status| status.finished)?;
+        let done = self
+            .inner
+            .wait_until(py, timeout, |status| status.finished)?;
         if done {
             // NOTE: never hold a lock across `detach`: a thread holding the GIL could
             // block on it while this one waits for the GIL, and both would hang.
@@ -387,7 +267,7 @@ impl PyLoop {
         if self.inner.shared.is_forked_copy() {
             return Ok(true);
         }
-        let idle = self.wait_until(py, timeout, |status| {
+        let idle = self.inner.wait_until(py, timeout, |status| {
             status.sessions == 0 || status.finished
         })?;
         self.raise_failure()?;
@@ -406,13 +286,13 @@ impl PyLoop {
         callbacks: Option<&Bound<'_, PyTuple>>,
     ) -> PyResult<Py<PySession>> {
         let context = format!("{host}:{port}");
-        self.check_can_connect()?;
+        check_can_connect(&self.inner)?;
         let own = own_callbacks(callbacks)?;
         let addrs = py
-            .detach(|| net::resolve(host, port))
+            .detach(|| address::resolve(host, port))
             .map_err(|e| os_error(&e, Some(&context)))?;
         let addrs: Vec<Address> = addrs.into_iter().map(Address::Inet).collect();
-        self.connect_any(py, &addrs, timeout, &context, own)
+        connect_any(py, &self.inner, &addrs, timeout, &context, own)
     }
 
     /// Starts connecting to `ip:port` and returns the `Session` at once; the reactor
@@ -448,9 +328,17 @@ impl PyLoop {
         let addr = Address::Inet(std::net::SocketAddr::new(ip, port));
         let fd = net::connect_start(&addr, &self.inner.config.options)
             .map_err(|e| os_error(&e, Some(&context)))?;
-        let local = net::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(&context)))?;
+        let local = address::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(&context)))?;
         let deadline = Instant::now() + timeout;
-        self.adopt_socket(py, (addr, local), fd, Some(deadline), "connect_nowait", own)
+        adopt_socket(
+            py,
+            &self.inner,
+            (addr, local),
+            fd,
+            Some(deadline),
+            "connect_nowait",
+            own,
+        )
     }
 
     /// Connects to the Unix domain socket at `path`; returns the `Session`.
@@ -463,9 +351,16 @@ impl PyLoop {
         callbacks: Option<&Bound<'_, PyTuple>>,
     ) -> PyResult<Py<PySession>> {
         let context = path.display().to_string();
-        self.check_can_connect()?;
+        check_can_connect(&self.inner)?;
         let own = own_callbacks(callbacks)?;
-        self.connect_any(py, &[Address::Unix(path)], timeout, &context, own)
+        connect_any(
+            py,
+            &self.inner,
+            &[Address::Unix(path)],
+            timeout,
+            &context,
+            own,
+        )
     }
 
     /// Runs `callback(*args)` on the reactor thread at `when` (`time.monotonic()` clock).
@@ -491,7 +386,9 @@ impl PyLoop {
                 .checked_sub(capped_duration(now - when))
                 .unwrap_or(start)
         };
-        self.schedule(when, callback, args, |id| Command::Timer(id, at))
+        schedule(&self.inner, when, callback, args, |id| {
+            Command::Timer(id, at)
+        })
     }
 
     /// Runs `callback(*args)` on the reactor thread in its next batch, waking it if it
@@ -502,7 +399,7 @@ impl PyLoop {
         args: Py<PyTuple>,
         now: f64,
     ) -> PyResult<PyTimerHandle> {
-        self.schedule(now, callback, args, Command::CallSoon)
+        schedule(&self.inner, now, callback, args, Command::CallSoon)
     }
 
     /// Scheduled callbacks that have not run and were not cancelled.
@@ -607,269 +504,11 @@ impl PyLoop {
         fd: OwnedFd,
         context: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let bound = net::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(context)))?;
+        let bound = address::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(context)))?;
         let object = address_object(py, &bound)?;
         if !self.inner.shared.submit(Command::Listen(fd, bound)) {
             return Err(LifecycleError::new_err("cannot open(): it has stopped"));
         }
         Ok(object)
-    }
-
-    fn schedule(
-        &self,
-        when: f64,
-        callback: Py<PyAny>,
-        args: Py<PyTuple>,
-        command: impl FnOnce(u64) -> Command,
-    ) -> PyResult<PyTimerHandle> {
-        self.inner.check_running("schedule a callback")?;
-        let id = self.inner.next_timer.fetch_add(1, Ordering::Relaxed);
-        lock(&self.inner.timers).insert(id, (callback, args));
-        if !self.inner.shared.submit(command(id)) {
-            lock(&self.inner.timers).remove(&id);
-            return Err(LifecycleError::new_err(
-                "cannot schedule a callback: it has stopped",
-            ));
-        }
-        Ok(PyTimerHandle {
-            id,
-            when,
-            inner: Arc::clone(&self.inner),
-        })
-    }
-
-    fn check_can_connect(&self) -> PyResult<()> {
-        self.inner.check_not_forked("connect()")?;
-        if self.inner.phase() != Phase::Running {
-            return Err(LifecycleError::new_err(
-                "cannot connect(): the client is not running (it was stopped); create a new Client",
-            ));
-        }
-        if self.inner.on_reactor_thread() {
-            return Err(LifecycleError::new_err(
-                "connect() blocks until connected, so it cannot be called from a handler \
-                 callback (it would stall the reactor); call it from another thread",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Makes the `Session` of a client socket and hands the socket to the reactor, which
-    /// finishes a connect still in progress by `connect_deadline`. The `Session` waits in
-    /// `pending` until the reactor reports it opened (or failed).
-    fn adopt_socket(
-        &self,
-        py: Python<'_>,
-        (peer, local): (Address, Address),
-        fd: OwnedFd,
-        connect_deadline: Option<Instant>,
-        method: &str,
-        own: Option<Arc<Callbacks>>,
-    ) -> PyResult<Py<PySession>> {
-        let limits = self.inner.config.limits;
-        let core = SessionCore::new(Arc::clone(&self.inner.shared), peer, local, limits);
-        let session = Py::new(
-            py,
-            PySession::new(Arc::clone(&core), self.inner.framer.clone()),
-        )?;
-        lock(&self.inner.pending).insert(core.id, (session.clone_ref(py), own));
-        if !self
-            .inner
-            .shared
-            .adopt(Arc::clone(&core), fd, connect_deadline)
-        {
-            lock(&self.inner.pending).remove(&core.id);
-            return Err(LifecycleError::new_err(format!(
-                "cannot {method}(): the client stopped"
-            )));
-        }
-        Ok(session)
-    }
-
-    /// Tries each address in turn until one connects within the shared deadline.
-    fn connect_any(
-        &self,
-        py: Python<'_>,
-        addrs: &[Address],
-        timeout: f64,
-        context: &str,
-        own: Option<Arc<Callbacks>>,
-    ) -> PyResult<Py<PySession>> {
-        let deadline = Instant::now() + seconds(timeout, "timeout")?;
-        let mut last_error = None;
-        for addr in addrs {
-            let fd = match connect_one(py, &self.inner, addr, deadline) {
-                Ok(fd) => fd,
-                Err(ConnectFailure::Python(err)) => return Err(err),
-                Err(ConnectFailure::Os(err)) => {
-                    last_error = Some(err);
-                    continue;
-                }
-            };
-            let addresses = net::peer_addr(fd.as_fd()).and_then(|peer| {
-                let local = match addr {
-                    Address::Unix(_) => Address::Unix(PathBuf::new()),
-                    Address::Inet(_) => net::local_addr(fd.as_fd())?,
-                };
-                Ok((peer, local))
-            });
-            let (peer, local) = match addresses {
-                Ok(pair) => pair,
-                Err(err) => {
-                    last_error = Some(err);
-                    continue;
-                }
-            };
-            return self.adopt_socket(py, (peer, local), fd, None, "connect", own);
-        }
-        let err = last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::TimedOut));
-        Err(os_error(&err, Some(context)))
-    }
-
-    fn wait_until(
-        &self,
-        py: Python<'_>,
-        timeout: f64,
-        done: impl Fn(&LoopStatus) -> bool + Sync,
-    ) -> PyResult<bool> {
-        let deadline = Instant::now() + seconds(timeout, "timeout")?;
-        loop {
-            let slice = deadline
-                .saturating_duration_since(Instant::now())
-                .min(SIGNAL_SLICE);
-            if py.detach(|| self.inner.shared.wait_for(slice, &done)) {
-                return Ok(true);
-            }
-            py.check_signals()?;
-            if Instant::now() >= deadline {
-                return Ok(false);
-            }
-        }
-    }
-}
-
-/// A session's own callbacks, from the tuple `hamanet`'s `bound_callbacks` makes.
-fn own_callbacks(callbacks: Option<&Bound<'_, PyTuple>>) -> PyResult<Option<Arc<Callbacks>>> {
-    callbacks
-        .map(|tuple| Callbacks::from_tuple(tuple).map(Arc::new))
-        .transpose()
-}
-
-/// A framer from the spec tuple that `hamanet.framing`'s classes make:
-/// `("delimiter", bytes, max_length, keep)`, `("length", header_size, big_endian,
-/// includes_header, max_length)` or `("fixed", size)`.
-fn framer_from_spec(spec: &Bound<'_, PyTuple>) -> PyResult<Framer> {
-    let kind: String = spec.get_item(0)?.extract()?;
-    let framer = match kind.as_str() {
-        "delimiter" => Framer::Delimiter {
-            delimiter: spec.get_item(1)?.extract()?,
-            max_length: spec.get_item(2)?.extract()?,
-            keep: spec.get_item(3)?.extract()?,
-        },
-        "length" => Framer::LengthPrefixed {
-            header: spec.get_item(1)?.extract()?,
-            big_endian: spec.get_item(2)?.extract()?,
-            includes_header: spec.get_item(3)?.extract()?,
-            max_length: spec.get_item(4)?.extract()?,
-        },
-        "fixed" => Framer::Fixed {
-            size: spec.get_item(1)?.extract()?,
-        },
-        other => {
-            return Err(PyValueError::new_err(format!(
-                "unknown framing {other:?}; use hamanet.framing.Delimiter, LengthPrefixed or \
-                 FixedSize"
-            )))
-        }
-    };
-    framer.validate().map_err(PyValueError::new_err)?;
-    Ok(framer)
-}
-
-/// A number of seconds >= 0.
-fn seconds(value: f64, name: &str) -> PyResult<Duration> {
-    if !value.is_finite() || value < 0.0 {
-        return Err(PyValueError::new_err(format!(
-            "{name} must be a finite number of seconds >= 0, got {value}"
-        )));
-    }
-    Ok(capped_duration(value))
-}
-
-/// A number of seconds > 0 (a zero timeout would close everything at once).
-pub(crate) fn timeout_seconds(value: f64, name: &str) -> PyResult<Duration> {
-    if !value.is_finite() || value <= 0.0 {
-        return Err(PyValueError::new_err(format!(
-            "{name} must be a finite number of seconds > 0 (or None for no timeout), got {value}"
-        )));
-    }
-    Ok(capped_duration(value))
-}
-
-/// `value` seconds, at most about 31 years: far enough to mean "never", near enough that
-/// adding it to `Instant::now()` cannot overflow.
-fn capped_duration(value: f64) -> Duration {
-    Duration::from_secs_f64(value.clamp(0.0, 1e9))
-}
-
-enum ConnectFailure {
-    Os(io::Error),
-    Python(PyErr),
-}
-
-/// Between two waits of a connect: Ctrl-C, or a `stop()` of the client from another
-/// thread, ends it (the socket is closed; nothing is registered, so no callback follows).
-fn check_interrupted(py: Python<'_>, inner: &LoopInner) -> Result<(), ConnectFailure> {
-    py.check_signals().map_err(ConnectFailure::Python)?;
-    if inner.phase() == Phase::Stopped {
-        return Err(ConnectFailure::Python(LifecycleError::new_err(
-            "connect() was cancelled: the client was stopped while it connected",
-        )));
-    }
-    Ok(())
-}
-
-/// One connect attempt, waiting in short detached slices so Ctrl-C or `stop()`
-/// interrupts it.
-fn connect_one(
-    py: Python<'_>,
-    inner: &LoopInner,
-    addr: &Address,
-    deadline: Instant,
-) -> Result<OwnedFd, ConnectFailure> {
-    let options = &inner.config.options;
-    let timed_out = || {
-        let err = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
-        Err(ConnectFailure::Os(err))
-    };
-    let fd = loop {
-        match py.detach(|| net::connect_start(addr, options)) {
-            Ok(fd) => break fd,
-            // A Unix listener's backlog is full: try again until the deadline.
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                if Instant::now() >= deadline {
-                    return timed_out();
-                }
-                py.detach(|| std::thread::sleep(Duration::from_millis(10)));
-                check_interrupted(py, inner)?;
-            }
-            Err(err) => return Err(ConnectFailure::Os(err)),
-        }
-    };
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return timed_out();
-        }
-        let ready = py
-            .detach(|| net::connect_wait(fd.as_fd(), left.min(SIGNAL_SLICE)))
-            .map_err(ConnectFailure::Os)?;
-        if ready {
-            return match net::take_error(fd.as_fd()).map_err(ConnectFailure::Os)? {
-                None => Ok(fd),
-                Some(err) => Err(ConnectFailure::Os(err)),
-            };
-        }
-        check_interrupted(py, inner)?;
     }
 }

@@ -1,237 +1,27 @@
-//! The reactor thread: turns (detached) and the delivery of each turn's events to the
-//! handler's callbacks (attached, once per wakeup).
-//!
-//! The thread attaches to the interpreter once, for its whole life, and detaches only
-//! around [`Reactor::turn`] (the wait and every socket syscall). Creating a thread state
-//! per wakeup would cost more than the callbacks themselves.
+//! The delivery of one turn's events to the handler's callbacks, on the reactor thread and
+//! attached: which callbacks (the session's own handler's or the loop's), in what order,
+//! and what a callback that raises does to its session.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pyo3::exceptions::{PyConnectionAbortedError, PyKeyboardInterrupt, PySystemExit, PyValueError};
-use pyo3::gc::{PyTraverseError, PyVisit};
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList};
 
-use crate::epoll::Token;
-use crate::errors::{close_reason, FramingError, SessionClosedError};
+use super::callbacks::{Callback, Callbacks};
+use super::errors::{close_reason, FramingError, SessionClosedError};
+use super::inner::LoopInner;
+use super::report::Report;
+use super::session::PySession;
+use super::sessions::SessionTable;
 use crate::framing::{FrameDecoder, Framer};
-use crate::py_loop::LoopInner;
-use crate::py_session::PySession;
 use crate::reactor::{Event, Reactor};
-use crate::session::{lock, LoopShared, SessionCore};
-
-/// The names of the handler callbacks, in the order `Loop` receives them.
-pub const CALLBACK_NAMES: [&str; 9] = [
-    "on_connect",
-    "on_recv",
-    "on_send",
-    "on_eof",
-    "on_close",
-    "on_pause_writing",
-    "on_resume_writing",
-    "on_message",
-    "on_messages",
-];
-
-/// A handler callback, numbered as in [`CALLBACK_NAMES`], or a timer's.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[repr(u8)]
-pub enum Callback {
-    OnConnect,
-    OnRecv,
-    OnSend,
-    OnEof,
-    OnClose,
-    OnPauseWriting,
-    OnResumeWriting,
-    OnMessage,
-    OnMessages,
-    Timer,
-}
-
-impl Callback {
-    const ALL: [Callback; 10] = [
-        Callback::OnConnect,
-        Callback::OnRecv,
-        Callback::OnSend,
-        Callback::OnEof,
-        Callback::OnClose,
-        Callback::OnPauseWriting,
-        Callback::OnResumeWriting,
-        Callback::OnMessage,
-        Callback::OnMessages,
-        Callback::Timer,
-    ];
-
-    /// How logs name it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Callback::Timer => "a timer callback",
-            handler => CALLBACK_NAMES[handler as usize],
-        }
-    }
-}
-
-/// Which callback the reactor thread is running, and since when: what a `stop()` kept
-/// waiting by a callback that does not return names in its log line. A few relaxed
-/// atomic stores per callback; a reader may see a mix of two callbacks, which only
-/// blurs a log line.
-pub struct Busy {
-    origin: Instant,
-    /// Nanoseconds from `origin` to the callback's start, plus one; 0 when idle.
-    since: AtomicU64,
-    which: AtomicU8,
-    session: AtomicU64,
-}
-
-impl Busy {
-    pub fn new() -> Busy {
-        Busy {
-            origin: Instant::now(),
-            since: AtomicU64::new(0),
-            which: AtomicU8::new(0),
-            session: AtomicU64::new(0),
-        }
-    }
-
-    /// Runs `call` (a callback of `session`, 0 for none) marked as busy with `which`.
-    fn during<R>(&self, which: Callback, session: u64, call: impl FnOnce() -> R) -> R {
-        self.which.store(which as u8, Ordering::Relaxed);
-        self.session.store(session, Ordering::Relaxed);
-        let since = self.origin.elapsed().as_nanos() as u64 + 1;
-        self.since.store(since, Ordering::Release);
-        let result = call();
-        self.since.store(0, Ordering::Release);
-        result
-    }
-
-    /// The callback running now (its name and session id, 0 for none) and for how long.
-    pub fn current(&self) -> Option<(&'static str, u64, Duration)> {
-        let since = self.since.load(Ordering::Acquire);
-        if since == 0 {
-            return None;
-        }
-        let which = Callback::ALL
-            .get(usize::from(self.which.load(Ordering::Relaxed)))
-            .copied()
-            .unwrap_or(Callback::Timer);
-        let started = Duration::from_nanos(since - 1);
-        let running = self.origin.elapsed().saturating_sub(started);
-        Some((which.name(), self.session.load(Ordering::Relaxed), running))
-    }
-}
-
-/// The handler's callbacks, indexed by [`Callback`] (in [`CALLBACK_NAMES`] order), each
-/// `None` when the handler does not override it, so an unused callback costs nothing per
-/// event.
-pub struct Callbacks([Option<Py<PyAny>>; CALLBACK_NAMES.len()]);
-
-impl Callbacks {
-    /// No callbacks at all (what a loop whose handler was cleared by the GC keeps).
-    pub fn none() -> Callbacks {
-        Callbacks(std::array::from_fn(|_| None))
-    }
-
-    /// Shows the garbage collector each callable held (they usually reference the
-    /// handler, which may reference the Server: a cycle only the GC can free).
-    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for callback in &self.0 {
-            visit.call(callback)?;
-        }
-        Ok(())
-    }
-
-    /// From a tuple in [`CALLBACK_NAMES`] order, `None` for callbacks not overridden.
-    pub fn from_tuple(callbacks: &Bound<'_, PyTuple>) -> PyResult<Callbacks> {
-        if callbacks.len() != CALLBACK_NAMES.len() {
-            return Err(PyValueError::new_err(format!(
-                "callbacks must be a tuple of {} callables or None: {}",
-                CALLBACK_NAMES.len(),
-                CALLBACK_NAMES.join(", ")
-            )));
-        }
-        let mut out = Callbacks::none();
-        for (index, slot) in out.0.iter_mut().enumerate() {
-            let item = callbacks.get_item(index)?;
-            *slot = (!item.is_none()).then(|| item.unbind());
-        }
-        Ok(out)
-    }
-}
-
-impl std::ops::Index<Callback> for Callbacks {
-    type Output = Option<Py<PyAny>>;
-
-    /// The handler's callable for `which` (always `None` for [`Callback::Timer`], whose
-    /// callables live with their timers).
-    fn index(&self, which: Callback) -> &Option<Py<PyAny>> {
-        const NONE: &Option<Py<PyAny>> = &None;
-        self.0.get(which as usize).unwrap_or(NONE)
-    }
-}
-
-/// One session's Python object and what the handler layer remembers about it.
-struct Entry {
-    generation: u32,
-    session: Py<PySession>,
-    /// The session's own handler, if it has one (`connect_nowait(handler=...)`), in
-    /// place of the loop's.
-    callbacks: Option<Arc<Callbacks>>,
-    /// The exception a callback raised, handed to `on_close` instead of the OS's reason.
-    error: Option<PyErr>,
-    /// The session's framing state, when the loop frames (boxed: most loops do not, and
-    /// an idle session should cost as little as it can).
-    decoder: Option<Box<FrameDecoder>>,
-}
-
-/// A session returned by a connect call and not yet opened, with its own callbacks.
-pub type PendingSession = (Py<PySession>, Option<Arc<Callbacks>>);
-
-/// Python objects of open sessions, indexed like the reactor's slots.
-#[derive(Default)]
-struct SessionTable {
-    entries: Vec<Option<Entry>>,
-}
-
-impl SessionTable {
-    fn insert(
-        &mut self,
-        token: Token,
-        (session, callbacks): PendingSession,
-        decoder: Option<Box<FrameDecoder>>,
-    ) {
-        let index = token.slot();
-        if self.entries.len() <= index {
-            self.entries.resize_with(index + 1, || None);
-        }
-        self.entries[index] = Some(Entry {
-            generation: token.generation(),
-            session,
-            callbacks,
-            error: None,
-            decoder,
-        });
-    }
-
-    fn get(&mut self, token: Token) -> Option<&mut Entry> {
-        match self.entries.get_mut(token.slot()) {
-            Some(Some(entry)) if entry.generation == token.generation() => Some(entry),
-            _ => None,
-        }
-    }
-
-    fn remove(&mut self, token: Token) -> Option<Entry> {
-        let slot = self.entries.get_mut(token.slot())?;
-        match slot {
-            Some(entry) if entry.generation == token.generation() => slot.take(),
-            _ => None,
-        }
-    }
-}
+use crate::shared::{lock, SessionCore};
+use crate::sys::epoll::Token;
 
 /// Whether `err` is the `SessionClosedError` of writing to `core` after the reactor
 /// ended its connection (not after the user's own `close()`/`abort()`).
@@ -243,106 +33,18 @@ fn ended_by_peer(py: Python<'_>, err: &PyErr, core: &SessionCore) -> bool {
     state.closed && !state.given_up()
 }
 
-/// Marks the loop finished when the reactor thread ends, however it ends (a panic
-/// included), so `join()` returns and later calls are refused instead of waiting forever.
-struct FinishOnExit(Arc<LoopShared>);
-
-impl Drop for FinishOnExit {
-    fn drop(&mut self) {
-        drop(self.0.close_queue());
-        self.0.update_status(|status| status.finished = true);
-    }
-}
-
-/// The reactor thread's body.
-pub fn run(mut reactor: Reactor, inner: Arc<LoopInner>) {
-    let finish = FinishOnExit(Arc::clone(&inner.shared));
-    Python::attach(move |py| {
-        // Give Python's view of this thread the same name as the OS's, so log records
-        // (`%(threadName)s`) and `threading.current_thread()` say where handlers run.
-        let named = py.import("threading").and_then(|threading| {
-            threading
-                .call_method0("current_thread")?
-                .setattr("name", "hamanet-reactor")
-        });
-        if let Err(err) = named {
-            err.print(py);
-        }
-        let mut table = SessionTable::default();
-        let logger = py
-            .import("logging")
-            .and_then(|logging| logging.call_method1("getLogger", ("hamanet",)))
-            .map(Bound::unbind)
-            .inspect_err(|err| err.print(py))
-            .ok();
-        let mut dispatcher = Dispatcher {
-            py,
-            inner: &inner,
-            logger,
-            table: &mut table,
-        };
-        loop {
-            if let Err(err) = py.detach(|| reactor.turn()) {
-                dispatcher.log_fatal(&err);
-                reactor.abort_all(&err);
-            }
-            // Read after the wait, so a handler swapped while the reactor slept is the one
-            // that gets this wakeup's events.
-            let callbacks = Arc::clone(&lock(&inner.callbacks));
-            reactor.set_notify_drained(callbacks[Callback::OnSend].is_some());
-            let batch = reactor.take_batch();
-            for event in &batch {
-                dispatcher.deliver(&reactor, &callbacks, event);
-                if let Event::Closed { .. } | Event::ConnectFailed { .. } = event {
-                    inner.shared.session_closed();
-                }
-                if inner.shared.is_forked_copy() {
-                    dispatcher.end_forked_child();
-                }
-            }
-            reactor.recycle_batch(batch);
-            if reactor.is_finished() {
-                break;
-            }
-        }
-        drop(table);
-        // A client session whose registration the stop overtook was never opened; its
-        // user still holds it and gets the one `on_close` every session gets.
-        let never_opened = std::mem::take(&mut *lock(&inner.pending));
-        let callbacks = Arc::clone(&lock(&inner.callbacks));
-        for (session, own) in never_opened.into_values() {
-            let callbacks = own.as_deref().unwrap_or(&callbacks);
-            if let Some(callback) = &callbacks[Callback::OnClose] {
-                let reason = PyConnectionAbortedError::new_err(
-                    "the client stopped before the connection was registered",
-                );
-                if let Err(err) = callback.call1(py, (session, reason.into_value(py))) {
-                    err.print(py);
-                }
-            }
-        }
-        // Python objects are released attached, and outside the locks (freeing them may
-        // run Python code that takes those locks).
-        let timers = std::mem::take(&mut *lock(&inner.timers));
-        drop(timers);
-        drop(callbacks);
-        drop(inner);
-        drop(reactor);
-    });
-    drop(finish);
-}
-
-struct Dispatcher<'a, 'py> {
-    py: Python<'py>,
-    inner: &'a LoopInner,
-    logger: Option<Py<PyAny>>,
-    table: &'a mut SessionTable,
+/// The handler layer of one reactor thread, for the thread's whole life.
+pub(super) struct Dispatcher<'a, 'py> {
+    pub(super) py: Python<'py>,
+    pub(super) inner: &'a LoopInner,
+    pub(super) report: Report<'py>,
+    pub(super) table: &'a mut SessionTable,
 }
 
 impl<'py> Dispatcher<'_, 'py> {
     /// Delivers one event to the callbacks of its session's own handler, if it has one,
     /// else to `loop_callbacks`.
-    fn deliver(&mut self, reactor: &Reactor, loop_callbacks: &Callbacks, event: &Event) {
+    pub(super) fn deliver(&mut self, reactor: &Reactor, loop_callbacks: &Callbacks, event: &Event) {
         let own = match event {
             Event::Opened { token, session } => self.open(*token, session),
             Event::ConnectFailed { session, error } => {
@@ -378,7 +80,7 @@ impl<'py> Dispatcher<'_, 'py> {
             None => match Py::new(py, PySession::new(Arc::clone(session), framer.clone())) {
                 Ok(object) => (object, None),
                 Err(err) => {
-                    self.log_error("creating the Session", session.id, &err);
+                    self.report.error("creating the Session", session.id, &err);
                     session.abort();
                     return None;
                 }
@@ -503,7 +205,7 @@ impl<'py> Dispatcher<'_, 'py> {
                 }
             }
             Event::AcceptPaused { error } => {
-                self.log_warning(&format!(
+                self.report.warning(&format!(
                     "hamanet: accept failed ({error}); accepting pauses and retries every \
                      100 ms until descriptors or memory free up; queued connections wait \
                      in the backlog"
@@ -644,10 +346,10 @@ impl<'py> Dispatcher<'_, 'py> {
         }
         let name = which.name();
         match session {
-            Some(id) => self.log_error(name, id, &err),
+            Some(id) => self.report.error(name, id, &err),
             None => {
                 let exc = err.into_value(py).into_any();
-                self.log(
+                self.report.log(
                     intern!(py, "error"),
                     &format!("hamanet: {name} raised"),
                     Some(exc),
@@ -659,8 +361,8 @@ impl<'py> Dispatcher<'_, 'py> {
     /// A callback called `fork()` and returned in the child, onto the parent's reactor: the
     /// child cannot go on turning it (the parent's sockets and epoll are shared), so it
     /// ends here, as a `multiprocessing` child ends after its target, with status 0.
-    fn end_forked_child(&self) -> ! {
-        self.log_warning(
+    pub(super) fn end_forked_child(&self) -> ! {
+        self.report.warning(
             "hamanet: a callback forked, and the child returned from it onto the parent's \
              reactor; the child exits now (end it yourself with os._exit() in the callback)",
         );
@@ -672,55 +374,5 @@ impl<'py> Dispatcher<'_, 'py> {
         }
         // SAFETY: `_exit` ends the process at once; nothing of the parent's state is run.
         unsafe { libc::_exit(0) }
-    }
-
-    fn log_error(&self, name: &str, id: u64, err: &PyErr) {
-        let py = self.py;
-        let message = format!("hamanet: {name} raised for session {id}; that session is aborted");
-        let exc = err.clone_ref(py).into_value(py).into_any();
-        self.log(intern!(py, "error"), &message, Some(exc));
-    }
-
-    fn log_warning(&self, message: &str) {
-        self.log(intern!(self.py, "warning"), message, None);
-    }
-
-    fn log_fatal(&self, err: &io::Error) {
-        let message = format!("hamanet: the reactor failed ({err}); every session is aborted");
-        self.log(intern!(self.py, "error"), &message, None);
-    }
-
-    /// Logs on the `hamanet` logger, with `exc`'s traceback when given. The message is
-    /// preformatted and passed without arguments, so `%` in it is harmless.
-    fn log(
-        &self,
-        level: &Bound<'py, pyo3::types::PyString>,
-        message: &str,
-        exc: Option<Py<PyAny>>,
-    ) {
-        let py = self.py;
-        let Some(logger) = &self.logger else {
-            // No logging module: say it on stderr rather than not at all.
-            eprintln!("{message}");
-            if let Some(exc) = exc {
-                PyErr::from_value(exc.into_bound(py)).print(py);
-            }
-            return;
-        };
-        let result = (|| -> PyResult<()> {
-            let kwargs = PyDict::new(py);
-            if let Some(exc) = exc {
-                kwargs.set_item(intern!(py, "exc_info"), exc)?;
-            }
-            logger
-                .bind(py)
-                .call_method(level, (message,), Some(&kwargs))?;
-            Ok(())
-        })();
-        if let Err(err) = result {
-            // Logging itself failed (a broken handler on the logger): print it rather than
-            // lose both errors.
-            err.print(py);
-        }
     }
 }

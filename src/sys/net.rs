@@ -1,15 +1,14 @@
-//! Socket syscalls and options (the seed's NetBase): listening, accepting, connecting,
-//! sending and receiving on non-blocking, close-on-exec TCP sockets.
+//! Socket syscalls and options: listening, accepting, connecting, sending and receiving
+//! on non-blocking, close-on-exec TCP and Unix stream sockets.
 //!
 //! Every socket this crate creates is `SOCK_NONBLOCK | SOCK_CLOEXEC` from birth (no window
 //! in which a forked child could inherit it), and every send passes `MSG_NOSIGNAL` so a peer
 //! that has gone away yields `EPIPE` instead of killing the process with `SIGPIPE`.
 
-use std::fmt;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -19,24 +18,7 @@ use nix::sys::socket::{
     SockaddrStorage, UnixAddr,
 };
 
-/// A socket address: TCP over IPv4/IPv6, or a Unix domain stream socket's path (empty for
-/// an unnamed socket, such as a connecting client's).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Address {
-    /// An IPv4 or IPv6 address and port.
-    Inet(SocketAddr),
-    /// A filesystem path.
-    Unix(PathBuf),
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Address::Inet(addr) => addr.fmt(f),
-            Address::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
+use super::address::{to_address, Address};
 
 /// Socket options applied to listeners and to every session socket.
 #[derive(Clone, Debug)]
@@ -335,54 +317,6 @@ pub fn take_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
     Ok((code != 0).then(|| io::Error::from_raw_os_error(code)))
 }
 
-/// Resolves `host` (an IP literal or a name) and `port` to socket addresses.
-pub fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
-    if addrs.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "host resolved to no address",
-        ));
-    }
-    Ok(addrs)
-}
-
-fn to_address(addr: SockaddrStorage) -> io::Result<Address> {
-    if let Some(v4) = addr.as_sockaddr_in() {
-        return Ok(Address::Inet(SocketAddr::V4(SocketAddrV4::new(
-            v4.ip(),
-            v4.port(),
-        ))));
-    }
-    if let Some(v6) = addr.as_sockaddr_in6() {
-        return Ok(Address::Inet(SocketAddr::V6(SocketAddrV6::new(
-            v6.ip(),
-            v6.port(),
-            v6.flowinfo(),
-            v6.scope_id(),
-        ))));
-    }
-    if let Some(unix) = addr.as_unix_addr() {
-        return Ok(Address::Unix(
-            unix.path().map(Path::to_path_buf).unwrap_or_default(),
-        ));
-    }
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        format!("unexpected family {:?}", addr.family()),
-    ))
-}
-
-/// The socket's own address.
-pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<Address> {
-    to_address(socket::getsockname::<SockaddrStorage>(fd.as_raw_fd())?)
-}
-
-/// The connected peer's address.
-pub fn peer_addr(fd: BorrowedFd<'_>) -> io::Result<Address> {
-    to_address(socket::getpeername::<SockaddrStorage>(fd.as_raw_fd())?)
-}
-
 /// The result of a `syscall(2)` that returns a byte count or -1 with `errno`.
 fn byte_count(ret: libc::c_long) -> Result<usize, Errno> {
     if ret < 0 {
@@ -421,14 +355,19 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Sends from `buf` without ever raising `SIGPIPE`. `EAGAIN` comes back as `WouldBlock`.
 pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
-    send_raw(fd.as_raw_fd(), buf)
+    // SAFETY: a `BorrowedFd` is open for its lifetime, which spans the call.
+    unsafe { send_raw(fd.as_raw_fd(), buf) }
 }
 
-/// [`send`] on a raw fd number, for a caller that knows the fd is open (see
-/// `SessionCore::write_all`).
-pub fn send_raw(fd: std::os::fd::RawFd, buf: &[u8]) -> io::Result<usize> {
+/// [`send`] on a raw fd number, for `SessionCore::write_all`, which holds no `OwnedFd`.
+///
+/// # Safety
+/// `fd` must be an open socket owned by the caller's session for the whole call: a closed
+/// number may meanwhile name another file, whose reader would get these bytes.
+pub unsafe fn send_raw(fd: std::os::fd::RawFd, buf: &[u8]) -> io::Result<usize> {
     loop {
-        // SAFETY: `buf` is readable for its length; a null address means "connected peer".
+        // SAFETY: the caller vouches for `fd`; `buf` is readable for its length; a null
+        // address means "the connected peer".
         let ret = unsafe {
             libc::syscall(
                 libc::SYS_sendto,
@@ -480,6 +419,7 @@ pub fn set_linger_zero(fd: BorrowedFd<'_>) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::address::{local_addr, peer_addr};
 
     fn nodelay(fd: BorrowedFd<'_>) -> io::Result<bool> {
         Ok(socket::getsockopt(&fd, sockopt::TcpNoDelay)?)

@@ -1,9 +1,8 @@
-//! `hamanet.Session`: the Python view of one connection (the seed's NetSession).
+//! `hamanet.Session`: the Python view of one connection.
 //!
 //! Every method is safe from any Python thread: it touches only the session's shared
 //! state and queues the session for the reactor, which does the actual I/O.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use pyo3::buffer::PyBuffer;
@@ -11,11 +10,10 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyMemoryView};
 
-use crate::errors::{refused, FramingError};
+use super::convert::{address_object, timeout_seconds};
+use super::errors::{refused, FramingError};
 use crate::framing::Framer;
-use crate::net::Address;
-use crate::py_loop::timeout_seconds;
-use crate::session::{SessionCore, WriteLimits};
+use crate::shared::{SessionCore, WriteLimits};
 
 /// One TCP connection. Users never construct it; handlers receive it.
 ///
@@ -75,22 +73,6 @@ fn chunk<'py>(data: &Bound<'py, PyAny>, method: &str) -> PyResult<Chunk<'py>> {
             data.get_type().name()?
         ))),
     }
-}
-
-/// An address as the `socket` module shows it: `(host, port)` for IPv4,
-/// `(host, port, flowinfo, scope_id)` for IPv6, the path (a str) for a Unix socket.
-pub fn address_object<'py>(py: Python<'py>, addr: &Address) -> PyResult<Bound<'py, PyAny>> {
-    Ok(match addr {
-        Address::Inet(SocketAddr::V4(v4)) => (v4.ip().to_string(), v4.port())
-            .into_pyobject(py)?
-            .into_any(),
-        Address::Inet(SocketAddr::V6(v6)) => {
-            (v6.ip().to_string(), v6.port(), v6.flowinfo(), v6.scope_id())
-                .into_pyobject(py)?
-                .into_any()
-        }
-        Address::Unix(path) => path.to_string_lossy().into_pyobject(py)?.into_any(),
-    })
 }
 
 #[pymethods]

@@ -59,6 +59,7 @@ pub struct Readiness {
 }
 
 /// A reusable buffer of events filled by [`Poller::wait`].
+#[derive(Debug)]
 pub struct Events {
     raw: Vec<EpollEvent>,
     len: usize,
@@ -98,6 +99,7 @@ impl Events {
 }
 
 /// The epoll instance.
+#[derive(Debug)]
 pub struct Poller {
     epoll: Epoll,
 }
@@ -121,7 +123,7 @@ impl Poller {
         })
     }
 
-    /// The epoll instance's fd number (for [`crate::fork::close_epoll_copy`]).
+    /// The epoll instance's fd number (for [`crate::sys::fork::close_epoll_copy`]).
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
         self.epoll.0.as_raw_fd()
@@ -167,6 +169,7 @@ impl Poller {
 }
 
 /// Wakes a thread blocked in [`Poller::wait`] from any other thread.
+#[derive(Debug)]
 pub struct Waker {
     fd: EventFd,
 }

@@ -1,0 +1,161 @@
+//! Client connections: `connect` (blocking, in detached slices), `connect_nowait` (the
+//! reactor finishes it), and the adoption of the socket as a session.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+
+use super::callbacks::Callbacks;
+use super::convert::seconds;
+use super::errors::{os_error, LifecycleError};
+use super::inner::{wait_in_slices, LoopInner, Phase};
+use super::session::PySession;
+use crate::shared::{lock, SessionCore};
+use crate::sys::address::{self, Address};
+use crate::sys::net;
+
+pub(super) fn check_can_connect(inner: &LoopInner) -> PyResult<()> {
+    inner.check_not_forked("connect()")?;
+    if inner.phase() != Phase::Running {
+        return Err(LifecycleError::new_err(
+            "cannot connect(): the client is not running (it was stopped); create a new Client",
+        ));
+    }
+    if inner.on_reactor_thread() {
+        return Err(LifecycleError::new_err(
+            "connect() blocks until connected, so it cannot be called from a handler \
+             callback (it would stall the reactor); call it from another thread",
+        ));
+    }
+    Ok(())
+}
+
+/// Makes the `Session` of a client socket and hands the socket to the reactor, which
+/// finishes a connect still in progress by `connect_deadline`. The `Session` waits in
+/// `pending` until the reactor reports it opened (or failed).
+pub(super) fn adopt_socket(
+    py: Python<'_>,
+    inner: &Arc<LoopInner>,
+    (peer, local): (Address, Address),
+    fd: OwnedFd,
+    connect_deadline: Option<Instant>,
+    method: &str,
+    own: Option<Arc<Callbacks>>,
+) -> PyResult<Py<PySession>> {
+    let limits = inner.config.limits;
+    let core = SessionCore::new(Arc::clone(&inner.shared), peer, local, limits);
+    let session = Py::new(py, PySession::new(Arc::clone(&core), inner.framer.clone()))?;
+    lock(&inner.pending).insert(core.id, (session.clone_ref(py), own));
+    if !inner.shared.adopt(Arc::clone(&core), fd, connect_deadline) {
+        lock(&inner.pending).remove(&core.id);
+        return Err(LifecycleError::new_err(format!(
+            "cannot {method}(): the client stopped"
+        )));
+    }
+    Ok(session)
+}
+
+/// Tries each address in turn until one connects within the shared deadline.
+pub(super) fn connect_any(
+    py: Python<'_>,
+    inner: &Arc<LoopInner>,
+    addrs: &[Address],
+    timeout: f64,
+    context: &str,
+    own: Option<Arc<Callbacks>>,
+) -> PyResult<Py<PySession>> {
+    let deadline = Instant::now() + seconds(timeout, "timeout")?;
+    let mut last_error = None;
+    for addr in addrs {
+        let fd = match connect_one(py, inner, addr, deadline) {
+            Ok(fd) => fd,
+            Err(ConnectFailure::Python(err)) => return Err(err),
+            Err(ConnectFailure::Os(err)) => {
+                last_error = Some(err);
+                continue;
+            }
+        };
+        let addresses = address::peer_addr(fd.as_fd()).and_then(|peer| {
+            let local = match addr {
+                Address::Unix(_) => Address::Unix(PathBuf::new()),
+                Address::Inet(_) => address::local_addr(fd.as_fd())?,
+            };
+            Ok((peer, local))
+        });
+        let (peer, local) = match addresses {
+            Ok(pair) => pair,
+            Err(err) => {
+                last_error = Some(err);
+                continue;
+            }
+        };
+        return adopt_socket(py, inner, (peer, local), fd, None, "connect", own);
+    }
+    let err = last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::TimedOut));
+    Err(os_error(&err, Some(context)))
+}
+
+/// Why a connect attempt ended: an OS error (try the next address) or a Python one
+/// (Ctrl-C, a `stop()`: give up).
+enum ConnectFailure {
+    Os(io::Error),
+    Python(PyErr),
+}
+
+/// Between two waits of a connect: Ctrl-C, or a `stop()` of the client from another
+/// thread, ends it (the socket is closed; nothing is registered, so no callback follows).
+fn check_interrupted(py: Python<'_>, inner: &LoopInner) -> Result<(), ConnectFailure> {
+    py.check_signals().map_err(ConnectFailure::Python)?;
+    if inner.phase() == Phase::Stopped {
+        return Err(ConnectFailure::Python(LifecycleError::new_err(
+            "connect() was cancelled: the client was stopped while it connected",
+        )));
+    }
+    Ok(())
+}
+
+/// One connect attempt, waiting in short detached slices so Ctrl-C or `stop()`
+/// interrupts it.
+fn connect_one(
+    py: Python<'_>,
+    inner: &LoopInner,
+    addr: &Address,
+    deadline: Instant,
+) -> Result<OwnedFd, ConnectFailure> {
+    let options = &inner.config.options;
+    let timed_out = || {
+        let err = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+        Err(ConnectFailure::Os(err))
+    };
+    let fd = loop {
+        match py.detach(|| net::connect_start(addr, options)) {
+            Ok(fd) => break fd,
+            // A Unix listener's backlog is full: try again until the deadline.
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return timed_out();
+                }
+                py.detach(|| std::thread::sleep(Duration::from_millis(10)));
+                check_interrupted(py, inner)?;
+            }
+            Err(err) => return Err(ConnectFailure::Os(err)),
+        }
+    };
+    let ready = wait_in_slices(
+        py,
+        deadline,
+        |slice| net::connect_wait(fd.as_fd(), slice).map_err(ConnectFailure::Os),
+        |py| check_interrupted(py, inner),
+    )?;
+    if !ready {
+        return timed_out();
+    }
+    match net::take_error(fd.as_fd()).map_err(ConnectFailure::Os)? {
+        None => Ok(fd),
+        Some(err) => Err(ConnectFailure::Os(err)),
+    }
+}

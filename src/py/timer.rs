@@ -1,0 +1,77 @@
+//! Scheduled callbacks: `call_at`, `call_later` and `call_soon_threadsafe` queue one, and
+//! a [`PyTimerHandle`] cancels it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use super::errors::LifecycleError;
+use super::inner::LoopInner;
+use crate::shared::{lock, Command};
+
+/// A timer's callback and its positional arguments.
+pub(super) type ScheduledCall = (Py<PyAny>, Py<PyTuple>);
+
+/// A scheduled callback; `cancel()` it to keep it from running.
+#[pyclass(module = "hamanet", name = "TimerHandle", frozen)]
+pub struct PyTimerHandle {
+    id: u64,
+    when: f64,
+    inner: Arc<LoopInner>,
+}
+
+#[pymethods]
+impl PyTimerHandle {
+    /// Keeps the callback from running, if it has not run yet. Safe from any thread.
+    fn cancel(&self) {
+        // Taken out before anything else happens: freeing the callable may run Python
+        // code, which must not find the timers lock held.
+        let entry = lock(&self.inner.timers).remove(&self.id);
+        if entry.is_some() {
+            self.inner.shared.submit(Command::CancelTimer(self.id));
+        }
+        drop(entry);
+    }
+
+    /// True until the callback has run or been cancelled.
+    fn pending(&self) -> bool {
+        lock(&self.inner.timers).contains_key(&self.id)
+    }
+
+    /// When it is (or was) due, on the `time.monotonic()` clock.
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    fn __repr__(&self) -> String {
+        let state = if self.pending() { "pending" } else { "done" };
+        format!("<hamanet.TimerHandle when={:.3} {state}>", self.when)
+    }
+}
+
+/// Queues `callback(*args)` for the reactor thread under a new timer id, with the
+/// command `command(id)` that says when it runs.
+pub(super) fn schedule(
+    inner: &Arc<LoopInner>,
+    when: f64,
+    callback: Py<PyAny>,
+    args: Py<PyTuple>,
+    command: impl FnOnce(u64) -> Command,
+) -> PyResult<PyTimerHandle> {
+    inner.check_running("schedule a callback")?;
+    let id = inner.next_timer.fetch_add(1, Ordering::Relaxed);
+    lock(&inner.timers).insert(id, (callback, args));
+    if !inner.shared.submit(command(id)) {
+        lock(&inner.timers).remove(&id);
+        return Err(LifecycleError::new_err(
+            "cannot schedule a callback: it has stopped",
+        ));
+    }
+    Ok(PyTimerHandle {
+        id,
+        when,
+        inner: Arc::clone(inner),
+    })
+}

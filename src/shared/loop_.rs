@@ -1,0 +1,295 @@
+//! What a loop's reactor thread shares with every other thread: the command queue through
+//! which they reach it, the counters it publishes, and the status `join()` waits on.
+
+use std::cell::Cell;
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::{lock, SessionCore};
+use crate::sys::address::Address;
+use crate::sys::epoll::Waker;
+use crate::sys::fork::{close_epoll_copy, Epoch};
+
+thread_local! {
+    /// The loop whose reactor this thread turns, if any (compared, never dereferenced).
+    static REACTOR_OF_THIS_THREAD: Cell<*const LoopShared> = const { Cell::new(std::ptr::null()) };
+}
+
+/// What other threads ask of the reactor.
+#[derive(Debug)]
+pub enum Command {
+    /// The session wants the reactor's attention: bytes to send, a close, abort or
+    /// shutdown request, reading resumed, new limits or idle timeout.
+    Attend(Arc<SessionCore>),
+    /// Register a client socket as a session: connected already (`Client.connect`), or
+    /// still connecting until the deadline (`Client.connect_nowait`).
+    Adopt(Arc<SessionCore>, OwnedFd, Option<Instant>),
+    /// Start accepting on a listening socket.
+    Listen(OwnedFd, Address),
+    /// Stop: close listeners, flush and close every session, abort what is left at the
+    /// deadline, then finish.
+    Stop(Instant),
+    /// Report [`crate::reactor::Event::Timer`] with this id at this instant.
+    Timer(u64, Instant),
+    /// Report [`crate::reactor::Event::Timer`] with this id in the coming batch.
+    CallSoon(u64),
+    /// Forget the timer with this id, if it has not fired.
+    CancelTimer(u64),
+}
+
+/// Counters the reactor publishes once per turn, cheap for any thread to read.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Sessions ever opened (accepted or connected).
+    pub sessions_total: u64,
+    /// Connections accepted by listeners.
+    pub accepted: u64,
+    /// Connections accepted and closed at once because `max_connections` was reached.
+    pub refused_by_limit: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes handed to the kernel.
+    pub bytes_out: u64,
+    /// `write()` calls that buffered bytes.
+    pub writes: u64,
+    /// `send` syscalls that carried them: `writes - sends` were coalesced away.
+    pub sends: u64,
+    /// Sessions closed by the idle timeout.
+    pub idle_timeouts: u64,
+    /// Times accepting paused because the process ran out of fds or memory.
+    pub accept_pauses: u64,
+    /// Timers (`call_later`, `call_at`) that came due.
+    pub timers_fired: u64,
+    /// `call_soon_threadsafe` callbacks handed to the handler layer.
+    pub calls_soon: u64,
+}
+
+/// Counters that `join()` and friends wait on.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoopStatus {
+    /// Sessions accepted or adopted whose `Event::Closed` has not been delivered yet.
+    pub sessions: usize,
+    /// The reactor thread has returned.
+    pub finished: bool,
+}
+
+/// Commands waiting for the reactor. `closed` is set, under the same lock, when the reactor
+/// takes the queue for the last time, so no command can be queued after that and be lost.
+#[derive(Default)]
+struct Queue {
+    commands: Vec<Command>,
+    closed: bool,
+}
+
+/// What the reactor thread shares with every other thread.
+pub struct LoopShared {
+    queue: Mutex<Queue>,
+    stats: Mutex<Stats>,
+    /// Set by the reactor just before it may block in `epoll_wait`; whoever finds it set
+    /// after queueing a command clears it and wakes the reactor. Writes made by handlers
+    /// on the reactor thread itself find it clear, so the hot path never touches the
+    /// eventfd.
+    polling: AtomicBool,
+    /// Closed (dropped) when the queue closes: session objects that outlive the loop
+    /// keep `LoopShared` alive, and must not keep an fd open with it.
+    waker: Mutex<Option<Waker>>,
+    status: Mutex<LoopStatus>,
+    status_changed: Condvar,
+    /// The fork epoch the loop was made in: in a forked child it is a dead copy.
+    born: Epoch,
+    /// The reactor's epoll fd, whose registrations a forked child closes.
+    epoll_fd: RawFd,
+    /// The reactor thread has ended and closed its fds (nothing for a child to close).
+    reactor_done: AtomicBool,
+    /// A forked child has closed its copies of the reactor's fds.
+    copies_closed: AtomicBool,
+}
+
+impl std::fmt::Debug for LoopShared {
+    // Not derived: queued commands point to sessions, which point back here.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoopShared")
+            .field("status", &self.status())
+            .field("stats", &self.stats())
+            .field("queued_commands", &self.lock_queue().commands.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoopShared {
+    /// Shares `waker`, which must be registered with the reactor's poller, whose epoll fd
+    /// is `epoll_fd`.
+    pub fn new(waker: Waker, epoll_fd: RawFd) -> LoopShared {
+        LoopShared {
+            born: Epoch::now(),
+            epoll_fd,
+            reactor_done: AtomicBool::new(false),
+            copies_closed: AtomicBool::new(false),
+            queue: Mutex::new(Queue::default()),
+            stats: Mutex::new(Stats::default()),
+            polling: AtomicBool::new(false),
+            waker: Mutex::new(Some(waker)),
+            status: Mutex::new(LoopStatus::default()),
+            status_changed: Condvar::new(),
+        }
+    }
+
+    fn lock_queue(&self) -> MutexGuard<'_, Queue> {
+        lock(&self.queue)
+    }
+
+    /// Whether this is a forked child's copy of a loop whose reactor stayed in the parent.
+    pub fn is_forked_copy(&self) -> bool {
+        self.born.is_past()
+    }
+
+    /// The reactor has finished with its fds (reactor thread, as it ends).
+    pub(crate) fn reactor_done(&self) {
+        self.reactor_done.store(true, Ordering::Release);
+    }
+
+    /// In a forked child: closes the child's copies of the sockets of a reactor that was
+    /// running in the parent, so that the parent's connections and listeners end when the
+    /// parent closes them. Only once, and never for a reactor that had finished.
+    pub fn close_fork_copies(&self) {
+        if !self.is_forked_copy()
+            || self.reactor_done.load(Ordering::Acquire)
+            || self.copies_closed.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        close_epoll_copy(self.epoll_fd);
+    }
+
+    /// Queues a command and wakes the reactor if it is (about to be) blocked.
+    /// Returns `false` when the loop has finished and will never run it (or is a forked
+    /// child's copy, whose reactor stayed in the parent).
+    pub fn submit(&self, command: Command) -> bool {
+        if self.is_forked_copy() {
+            return false;
+        }
+        {
+            let mut queue = self.lock_queue();
+            if queue.closed {
+                return false;
+            }
+            queue.commands.push(command);
+        }
+        if self.polling.swap(false, Ordering::SeqCst) {
+            if let Some(waker) = &*lock(&self.waker) {
+                // A failed eventfd write cannot happen for a valid eventfd; if it did,
+                // the reactor would still run the command at its next wakeup.
+                let _ = waker.wake();
+            }
+        }
+        true
+    }
+
+    /// Hands a connected socket to the reactor. The session counts as open from here on,
+    /// before the reactor has registered it, so `join()` cannot miss it.
+    pub fn adopt(
+        &self,
+        core: Arc<SessionCore>,
+        fd: OwnedFd,
+        connect_deadline: Option<Instant>,
+    ) -> bool {
+        self.update_status(|status| status.sessions += 1);
+        let accepted = self.submit(Command::Adopt(core, fd, connect_deadline));
+        if !accepted {
+            self.update_status(|status| status.sessions -= 1);
+        }
+        accepted
+    }
+
+    /// Marks the calling thread as the one that turns this loop's reactor.
+    pub(crate) fn enter_reactor_thread(self: &Arc<Self>) {
+        REACTOR_OF_THIS_THREAD.with(|current| current.set(Arc::as_ptr(self)));
+    }
+
+    /// Whether the calling thread turns this loop's reactor (is inside its callbacks).
+    pub fn is_turned_by_this_thread(&self) -> bool {
+        REACTOR_OF_THIS_THREAD.with(|current| std::ptr::eq(current.get(), self))
+    }
+
+    /// A session stops counting as open for those waiting on the status: the consumer of
+    /// the reactor's events has delivered its `Event::Closed` (only then, so `join()`
+    /// cannot return before `on_close` ran), or it was never registered.
+    pub fn session_closed(&self) {
+        self.update_status(|status| {
+            // A miscount is a bug; wrapping would make `join()` wait forever for it.
+            debug_assert!(status.sessions > 0, "more sessions closed than opened");
+            status.sessions = status.sessions.saturating_sub(1);
+        });
+    }
+
+    /// Moves every queued command into `into` (reactor thread).
+    pub(crate) fn take_commands(&self, into: &mut Vec<Command>) {
+        std::mem::swap(&mut self.lock_queue().commands, into);
+    }
+
+    /// Takes the commands for the last time: every later `submit` is refused (reactor
+    /// thread, when it finishes).
+    pub(crate) fn close_queue(&self) -> Vec<Command> {
+        let mut queue = self.lock_queue();
+        queue.closed = true;
+        drop(lock(&self.waker).take());
+        std::mem::take(&mut queue.commands)
+    }
+
+    /// Announces that the reactor may block; returns whether commands are already queued,
+    /// in which case it must not.
+    pub(crate) fn begin_poll(&self) -> bool {
+        self.polling.store(true, Ordering::SeqCst);
+        !self.lock_queue().commands.is_empty()
+    }
+
+    /// The reactor is awake again.
+    pub(crate) fn end_poll(&self) {
+        self.polling.store(false, Ordering::SeqCst);
+    }
+
+    /// Re-arms the waker after it fired (reactor thread).
+    pub(crate) fn reset_waker(&self) {
+        if let Some(waker) = &*lock(&self.waker) {
+            waker.reset();
+        }
+    }
+
+    /// The counters as of the reactor's last turn.
+    pub fn stats(&self) -> Stats {
+        *lock(&self.stats)
+    }
+
+    pub(crate) fn publish_stats(&self, stats: &Stats) {
+        *lock(&self.stats) = *stats;
+    }
+
+    /// The current status.
+    pub fn status(&self) -> LoopStatus {
+        *lock(&self.status)
+    }
+
+    pub(crate) fn update_status(&self, update: impl FnOnce(&mut LoopStatus)) {
+        let mut status = lock(&self.status);
+        update(&mut status);
+        // Waiters only wait for "no sessions" or "finished": waking them on every open
+        // and close would cost a futex call and a context switch per connection.
+        if status.sessions == 0 || status.finished {
+            self.status_changed.notify_all();
+        }
+    }
+
+    /// Blocks until `done(status)` holds or `timeout` passes; returns whether it holds.
+    /// Waiters are woken only when no session is open or the loop has finished, so `done`
+    /// must become true only in one of those states.
+    pub fn wait_for(&self, timeout: Duration, done: impl Fn(&LoopStatus) -> bool) -> bool {
+        let guard = lock(&self.status);
+        let (guard, _) = self
+            .status_changed
+            .wait_timeout_while(guard, timeout, |status| !done(status))
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        done(&guard)
+    }
+}
