@@ -8,9 +8,9 @@
 
 use std::fmt;
 
-/// How a stream is cut into messages.
+/// How a stream is to be cut into messages: what [`Framer::new`] checks and keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Framer {
+pub enum FramerSpec {
     /// Messages end with `delimiter`, which is not part of the message unless `keep`.
     Delimiter {
         /// The terminator, at least one byte.
@@ -72,33 +72,68 @@ impl fmt::Display for FrameError {
     }
 }
 
+/// A checked [`FramerSpec`]: made only by [`Framer::new`], so every framer in use has a
+/// non-empty delimiter, a header size it can read and a bounded message length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Framer {
+    spec: FramerSpec,
+}
+
+/// The longest message a framer allows unless told otherwise: a line (`Delimiter`).
+pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
+/// The longest message a framer allows unless told otherwise: a length-prefixed or other
+/// binary message.
+pub const DEFAULT_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
 impl Framer {
-    /// Checks the parameters; the error names the wrong one.
-    pub fn validate(&self) -> Result<(), String> {
-        match self {
-            Framer::Delimiter { delimiter, .. } if delimiter.is_empty() => {
-                Err("delimiter must be at least one byte".into())
+    /// Checks `spec`; the error names the wrong parameter as `hamanet.framing` spells it.
+    pub fn new(spec: FramerSpec) -> Result<Framer, String> {
+        let positive = |name: &str, value: usize| {
+            if value == 0 {
+                return Err(format!("{name} must be a positive int, got 0"));
             }
-            Framer::LengthPrefixed { header, .. } if ![1, 2, 4, 8].contains(header) => {
-                Err(format!("header_size must be 1, 2, 4 or 8, not {header}"))
+            if value > MAX_MESSAGE {
+                return Err(format!(
+                    "{name} must be at most {MAX_MESSAGE}, got {value}: {MAX_MESSAGE} bytes \
+                     (1 TiB) is the most any framer allows"
+                ));
             }
-            Framer::Fixed { size: 0 } => Err("size must be at least 1 byte".into()),
-            Framer::Delimiter { max_length, .. } | Framer::LengthPrefixed { max_length, .. }
-                if *max_length > MAX_MESSAGE =>
-            {
-                Err(format!(
-                    "max_length must be at most {MAX_MESSAGE} (1 TiB), not {max_length}"
-                ))
+            Ok(())
+        };
+        match &spec {
+            FramerSpec::Delimiter {
+                delimiter,
+                max_length,
+                ..
+            } => {
+                if delimiter.is_empty() {
+                    return Err("delimiter must be non-empty bytes, got b''".into());
+                }
+                positive("max_length", *max_length)?;
             }
-            _ => Ok(()),
+            FramerSpec::LengthPrefixed {
+                header, max_length, ..
+            } => {
+                if ![1, 2, 4, 8].contains(header) {
+                    return Err(format!("header_size must be 1, 2, 4 or 8, got {header}"));
+                }
+                positive("max_length", *max_length)?;
+            }
+            FramerSpec::Fixed { size } => positive("size", *size)?,
         }
+        Ok(Framer { spec })
+    }
+
+    /// What this framer was made from.
+    pub fn spec(&self) -> &FramerSpec {
+        &self.spec
     }
 
     /// What goes before and after `payload` to send it as one message (a length header,
     /// a delimiter). `Err` names why the payload cannot be one message.
     pub fn envelope(&self, payload: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
-        match self {
-            Framer::Delimiter {
+        match &self.spec {
+            FramerSpec::Delimiter {
                 delimiter,
                 max_length,
                 ..
@@ -116,7 +151,7 @@ impl Framer {
                 }
                 Ok((Vec::new(), delimiter.clone()))
             }
-            Framer::LengthPrefixed {
+            FramerSpec::LengthPrefixed {
                 header,
                 big_endian,
                 includes_header,
@@ -143,7 +178,7 @@ impl Framer {
                 };
                 Ok((header_bytes, Vec::new()))
             }
-            Framer::Fixed { size } => {
+            FramerSpec::Fixed { size } => {
                 if payload.len() != *size {
                     return Err(format!(
                         "payload of {} bytes is not the fixed message size {size}",
@@ -161,8 +196,8 @@ impl Framer {
     /// no start of the delimiter, so a message arriving in small pieces is not scanned
     /// from its beginning again for every piece.
     fn next(&self, data: &[u8], from: usize) -> Result<Option<Frame>, FrameError> {
-        match self {
-            Framer::Delimiter {
+        match &self.spec {
+            FramerSpec::Delimiter {
                 delimiter,
                 max_length,
                 keep,
@@ -189,7 +224,7 @@ impl Framer {
                     None => Ok(None),
                 }
             }
-            Framer::LengthPrefixed {
+            FramerSpec::LengthPrefixed {
                 header,
                 big_endian,
                 includes_header,
@@ -226,7 +261,7 @@ impl Framer {
                     consumed: end,
                 }))
             }
-            Framer::Fixed { size } => Ok((data.len() >= *size).then_some(Frame {
+            FramerSpec::Fixed { size } => Ok((data.len() >= *size).then_some(Frame {
                 message: 0..*size,
                 consumed: *size,
             })),
@@ -299,8 +334,8 @@ impl FrameDecoder {
             }
         }
         // What is left holds no whole delimiter; only its last bytes may start one.
-        self.searched = match &self.framer {
-            Framer::Delimiter { delimiter, .. } => {
+        self.searched = match self.framer.spec() {
+            FramerSpec::Delimiter { delimiter, .. } => {
                 self.partial.len().saturating_sub(delimiter.len() - 1)
             }
             _ => 0,
@@ -331,7 +366,7 @@ fn split(
 /// run them on generated streams, and the fuzz targets (`fuzz/`) on whatever the fuzzer
 /// finds.
 pub mod properties {
-    use super::{FrameDecoder, FrameError, Framer};
+    use super::{FrameDecoder, FrameError, Framer, FramerSpec};
 
     /// Decodes `stream` fed in pieces cut at `cuts` (clamped, so any offsets do):
     /// the messages up to the first error, and that error.
@@ -365,14 +400,14 @@ pub mod properties {
             whole_err.as_ref().map(std::mem::discriminant),
             "{framer:?} cut at {cuts:?}: {pieces_err:?} in pieces, {whole_err:?} whole"
         );
-        let limit = match framer {
-            Framer::Delimiter {
+        let limit = match framer.spec() {
+            FramerSpec::Delimiter {
                 max_length,
                 delimiter,
                 keep,
             } => max_length + if *keep { delimiter.len() } else { 0 },
-            Framer::LengthPrefixed { max_length, .. } => *max_length,
-            Framer::Fixed { size } => *size,
+            FramerSpec::LengthPrefixed { max_length, .. } => *max_length,
+            FramerSpec::Fixed { size } => *size,
         };
         assert!(
             whole.iter().all(|m| m.len() <= limit),
@@ -392,8 +427,8 @@ pub mod properties {
             stream.extend_from_slice(&prefix);
             stream.extend_from_slice(payload);
             stream.extend_from_slice(&suffix);
-            expected.push(match framer {
-                Framer::Delimiter { keep: true, .. } => [payload.as_slice(), &suffix].concat(),
+            expected.push(match framer.spec() {
+                FramerSpec::Delimiter { keep: true, .. } => [payload.as_slice(), &suffix].concat(),
                 _ => payload.clone(),
             });
         }
@@ -417,6 +452,10 @@ mod tests {
     };
     use super::*;
 
+    fn checked(spec: FramerSpec) -> Framer {
+        Framer::new(spec).expect("a valid framer")
+    }
+
     /// A small deterministic generator, so the property tests need no extra crate.
     struct Lcg(u64);
     impl Lcg {
@@ -434,37 +473,37 @@ mod tests {
 
     fn framers() -> Vec<Framer> {
         let mut framers = vec![
-            Framer::Delimiter {
+            checked(FramerSpec::Delimiter {
                 delimiter: b"\r\n".to_vec(),
                 max_length: 300,
                 keep: false,
-            },
-            Framer::Delimiter {
+            }),
+            checked(FramerSpec::Delimiter {
                 delimiter: b"\n".to_vec(),
                 max_length: 300,
                 keep: true,
-            },
-            Framer::Fixed { size: 7 },
-            Framer::Delimiter {
+            }),
+            checked(FramerSpec::Fixed { size: 7 }),
+            checked(FramerSpec::Delimiter {
                 delimiter: b"\r\n\r\n".to_vec(),
                 max_length: 300,
                 keep: false,
-            },
-            Framer::Delimiter {
+            }),
+            checked(FramerSpec::Delimiter {
                 delimiter: b"\r\n\r\n".to_vec(),
                 max_length: 300,
                 keep: true,
-            },
+            }),
         ];
         for header in [1, 2, 4, 8] {
             for big_endian in [true, false] {
                 for includes_header in [true, false] {
-                    framers.push(Framer::LengthPrefixed {
+                    framers.push(checked(FramerSpec::LengthPrefixed {
                         header,
                         big_endian,
                         includes_header,
                         max_length: 200,
-                    });
+                    }));
                 }
             }
         }
@@ -474,8 +513,8 @@ mod tests {
     fn random_messages(framer: &Framer, rng: &mut Lcg) -> Vec<Vec<u8>> {
         (0..rng.below(40))
             .map(|_| {
-                let len = match framer {
-                    Framer::Fixed { size } => *size,
+                let len = match framer.spec() {
+                    FramerSpec::Fixed { size } => *size,
                     _ => rng.below(200),
                 };
                 // Letters only, so no message contains a delimiter.
@@ -514,12 +553,12 @@ mod tests {
 
     #[test]
     fn byte_at_a_time_equals_all_at_once() {
-        let framer = Framer::LengthPrefixed {
+        let framer = checked(FramerSpec::LengthPrefixed {
             header: 2,
             big_endian: true,
             includes_header: false,
             max_length: 100,
-        };
+        });
         let messages = [b"hello".to_vec(), Vec::new(), b"world!".to_vec()];
         let (stream, enveloped) = envelope_all(&framer, &messages);
         assert_eq!(enveloped, messages, "every message fits the framer");
@@ -531,11 +570,11 @@ mod tests {
 
     #[test]
     fn oversize_messages_are_refused_before_they_are_buffered() {
-        let framer = Framer::Delimiter {
+        let framer = checked(FramerSpec::Delimiter {
             delimiter: b"\n".to_vec(),
             max_length: 10,
             keep: false,
-        };
+        });
         let mut decoder = FrameDecoder::new(framer);
         let mut out = Vec::new();
         decoder
@@ -552,11 +591,11 @@ mod tests {
         ));
 
         // The length reported is the message's, not everything buffered behind it.
-        let framer = Framer::Delimiter {
+        let framer = checked(FramerSpec::Delimiter {
             delimiter: b"\r\n".to_vec(),
             max_length: 5,
             keep: false,
-        };
+        });
         let err = FrameDecoder::new(framer)
             .feed(b"123456\r\nnext\r\n", |_| {})
             .expect_err("6 bytes > 5");
@@ -565,12 +604,12 @@ mod tests {
             "message of at least 6 bytes exceeds max_length 5; the session is closed"
         );
 
-        let framer = Framer::LengthPrefixed {
+        let framer = checked(FramerSpec::LengthPrefixed {
             header: 4,
             big_endian: true,
             includes_header: false,
             max_length: 1000,
-        };
+        });
         let err = FrameDecoder::new(framer).feed(&[0xff, 0xff, 0xff, 0xff], |_| {});
         assert!(matches!(
             err,
@@ -603,24 +642,24 @@ mod tests {
 
     #[test]
     fn header_smaller_than_itself_is_a_bad_header() {
-        let framer = Framer::LengthPrefixed {
+        let framer = checked(FramerSpec::LengthPrefixed {
             header: 2,
             big_endian: true,
             includes_header: true,
             max_length: 100,
-        };
+        });
         let err = FrameDecoder::new(framer).feed(&[0, 1], |_| {});
         assert_eq!(err, Err(FrameError::BadHeader { length: 1 }));
     }
 
     #[test]
     fn envelope_rejects_what_cannot_be_one_message() {
-        let framer = Framer::LengthPrefixed {
+        let framer = checked(FramerSpec::LengthPrefixed {
             header: 1,
             big_endian: true,
             includes_header: false,
             max_length: 1000,
-        };
+        });
         assert!(
             framer.envelope(&[0u8; 256]).is_err(),
             "256 does not fit one byte"
@@ -629,30 +668,55 @@ mod tests {
             framer.envelope(&[0u8; 255]).expect("fits"),
             (vec![255u8], Vec::new())
         );
-        let framer = Framer::Delimiter {
+        let framer = checked(FramerSpec::Delimiter {
             delimiter: b"\n".to_vec(),
             max_length: 10,
             keep: false,
-        };
+        });
         assert!(framer.envelope(b"a\nb").is_err());
-        assert!(Framer::Fixed { size: 3 }.envelope(b"ab").is_err());
-        let framer = Framer::Delimiter {
+        assert!(checked(FramerSpec::Fixed { size: 3 })
+            .envelope(b"ab")
+            .is_err());
+        let framer = checked(FramerSpec::Delimiter {
             delimiter: b"\r\n\r\n".to_vec(),
             max_length: 100,
             keep: false,
-        };
+        });
         assert!(framer.envelope(b"Host: x\r\n").is_err(), "would end early");
         assert!(
             framer.envelope(b"Host: x\r").is_ok(),
             "\\r then the delimiter ends at the end"
         );
         assert!(framer.envelope(b"Host: x\n").is_ok(), "no early match");
-        let huge = Framer::LengthPrefixed {
+    }
+
+    #[test]
+    fn new_refuses_what_the_core_cannot_frame() {
+        let refused = |spec| Framer::new(spec).expect_err("refused");
+        let empty = refused(FramerSpec::Delimiter {
+            delimiter: Vec::new(),
+            max_length: 10,
+            keep: false,
+        });
+        assert!(empty.starts_with("delimiter must be non-empty"), "{empty}");
+        let header = refused(FramerSpec::LengthPrefixed {
+            header: 3,
+            big_endian: true,
+            includes_header: false,
+            max_length: 10,
+        });
+        assert!(
+            header.starts_with("header_size must be 1, 2, 4 or 8"),
+            "{header}"
+        );
+        let huge = refused(FramerSpec::LengthPrefixed {
             header: 8,
             big_endian: true,
             includes_header: false,
             max_length: usize::MAX,
-        };
-        assert!(huge.validate().is_err(), "max_length is capped");
+        });
+        assert!(huge.contains("1 TiB"), "{huge}");
+        let zero = refused(FramerSpec::Fixed { size: 0 });
+        assert!(zero.starts_with("size must be a positive int"), "{zero}");
     }
 }

@@ -46,6 +46,11 @@ fn _hamanet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::loop_::PyLoop>()?;
     m.add_class::<py::session::PySession>()?;
     m.add_class::<py::timer::PyTimerHandle>()?;
+    m.add_class::<py::framing::PyFraming>()?;
+    m.add_class::<py::framing::PyDelimiter>()?;
+    m.add_class::<py::framing::PyLengthPrefixed>()?;
+    m.add_class::<py::framing::PyFixedSize>()?;
+    m.add_function(wrap_pyfunction!(py::options::check_framing, m)?)?;
     m.add(
         "SessionClosedError",
         py.get_type::<py::errors::SessionClosedError>(),
@@ -62,6 +67,10 @@ fn _hamanet(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("READ_BUDGET", reactor::READ_BUDGET)?;
+    m.add("OPTIONS", py::options::defaults(py)?)?;
+    m.add("MAX_MESSAGE", framing::MAX_MESSAGE)?;
+    m.add("DEFAULT_MAX_LINE", framing::DEFAULT_MAX_LINE)?;
+    m.add("DEFAULT_MAX_MESSAGE", framing::DEFAULT_MAX_MESSAGE)?;
     m.add(
         "CALLBACK_NAMES",
         pyo3::types::PyTuple::new(py, py::callbacks::CALLBACK_NAMES)?,

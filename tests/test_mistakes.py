@@ -512,7 +512,7 @@ def test_the_framing_base_class_is_not_a_framer():
 
 
 def test_check_framing_explains_a_class_or_bytes():
-    check = hamanet.framing._check_framing
+    check = hamanet._hamanet.check_framing
     assert check(None) is None
     framing = FixedSize(3)
     assert check(framing) is framing

@@ -1,8 +1,8 @@
 #![no_main]
-//! The delimiter framer: 1 to 4 delimiter bytes, max_length below 1024, with or without
+//! The delimiter framer: 1 to 4 delimiter bytes, max_length 1 to 1023, with or without
 //! keeping the delimiter.
 
-use _hamanet::framing::Framer;
+use _hamanet::framing::{Framer, FramerSpec};
 use hamanet_fuzz::Input;
 use libfuzzer_sys::fuzz_target;
 
@@ -13,10 +13,11 @@ fuzz_target!(|data: &[u8]| {
     if delimiter.is_empty() {
         delimiter.push(b'\n');
     }
-    let framer = Framer::Delimiter {
+    let spec = FramerSpec::Delimiter {
         delimiter,
-        max_length: usize::from(input.u16() % 1024),
+        max_length: 1 + usize::from(input.u16() % 1023),
         keep: input.byte() & 1 == 1,
     };
+    let framer = Framer::new(spec).expect("the target builds a valid framer");
     input.check(&framer);
 });

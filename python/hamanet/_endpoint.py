@@ -4,36 +4,25 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import difflib
 import inspect
-import ipaddress
 import logging
-import math
 import os
-import socket
-import sys
 import threading
 import time
 from typing import Any, Callable
 
-from ._hamanet import LifecycleError, Loop, Session, TimerHandle
+from ._hamanet import OPTIONS, LifecycleError, Loop, Session, TimerHandle
 from ._handler import Handler, _is_async, bound_callbacks
-from .framing import Framing, _check_framing
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_BACKLOG = 1024
 DEFAULT_STOP_TIMEOUT = 5.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
-DEFAULT_WRITE_HIGH = 64 * 1024
-DEFAULT_WRITE_LOW = 16 * 1024
-DEFAULT_MAX_WRITE_BUFFER = 128 * 1024 * 1024
 #: A wait without a timeout: the native waits handle signals (Ctrl-C) every 50 ms
 #: themselves, so one call can wait as long as it takes.
 _FOREVER = 1e9
 #: How long stop() waits past its timeout before it says which callback holds it up.
 _STOP_GRACE = 1.0
-#: Sizes the kernel takes as a C int (socket buffers, the listen backlog).
-_C_INT_MAX = 2**31 - 1
 
 _logger = logging.getLogger("hamanet")
 
@@ -41,88 +30,6 @@ _logger = logging.getLogger("hamanet")
 # server whose last reference was dropped still gets stopped before the interpreter exits.
 _live: set[_Endpoint] = set()
 _live_lock = threading.Lock()
-
-
-def _check_port(port: Any) -> int:
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"port must be an int, not {type(port).__name__!r}")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port must be between 0 and 65535 (0 picks a free port), got {port}")
-    return port
-
-
-def _check_host(host: Any) -> str:
-    if not isinstance(host, str):
-        raise TypeError(f"host must be a str such as '127.0.0.1', not {type(host).__name__!r}")
-    if not host:
-        raise ValueError(
-            "host must not be empty; use '127.0.0.1' for loopback or '0.0.0.0' "
-            "to listen on every interface"
-        )
-    if "\0" in host:
-        raise ValueError(f"host must not contain a NUL character, got {host!r}")
-    return host
-
-
-def _check_path(path: Any) -> str:
-    path = os.fspath(path)
-    if not isinstance(path, str) or not path:
-        raise ValueError(f"path must be a non-empty filesystem path, got {path!r}")
-    if "\0" in path:
-        raise ValueError(
-            f"path must not contain a NUL character (abstract Unix socket names are not "
-            f"supported), got {path!r}"
-        )
-    return path
-
-
-def _check_timeout(timeout: Any, name: str = "timeout", *, positive: bool = False) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(timeout).__name__!r}")
-    if not math.isfinite(timeout) or timeout < 0 or (positive and timeout == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {timeout!r}")
-    return float(timeout)
-
-
-def _check_resolvable(host: str, port: int) -> None:
-    """A name that does not resolve raises ``socket.gaierror`` (an OSError), as the socket
-    module does, before the native layer sees it."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        try:
-            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise socket.gaierror(exc.errno, f"{exc.strerror}: {host!r}") from None
-
-
-def _check_size(
-    value: Any,
-    name: str,
-    *,
-    optional: bool = True,
-    minimum: int = 1,
-    maximum: int = sys.maxsize,
-) -> int | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        what = "an int" + (" or None" if optional else "")
-        raise TypeError(f"{name} must be {what}, not {type(value).__name__!r}")
-    if not minimum <= value <= maximum:
-        raise ValueError(f"{name} must be between {minimum} and {maximum}, got {value!r}")
-    return value
-
-
-def _check_idle_timeout(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"idle_timeout must be a number of seconds or None, not {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"idle_timeout must be a finite number of seconds > 0, got {value!r}")
-    return float(value)
 
 
 def _check_callback(callback: Any) -> None:
@@ -140,54 +47,15 @@ class _Endpoint:
     """What Server and Client share: the reactor, its handler and its lifecycle."""
 
     def __init__(self, handler: Handler, **options: Any) -> None:
-        _check_options(type(self), options)
-        self._configure(handler, **options)
-
-    def _configure(
-        self,
-        handler: Handler,
-        *,
-        nodelay: bool = True,
-        keepalive: bool = False,
-        recv_buffer: int | None = None,
-        send_buffer: int | None = None,
-        write_high: int = DEFAULT_WRITE_HIGH,
-        write_low: int = DEFAULT_WRITE_LOW,
-        max_write_buffer: int = DEFAULT_MAX_WRITE_BUFFER,
-        idle_timeout: float | None = None,
-        max_connections: int | None = None,
-        framing: Framing | None = None,
-    ) -> None:
+        # The options are checked natively (names, kinds and values), in one place for
+        # every caller; only the handler's own framing attribute is looked up here.
+        framing = options.pop("framing", None)
         if framing is None:
             framing = getattr(handler, "framing", None)
-        framing = _check_framing(framing)
+        self._loop = Loop(type(self).__name__, framing=framing, **options)
         self._framed = framing is not None
-        write_high = _check_size(write_high, "write_high", optional=False, minimum=0)
-        write_low = _check_size(write_low, "write_low", optional=False, minimum=0)
-        max_write_buffer = _check_size(max_write_buffer, "max_write_buffer", optional=False)
-        if write_low > write_high:
-            raise ValueError(
-                f"write_low ({write_low}) must not exceed write_high ({write_high}): writing "
-                "resumes below the low watermark after pausing above the high one"
-            )
-        if write_high > max_write_buffer:
-            raise ValueError(
-                f"write_high ({write_high}) must not exceed max_write_buffer ({max_write_buffer})"
-            )
+        self._loop.set_callbacks(bound_callbacks(handler, framed=self._framed))
         self._handler = handler
-        self._loop = Loop(
-            bound_callbacks(handler, framed=self._framed),
-            nodelay=bool(nodelay),
-            keepalive=bool(keepalive),
-            recv_buffer=_check_size(recv_buffer, "recv_buffer", maximum=_C_INT_MAX),
-            send_buffer=_check_size(send_buffer, "send_buffer", maximum=_C_INT_MAX),
-            write_high=write_high,
-            write_low=write_low,
-            max_write_buffer=max_write_buffer,
-            idle_timeout=_check_idle_timeout(idle_timeout),
-            max_connections=_check_size(max_connections, "max_connections"),
-            framing=None if framing is None else framing._spec(),
-        )
         self._start_lock = threading.Lock()
 
     @property
@@ -228,20 +96,16 @@ class _Endpoint:
         """Runs ``callback(*args)`` on the reactor thread after ``delay`` seconds, in the
         same batch as I/O callbacks. Returns a handle whose ``cancel()`` stops it. Safe from
         any thread; a callback that raises is logged on the ``hamanet`` logger."""
-        delay = _check_timeout(delay, "delay")
         _check_callback(callback)
         self._start_on_demand()
-        now = time.monotonic()
-        return self._loop.call_at(now + delay, callback, args, now)
+        return self._loop.call_later(delay, callback, args, time.monotonic())
 
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
         """Runs ``callback(*args)`` at ``when`` on the ``time.monotonic()`` clock (see
         ``call_later``)."""
-        if isinstance(when, bool) or not isinstance(when, (int, float)):
-            raise TypeError(f"when must be a time.monotonic() value, not {when!r}")
         _check_callback(callback)
         self._start_on_demand()
-        return self._loop.call_at(float(when), callback, args, time.monotonic())
+        return self._loop.call_at(when, callback, args, time.monotonic())
 
     def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> TimerHandle:
         """Runs ``callback(*args)`` on the reactor thread as soon as it can, waking it if
@@ -275,9 +139,6 @@ class _Endpoint:
         ``on_close(session, exc)`` comes instead, without an ``on_connect``; ``close()``
         before then cancels it (``on_close(session, None)``). Writes made meanwhile are
         sent once connected."""
-        host = _check_host(host)
-        port = _check_port(port)
-        timeout = _check_timeout(timeout, positive=True)
         callbacks = self._own_callbacks(handler)
         self._start_on_demand()
         return self._loop.connect_nowait(host, port, timeout, callbacks)
@@ -305,8 +166,7 @@ class _Endpoint:
         can shorten the deadline. From a handler callback, only requests the stop (join()
         then returns once it is done).
         """
-        timeout = _check_timeout(timeout)
-        self._loop.stop(timeout)
+        timeout = self._loop.stop(timeout)
         if self._loop.on_reactor_thread() or self._loop.phase == "created":
             return
         if not self._wait(timeout + _STOP_GRACE):
@@ -335,8 +195,6 @@ class _Endpoint:
         stopping the reactor cleanly. A KeyboardInterrupt or SystemExit raised by a handler
         callback stops the server and is re-raised here.
         """
-        if timeout is not None:
-            timeout = _check_timeout(timeout)
         if self._loop.phase == "created":
             raise LifecycleError("join() before start(): call start() first")
         self._refuse_on_reactor_thread("join()")
@@ -400,21 +258,17 @@ class _Endpoint:
             self.stop()
 
 
-#: The options Server and Client take, for a misspelt one's error message.
-_OPTIONS = tuple(inspect.signature(_Endpoint._configure).parameters)[2:]
-# help(Server), help(Client) list the options, not **options.
-_Endpoint.__init__.__signature__ = inspect.signature(_Endpoint._configure)  # type: ignore[attr-defined]
-
-
-def _check_options(cls: type, options: dict[str, Any]) -> None:
-    for name in options:
-        if name not in _OPTIONS:
-            close = difflib.get_close_matches(name, _OPTIONS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise TypeError(
-                f"{cls.__name__}() got an unknown option {name!r}{hint} "
-                f"(options: {', '.join(_OPTIONS)})"
-            )
+# help(Server), help(Client) list the options (with their native defaults), not **options.
+_Endpoint.__init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("handler", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Handler),
+    ]
+    + [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+        for name, default in OPTIONS
+    ]
+)
 
 
 class Server(_Endpoint):
@@ -447,10 +301,6 @@ class Server(_Endpoint):
         ``reuse_port=True`` (SO_REUSEPORT) lets several processes listen on one port;
         ``dual_stack=True`` makes an IPv6 listener (``host="::"``) accept IPv4 too.
         """
-        port = _check_port(port)
-        host = _check_host(host)
-        backlog = _check_size(backlog, "backlog", optional=False, maximum=_C_INT_MAX)
-        _check_resolvable(host, port)
         # (host, port) for IPv6 too: flowinfo and scope_id say nothing about a listener.
         address = self._loop.listen(host, port, backlog, bool(reuse_port), bool(dual_stack))[:2]
         self._addresses.append(address)
@@ -461,8 +311,6 @@ class Server(_Endpoint):
         A socket file left behind by a dead process is replaced; one a live server owns
         raises OSError(EADDRINUSE); a path over 107 bytes raises ValueError. The file is
         removed when the server stops."""
-        path = _check_path(path)
-        backlog = _check_size(backlog, "backlog", optional=False, maximum=_C_INT_MAX)
         address = self._loop.listen_unix(path, backlog)
         self._addresses.append(address)
         return address
@@ -514,10 +362,6 @@ class Client(_Endpoint):
         session's callbacks instead of the client's handler. Call from any thread but the
         reactor's (not from a callback; see ``connect_nowait``).
         """
-        host = _check_host(host)
-        port = _check_port(port)
-        timeout = _check_timeout(timeout, positive=True)
-        _check_resolvable(host, port)
         callbacks = self._own_callbacks(handler)
         self._ensure_started()
         return self._loop.connect(host, port, timeout, callbacks)
@@ -530,8 +374,6 @@ class Client(_Endpoint):
         handler: Handler | None = None,
     ) -> Session:
         """Connects to the Unix domain stream socket at ``path`` (see ``connect``)."""
-        path = _check_path(path)
-        timeout = _check_timeout(timeout, positive=True)
         callbacks = self._own_callbacks(handler)
         self._ensure_started()
         return self._loop.connect_unix(path, timeout, callbacks)
@@ -545,8 +387,6 @@ class Client(_Endpoint):
     def join(self, timeout: float | None = None) -> bool:
         """Blocks until every session of this client has closed (or the client stopped),
         or ``timeout`` seconds. Returns whether that happened. Ctrl-C interrupts it."""
-        if timeout is not None:
-            timeout = _check_timeout(timeout)
         if self._loop.phase == "created":
             return True
         self._refuse_on_reactor_thread("join()")

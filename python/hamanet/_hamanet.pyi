@@ -1,7 +1,10 @@
 """Type stubs for the native module ``hamanet._hamanet`` (built from src/)."""
 
 from collections.abc import Iterable
+from os import PathLike
 from typing import Any, Callable, final
+
+from typing_extensions import disjoint_base
 
 _BytesLike = bytes | bytearray | memoryview
 _Address = tuple[str, int] | tuple[str, int, int, int]
@@ -9,8 +12,16 @@ _Callback = Callable[..., Any] | None
 
 __all__ = [
     "CALLBACK_NAMES",
+    "DEFAULT_MAX_LINE",
+    "DEFAULT_MAX_MESSAGE",
+    "MAX_MESSAGE",
+    "OPTIONS",
     "READ_BUDGET",
+    "Delimiter",
+    "FixedSize",
+    "Framing",
     "FramingError",
+    "LengthPrefixed",
     "LifecycleError",
     "Loop",
     "Session",
@@ -18,10 +29,16 @@ __all__ = [
     "TimerHandle",
     "WriteBufferFullError",
     "__version__",
+    "check_framing",
 ]
 __version__: str
 READ_BUDGET: int
 CALLBACK_NAMES: tuple[str, ...]
+#: ``(name, default)`` of every Server/Client option.
+OPTIONS: tuple[tuple[str, Any], ...]
+MAX_MESSAGE: int
+DEFAULT_MAX_LINE: int
+DEFAULT_MAX_MESSAGE: int
 
 class SessionClosedError(ConnectionError):
     """The session is closed (or its write side is shut down) and cannot take this call."""
@@ -34,6 +51,57 @@ class FramingError(ValueError):
 
 class WriteBufferFullError(BufferError):
     """A write would take the session's buffer past max_write_buffer; nothing was written."""
+
+@disjoint_base
+class Framing:
+    """Base of the framers; use one of the subclasses."""
+
+    def __new__(cls, *_args: Any, **_kwargs: Any) -> Framing: ...
+
+@final
+class Delimiter(Framing):
+    """Messages end with a delimiter."""
+
+    def __new__(
+        cls, delimiter: _BytesLike = ..., *, max_length: int = ..., keep_delimiter: bool = ...
+    ) -> Delimiter: ...
+    @property
+    def delimiter(self) -> bytes: ...
+    @property
+    def max_length(self) -> int: ...
+    @property
+    def keep_delimiter(self) -> bool: ...
+
+@final
+class LengthPrefixed(Framing):
+    """Each message starts with its length."""
+
+    def __new__(
+        cls,
+        header_size: int = ...,
+        *,
+        byteorder: str = ...,
+        includes_header: bool = ...,
+        max_length: int | None = None,
+    ) -> LengthPrefixed: ...
+    @property
+    def header_size(self) -> int: ...
+    @property
+    def byteorder(self) -> str: ...
+    @property
+    def includes_header(self) -> bool: ...
+    @property
+    def max_length(self) -> int: ...
+
+@final
+class FixedSize(Framing):
+    """Every message is exactly ``size`` bytes."""
+
+    def __new__(cls, size: int) -> FixedSize: ...
+    @property
+    def size(self) -> int: ...
+
+def check_framing(framing: object, name: str = "framing") -> Framing | None: ...
 
 @final
 class TimerHandle:
@@ -83,34 +151,26 @@ class Session:
 class Loop:
     """A reactor thread and its handler's callbacks (used by Server and Client)."""
 
-    def __new__(
-        cls,
-        callbacks: tuple[_Callback, ...],
-        *,
-        nodelay: bool = True,
-        keepalive: bool = False,
-        recv_buffer: int | None = None,
-        send_buffer: int | None = None,
-        write_high: int = ...,  # 64 KiB
-        write_low: int = ...,  # 16 KiB
-        max_write_buffer: int = ...,  # 128 MiB
-        idle_timeout: float | None = None,
-        max_connections: int | None = None,
-        framing: tuple[Any, ...] | None = None,
-    ) -> Loop: ...
+    def __new__(cls, owner: str = "Loop", **options: Any) -> Loop: ...
     def set_callbacks(self, callbacks: tuple[_Callback, ...]) -> None: ...
     def listen(
         self, host: str, port: int, backlog: int, reuse_port: bool, dual_stack: bool
-    ) -> tuple[str, int] | tuple[str, int, int, int]: ...
-    def listen_unix(self, path: str, backlog: int) -> str: ...
+    ) -> _Address: ...
+    def listen_unix(self, path: str | PathLike[str], backlog: int) -> str: ...
     def connect_unix(
-        self, path: str, timeout: float, callbacks: tuple[_Callback, ...] | None = None
+        self,
+        path: str | PathLike[str],
+        timeout: float,
+        callbacks: tuple[_Callback, ...] | None = None,
     ) -> Session: ...
     def connect_nowait(
         self, host: str, port: int, timeout: float, callbacks: tuple[_Callback, ...] | None = None
     ) -> Session: ...
     def call_at(
         self, when: float, callback: Callable[..., Any], args: tuple[Any, ...], now: float
+    ) -> TimerHandle: ...
+    def call_later(
+        self, delay: float, callback: Callable[..., Any], args: tuple[Any, ...], now: float
     ) -> TimerHandle: ...
     def call_soon(
         self, callback: Callable[..., Any], args: tuple[Any, ...], now: float
@@ -121,7 +181,7 @@ class Loop:
     def timers_pending(self) -> int: ...
     def stats(self) -> dict[str, int]: ...
     def start(self) -> None: ...
-    def stop(self, timeout: float) -> None: ...
+    def stop(self, timeout: float) -> float: ...
     def wait(self, timeout: float) -> bool: ...
     def wait_idle(self, timeout: float) -> bool: ...
     def connect(

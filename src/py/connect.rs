@@ -10,13 +10,20 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 
 use super::callbacks::Callbacks;
-use super::convert::seconds;
-use super::errors::{os_error, LifecycleError};
+use super::errors::{os_error, resolve_error, LifecycleError};
 use super::inner::{wait_in_slices, LoopInner, Phase};
 use super::session::PySession;
 use crate::shared::{lock, SessionCore};
 use crate::sys::address::{self, Address};
 use crate::sys::net;
+use std::net::SocketAddr;
+
+/// Resolves `host` (detached: a lookup may take a while); a name that does not resolve
+/// raises `socket.gaierror`, as the `socket` module does.
+pub(super) fn resolve(py: Python<'_>, host: &str, port: u16) -> PyResult<Vec<SocketAddr>> {
+    py.detach(|| address::resolve(host, port))
+        .map_err(|err| resolve_error(py, err, host))
+}
 
 pub(super) fn check_can_connect(inner: &LoopInner) -> PyResult<()> {
     inner.check_not_forked("connect()")?;
@@ -64,11 +71,11 @@ pub(super) fn connect_any(
     py: Python<'_>,
     inner: &Arc<LoopInner>,
     addrs: &[Address],
-    timeout: f64,
+    timeout: Duration,
     context: &str,
     own: Option<Arc<Callbacks>>,
 ) -> PyResult<Py<PySession>> {
-    let deadline = Instant::now() + seconds(timeout, "timeout")?;
+    let deadline = Instant::now() + timeout;
     let mut last_error = None;
     for addr in addrs {
         let fd = match connect_one(py, inner, addr, deadline) {

@@ -11,6 +11,7 @@ use pyo3::exceptions::{PyBufferError, PyConnectionError, PyOSError, PyRuntimeErr
 use pyo3::prelude::*;
 
 use crate::shared::Refusal;
+use crate::sys::address::ResolveError;
 
 create_exception!(
     hamanet,
@@ -53,6 +54,28 @@ pub fn os_error(err: &io::Error, context: Option<&str>) -> PyErr {
             PyValueError::new_err(with_context(&err.to_string(), context))
         }
         (None, _) => PyOSError::new_err(with_context(&err.to_string(), context)),
+    }
+}
+
+/// `socket.gaierror` for a name that did not resolve, as the `socket` module raises it:
+/// `(code, "message: 'host'")`.
+pub fn resolve_error(py: Python<'_>, err: ResolveError, host: &str) -> PyErr {
+    match err {
+        ResolveError::Lookup { code, message } => {
+            let gaierror = py
+                .import("socket")
+                .and_then(|socket| socket.getattr("gaierror"));
+            match gaierror {
+                Ok(gaierror) => PyErr::from_type(
+                    gaierror
+                        .cast_into()
+                        .unwrap_or_else(|_| py.get_type::<PyOSError>()),
+                    (code, format!("{message}: {host:?}")),
+                ),
+                Err(err) => err,
+            }
+        }
+        ResolveError::Io(err) => os_error(&err, Some(host)),
     }
 }
 

@@ -10,18 +10,20 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 
 use super::callbacks::{Busy, Callbacks};
-use super::convert::seconds;
 use super::errors::LifecycleError;
 use super::sessions::PendingSession;
-use super::timer::ScheduledCall;
 use crate::framing::Framer;
 use crate::reactor::{LoopConfig, Reactor};
 use crate::shared::{lock, Command, LoopShared, LoopStatus};
 
 /// How long a blocking wait runs before it returns to Python so Ctrl-C is seen promptly.
 pub(super) const SIGNAL_SLICE: Duration = Duration::from_millis(50);
+
+/// A timer's callback and its positional arguments.
+pub(super) type ScheduledCall = (Py<PyAny>, Py<PyTuple>);
 
 /// Where the loop is in its life.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -98,14 +100,14 @@ impl LoopInner {
         }
     }
 
-    /// Waits up to `timeout` seconds until `done(status)`; returns whether it came true.
+    /// Waits up to `timeout` until `done(status)`; returns whether it came true.
     pub(super) fn wait_until(
         &self,
         py: Python<'_>,
-        timeout: f64,
+        timeout: Duration,
         done: impl Fn(&LoopStatus) -> bool + Sync,
     ) -> PyResult<bool> {
-        let deadline = Instant::now() + seconds(timeout, "timeout")?;
+        let deadline = Instant::now() + timeout;
         wait_in_slices(
             py,
             deadline,

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -16,17 +15,16 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use super::callbacks::{own_callbacks, Busy, Callbacks};
-use super::connect::{adopt_socket, check_can_connect, connect_any};
-use super::convert::{
-    address_object, capped_duration, framer_from_spec, positive, seconds, timeout_seconds,
-};
+use super::connect::{adopt_socket, check_can_connect, connect_any, resolve};
+use super::convert::{self, address_object, capped_duration, C_INT_MAX};
 use super::errors::{os_error, LifecycleError};
 use super::inner::{LoopInner, Phase};
+use super::options::{loop_options, LoopOptions};
 use super::session::PySession;
 use super::thread::run;
 use super::timer::{schedule, PyTimerHandle};
-use crate::reactor::{LoopConfig, Reactor};
-use crate::shared::{lock, Command, WriteLimits};
+use crate::reactor::Reactor;
+use crate::shared::{lock, Command};
 use crate::sys::address::{self, Address};
 use crate::sys::net::{self, SocketOptions};
 
@@ -38,44 +36,13 @@ pub struct PyLoop {
 
 #[pymethods]
 impl PyLoop {
+    /// `owner` ("Server" or "Client") names the caller in errors; `options` are those
+    /// listed in `OPTIONS`, checked in `options.rs`. The handler's callbacks come with
+    /// `set_callbacks`, before `start()`.
     #[new]
-    #[pyo3(signature = (
-        callbacks, *, nodelay=true, keepalive=false, recv_buffer=None, send_buffer=None,
-        write_high=WriteLimits::DEFAULT.high, write_low=WriteLimits::DEFAULT.low,
-        max_write_buffer=WriteLimits::DEFAULT.max, idle_timeout=None, max_connections=None,
-        framing=None,
-    ))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        callbacks: &Bound<'_, PyTuple>,
-        nodelay: bool,
-        keepalive: bool,
-        recv_buffer: Option<usize>,
-        send_buffer: Option<usize>,
-        write_high: usize,
-        write_low: usize,
-        max_write_buffer: usize,
-        idle_timeout: Option<f64>,
-        max_connections: Option<usize>,
-        framing: Option<&Bound<'_, PyTuple>>,
-    ) -> PyResult<PyLoop> {
-        let framer = framing.map(framer_from_spec).transpose()?.map(Arc::new);
-        let options = SocketOptions {
-            nodelay,
-            keepalive,
-            recv_buffer: positive(recv_buffer, "recv_buffer")?,
-            send_buffer: positive(send_buffer, "send_buffer")?,
-            reuse_port: false,
-        };
-        let config = LoopConfig {
-            options,
-            limits: WriteLimits::new(write_high, write_low, max_write_buffer)
-                .map_err(PyValueError::new_err)?,
-            idle_timeout: idle_timeout
-                .map(|t| timeout_seconds(t, "idle_timeout"))
-                .transpose()?,
-            max_connections: positive(max_connections, "max_connections")?,
-        };
+    #[pyo3(signature = (owner="Loop", **options))]
+    fn new(owner: &str, options: Option<&Bound<'_, PyDict>>) -> PyResult<PyLoop> {
+        let LoopOptions { config, framer } = loop_options(owner, options)?;
         let reactor = Reactor::new(config.clone()).map_err(|e| os_error(&e, None))?;
         Ok(PyLoop {
             inner: Arc::new(LoopInner {
@@ -85,7 +52,7 @@ impl PyLoop {
                 reactor: Mutex::new(Some(reactor)),
                 thread: Mutex::new(None),
 
-                callbacks: Mutex::new(Arc::new(Callbacks::from_tuple(callbacks)?)),
+                callbacks: Mutex::new(Arc::new(Callbacks::none())),
                 pending: Mutex::new(HashMap::new()),
                 timers: Mutex::new(HashMap::new()),
                 next_timer: AtomicU64::new(1),
@@ -130,21 +97,22 @@ impl PyLoop {
         Ok(())
     }
 
-    /// Binds and listens on `host:port`; returns the bound `(host, port)`.
+    /// Binds and listens on `host:port`; returns the bound address.
     fn listen<'py>(
         &self,
         py: Python<'py>,
-        host: &str,
-        port: u16,
-        backlog: i32,
+        host: &Bound<'py, PyAny>,
+        port: &Bound<'py, PyAny>,
+        backlog: &Bound<'py, PyAny>,
         reuse_port: bool,
         dual_stack: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let port = convert::port(port)?;
+        let host = convert::host(host)?;
+        let backlog = convert::size(backlog, "backlog", 1..=C_INT_MAX)? as i32;
         self.inner.check_running("open()")?;
+        let addr = resolve(py, &host, port)?[0];
         let context = format!("{host}:{port}");
-        let addr = py
-            .detach(|| address::resolve(host, port))
-            .map_err(|e| os_error(&e, Some(&context)))?[0];
         let options = SocketOptions {
             reuse_port,
             ..self.inner.config.options.clone()
@@ -159,9 +127,11 @@ impl PyLoop {
     fn listen_unix<'py>(
         &self,
         py: Python<'py>,
-        path: PathBuf,
-        backlog: i32,
+        path: &Bound<'py, PyAny>,
+        backlog: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let path = convert::unix_path(path)?;
+        let backlog = convert::size(backlog, "backlog", 1..=C_INT_MAX)? as i32;
         self.inner.check_running("open_unix()")?;
         let context = path.display().to_string();
         let fd = py
@@ -202,11 +172,12 @@ impl PyLoop {
     }
 
     /// Asks the reactor to stop: stop accepting, flush every session and close it, abort
-    /// what has not flushed after `timeout` seconds. Returns at once; `wait()` waits.
-    fn stop(&self, timeout: f64) -> PyResult<()> {
-        let timeout = seconds(timeout, "timeout")?;
+    /// what has not flushed after `timeout` seconds. Returns at once (`wait()` waits)
+    /// with the timeout in seconds.
+    fn stop(&self, timeout: &Bound<'_, PyAny>) -> PyResult<f64> {
+        let timeout = convert::seconds(timeout, "timeout")?;
         if self.inner.shared.is_forked_copy() {
-            return Ok(()); // nothing runs here to stop
+            return Ok(timeout.as_secs_f64()); // nothing runs here to stop
         }
         let mut phase = lock(&self.inner.phase);
         match *phase {
@@ -227,12 +198,13 @@ impl PyLoop {
                 self.inner.request_stop(timeout);
             }
         }
-        Ok(())
+        Ok(timeout.as_secs_f64())
     }
 
     /// Waits up to `timeout` seconds for the reactor to finish; returns whether it has.
     /// Re-raises a `KeyboardInterrupt`/`SystemExit` that a handler raised.
-    fn wait(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+    fn wait(&self, py: Python<'_>, timeout: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let timeout = convert::seconds(timeout, "timeout")?;
         if self.inner.shared.is_forked_copy() {
             return Ok(true); // nothing runs here to wait for
         }
@@ -263,7 +235,8 @@ impl PyLoop {
 
     /// Waits up to `timeout` seconds until no session is open (or the loop finished).
     /// Re-raises a `KeyboardInterrupt`/`SystemExit` that a handler raised.
-    fn wait_idle(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+    fn wait_idle(&self, py: Python<'_>, timeout: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let timeout = convert::seconds(timeout, "timeout")?;
         if self.inner.shared.is_forked_copy() {
             return Ok(true);
         }
@@ -280,18 +253,19 @@ impl PyLoop {
     fn connect(
         &self,
         py: Python<'_>,
-        host: &str,
-        port: u16,
-        timeout: f64,
+        host: &Bound<'_, PyAny>,
+        port: &Bound<'_, PyAny>,
+        timeout: &Bound<'_, PyAny>,
         callbacks: Option<&Bound<'_, PyTuple>>,
     ) -> PyResult<Py<PySession>> {
-        let context = format!("{host}:{port}");
+        let host = convert::host(host)?;
+        let port = convert::port(port)?;
+        let timeout = convert::timeout(timeout, "timeout")?;
         check_can_connect(&self.inner)?;
         let own = own_callbacks(callbacks)?;
-        let addrs = py
-            .detach(|| address::resolve(host, port))
-            .map_err(|e| os_error(&e, Some(&context)))?;
+        let addrs = resolve(py, &host, port)?;
         let addrs: Vec<Address> = addrs.into_iter().map(Address::Inet).collect();
+        let context = format!("{host}:{port}");
         connect_any(py, &self.inner, &addrs, timeout, &context, own)
     }
 
@@ -304,12 +278,14 @@ impl PyLoop {
     fn connect_nowait(
         &self,
         py: Python<'_>,
-        host: &str,
-        port: u16,
-        timeout: f64,
+        host: &Bound<'_, PyAny>,
+        port: &Bound<'_, PyAny>,
+        timeout: &Bound<'_, PyAny>,
         callbacks: Option<&Bound<'_, PyTuple>>,
     ) -> PyResult<Py<PySession>> {
-        let timeout = timeout_seconds(timeout, "timeout")?;
+        let host = convert::host(host)?;
+        let port = convert::port(port)?;
+        let timeout = convert::timeout(timeout, "timeout")?;
         let own = own_callbacks(callbacks)?;
         self.inner.check_not_forked("connect_nowait()")?;
         if self.inner.phase() != Phase::Running {
@@ -346,13 +322,15 @@ impl PyLoop {
     fn connect_unix(
         &self,
         py: Python<'_>,
-        path: PathBuf,
-        timeout: f64,
+        path: &Bound<'_, PyAny>,
+        timeout: &Bound<'_, PyAny>,
         callbacks: Option<&Bound<'_, PyTuple>>,
     ) -> PyResult<Py<PySession>> {
-        let context = path.display().to_string();
+        let path = convert::unix_path(path)?;
+        let timeout = convert::timeout(timeout, "timeout")?;
         check_can_connect(&self.inner)?;
         let own = own_callbacks(callbacks)?;
+        let context = path.display().to_string();
         connect_any(
             py,
             &self.inner,
@@ -363,32 +341,30 @@ impl PyLoop {
         )
     }
 
-    /// Runs `callback(*args)` on the reactor thread at `when` (`time.monotonic()` clock).
-    /// Safe from any thread.
+    /// Runs `callback(*args)` on the reactor thread at `when` (`time.monotonic()` clock;
+    /// `now` is the caller's reading of it). Safe from any thread.
     fn call_at(
         &self,
-        when: f64,
+        when: &Bound<'_, PyAny>,
         callback: Py<PyAny>,
         args: Py<PyTuple>,
         now: f64,
     ) -> PyResult<PyTimerHandle> {
-        if !when.is_finite() {
-            return Err(PyValueError::new_err(format!(
-                "when must be a finite time, got {when}"
-            )));
-        }
-        let start = Instant::now();
-        // A `when` in the past stays in the past, so past timers still run in `when` order.
-        let at = if when >= now {
-            start + capped_duration(when - now)
-        } else {
-            start
-                .checked_sub(capped_duration(now - when))
-                .unwrap_or(start)
-        };
-        schedule(&self.inner, when, callback, args, |id| {
-            Command::Timer(id, at)
-        })
+        let when = convert::moment(when, "when")?;
+        self.schedule_at(when, now, callback, args)
+    }
+
+    /// Runs `callback(*args)` on the reactor thread after `delay` seconds (`now` is the
+    /// caller's `time.monotonic()`). Safe from any thread.
+    fn call_later(
+        &self,
+        delay: &Bound<'_, PyAny>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        now: f64,
+    ) -> PyResult<PyTimerHandle> {
+        let delay = convert::seconds(delay, "delay")?;
+        self.schedule_at(now + delay.as_secs_f64(), now, callback, args)
     }
 
     /// Runs `callback(*args)` on the reactor thread in its next batch, waking it if it
@@ -492,6 +468,29 @@ impl PyLoop {
 }
 
 impl PyLoop {
+    /// Schedules `callback(*args)` at `when`, given that it is `now` (both on the
+    /// `time.monotonic()` clock).
+    fn schedule_at(
+        &self,
+        when: f64,
+        now: f64,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+    ) -> PyResult<PyTimerHandle> {
+        let start = Instant::now();
+        // A `when` in the past stays in the past, so past timers still run in `when` order.
+        let at = if when >= now {
+            start + capped_duration(when - now)
+        } else {
+            start
+                .checked_sub(capped_duration(now - when))
+                .unwrap_or(start)
+        };
+        schedule(&self.inner, when, callback, args, |id| {
+            Command::Timer(id, at)
+        })
+    }
+
     /// Raises, once, the `KeyboardInterrupt`/`SystemExit` a handler raised.
     fn raise_failure(&self) -> PyResult<()> {
         let failure = lock(&self.inner.failure).take();

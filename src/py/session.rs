@@ -10,7 +10,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyMemoryView};
 
-use super::convert::{address_object, timeout_seconds};
+use super::convert::{address_object, optional_size, optional_timeout, MAX_SIZE};
 use super::errors::{refused, FramingError};
 use crate::framing::Framer;
 use crate::shared::{SessionCore, WriteLimits};
@@ -181,10 +181,19 @@ impl PySession {
     #[pyo3(signature = (high=None, low=None, max=None))]
     fn set_write_buffer_limits(
         &self,
-        high: Option<usize>,
-        low: Option<usize>,
-        max: Option<usize>,
+        high: Option<&Bound<'_, PyAny>>,
+        low: Option<&Bound<'_, PyAny>>,
+        max: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        let limit = |value: Option<&Bound<'_, PyAny>>, name, least| match value {
+            Some(value) => optional_size(value, name, least..=MAX_SIZE),
+            None => Ok(None),
+        };
+        let (high, low, max) = (
+            limit(high, "high", 0)?,
+            limit(low, "low", 0)?,
+            limit(max, "max", 1)?,
+        );
         self.core
             .update_write_limits(|current| {
                 let low = low.unwrap_or(match high {
@@ -194,7 +203,7 @@ impl PySession {
                 let high = high.unwrap_or(current.high);
                 WriteLimits::new(high, low, max.unwrap_or(current.max))
             })
-            .map_err(PyValueError::new_err)
+            .map_err(|err| PyValueError::new_err(err.describe(["low", "high", "max"])))
     }
 
     /// `(low, high, max)`: the watermarks and the hard cap, in bytes.
@@ -205,10 +214,8 @@ impl PySession {
 
     /// Closes this session after `seconds` without traffic (`None`: never), overriding
     /// the server's `idle_timeout`.
-    fn set_idle_timeout(&self, seconds: Option<f64>) -> PyResult<()> {
-        let timeout = seconds
-            .map(|s| timeout_seconds(s, "idle timeout"))
-            .transpose()?;
+    fn set_idle_timeout(&self, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
+        let timeout = optional_timeout(seconds, "idle timeout")?;
         self.core.set_idle_timeout(timeout);
         Ok(())
     }

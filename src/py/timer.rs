@@ -11,9 +11,6 @@ use super::errors::LifecycleError;
 use super::inner::LoopInner;
 use crate::shared::{lock, Command};
 
-/// A timer's callback and its positional arguments.
-pub(super) type ScheduledCall = (Py<PyAny>, Py<PyTuple>);
-
 /// A scheduled callback; `cancel()` it to keep it from running.
 #[pyclass(module = "hamanet", name = "TimerHandle", frozen)]
 pub struct PyTimerHandle {

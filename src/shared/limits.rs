@@ -26,22 +26,56 @@ impl WriteLimits {
         max: 128 * 1024 * 1024,
     };
 
-    /// Checked limits; the error names what is wrong.
-    pub fn new(high: usize, low: usize, max: usize) -> Result<WriteLimits, String> {
+    /// Checked limits.
+    pub fn new(high: usize, low: usize, max: usize) -> Result<WriteLimits, LimitsError> {
         if low > high {
-            return Err(format!(
-                "the low watermark ({low}) must not exceed the high one ({high})"
-            ));
+            return Err(LimitsError::LowAboveHigh { low, high });
         }
         if high > max {
-            return Err(format!(
-                "the high watermark ({high}) must not exceed max_write_buffer ({max})"
-            ));
+            return Err(LimitsError::HighAboveMax { high, max });
         }
         if max == 0 {
-            return Err("max_write_buffer must be at least 1 byte".to_owned());
+            return Err(LimitsError::NoRoom);
         }
         Ok(WriteLimits { high, low, max })
+    }
+}
+
+/// Why write limits were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitsError {
+    /// The low watermark is above the high one.
+    LowAboveHigh {
+        /// The low watermark.
+        low: usize,
+        /// The high watermark.
+        high: usize,
+    },
+    /// The high watermark is above the hard cap.
+    HighAboveMax {
+        /// The high watermark.
+        high: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// A cap of 0 bytes would refuse every write.
+    NoRoom,
+}
+
+impl LimitsError {
+    /// The error in the words of the caller, whose arguments for the low and high
+    /// watermarks and the cap are named `names`.
+    pub fn describe(&self, [low_name, high_name, max_name]: [&str; 3]) -> String {
+        match *self {
+            LimitsError::LowAboveHigh { low, high } => format!(
+                "{low_name} ({low}) must not exceed {high_name} ({high}): writing resumes \
+                 below the low watermark after pausing above the high one"
+            ),
+            LimitsError::HighAboveMax { high, max } => {
+                format!("{high_name} ({high}) must not exceed {max_name} ({max})")
+            }
+            LimitsError::NoRoom => format!("{max_name} must be at least 1 byte"),
+        }
     }
 }
 

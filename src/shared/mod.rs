@@ -8,7 +8,7 @@ mod session;
 
 use std::sync::{Mutex, MutexGuard};
 
-pub use limits::{IdleTimeout, WriteLimits};
+pub use limits::{IdleTimeout, LimitsError, WriteLimits};
 pub use loop_::{Command, LoopShared, LoopStatus, Stats};
 pub use session::{Refusal, SessionCore, SessionState};
 

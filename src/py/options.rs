@@ -1,0 +1,205 @@
+//! A `Server`'s or `Client`'s options: their names, defaults and checks, in one place.
+//! `hamanet`'s Python classes take them as `**options` and pass them on untouched; their
+//! signatures (for `help()`) are built from [`OPTIONS`].
+
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString, PyTuple, PyType};
+
+use super::convert::{optional_size, optional_timeout, repr, size, C_INT_MAX, MAX_SIZE};
+use super::framing::PyFraming;
+use crate::framing::Framer;
+use crate::reactor::LoopConfig;
+use crate::shared::WriteLimits;
+use crate::sys::net::SocketOptions;
+
+/// Every option, in the order `help()` lists them.
+pub const OPTIONS: [&str; 10] = [
+    "nodelay",
+    "keepalive",
+    "recv_buffer",
+    "send_buffer",
+    "write_high",
+    "write_low",
+    "max_write_buffer",
+    "idle_timeout",
+    "max_connections",
+    "framing",
+];
+
+/// The names the write-limit errors use for the watermarks and the cap.
+const LIMIT_NAMES: [&str; 3] = ["write_low", "write_high", "max_write_buffer"];
+
+/// `(name, default)` for every option, for the Python classes' signatures.
+pub fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+    let socket = SocketOptions::default();
+    let limits = WriteLimits::DEFAULT;
+    let none = py.None().into_bound(py);
+    let values: [Bound<'_, PyAny>; 10] = [
+        socket.nodelay.into_pyobject(py)?.to_owned().into_any(),
+        socket.keepalive.into_pyobject(py)?.to_owned().into_any(),
+        none.clone(),
+        none.clone(),
+        limits.high.into_pyobject(py)?.into_any(),
+        limits.low.into_pyobject(py)?.into_any(),
+        limits.max.into_pyobject(py)?.into_any(),
+        none.clone(),
+        none.clone(),
+        none,
+    ];
+    let pairs = OPTIONS
+        .iter()
+        .zip(values)
+        .map(|(name, value)| PyTuple::new(py, [PyString::new(py, name).into_any(), value]))
+        .collect::<PyResult<Vec<_>>>()?;
+    PyTuple::new(py, pairs)
+}
+
+/// What the options configure: the reactor, and the framer if sessions are framed.
+pub struct LoopOptions {
+    /// The reactor's configuration.
+    pub config: LoopConfig,
+    /// How sessions' streams are cut into messages, if they are.
+    pub framer: Option<Arc<Framer>>,
+}
+
+/// Checks `options` (as given to `owner`, "Server" or "Client"); what is not given takes
+/// its default.
+pub fn loop_options(owner: &str, options: Option<&Bound<'_, PyDict>>) -> PyResult<LoopOptions> {
+    let get = |name: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
+        match options {
+            Some(options) => options.get_item(name),
+            None => Ok(None),
+        }
+    };
+    if let Some(options) = options {
+        for name in options.keys() {
+            let name: String = name.extract()?;
+            if !OPTIONS.contains(&name.as_str()) {
+                return Err(unknown_option(options.py(), owner, &name));
+            }
+        }
+    }
+    let mut socket = SocketOptions::default();
+    if let Some(value) = get("nodelay")? {
+        socket.nodelay = value.is_truthy()?;
+    }
+    if let Some(value) = get("keepalive")? {
+        socket.keepalive = value.is_truthy()?;
+    }
+    let kernel_size = |name| -> PyResult<Option<usize>> {
+        get(name)?.map_or(Ok(None), |value| optional_size(&value, name, 1..=C_INT_MAX))
+    };
+    socket.recv_buffer = kernel_size("recv_buffer")?;
+    socket.send_buffer = kernel_size("send_buffer")?;
+
+    let mut limits = WriteLimits::DEFAULT;
+    if let Some(value) = get("write_high")? {
+        limits.high = size(&value, "write_high", 0..=MAX_SIZE)?;
+    }
+    if let Some(value) = get("write_low")? {
+        limits.low = size(&value, "write_low", 0..=MAX_SIZE)?;
+    }
+    if let Some(value) = get("max_write_buffer")? {
+        limits.max = size(&value, "max_write_buffer", 1..=MAX_SIZE)?;
+    }
+    let limits = WriteLimits::new(limits.high, limits.low, limits.max)
+        .map_err(|err| PyValueError::new_err(err.describe(LIMIT_NAMES)))?;
+
+    let idle_timeout = match get("idle_timeout")? {
+        Some(value) => optional_timeout(&value, "idle_timeout")?,
+        None => None,
+    };
+    let max_connections = match get("max_connections")? {
+        Some(value) => optional_size(&value, "max_connections", 1..=MAX_SIZE)?,
+        None => None,
+    };
+    let framer = match get("framing")? {
+        Some(value) => match check_framing(&value, "framing")? {
+            Some(framing) => Some(Arc::clone(framing.cast::<PyFraming>()?.get().framer())),
+            None => None,
+        },
+        None => None,
+    };
+    Ok(LoopOptions {
+        config: LoopConfig {
+            options: socket,
+            limits,
+            idle_timeout,
+            max_connections,
+        },
+        framer,
+    })
+}
+
+fn unknown_option(py: Python<'_>, owner: &str, name: &str) -> PyErr {
+    let close = py
+        .import("difflib")
+        .and_then(|difflib| difflib.call_method1("get_close_matches", (name, OPTIONS, 1)))
+        .and_then(|matches| matches.get_item(0))
+        .and_then(|best| best.extract::<String>());
+    let quoted = |text: &str| repr(PyString::new(py, text).as_any());
+    let hint = close.map_or_else(
+        |_| String::new(),
+        |best| format!("; did you mean {}?", quoted(&best)),
+    );
+    PyTypeError::new_err(format!(
+        "{owner}() got an unknown option {}{hint} (options: {})",
+        quoted(name),
+        OPTIONS.join(", ")
+    ))
+}
+
+/// `framing` if it is a framer (`hamanet.framing.Delimiter`, ...) or None; else a
+/// `TypeError` that says what to pass (the framer's class itself, say, instead of an
+/// instance). `name` is the argument's name in the message.
+#[pyfunction]
+#[pyo3(signature = (framing, name="framing"))]
+pub fn check_framing<'py>(
+    framing: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    if framing.is_none() {
+        return Ok(None);
+    }
+    if framing.is_instance_of::<PyFraming>() {
+        return Ok(Some(framing.clone()));
+    }
+    let base = framing.py().get_type::<PyFraming>();
+    if let Ok(class) = framing.cast::<PyType>() {
+        if class.is_subclass(&base)? {
+            let class_name = class.name()?.to_string();
+            let example = match class_name.as_str() {
+                "Delimiter" => "Delimiter(b'\\n')".to_owned(),
+                "FixedSize" => "FixedSize(16)".to_owned(),
+                other => format!("{other}()"),
+            };
+            return Err(PyTypeError::new_err(format!(
+                "{name} must be a framer instance, not the class {class_name} itself: \
+                 instantiate it, e.g. {name}={example}"
+            )));
+        }
+    }
+    let text = framing
+        .cast::<PyString>()
+        .map(|s| s.to_string().into_bytes());
+    let bytes = framing
+        .cast::<PyBytes>()
+        .map(|b| b.as_bytes().to_vec())
+        .or_else(|_| framing.cast::<PyByteArray>().map(|b| b.to_vec()));
+    let type_name = framing.get_type().name()?.to_string();
+    if let Some(delimiter) = text.ok().or(bytes.ok()).filter(|d| !d.is_empty()) {
+        let delimiter = repr(PyBytes::new(framing.py(), &delimiter).as_any());
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be a hamanet.framing.Delimiter, LengthPrefixed or FixedSize, not \
+             '{type_name}': for messages ending with {delimiter}, pass \
+             {name}=hamanet.framing.Delimiter({delimiter})"
+        )));
+    }
+    Err(PyTypeError::new_err(format!(
+        "{name} must be a hamanet.framing.Delimiter, LengthPrefixed or FixedSize, not \
+         '{type_name}'"
+    )))
+}
