@@ -7,9 +7,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 
-use super::callbacks::Callbacks;
+use super::callbacks::{own_callbacks, Callbacks};
+use super::convert;
 use super::errors::{os_error, resolve_error, LifecycleError};
 use super::inner::{wait_in_slices, LoopInner, Phase};
 use super::session::PySession;
@@ -17,6 +20,86 @@ use crate::shared::{lock, SessionCore};
 use crate::sys::address::{self, Address};
 use crate::sys::net;
 use std::net::SocketAddr;
+
+/// `Loop.connect`: resolves `host`, connects (blocking, detached, in slices) and
+/// adopts the socket as a session.
+pub(super) fn connect(
+    py: Python<'_>,
+    inner: &Arc<LoopInner>,
+    host: &Bound<'_, PyAny>,
+    port: &Bound<'_, PyAny>,
+    timeout: &Bound<'_, PyAny>,
+    callbacks: Option<&Bound<'_, PyTuple>>,
+) -> PyResult<Py<PySession>> {
+    let host = convert::host(host)?;
+    let port = convert::port(port)?;
+    let timeout = convert::timeout(timeout, "timeout")?;
+    check_can_connect(inner)?;
+    let own = own_callbacks(callbacks)?;
+    let addrs = resolve(py, &host, port)?;
+    let addrs: Vec<Address> = addrs.into_iter().map(Address::Inet).collect();
+    let context = format!("{host}:{port}");
+    connect_any(py, inner, &addrs, timeout, &context, own)
+}
+
+/// `Loop.connect_nowait`: starts the connect and leaves the rest to the reactor.
+pub(super) fn connect_nowait(
+    py: Python<'_>,
+    inner: &Arc<LoopInner>,
+    host: &Bound<'_, PyAny>,
+    port: &Bound<'_, PyAny>,
+    timeout: &Bound<'_, PyAny>,
+    callbacks: Option<&Bound<'_, PyTuple>>,
+) -> PyResult<Py<PySession>> {
+    let host = convert::host(host)?;
+    let port = convert::port(port)?;
+    let timeout = convert::timeout(timeout, "timeout")?;
+    let own = own_callbacks(callbacks)?;
+    inner.check_not_forked("connect_nowait()")?;
+    if inner.phase() != Phase::Running {
+        return Err(LifecycleError::new_err(
+            "cannot connect_nowait(): it is not running (a Server must be started first; \
+             a stopped one cannot be reused)",
+        ));
+    }
+    let ip: std::net::IpAddr = host.parse().map_err(|_| {
+        PyValueError::new_err(format!(
+            "connect_nowait() needs an IP address, not {host:?}: resolving a name \
+             would block; resolve it first (socket.getaddrinfo) or use connect()"
+        ))
+    })?;
+    let context = format!("{host}:{port}");
+    let addr = Address::Inet(std::net::SocketAddr::new(ip, port));
+    let fd = net::connect_start(&addr, &inner.config.options)
+        .map_err(|e| os_error(&e, Some(&context)))?;
+    let local = address::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(&context)))?;
+    let deadline = Instant::now() + timeout;
+    adopt_socket(
+        py,
+        inner,
+        (addr, local),
+        fd,
+        Some(deadline),
+        "connect_nowait",
+        own,
+    )
+}
+
+/// `Loop.connect_unix`.
+pub(super) fn connect_unix(
+    py: Python<'_>,
+    inner: &Arc<LoopInner>,
+    path: &Bound<'_, PyAny>,
+    timeout: &Bound<'_, PyAny>,
+    callbacks: Option<&Bound<'_, PyTuple>>,
+) -> PyResult<Py<PySession>> {
+    let path = convert::unix_path(path)?;
+    let timeout = convert::timeout(timeout, "timeout")?;
+    check_can_connect(inner)?;
+    let own = own_callbacks(callbacks)?;
+    let context = path.display().to_string();
+    connect_any(py, inner, &[Address::Unix(path)], timeout, &context, own)
+}
 
 /// Resolves `host` (detached: a lookup may take a while); a name that does not resolve
 /// raises `socket.gaierror`, as the `socket` module does.

@@ -7,25 +7,24 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use super::callbacks::{own_callbacks, Busy, Callbacks};
-use super::connect::{adopt_socket, check_can_connect, connect_any, resolve};
-use super::convert::{self, address_object, capped_duration, C_INT_MAX};
+use super::callbacks::{Busy, Callbacks};
+use super::connect::{self, resolve};
+use super::convert::{self, address_object, C_INT_MAX};
 use super::errors::{os_error, LifecycleError};
 use super::inner::{LoopInner, Phase};
 use super::options::{loop_options, LoopOptions};
 use super::session::PySession;
 use super::thread::run;
-use super::timer::{schedule, PyTimerHandle};
+use super::timer::{schedule, schedule_at, PyTimerHandle};
 use crate::reactor::Reactor;
 use crate::shared::{lock, Command};
-use crate::sys::address::{self, Address};
+use crate::sys::address;
 use crate::sys::net::{self, SocketOptions};
 
 /// A reactor thread and its handler. Not for direct use: see `hamanet.Server`/`Client`.
@@ -258,15 +257,7 @@ impl PyLoop {
         timeout: &Bound<'_, PyAny>,
         callbacks: Option<&Bound<'_, PyTuple>>,
     ) -> PyResult<Py<PySession>> {
-        let host = convert::host(host)?;
-        let port = convert::port(port)?;
-        let timeout = convert::timeout(timeout, "timeout")?;
-        check_can_connect(&self.inner)?;
-        let own = own_callbacks(callbacks)?;
-        let addrs = resolve(py, &host, port)?;
-        let addrs: Vec<Address> = addrs.into_iter().map(Address::Inet).collect();
-        let context = format!("{host}:{port}");
-        connect_any(py, &self.inner, &addrs, timeout, &context, own)
+        connect::connect(py, &self.inner, host, port, timeout, callbacks)
     }
 
     /// Starts connecting to `ip:port` and returns the `Session` at once; the reactor
@@ -283,38 +274,7 @@ impl PyLoop {
         timeout: &Bound<'_, PyAny>,
         callbacks: Option<&Bound<'_, PyTuple>>,
     ) -> PyResult<Py<PySession>> {
-        let host = convert::host(host)?;
-        let port = convert::port(port)?;
-        let timeout = convert::timeout(timeout, "timeout")?;
-        let own = own_callbacks(callbacks)?;
-        self.inner.check_not_forked("connect_nowait()")?;
-        if self.inner.phase() != Phase::Running {
-            return Err(LifecycleError::new_err(
-                "cannot connect_nowait(): it is not running (a Server must be started first; \
-                 a stopped one cannot be reused)",
-            ));
-        }
-        let ip: std::net::IpAddr = host.parse().map_err(|_| {
-            PyValueError::new_err(format!(
-                "connect_nowait() needs an IP address, not {host:?}: resolving a name \
-                 would block; resolve it first (socket.getaddrinfo) or use connect()"
-            ))
-        })?;
-        let context = format!("{host}:{port}");
-        let addr = Address::Inet(std::net::SocketAddr::new(ip, port));
-        let fd = net::connect_start(&addr, &self.inner.config.options)
-            .map_err(|e| os_error(&e, Some(&context)))?;
-        let local = address::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(&context)))?;
-        let deadline = Instant::now() + timeout;
-        adopt_socket(
-            py,
-            &self.inner,
-            (addr, local),
-            fd,
-            Some(deadline),
-            "connect_nowait",
-            own,
-        )
+        connect::connect_nowait(py, &self.inner, host, port, timeout, callbacks)
     }
 
     /// Connects to the Unix domain socket at `path`; returns the `Session`.
@@ -326,19 +286,7 @@ impl PyLoop {
         timeout: &Bound<'_, PyAny>,
         callbacks: Option<&Bound<'_, PyTuple>>,
     ) -> PyResult<Py<PySession>> {
-        let path = convert::unix_path(path)?;
-        let timeout = convert::timeout(timeout, "timeout")?;
-        check_can_connect(&self.inner)?;
-        let own = own_callbacks(callbacks)?;
-        let context = path.display().to_string();
-        connect_any(
-            py,
-            &self.inner,
-            &[Address::Unix(path)],
-            timeout,
-            &context,
-            own,
-        )
+        connect::connect_unix(py, &self.inner, path, timeout, callbacks)
     }
 
     /// Runs `callback(*args)` on the reactor thread at `when` (`time.monotonic()` clock;
@@ -351,7 +299,7 @@ impl PyLoop {
         now: f64,
     ) -> PyResult<PyTimerHandle> {
         let when = convert::moment(when, "when")?;
-        self.schedule_at(when, now, callback, args)
+        schedule_at(&self.inner, when, now, callback, args)
     }
 
     /// Runs `callback(*args)` on the reactor thread after `delay` seconds (`now` is the
@@ -364,7 +312,7 @@ impl PyLoop {
         now: f64,
     ) -> PyResult<PyTimerHandle> {
         let delay = convert::seconds(delay, "delay")?;
-        self.schedule_at(now + delay.as_secs_f64(), now, callback, args)
+        schedule_at(&self.inner, now + delay.as_secs_f64(), now, callback, args)
     }
 
     /// Runs `callback(*args)` on the reactor thread in its next batch, waking it if it
@@ -468,29 +416,6 @@ impl PyLoop {
 }
 
 impl PyLoop {
-    /// Schedules `callback(*args)` at `when`, given that it is `now` (both on the
-    /// `time.monotonic()` clock).
-    fn schedule_at(
-        &self,
-        when: f64,
-        now: f64,
-        callback: Py<PyAny>,
-        args: Py<PyTuple>,
-    ) -> PyResult<PyTimerHandle> {
-        let start = Instant::now();
-        // A `when` in the past stays in the past, so past timers still run in `when` order.
-        let at = if when >= now {
-            start + capped_duration(when - now)
-        } else {
-            start
-                .checked_sub(capped_duration(now - when))
-                .unwrap_or(start)
-        };
-        schedule(&self.inner, when, callback, args, |id| {
-            Command::Timer(id, at)
-        })
-    }
-
     /// Raises, once, the `KeyboardInterrupt`/`SystemExit` a handler raised.
     fn raise_failure(&self) -> PyResult<()> {
         let failure = lock(&self.inner.failure).take();

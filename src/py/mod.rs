@@ -1,11 +1,15 @@
 //! The Python edge (the `python` feature): the `hamanet._hamanet` classes and the reactor
-//! thread that calls handlers. Dependencies point one way, from the classes down:
+//! thread that calls handlers. Each line below uses only the lines under it (no cycles):
 //!
 //! ```text
-//! loop_ (Loop)  ──> connect, timer ──> thread ──> dispatch ──> sessions, report
-//!      │                                              │
-//!      └──────────────> inner (what the Loop and its thread share) <──┘
-//! session (Session), callbacks, convert, errors: leaves every module may use
+//! loop_                         the Loop class: checks arguments, hands the work on
+//! options connect timer thread  Server/Client options; client connects; scheduled
+//!                               callbacks; the reactor thread's body
+//! framing dispatch              the framers (Delimiter, ...); one turn's events to callbacks
+//! inner report                  what a Loop and its thread share; logging
+//! sessions                      the open sessions' Python side
+//! session                       the Session class
+//! callbacks convert errors      the callback table; Python values in and out; exceptions
 //! ```
 
 pub mod callbacks;

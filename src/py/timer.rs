@@ -3,10 +3,12 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
+use super::convert::capped_duration;
 use super::errors::LifecycleError;
 use super::inner::LoopInner;
 use crate::shared::{lock, Command};
@@ -71,4 +73,25 @@ pub(super) fn schedule(
         when,
         inner: Arc::clone(inner),
     })
+}
+
+/// Schedules `callback(*args)` at `when`, given that it is `now` (both on the
+/// `time.monotonic()` clock).
+pub(super) fn schedule_at(
+    inner: &Arc<LoopInner>,
+    when: f64,
+    now: f64,
+    callback: Py<PyAny>,
+    args: Py<PyTuple>,
+) -> PyResult<PyTimerHandle> {
+    let start = Instant::now();
+    // A `when` in the past stays in the past, so past timers still run in `when` order.
+    let at = if when >= now {
+        start + capped_duration(when - now)
+    } else {
+        start
+            .checked_sub(capped_duration(now - when))
+            .unwrap_or(start)
+    };
+    schedule(inner, when, callback, args, |id| Command::Timer(id, at))
 }

@@ -274,7 +274,8 @@ impl Reactor {
         self.finished
     }
 
-    /// One wakeup: run queued commands and flush, wait for readiness, accept and read.
+    /// One wakeup: run queued commands (sends, closes, new sessions), wait for readiness,
+    /// serve it (accept, read, flush), then whatever came due.
     pub fn turn(&mut self) -> io::Result<()> {
         self.shared.enter_reactor_thread();
         self.arena.reset();
@@ -284,7 +285,22 @@ impl Reactor {
         if self.check_stop() {
             return Ok(());
         }
+        self.wait_for_readiness()?;
+        self.run_commands();
+        self.serve_cut_short();
+        for i in 0..self.events.len() {
+            let readiness = self.events.get(i);
+            self.handle(readiness);
+        }
+        self.run_deadlines();
+        self.check_stop();
+        self.shared.publish_stats(&self.stats);
+        Ok(())
+    }
 
+    /// Waits for readiness: not at all when this turn already has work, else until the
+    /// next deadline. A command queued meanwhile wakes it.
+    fn wait_for_readiness(&mut self) -> io::Result<()> {
         let busy = !self.batch.is_empty() || !self.again.is_empty();
         let mut timeout = if busy {
             Some(Duration::ZERO)
@@ -298,11 +314,13 @@ impl Reactor {
         self.shared.end_poll();
         waited?;
         self.now = Instant::now();
+        Ok(())
+    }
 
-        self.run_commands();
-        // What was cut short last turn goes first: a session stopped by its budget has
-        // a full receive window and gets no new edge, so behind busy peers with fresh
-        // edges it would otherwise wait for as long as they keep the arena full.
+    /// Serves first what was cut short last turn: a session stopped by its budget has a
+    /// full receive window and gets no new edge, so behind busy peers with fresh edges it
+    /// would otherwise wait for as long as they keep the arena full.
+    fn serve_cut_short(&mut self) {
         let again = std::mem::take(&mut self.again);
         for token in again {
             if let Some(session) = session_slot(&mut self.slots, token) {
@@ -312,10 +330,11 @@ impl Reactor {
                 self.accept_ready(token);
             }
         }
-        for i in 0..self.events.len() {
-            let readiness = self.events.get(i);
-            self.handle(readiness);
-        }
+    }
+
+    /// Whatever came due: accepting after a pause, connects and refusals past their
+    /// deadlines, idle sessions, timers.
+    fn run_deadlines(&mut self) {
         if self
             .accept_paused_until
             .is_some_and(|until| self.now >= until)
@@ -339,9 +358,6 @@ impl Reactor {
             stats.timers_fired += 1;
             batch.push(Event::Timer { id });
         });
-        self.check_stop();
-        self.shared.publish_stats(&self.stats);
-        Ok(())
     }
 
     fn handle(&mut self, readiness: Readiness) {
