@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import Future
 from typing import Any, Callable
 
 from ._hamanet import OPTIONS, LifecycleError, Loop, Session, TimerHandle
@@ -85,34 +86,65 @@ class _Endpoint:
         ``accepted``, ``refused_by_limit``, ``bytes_in``, ``bytes_out``, ``writes``,
         ``sends``, ``writes_coalesced``, ``idle_timeouts``, ``accept_pauses``,
         ``timers_fired`` (call_later/call_at), ``calls_soon`` (call_soon_threadsafe),
-        ``handler_errors``. Cheap: read it as often as you like."""
+        ``handler_errors``; with a pool, ``workers``, ``worker_queued`` (work waiting for a
+        worker), ``workers_busy`` and ``worker_wait_max_us`` (the longest a session has
+        waited for a worker). Cheap: read it as often as you like."""
         return self._loop.stats()
 
     def time(self) -> float:
         """The clock that ``call_at`` uses: ``time.monotonic()``."""
         return time.monotonic()
 
-    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
-        """Runs ``callback(*args)`` on the reactor thread after ``delay`` seconds, in the
-        same batch as I/O callbacks. Returns a handle whose ``cancel()`` stops it. Safe from
-        any thread; a callback that raises is logged on the ``hamanet`` logger."""
+    def call_later(
+        self,
+        delay: float,
+        callback: Callable[..., Any],
+        *args: Any,
+        session: Session | None = None,
+    ) -> TimerHandle:
+        """Runs ``callback(*args)`` after ``delay`` seconds where handler code runs: on the
+        reactor thread, in the same batch as I/O callbacks, or with ``workers=N`` on the
+        pool (in order with ``session``'s callbacks, never beside them, if given; else in
+        order with the other timers). Returns a handle whose ``cancel()`` stops it. Safe
+        from any thread; a callback that raises is logged on the ``hamanet`` logger."""
         _check_callback(callback)
         self._start_on_demand()
-        return self._loop.call_later(delay, callback, args, time.monotonic())
+        return self._loop.call_later(delay, callback, args, time.monotonic(), session)
 
-    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
+    def call_at(
+        self,
+        when: float,
+        callback: Callable[..., Any],
+        *args: Any,
+        session: Session | None = None,
+    ) -> TimerHandle:
         """Runs ``callback(*args)`` at ``when`` on the ``time.monotonic()`` clock (see
         ``call_later``)."""
         _check_callback(callback)
         self._start_on_demand()
-        return self._loop.call_at(when, callback, args, time.monotonic())
+        return self._loop.call_at(when, callback, args, time.monotonic(), session)
 
-    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> TimerHandle:
-        """Runs ``callback(*args)`` on the reactor thread as soon as it can, waking it if
-        it is waiting. The way for other threads to hand work to handler code."""
+    def call_soon_threadsafe(
+        self, callback: Callable[..., Any], *args: Any, session: Session | None = None
+    ) -> TimerHandle:
+        """Runs ``callback(*args)`` as soon as it can, where handler code runs (see
+        ``call_later``), waking the reactor if it is waiting. The way for other threads to
+        hand work to handler code."""
         _check_callback(callback)
         self._start_on_demand()
-        return self._loop.call_soon(callback, args, time.monotonic())
+        return self._loop.call_soon(callback, args, time.monotonic(), session)
+
+    def run_in_worker(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Runs ``function(*args)`` on a worker of the pool (``workers=N``) and returns a
+        ``concurrent.futures.Future`` of its result: for one-off blocking work started from
+        a callback, which goes on at once. Its exception, if it raises, is the future's.
+        Work still queued when a stop's deadline passes is cancelled."""
+        if not callable(function):
+            raise TypeError(f"function must be callable, not {type(function).__name__!r}")
+        self._start_on_demand()
+        future: Future[Any] = Future()
+        self._loop.run_in_worker(function, args, future)
+        return future
 
     def _start_on_demand(self) -> None:
         """Before a callback is scheduled or a connect made: a Client starts its reactor
@@ -167,7 +199,7 @@ class _Endpoint:
         then returns once it is done).
         """
         timeout = self._loop.stop(timeout)
-        if self._loop.on_reactor_thread() or self._loop.phase == "created":
+        if self._loop.on_handler_thread() or self._loop.phase == "created":
             return
         if not self._wait(timeout + _STOP_GRACE):
             self._report_blocked(f"stop(timeout={timeout:g})")
@@ -197,11 +229,11 @@ class _Endpoint:
         """
         if self._loop.phase == "created":
             raise LifecycleError("join() before start(): call start() first")
-        self._refuse_on_reactor_thread("join()")
+        self._refuse_on_handler_thread("join()")
         return self._wait(timeout)
 
-    def _refuse_on_reactor_thread(self, what: str) -> None:
-        if self._loop.on_reactor_thread():
+    def _refuse_on_handler_thread(self, what: str) -> None:
+        if self._loop.on_handler_thread():
             raise LifecycleError(
                 f"{what} cannot be called from a handler callback: it would wait for the "
                 "reactor, which is running the callback, forever; call stop() to end it"
@@ -389,7 +421,7 @@ class Client(_Endpoint):
         or ``timeout`` seconds. Returns whether that happened. Ctrl-C interrupts it."""
         if self._loop.phase == "created":
             return True
-        self._refuse_on_reactor_thread("join()")
+        self._refuse_on_handler_thread("join()")
         return self._wait_for(self._loop.wait_idle, timeout)
 
 

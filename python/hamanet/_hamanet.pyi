@@ -167,14 +167,31 @@ class Loop:
         self, host: str, port: int, timeout: float, callbacks: tuple[_Callback, ...] | None = None
     ) -> Session: ...
     def call_at(
-        self, when: float, callback: Callable[..., Any], args: tuple[Any, ...], now: float
+        self,
+        when: float,
+        callback: Callable[..., Any],
+        args: tuple[Any, ...],
+        now: float,
+        session: Session | None = None,
     ) -> TimerHandle: ...
     def call_later(
-        self, delay: float, callback: Callable[..., Any], args: tuple[Any, ...], now: float
+        self,
+        delay: float,
+        callback: Callable[..., Any],
+        args: tuple[Any, ...],
+        now: float,
+        session: Session | None = None,
     ) -> TimerHandle: ...
     def call_soon(
-        self, callback: Callable[..., Any], args: tuple[Any, ...], now: float
+        self,
+        callback: Callable[..., Any],
+        args: tuple[Any, ...],
+        now: float,
+        session: Session | None = None,
     ) -> TimerHandle: ...
+    def run_in_worker(
+        self, function: Callable[..., Any], args: tuple[Any, ...], future: Any
+    ) -> None: ...
     def busy_callback(self) -> tuple[str, int, float] | None: ...
     def forget_after_fork(self) -> None: ...
     @property
@@ -187,7 +204,7 @@ class Loop:
     def connect(
         self, host: str, port: int, timeout: float, callbacks: tuple[_Callback, ...] | None = None
     ) -> Session: ...
-    def on_reactor_thread(self) -> bool: ...
+    def on_handler_thread(self) -> bool: ...
     @property
     def session_count(self) -> int: ...
     @property

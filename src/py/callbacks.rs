@@ -37,10 +37,12 @@ pub enum Callback {
     OnMessage,
     OnMessages,
     Timer,
+    /// A `run_in_worker` job.
+    Job,
 }
 
 impl Callback {
-    const ALL: [Callback; 10] = [
+    const ALL: [Callback; 11] = [
         Callback::OnConnect,
         Callback::OnRecv,
         Callback::OnSend,
@@ -51,12 +53,14 @@ impl Callback {
         Callback::OnMessage,
         Callback::OnMessages,
         Callback::Timer,
+        Callback::Job,
     ];
 
     /// How logs name it.
     pub fn name(self) -> &'static str {
         match self {
             Callback::Timer => "a timer callback",
+            Callback::Job => "a run_in_worker() job",
             handler => CALLBACK_NAMES[handler as usize],
         }
     }

@@ -1,6 +1,7 @@
-//! The delivery of one turn's events to the handler's callbacks, on the reactor thread and
-//! attached: which callbacks (the session's own handler's or the loop's), in what order,
-//! and what a callback that raises does to its session.
+//! What the handler is told, and how: the calls to its callbacks for one session's
+//! notices (the session's own handler's, or the loop's), for timers and for loop-level
+//! reports, and what a callback that raises does to its session. Attached, on whichever
+//! thread runs the handler: the reactor thread, or a worker of the pool.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -12,16 +13,31 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
-use super::callbacks::{Callback, Callbacks};
+use super::callbacks::{Busy, Callback, Callbacks};
 use super::errors::{close_reason, FramingError, SessionClosedError};
 use super::inner::LoopInner;
 use super::report::Report;
 use super::session::PySession;
-use super::sessions::SessionTable;
-use crate::framing::{FrameDecoder, Framer};
-use crate::reactor::{Event, Reactor};
+use super::sessions::Entry;
+use crate::framing::FrameDecoder;
 use crate::shared::{lock, SessionCore};
-use crate::sys::epoll::Token;
+
+/// What happened to an open session, for its handler, in the order the reactor saw it.
+#[derive(Debug)]
+pub(super) enum Notice<'a> {
+    /// Bytes arrived.
+    Received(&'a [u8]),
+    /// The peer sent FIN.
+    Eof,
+    /// The write buffer emptied.
+    Drained,
+    /// The write buffer rose past the high watermark.
+    PauseWriting,
+    /// The write buffer fell to the low watermark.
+    ResumeWriting,
+    /// The session closed, for this reason if it failed.
+    Closed(Option<&'a io::Error>),
+}
 
 /// Whether `err` is the `SessionClosedError` of writing to `core` after the reactor
 /// ended its connection (not after the user's own `close()`/`abort()`).
@@ -33,49 +49,24 @@ fn ended_by_peer(py: Python<'_>, err: &PyErr, core: &SessionCore) -> bool {
     state.closed && !state.given_up()
 }
 
-/// The handler layer of one reactor thread, for the thread's whole life.
+/// The handler layer of one thread that runs handler code.
 pub(super) struct Dispatcher<'a, 'py> {
     pub(super) py: Python<'py>,
     pub(super) inner: &'a LoopInner,
     pub(super) report: Report<'py>,
-    pub(super) table: &'a mut SessionTable,
+    /// What this thread is running, for `stop()`'s report of a callback that holds it up.
+    pub(super) busy: &'a Busy,
 }
 
 impl<'py> Dispatcher<'_, 'py> {
-    /// Delivers one event to the callbacks of its session's own handler, if it has one,
-    /// else to `loop_callbacks`.
-    pub(super) fn deliver(&mut self, reactor: &Reactor, loop_callbacks: &Callbacks, event: &Event) {
-        let own = match event {
-            Event::Opened { token, session } => self.open(*token, session),
-            Event::ConnectFailed { session, error } => {
-                let pending = lock(&self.inner.pending).remove(&session.id);
-                let Some((object, own)) = pending else {
-                    return;
-                };
-                let callbacks = own.as_deref().unwrap_or(loop_callbacks);
-                return self.connect_failed(session.id, error.as_ref(), object, callbacks);
-            }
-            Event::Received { token, .. }
-            | Event::Eof { token }
-            | Event::Drained { token }
-            | Event::PauseWriting { token }
-            | Event::ResumeWriting { token }
-            | Event::Closed { token, .. } => self
-                .table
-                .get(*token)
-                .and_then(|entry| entry.callbacks.clone()),
-            Event::Timer { .. } | Event::AcceptPaused { .. } => None,
-        };
-        self.deliver_to(reactor, own.as_deref().unwrap_or(loop_callbacks), event);
-    }
-
-    /// Enters a newly opened session in the table (with the `Session` its connect call
-    /// returned, or a new one for an accepted connection); returns its own callbacks.
-    fn open(&mut self, token: Token, session: &Arc<SessionCore>) -> Option<Arc<Callbacks>> {
+    /// The entry of a newly opened session: the `Session` its connect call returned, or a
+    /// new one for an accepted connection. None if no `Session` could be made (the
+    /// session is then aborted).
+    pub(super) fn open(&self, session: &Arc<SessionCore>) -> Option<Entry> {
         let py = self.py;
         let framer = &self.inner.framer;
         let pending = lock(&self.inner.pending).remove(&session.id);
-        let pending = match pending {
+        let (object, callbacks) = match pending {
             Some(pending) => pending,
             None => match Py::new(py, PySession::new(Arc::clone(session), framer.clone())) {
                 Ok(object) => (object, None),
@@ -86,71 +77,53 @@ impl<'py> Dispatcher<'_, 'py> {
                 }
             },
         };
-        let own = pending.1.clone();
-        let decoder = framer
-            .as_ref()
-            .map(|framer| Box::new(FrameDecoder::new(Framer::clone(framer))));
-        self.table.insert(token, pending, decoder);
-        own
+        Some(Entry {
+            session: object,
+            callbacks,
+            error: None,
+            decoder: framer
+                .as_deref()
+                .map(|framer| Box::new(FrameDecoder::new(framer.clone()))),
+        })
     }
 
-    /// `on_close` for a connect that never completed.
-    fn connect_failed(
-        &mut self,
-        session_id: u64,
-        error: Option<&io::Error>,
-        object: Py<PySession>,
-        callbacks: &Callbacks,
-    ) {
-        let py = self.py;
-        let Some(callback) = &callbacks[Callback::OnClose] else {
-            return;
-        };
-        let reason = match error {
-            Some(err) => close_reason(py, err),
-            None => py.None(),
-        };
-        let busy = &self.inner.busy;
-        let result = busy.during(Callback::OnClose, session_id, || {
-            callback.call1(py, (object, reason))
-        });
-        if let Err(err) = result {
-            self.handler_failed(Callback::OnClose, None, err);
+    /// `on_connect`, even if the user already closed the session (right after
+    /// `connect()` returned): a session that was connected gets it before `on_close`.
+    pub(super) fn connected(&mut self, entry: &mut Entry, loop_callbacks: &Callbacks) {
+        let own = entry.callbacks.clone();
+        let callbacks = own.as_deref().unwrap_or(loop_callbacks);
+        if let Some(callback) = &callbacks[Callback::OnConnect] {
+            self.call(entry, Callback::OnConnect, callback, |s| Ok((s,)));
         }
     }
 
-    fn deliver_to(&mut self, reactor: &Reactor, callbacks: &Callbacks, event: &Event) {
+    /// Tells the session's handler of `notice`.
+    pub(super) fn notify(&mut self, entry: &mut Entry, loop_callbacks: &Callbacks, notice: Notice<'_>) {
         let py = self.py;
-        match event {
-            Event::Opened { token, .. } => {
-                // Even if the user already closed it (right after `connect()` returned):
-                // a session that was connected gets its `on_connect` before `on_close`.
-                if let Some(callback) = &callbacks[Callback::OnConnect] {
-                    self.call(*token, Callback::OnConnect, callback, |s| Ok((s,)));
-                }
-            }
-            Event::Received { token, range } => {
-                if self.given_up(*token) {
-                    // Closed by the handler earlier in this batch: its later input is not delivered.
+        let own = entry.callbacks.clone();
+        let callbacks = own.as_deref().unwrap_or(loop_callbacks);
+        match notice {
+            Notice::Received(data) => {
+                if given_up(entry) {
+                    // Closed by the handler earlier: its later input is not delivered.
                     return;
                 }
-                let data = reactor.received(range.clone());
-                if self.inner.framer.is_some() {
-                    self.deliver_messages(*token, callbacks, data);
+                if entry.decoder.is_some() {
+                    self.deliver_messages(entry, callbacks, data);
                 } else if let Some(callback) = &callbacks[Callback::OnRecv] {
                     let data = PyBytes::new(py, data);
-                    self.call(*token, Callback::OnRecv, callback, |s| Ok((s, data)));
+                    self.call(entry, Callback::OnRecv, callback, |s| Ok((s, data)));
                 }
             }
-            Event::Eof { token } => {
+            Notice::Eof => {
                 let keep_open = match &callbacks[Callback::OnEof] {
-                    Some(callback) if !self.given_up(*token) => {
-                        let result = self.call(*token, Callback::OnEof, callback, |s| Ok((s,)));
+                    Some(callback) if !given_up(entry) => {
+                        let result = self.call(entry, Callback::OnEof, callback, |s| Ok((s,)));
                         // Even the truth of the result is handler code (`__bool__`).
                         match result.map(|value| value.is_truthy()) {
                             Some(Ok(keep)) => keep,
                             Some(Err(err)) => {
-                                self.fail_session(*token, Callback::OnEof, err);
+                                self.fail_session(entry, Callback::OnEof, err);
                                 false
                             }
                             None => false,
@@ -159,33 +132,24 @@ impl<'py> Dispatcher<'_, 'py> {
                     _ => false,
                 };
                 if !keep_open {
-                    if let Some(entry) = self.table.get(*token) {
-                        entry.session.get().core().close();
-                    }
+                    entry.session.get().core().close();
                 }
             }
-            Event::Drained { token } => self.notify(*token, Callback::OnSend, callbacks),
-            Event::PauseWriting { token } => {
-                self.notify(*token, Callback::OnPauseWriting, callbacks)
-            }
-            Event::ResumeWriting { token } => {
-                self.notify(*token, Callback::OnResumeWriting, callbacks)
-            }
-            Event::Closed { token, error } => {
-                let Some(entry) = self.table.remove(*token) else {
-                    return;
-                };
+            Notice::Drained => self.tell(entry, Callback::OnSend, callbacks),
+            Notice::PauseWriting => self.tell(entry, Callback::OnPauseWriting, callbacks),
+            Notice::ResumeWriting => self.tell(entry, Callback::OnResumeWriting, callbacks),
+            Notice::Closed(error) => {
                 let Some(callback) = &callbacks[Callback::OnClose] else {
                     return;
                 };
-                let reason: Py<PyAny> = match (entry.error, error) {
+                let reason: Py<PyAny> = match (entry.error.take(), error) {
                     (Some(raised), _) => raised.into_value(py).into_any(),
                     (None, Some(err)) => close_reason(py, err),
                     (None, None) => py.None(),
                 };
                 let session = entry.session.bind(py);
                 let id = session.get().core().id;
-                let result = self.inner.busy.during(Callback::OnClose, id, || {
+                let result = self.busy.during(Callback::OnClose, id, || {
                     callback.call1(py, (session, reason))
                 });
                 if let Err(err) = result {
@@ -193,54 +157,84 @@ impl<'py> Dispatcher<'_, 'py> {
                     self.handler_failed(Callback::OnClose, None, err);
                 }
             }
-            Event::ConnectFailed { .. } => {} // delivered by `deliver`
-            Event::Timer { id } => {
-                let Some((callback, args)) = lock(&self.inner.timers).remove(id) else {
-                    return; // cancelled after it came due
-                };
-                let busy = &self.inner.busy;
-                let result = busy.during(Callback::Timer, 0, || callback.call1(py, args.bind(py)));
-                if let Err(err) = result {
-                    self.handler_failed(Callback::Timer, None, err);
-                }
-            }
-            Event::AcceptPaused { error } => {
-                self.report.warning(&format!(
-                    "hamanet: accept failed ({error}); accepting pauses and retries every \
-                     100 ms until descriptors or memory free up; queued connections wait \
-                     in the backlog"
-                ));
-            }
         }
+    }
+
+    /// `on_close` for a connect that never completed (or was never registered).
+    pub(super) fn connect_failed(
+        &mut self,
+        session: &SessionCore,
+        reason: Py<PyAny>,
+        loop_callbacks: &Callbacks,
+    ) {
+        let py = self.py;
+        let Some((object, own)) = lock(&self.inner.pending).remove(&session.id) else {
+            return;
+        };
+        let callbacks = own.as_deref().unwrap_or(loop_callbacks);
+        let Some(callback) = &callbacks[Callback::OnClose] else {
+            return;
+        };
+        let result = self.busy.during(Callback::OnClose, session.id, || {
+            callback.call1(py, (object, reason))
+        });
+        if let Err(err) = result {
+            self.handler_failed(Callback::OnClose, None, err);
+        }
+    }
+
+    /// The reason `on_close` gets for a connect that failed with `error` (None: cancelled).
+    pub(super) fn connect_error(&self, error: Option<&io::Error>) -> Py<PyAny> {
+        match error {
+            Some(err) => close_reason(self.py, err),
+            None => self.py.None(),
+        }
+    }
+
+    /// Runs timer `id`'s callback, unless it was cancelled after it came due.
+    pub(super) fn timer(&mut self, id: u64) {
+        let py = self.py;
+        let Some((callback, args)) = lock(&self.inner.timers).remove(&id) else {
+            return;
+        };
+        let result = self
+            .busy
+            .during(Callback::Timer, 0, || callback.call1(py, args.bind(py)));
+        if let Err(err) = result {
+            self.handler_failed(Callback::Timer, None, err);
+        }
+    }
+
+    /// Says that accepting paused for `error` (out of descriptors or memory).
+    pub(super) fn accept_paused(&self, error: &io::Error) {
+        self.report.warning(&format!(
+            "hamanet: accept failed ({error}); accepting pauses and retries every 100 ms \
+             until descriptors or memory free up; queued connections wait in the backlog"
+        ));
     }
 
     /// Cuts `data` into messages with the session's decoder and hands them over: all at
     /// once to `on_messages`, else one by one to `on_message`. A framing error closes the
     /// session (after the messages before it), and `on_close` gets a `FramingError`.
-    fn deliver_messages(&mut self, token: Token, callbacks: &Callbacks, data: &[u8]) {
+    fn deliver_messages(&mut self, entry: &mut Entry, callbacks: &Callbacks, data: &[u8]) {
         let py = self.py;
-        let Some(entry) = self.table.get(token) else {
-            return;
-        };
         let Some(decoder) = entry.decoder.as_mut() else {
             return;
         };
         let mut messages: Vec<Bound<'py, PyBytes>> = Vec::new();
         let result = decoder.feed(data, |message| messages.push(PyBytes::new(py, message)));
-        self.call_message_callbacks(token, callbacks, messages);
+        self.call_message_callbacks(entry, callbacks, messages);
         if let Err(err) = result {
-            if let Some(entry) = self.table.get(token) {
-                entry
-                    .error
-                    .get_or_insert_with(|| FramingError::new_err(err.to_string()));
-                entry.session.get().core().close();
-            }
+            entry
+                .error
+                .get_or_insert_with(|| FramingError::new_err(err.to_string()));
+            entry.session.get().core().close();
         }
     }
 
     fn call_message_callbacks(
         &mut self,
-        token: Token,
+        entry: &mut Entry,
         callbacks: &Callbacks,
         messages: Vec<Bound<'py, PyBytes>>,
     ) {
@@ -250,14 +244,14 @@ impl<'py> Dispatcher<'_, 'py> {
         }
         if let Some(callback) = &callbacks[Callback::OnMessages] {
             let batch = PyList::new(py, messages);
-            self.call(token, Callback::OnMessages, callback, |s| Ok((s, batch?)));
+            self.call(entry, Callback::OnMessages, callback, |s| Ok((s, batch?)));
         } else if let Some(callback) = &callbacks[Callback::OnMessage] {
             for message in messages {
                 // A message after a close (by the handler, or for an error) is not delivered.
                 if self
-                    .call(token, Callback::OnMessage, callback, |s| Ok((s, message)))
+                    .call(entry, Callback::OnMessage, callback, |s| Ok((s, message)))
                     .is_none()
-                    || self.given_up(token)
+                    || given_up(entry)
                 {
                     break;
                 }
@@ -265,29 +259,20 @@ impl<'py> Dispatcher<'_, 'py> {
         }
     }
 
-    /// Whether the handler has given the session up (`close()`/`abort()`), so it wants no
-    /// more of its events. A session the *reactor* closed this turn (a reset, say) still
-    /// gets what it read before: that data arrived, and is delivered before `on_close`.
-    fn given_up(&mut self, token: Token) -> bool {
-        self.table
-            .get(token)
-            .is_none_or(|entry| entry.session.get().core().state().given_up())
-    }
-
     /// Calls a `callback(session)` notification, if overridden and the session is open.
-    fn notify(&mut self, token: Token, which: Callback, callbacks: &Callbacks) {
+    fn tell(&mut self, entry: &mut Entry, which: Callback, callbacks: &Callbacks) {
         if let Some(callback) = &callbacks[which] {
-            if !self.given_up(token) {
-                self.call(token, which, callback, |s| Ok((s,)));
+            if !given_up(entry) {
+                self.call(entry, which, callback, |s| Ok((s,)));
             }
         }
     }
 
-    /// Calls a callback for the session at `token`; on an exception, logs it and aborts
+    /// Calls a callback for the session of `entry`; on an exception, logs it and aborts
     /// that session (the exception becomes `on_close`'s argument).
     fn call<A>(
         &mut self,
-        token: Token,
+        entry: &mut Entry,
         which: Callback,
         callback: &Py<PyAny>,
         args: impl FnOnce(Bound<'py, PySession>) -> PyResult<A>,
@@ -296,28 +281,24 @@ impl<'py> Dispatcher<'_, 'py> {
         A: pyo3::call::PyCallArgs<'py>,
     {
         let py = self.py;
-        let entry = self.table.get(token)?;
         let session = entry.session.bind(py).clone();
         let id = entry.session.get().core().id;
-        let result = self.inner.busy.during(which, id, || {
+        let result = self.busy.during(which, id, || {
             args(session).and_then(|args| callback.bind(py).call1(args))
         });
         match result {
             Ok(value) => Some(value),
             Err(err) => {
-                self.fail_session(token, which, err);
+                self.fail_session(entry, which, err);
                 None
             }
         }
     }
 
-    /// Handler code raised for the session at `token`: log it and abort that session,
+    /// Handler code raised for the session of `entry`: log it and abort that session,
     /// whose `on_close` then receives the exception.
-    fn fail_session(&mut self, token: Token, which: Callback, err: PyErr) {
+    fn fail_session(&mut self, entry: &mut Entry, which: Callback, err: PyErr) {
         let py = self.py;
-        let Some(entry) = self.table.get(token) else {
-            return;
-        };
         let core = Arc::clone(entry.session.get().core());
         if ended_by_peer(py, &err, &core) {
             // The callback wrote to its own session, whose connection ended in this
@@ -332,7 +313,7 @@ impl<'py> Dispatcher<'_, 'py> {
 
     /// Routes an exception raised by handler code: `KeyboardInterrupt` and `SystemExit`
     /// stop the loop and surface from `join()`; anything else is logged.
-    fn handler_failed(&mut self, which: Callback, session: Option<u64>, err: PyErr) {
+    pub(super) fn handler_failed(&mut self, which: Callback, session: Option<u64>, err: PyErr) {
         let py = self.py;
         self.inner.handler_errors.fetch_add(1, Ordering::Relaxed);
         if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
@@ -358,9 +339,10 @@ impl<'py> Dispatcher<'_, 'py> {
         }
     }
 
-    /// A callback called `fork()` and returned in the child, onto the parent's reactor: the
-    /// child cannot go on turning it (the parent's sockets and epoll are shared), so it
-    /// ends here, as a `multiprocessing` child ends after its target, with status 0.
+    /// A callback called `fork()` and returned in the child, onto the parent's reactor or
+    /// pool: the child cannot go on running it (the parent's sockets and epoll are
+    /// shared, and its other threads did not survive the fork), so it ends here, as a
+    /// `multiprocessing` child ends after its target, with status 0.
     pub(super) fn end_forked_child(&self) -> ! {
         self.report.warning(
             "hamanet: a callback forked, and the child returned from it onto the parent's \
@@ -375,4 +357,11 @@ impl<'py> Dispatcher<'_, 'py> {
         // SAFETY: `_exit` ends the process at once; nothing of the parent's state is run.
         unsafe { libc::_exit(0) }
     }
+}
+
+/// Whether the handler has given the session up (`close()`/`abort()`), so it wants no
+/// more of its events. A session the *reactor* closed (a reset, say) still gets what it
+/// read before: that data arrived, and is delivered before `on_close`.
+fn given_up(entry: &Entry) -> bool {
+    entry.session.get().core().state().given_up()
 }

@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use super::callbacks::{Busy, Callbacks};
+use super::pool::Pool;
 use super::errors::LifecycleError;
 use super::sessions::PendingSession;
 use crate::framing::Framer;
@@ -56,6 +57,8 @@ pub(super) struct LoopInner {
     pub(super) failure: Mutex<Option<PyErr>>,
     /// The callback the reactor thread is running, if any.
     pub(super) busy: Busy,
+    /// The worker pool that runs the handler, if the loop has one (`workers=N`).
+    pub(super) pool: Option<Arc<Pool>>,
 }
 
 impl LoopInner {
@@ -88,6 +91,12 @@ impl LoopInner {
 
     pub(super) fn on_reactor_thread(&self) -> bool {
         self.shared.is_turned_by_this_thread()
+    }
+
+    /// Whether the caller runs handler code of this loop: on its reactor thread, or on a
+    /// worker of its pool. Such a caller must not wait for the loop to finish.
+    pub(super) fn on_handler_thread(&self) -> bool {
+        self.on_reactor_thread() || self.pool.as_ref().is_some_and(|pool| pool.is_worker_thread())
     }
 
     pub(super) fn check_running(&self, what: &str) -> PyResult<()> {

@@ -19,9 +19,10 @@ use super::convert::{self, address_object, C_INT_MAX};
 use super::errors::{os_error, LifecycleError};
 use super::inner::{LoopInner, Phase};
 use super::options::{loop_options, LoopOptions};
+use super::pool::Pool;
 use super::session::PySession;
 use super::thread::run;
-use super::timer::{schedule, schedule_at, PyTimerHandle};
+use super::timer::{schedule, schedule_at, session_token, PyTimerHandle};
 use crate::reactor::Reactor;
 use crate::shared::{lock, Command};
 use crate::sys::address;
@@ -41,7 +42,13 @@ impl PyLoop {
     #[new]
     #[pyo3(signature = (owner="Loop", **options))]
     fn new(owner: &str, options: Option<&Bound<'_, PyDict>>) -> PyResult<PyLoop> {
-        let LoopOptions { config, framer } = loop_options(owner, options)?;
+        let LoopOptions {
+            config,
+            framer,
+            workers,
+            worker_backlog,
+        } = loop_options(owner, options)?;
+        let pool = (workers > 0).then(|| Arc::new(Pool::new(workers, worker_backlog)));
         let reactor = Reactor::new(config.clone()).map_err(|e| os_error(&e, None))?;
         Ok(PyLoop {
             inner: Arc::new(LoopInner {
@@ -59,6 +66,7 @@ impl PyLoop {
                 handler_errors: AtomicU64::new(0),
                 failure: Mutex::new(None),
                 busy: Busy::new(),
+                pool,
             }),
         })
     }
@@ -159,6 +167,10 @@ impl PyLoop {
         let reactor = lock(&self.inner.reactor)
             .take()
             .ok_or_else(|| LifecycleError::new_err("the reactor is gone; create a new one"))?;
+        if let Some(pool) = &self.inner.pool {
+            pool.start(&self.inner)
+                .map_err(|e| os_error(&e, Some("starting the worker threads")))?;
+        }
         let inner = Arc::clone(&self.inner);
         let handle = std::thread::Builder::new()
             .name("hamanet-reactor".into())
@@ -289,41 +301,70 @@ impl PyLoop {
         connect::connect_unix(py, &self.inner, path, timeout, callbacks)
     }
 
-    /// Runs `callback(*args)` on the reactor thread at `when` (`time.monotonic()` clock;
-    /// `now` is the caller's reading of it). Safe from any thread.
+    /// Runs `callback(*args)` at `when` (`time.monotonic()` clock; `now` is the caller's
+    /// reading of it), on the handler's thread; with a pool, in `session`'s order if
+    /// given. Safe from any thread.
+    #[pyo3(signature = (when, callback, args, now, session=None))]
     fn call_at(
         &self,
         when: &Bound<'_, PyAny>,
         callback: Py<PyAny>,
         args: Py<PyTuple>,
         now: f64,
+        session: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyTimerHandle> {
         let when = convert::moment(when, "when")?;
-        schedule_at(&self.inner, when, now, callback, args)
+        let session = session_token(session)?;
+        schedule_at(&self.inner, when, now, (callback, args), session)
     }
 
-    /// Runs `callback(*args)` on the reactor thread after `delay` seconds (`now` is the
-    /// caller's `time.monotonic()`). Safe from any thread.
+    /// Runs `callback(*args)` after `delay` seconds (see `call_at`).
+    #[pyo3(signature = (delay, callback, args, now, session=None))]
     fn call_later(
         &self,
         delay: &Bound<'_, PyAny>,
         callback: Py<PyAny>,
         args: Py<PyTuple>,
         now: f64,
+        session: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyTimerHandle> {
         let delay = convert::seconds(delay, "delay")?;
-        schedule_at(&self.inner, now + delay.as_secs_f64(), now, callback, args)
+        let session = session_token(session)?;
+        let when = now + delay.as_secs_f64();
+        schedule_at(&self.inner, when, now, (callback, args), session)
     }
 
-    /// Runs `callback(*args)` on the reactor thread in its next batch, waking it if it
-    /// waits. Safe from any thread; `now` is the caller's `time.monotonic()`.
+    /// Runs `callback(*args)` in the next batch, waking the reactor if it waits (see
+    /// `call_at`).
+    #[pyo3(signature = (callback, args, now, session=None))]
     fn call_soon(
         &self,
         callback: Py<PyAny>,
         args: Py<PyTuple>,
         now: f64,
+        session: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyTimerHandle> {
-        schedule(&self.inner, now, callback, args, Command::CallSoon)
+        let session = session_token(session)?;
+        schedule(&self.inner, now, (callback, args), session, Command::CallSoon)
+    }
+
+    /// Runs `function(*args)` on a worker of the pool and sets its result (or exception)
+    /// on `future`, a `concurrent.futures.Future`.
+    fn run_in_worker(
+        &self,
+        function: Py<PyAny>,
+        args: Py<PyTuple>,
+        future: Py<PyAny>,
+    ) -> PyResult<()> {
+        let Some(pool) = &self.inner.pool else {
+            return Err(LifecycleError::new_err(
+                "run_in_worker() needs a worker pool: create the Server or Client with \
+                 workers=N (N >= 1)",
+            ));
+        };
+        self.inner.check_running("run_in_worker()")?;
+        pool.submit_job(function, args, future);
+        Ok(())
     }
 
     /// Scheduled callbacks that have not run and were not cancelled.
@@ -354,19 +395,28 @@ impl PyLoop {
             "handler_errors",
             self.inner.handler_errors.load(Ordering::Relaxed),
         )?;
+        let pool = self.inner.pool.as_ref().map(|pool| pool.stats());
+        let workers = pool.as_ref().map_or(0, |pool| pool.workers);
+        dict.set_item("workers", workers)?;
+        dict.set_item("worker_queued", pool.as_ref().map_or(0, |pool| pool.queued))?;
+        dict.set_item("workers_busy", pool.as_ref().map_or(0, |pool| pool.busy))?;
+        let longest = pool.map_or(0, |pool| pool.longest_wait.as_micros());
+        dict.set_item("worker_wait_max_us", u64::try_from(longest).unwrap_or(u64::MAX))?;
         Ok(dict)
     }
 
     /// The callback the reactor thread is running now, as `(name, session_id, seconds)`
     /// (`session_id` 0 for a timer), or None between callbacks.
     fn busy_callback(&self) -> Option<(&'static str, u64, f64)> {
-        let (name, session, running) = self.inner.busy.current()?;
+        let workers = self.inner.pool.as_ref().and_then(|pool| pool.longest_busy());
+        let (name, session, running) = self.inner.busy.current().into_iter().chain(workers).max_by_key(|(_, _, running)| *running)?;
         Some((name, session, running.as_secs_f64()))
     }
 
-    /// Whether the caller runs on this loop's reactor thread (inside a handler callback).
-    fn on_reactor_thread(&self) -> bool {
-        self.inner.on_reactor_thread()
+    /// Whether the caller runs this loop's handler code (on its reactor thread or one of
+    /// its workers), where waiting for the loop to finish would wait forever.
+    fn on_handler_thread(&self) -> bool {
+        self.inner.on_handler_thread()
     }
 
     /// Sessions currently open.

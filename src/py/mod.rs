@@ -5,7 +5,8 @@
 //! loop_                         the Loop class: checks arguments, hands the work on
 //! options connect timer thread  Server/Client options; client connects; scheduled
 //!                               callbacks; the reactor thread's body
-//! framing dispatch              the framers (Delimiter, ...); one turn's events to callbacks
+//! pool                          the worker pool: a lane per session, run in order
+//! framing dispatch              the framers (Delimiter, ...); what the handler is told
 //! inner report                  what a Loop and its thread share; logging
 //! sessions                      the open sessions' Python side
 //! session                       the Session class
@@ -21,6 +22,7 @@ pub mod framing;
 mod inner;
 pub mod loop_;
 pub mod options;
+mod pool;
 mod report;
 pub mod session;
 mod sessions;

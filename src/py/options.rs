@@ -16,7 +16,7 @@ use crate::shared::WriteLimits;
 use crate::sys::net::SocketOptions;
 
 /// Every option, in the order `help()` lists them.
-pub const OPTIONS: [&str; 10] = [
+pub const OPTIONS: [&str; 12] = [
     "nodelay",
     "keepalive",
     "recv_buffer",
@@ -27,7 +27,17 @@ pub const OPTIONS: [&str; 10] = [
     "idle_timeout",
     "max_connections",
     "framing",
+    "workers",
+    "worker_backlog",
 ];
+
+/// The most worker threads a loop may have: far more than cores, so a pool for blocking
+/// calls can be large, but not so many that a typo exhausts the process.
+pub const MAX_WORKERS: usize = 1024;
+
+/// Received bytes a session may have waiting for a busy worker before the reactor stops
+/// reading it, unless `worker_backlog` says otherwise.
+pub const DEFAULT_WORKER_BACKLOG: usize = 1024 * 1024;
 
 /// The names the write-limit errors use for the watermarks and the cap.
 const LIMIT_NAMES: [&str; 3] = ["write_low", "write_high", "max_write_buffer"];
@@ -37,7 +47,7 @@ pub fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
     let socket = SocketOptions::default();
     let limits = WriteLimits::DEFAULT;
     let none = py.None().into_bound(py);
-    let values: [Bound<'_, PyAny>; 10] = [
+    let values: [Bound<'_, PyAny>; 12] = [
         socket.nodelay.into_pyobject(py)?.to_owned().into_any(),
         socket.keepalive.into_pyobject(py)?.to_owned().into_any(),
         none.clone(),
@@ -48,6 +58,8 @@ pub fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
         none.clone(),
         none.clone(),
         none,
+        0usize.into_pyobject(py)?.into_any(),
+        DEFAULT_WORKER_BACKLOG.into_pyobject(py)?.into_any(),
     ];
     let pairs = OPTIONS
         .iter()
@@ -63,6 +75,10 @@ pub struct LoopOptions {
     pub config: LoopConfig,
     /// How sessions' streams are cut into messages, if they are.
     pub framer: Option<Arc<Framer>>,
+    /// Worker threads that run the handler (0: the reactor thread runs it).
+    pub workers: usize,
+    /// Received bytes a session may have waiting for a worker before its reading is held.
+    pub worker_backlog: usize,
 }
 
 /// Checks `options` (as given to `owner`, "Server" or "Client"); what is not given takes
@@ -123,7 +139,17 @@ pub fn loop_options(owner: &str, options: Option<&Bound<'_, PyDict>>) -> PyResul
         },
         None => None,
     };
+    let workers = match get("workers")? {
+        Some(value) => size(&value, "workers", 0..=MAX_WORKERS)?,
+        None => 0,
+    };
+    let worker_backlog = match get("worker_backlog")? {
+        Some(value) => size(&value, "worker_backlog", 1..=MAX_SIZE)?,
+        None => DEFAULT_WORKER_BACKLOG,
+    };
     Ok(LoopOptions {
+        workers,
+        worker_backlog,
         config: LoopConfig {
             options: socket,
             limits,

@@ -1,5 +1,5 @@
 //! The Python side of the open sessions: each one's `Session` object, own callbacks, the
-//! error a callback raised, and framing state, in a table indexed like the reactor's slots.
+//! error a callback raised, and framing state; and a table that finds them by token.
 
 use std::sync::Arc;
 
@@ -12,7 +12,6 @@ use crate::sys::epoll::Token;
 
 /// One session's Python object and what the handler layer remembers about it.
 pub(super) struct Entry {
-    pub(super) generation: u32,
     pub(super) session: Py<PySession>,
     /// The session's own handler, if it has one (`connect_nowait(handler=...)`), in
     /// place of the loop's.
@@ -27,44 +26,51 @@ pub(super) struct Entry {
 /// A session returned by a connect call and not yet opened, with its own callbacks.
 pub type PendingSession = (Py<PySession>, Option<Arc<Callbacks>>);
 
-/// Python objects of open sessions, indexed like the reactor's slots.
-#[derive(Default)]
-pub(super) struct SessionTable {
-    entries: Vec<Option<Entry>>,
+/// Values kept per open session, indexed like the reactor's slots; a token of a slot's
+/// earlier session finds nothing.
+pub(super) struct TokenTable<T> {
+    entries: Vec<Option<(u32, T)>>,
 }
 
-impl SessionTable {
-    pub(super) fn insert(
-        &mut self,
-        token: Token,
-        (session, callbacks): PendingSession,
-        decoder: Option<Box<FrameDecoder>>,
-    ) {
+impl<T> Default for TokenTable<T> {
+    fn default() -> Self {
+        TokenTable {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<T> TokenTable<T> {
+    /// Keeps `value` for the session of `token`; returns it, in place.
+    pub(super) fn insert(&mut self, token: Token, value: T) -> &mut T {
         let index = token.slot();
         if self.entries.len() <= index {
             self.entries.resize_with(index + 1, || None);
         }
-        self.entries[index] = Some(Entry {
-            generation: token.generation(),
-            session,
-            callbacks,
-            error: None,
-            decoder,
-        });
+        &mut self.entries[index].insert((token.generation(), value)).1
     }
 
-    pub(super) fn get(&mut self, token: Token) -> Option<&mut Entry> {
+    /// The value of the session of `token`.
+    pub(super) fn get(&mut self, token: Token) -> Option<&mut T> {
         match self.entries.get_mut(token.slot()) {
-            Some(Some(entry)) if entry.generation == token.generation() => Some(entry),
+            Some(Some((generation, value))) if *generation == token.generation() => Some(value),
             _ => None,
         }
     }
 
-    pub(super) fn remove(&mut self, token: Token) -> Option<Entry> {
+    /// Takes the value of the session of `token` out.
+    pub(super) fn remove(&mut self, token: Token) -> Option<T> {
         let slot = self.entries.get_mut(token.slot())?;
         match slot {
-            Some(entry) if entry.generation == token.generation() => slot.take(),
+            Some((generation, _)) if *generation == token.generation() => {
+                slot.take().map(|(_, value)| value)
+            }
             _ => None,
         }
+    }
+
+    /// Takes every value out.
+    pub(super) fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.entries.drain(..).flatten().map(|(_, value)| value)
     }
 }

@@ -1,20 +1,23 @@
-//! The reactor thread's body: it turns the reactor detached and delivers each turn's events
-//! attached, once per wakeup.
+//! The reactor thread's body: it turns the reactor detached, then hands each turn's events
+//! to the handler, either calling it itself (attached, once per wakeup) or, with a worker
+//! pool, queueing the events on the sessions' lanes without ever attaching.
 //!
-//! The thread attaches to the interpreter once, for its whole life, and detaches only
-//! around [`Reactor::turn`] (the wait and every socket syscall). Creating a thread state
-//! per wakeup would cost more than the callbacks themselves.
+//! Without a pool the thread attaches to the interpreter once, for its whole life, and
+//! detaches only around [`Reactor::turn`] (the wait and every socket syscall): creating a
+//! thread state per wakeup would cost more than the callbacks themselves.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use pyo3::exceptions::PyConnectionAbortedError;
 use pyo3::prelude::*;
 
 use super::callbacks::Callback;
-use super::dispatch::Dispatcher;
+use super::dispatch::{Dispatcher, Notice};
 use super::inner::LoopInner;
+use super::pool::Pool;
 use super::report::Report;
-use super::sessions::SessionTable;
+use super::sessions::{Entry, TokenTable};
 use crate::reactor::{Event, Reactor};
 use crate::shared::{lock, LoopShared};
 
@@ -29,74 +32,152 @@ impl Drop for FinishOnExit {
     }
 }
 
+/// Gives Python's view of this thread the same name as the OS's, so log records
+/// (`%(threadName)s`) and `threading.current_thread()` say where handlers run.
+pub(super) fn name_python_thread(py: Python<'_>, name: &str) {
+    let named = py.import("threading").and_then(|threading| {
+        threading
+            .call_method0("current_thread")?
+            .setattr("name", name)
+    });
+    if let Err(err) = named {
+        err.print(py);
+    }
+}
+
 /// The reactor thread's body.
-pub(super) fn run(mut reactor: Reactor, inner: Arc<LoopInner>) {
+pub(super) fn run(reactor: Reactor, inner: Arc<LoopInner>) {
     let finish = FinishOnExit(Arc::clone(&inner.shared));
-    Python::attach(move |py| {
-        // Give Python's view of this thread the same name as the OS's, so log records
-        // (`%(threadName)s`) and `threading.current_thread()` say where handlers run.
-        let named = py.import("threading").and_then(|threading| {
-            threading
-                .call_method0("current_thread")?
-                .setattr("name", "hamanet-reactor")
-        });
-        if let Err(err) = named {
-            err.print(py);
-        }
-        let mut table = SessionTable::default();
-        let mut dispatcher = Dispatcher {
-            py,
-            inner: &inner,
-            report: Report::new(py),
-            table: &mut table,
-        };
-        loop {
-            if let Err(err) = py.detach(|| reactor.turn()) {
-                dispatcher.report.fatal(&err);
-                reactor.abort_all(&err);
-            }
-            // Read after the wait, so a handler swapped while the reactor slept is the one
-            // that gets this wakeup's events.
-            let callbacks = Arc::clone(&lock(&inner.callbacks));
-            reactor.set_notify_drained(callbacks[Callback::OnSend].is_some());
-            let batch = reactor.take_batch();
-            for event in &batch {
-                dispatcher.deliver(&reactor, &callbacks, event);
-                if let Event::Closed { .. } | Event::ConnectFailed { .. } = event {
-                    inner.shared.session_closed();
-                }
-                if inner.shared.is_forked_copy() {
-                    dispatcher.end_forked_child();
-                }
-            }
-            reactor.recycle_batch(batch);
-            if reactor.is_finished() {
-                break;
-            }
-        }
-        drop(table);
-        // A client session whose registration the stop overtook was never opened; its
-        // user still holds it and gets the one `on_close` every session gets.
-        let never_opened = std::mem::take(&mut *lock(&inner.pending));
-        let callbacks = Arc::clone(&lock(&inner.callbacks));
-        for (session, own) in never_opened.into_values() {
-            let callbacks = own.as_deref().unwrap_or(&callbacks);
-            if let Some(callback) = &callbacks[Callback::OnClose] {
-                let reason = PyConnectionAbortedError::new_err(
-                    "the client stopped before the connection was registered",
-                );
-                if let Err(err) = callback.call1(py, (session, reason.into_value(py))) {
-                    err.print(py);
-                }
-            }
-        }
+    let reactor = match &inner.pool {
+        Some(pool) => run_with_pool(reactor, &inner, pool),
+        None => Python::attach(|py| run_attached(py, reactor, &inner)),
+    };
+    Python::attach(|py| {
+        close_never_opened(py, &inner);
         // Python objects are released attached, and outside the locks (freeing them may
         // run Python code that takes those locks).
         let timers = std::mem::take(&mut *lock(&inner.timers));
         drop(timers);
-        drop(callbacks);
         drop(inner);
         drop(reactor);
     });
     drop(finish);
+}
+
+/// Without a pool: the handler is called on this thread, a whole batch per attach.
+fn run_attached(py: Python<'_>, mut reactor: Reactor, inner: &LoopInner) -> Reactor {
+    name_python_thread(py, "hamanet-reactor");
+    let mut entries = TokenTable::<Entry>::default();
+    let mut dispatcher = Dispatcher {
+        py,
+        inner,
+        report: Report::new(py),
+        busy: &inner.busy,
+    };
+    loop {
+        if let Err(err) = py.detach(|| reactor.turn()) {
+            dispatcher.report.fatal(&err);
+            reactor.abort_all(&err);
+        }
+        // Read after the wait, so a handler swapped while the reactor slept is the one
+        // that gets this wakeup's events.
+        let callbacks = Arc::clone(&lock(&inner.callbacks));
+        reactor.set_notify_drained(callbacks[Callback::OnSend].is_some());
+        let mut batch = reactor.take_batch();
+        for event in batch.drain(..) {
+            match event {
+                Event::Opened { token, session } => {
+                    if let Some(entry) = dispatcher.open(&session) {
+                        dispatcher.connected(entries.insert(token, entry), &callbacks);
+                    }
+                }
+                Event::Received { token, range } => {
+                    if let Some(entry) = entries.get(token) {
+                        let data = reactor.received(range);
+                        dispatcher.notify(entry, &callbacks, Notice::Received(data));
+                    }
+                }
+                Event::Closed { token, error } => {
+                    if let Some(mut entry) = entries.remove(token) {
+                        dispatcher.notify(&mut entry, &callbacks, Notice::Closed(error.as_ref()));
+                    }
+                    inner.shared.session_closed();
+                }
+                Event::ConnectFailed { session, error } => {
+                    let reason = dispatcher.connect_error(error.as_ref());
+                    dispatcher.connect_failed(&session, reason, &callbacks);
+                    inner.shared.session_closed();
+                }
+                Event::Timer { id } => dispatcher.timer(id),
+                Event::AcceptPaused { error } => dispatcher.accept_paused(&error),
+                Event::Eof { token } => notify(&mut dispatcher, &mut entries, token, &callbacks, Notice::Eof),
+                Event::Drained { token } => notify(&mut dispatcher, &mut entries, token, &callbacks, Notice::Drained),
+                Event::PauseWriting { token } => notify(&mut dispatcher, &mut entries, token, &callbacks, Notice::PauseWriting),
+                Event::ResumeWriting { token } => notify(&mut dispatcher, &mut entries, token, &callbacks, Notice::ResumeWriting),
+            }
+            if inner.shared.is_forked_copy() {
+                dispatcher.end_forked_child();
+            }
+        }
+        reactor.recycle_batch(batch);
+        if reactor.is_finished() {
+            break;
+        }
+    }
+    drop(entries.drain().collect::<Vec<_>>());
+    reactor
+}
+
+fn notify(
+    dispatcher: &mut Dispatcher<'_, '_>,
+    entries: &mut TokenTable<Entry>,
+    token: crate::sys::epoll::Token,
+    callbacks: &super::callbacks::Callbacks,
+    notice: Notice<'_>,
+) {
+    if let Some(entry) = entries.get(token) {
+        dispatcher.notify(entry, callbacks, notice);
+    }
+}
+
+/// With a pool: this thread only turns the reactor and queues each turn's events on the
+/// lanes; it never attaches (so never waits for the GIL a handler holds) until the end.
+fn run_with_pool(mut reactor: Reactor, inner: &Arc<LoopInner>, pool: &Arc<Pool>) -> Reactor {
+    let mut lanes = TokenTable::default();
+    loop {
+        if let Err(err) = reactor.turn() {
+            Python::attach(|py| Report::new(py).fatal(&err));
+            reactor.abort_all(&err);
+        }
+        let on_send = lock(&inner.callbacks)[Callback::OnSend].is_some();
+        reactor.set_notify_drained(on_send);
+        let mut batch = reactor.take_batch();
+        pool.distribute(&reactor, &mut batch, &mut lanes, inner);
+        reactor.recycle_batch(batch);
+        if reactor.is_finished() {
+            break;
+        }
+    }
+    pool.finish(reactor.stop_deadline().unwrap_or_else(Instant::now));
+    let left = pool.leftovers(&mut lanes);
+    Python::attach(|_py| drop(left));
+    reactor
+}
+
+/// A client session whose registration the stop overtook was never opened; its user
+/// still holds it and gets the one `on_close` every session gets.
+fn close_never_opened(py: Python<'_>, inner: &LoopInner) {
+    let never_opened = std::mem::take(&mut *lock(&inner.pending));
+    let callbacks = Arc::clone(&lock(&inner.callbacks));
+    for (session, own) in never_opened.into_values() {
+        let callbacks = own.as_deref().unwrap_or(&callbacks);
+        if let Some(callback) = &callbacks[Callback::OnClose] {
+            let reason = PyConnectionAbortedError::new_err(
+                "the client stopped before the connection was registered",
+            );
+            if let Err(err) = callback.call1(py, (session, reason.into_value(py))) {
+                err.print(py);
+            }
+        }
+    }
 }

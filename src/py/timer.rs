@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
 
 use super::convert::capped_duration;
 use super::errors::LifecycleError;
-use super::inner::LoopInner;
+use super::inner::{LoopInner, ScheduledCall};
+use super::session::PySession;
+use crate::sys::epoll::Token;
+use pyo3::exceptions::PyTypeError;
 use crate::shared::{lock, Command};
 
 /// A scheduled callback; `cancel()` it to keep it from running.
@@ -55,13 +57,17 @@ impl PyTimerHandle {
 pub(super) fn schedule(
     inner: &Arc<LoopInner>,
     when: f64,
-    callback: Py<PyAny>,
-    args: Py<PyTuple>,
+    (callback, args): ScheduledCall,
+    session: Option<Token>,
     command: impl FnOnce(u64) -> Command,
 ) -> PyResult<PyTimerHandle> {
     inner.check_running("schedule a callback")?;
     let id = inner.next_timer.fetch_add(1, Ordering::Relaxed);
     lock(&inner.timers).insert(id, (callback, args));
+    if let (Some(pool), Some(token)) = (&inner.pool, session) {
+        // Bound before the reactor can report it due.
+        pool.bind_timer(id, token);
+    }
     if !inner.shared.submit(command(id)) {
         lock(&inner.timers).remove(&id);
         return Err(LifecycleError::new_err(
@@ -81,8 +87,8 @@ pub(super) fn schedule_at(
     inner: &Arc<LoopInner>,
     when: f64,
     now: f64,
-    callback: Py<PyAny>,
-    args: Py<PyTuple>,
+    call: ScheduledCall,
+    session: Option<Token>,
 ) -> PyResult<PyTimerHandle> {
     let start = Instant::now();
     // A `when` in the past stays in the past, so past timers still run in `when` order.
@@ -93,5 +99,21 @@ pub(super) fn schedule_at(
             .checked_sub(capped_duration(now - when))
             .unwrap_or(start)
     };
-    schedule(inner, when, callback, args, |id| Command::Timer(id, at))
+    schedule(inner, when, call, session, |id| Command::Timer(id, at))
+}
+
+/// The token of the session a scheduled callback must keep order with (`session=`), if
+/// given: its lane runs the callback when the loop has a worker pool.
+pub(super) fn session_token(session: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Token>> {
+    let Some(session) = session.filter(|session| !session.is_none()) else {
+        return Ok(None);
+    };
+    let session = session.cast::<PySession>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "session must be a hamanet.Session (whose callbacks this one keeps order with), \
+             not '{}'",
+            session.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())
+        ))
+    })?;
+    Ok(Some(session.get().core().token()))
 }

@@ -269,6 +269,11 @@ impl Reactor {
         self.arena.get(range)
     }
 
+    /// When a stop in progress aborts what has not flushed, if a stop is in progress.
+    pub fn stop_deadline(&self) -> Option<Instant> {
+        self.stop_deadline
+    }
+
     /// Whether the reactor has stopped for good (after a stop, once every session closed).
     pub fn is_finished(&self) -> bool {
         self.finished

@@ -23,7 +23,7 @@ impl Reactor {
         }
         {
             let state = session.core.state();
-            if state.read_paused || state.is_closing() {
+            if state.reading_held() || state.is_closing() {
                 return;
             }
         }
@@ -117,7 +117,7 @@ impl Reactor {
                 // Nothing can be sent any more: later writes are refused.
                 state.connection_lost = true;
                 state.buffer.clear();
-                let paused = state.read_paused;
+                let paused = state.reading_held();
                 drop(state);
                 session.broken.get_or_insert(err);
                 if !paused {

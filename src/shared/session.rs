@@ -61,6 +61,9 @@ pub struct SessionState {
     pub writing_paused: bool,
     /// `pause_reading()` is in force: the reactor reads nothing from this session.
     pub read_paused: bool,
+    /// The handler is behind (the worker pool's backlog for this session is full): the
+    /// reactor reads nothing from it until the backlog drains.
+    pub backlog_full: bool,
     /// `resume_reading()` was called: the reactor must look at the socket itself, since
     /// data that arrived while paused raised its edge already.
     pub read_resume_pending: bool,
@@ -96,6 +99,11 @@ impl SessionState {
     pub fn mark_closed(&mut self) {
         self.closed = true;
         self.buffer.clear();
+    }
+
+    /// Whether reading is held, by the user (`pause_reading()`) or by the backlog.
+    pub fn reading_held(&self) -> bool {
+        self.read_paused || self.backlog_full
     }
 
     /// Whether the user asked for the session to end (`close()` or `abort()`).
@@ -264,13 +272,33 @@ impl SessionCore {
         self.state().read_paused = true;
     }
 
+    /// Holds reading while the handler is behind (the worker pool's backlog is full),
+    /// apart from the user's `pause_reading()`. Reactor thread.
+    pub fn hold_reading(&self) {
+        self.state().backlog_full = true;
+    }
+
+    /// Ends [`SessionCore::hold_reading`]: reading goes on unless the user paused it.
+    pub fn release_reading(self: &Arc<Self>) {
+        let mut state = self.state();
+        if state.backlog_full && !state.closed {
+            state.backlog_full = false;
+            if !state.read_paused {
+                state.read_resume_pending = true;
+                self.queue(state);
+            }
+        }
+    }
+
     /// Resumes reading; data that arrived while paused is delivered next. Idempotent.
     pub fn resume_reading(self: &Arc<Self>) {
         let mut state = self.state();
         if state.read_paused && !state.closed {
             state.read_paused = false;
-            state.read_resume_pending = true;
-            self.queue(state);
+            if !state.backlog_full {
+                state.read_resume_pending = true;
+                self.queue(state);
+            }
         }
     }
 
