@@ -46,6 +46,32 @@ HANDLER_ERRORS_MARKER = (
 
 def pytest_configure(config):
     config.addinivalue_line("markers", HANDLER_ERRORS_MARKER)
+    _apply_option_defaults_from_environment()
+
+
+#: Environment variables that set a default option for every Server and Client the tests
+#: make (one the test gives itself wins): the whole suite then runs, say, on a worker pool.
+OPTION_ENVIRONMENT = {"HAMANET_TEST_WORKERS": "workers"}
+
+
+def _apply_option_defaults_from_environment() -> None:
+    defaults = {
+        option: int(os.environ[variable])
+        for variable, option in OPTION_ENVIRONMENT.items()
+        if os.environ.get(variable)
+    }
+    if not defaults:
+        return
+    native_loop = hamanet._endpoint.Loop
+
+    def loop_with_defaults(owner, **options):
+        # Wraps the native Loop, not Server.__init__: no stack frame is added between the
+        # user's code and the warnings that point at it.
+        for option, value in defaults.items():
+            options.setdefault(option, value)
+        return native_loop(owner, **options)
+
+    hamanet._endpoint.Loop = loop_with_defaults
 
 
 class _ErrorRecords(logging.Handler):
@@ -213,6 +239,8 @@ def reactor_held(endpoint: hamanet.Server | hamanet.Client) -> Iterator[None]:
     """Holds the reactor of ``endpoint`` inside a callback (which waits on an Event, so
     other threads keep the GIL) until the block ends: what peers send meanwhile waits in
     the kernel and is read in the reactor's next wakeup."""
+    if endpoint.stats()["workers"]:
+        pytest.fail("reactor_held needs workers=0: on a worker pool callbacks do not run on the reactor")
     entered, release = threading.Event(), threading.Event()
 
     def hold() -> None:

@@ -622,7 +622,7 @@ def _end_of(sock: socket.socket) -> str:
 
 def test_max_connections_refuses_extra_connections_and_stays_responsive(serve):
     recorder = Recorder(echo=True)
-    server = serve(recorder, max_connections=5)
+    server = serve(recorder, max_connections=5, workers=0)
     held = [connect(server.port) for _ in range(5)]
     extra: list[socket.socket] = []
     fresh: list[socket.socket] = []
@@ -784,7 +784,7 @@ def test_timers_fire_in_deadline_order_and_cancel_works(serve):
 
 
 def test_call_soon_threadsafe_from_8_threads_runs_all_in_order_on_the_reactor(serve):
-    server = serve(Recorder())
+    server = serve(Recorder(), workers=0)  # the reactor thread itself runs them
     lock = threading.Lock()
     calls: list[tuple[int, int, int]] = []
     start = threading.Barrier(8)
@@ -822,7 +822,7 @@ def test_call_soon_threadsafe_from_8_threads_runs_all_in_order_on_the_reactor(se
 def test_callbacks_see_the_reactor_thread_name_in_python(serve):
     """threading.current_thread().name inside a callback (what logging's %(threadName)s
     shows) is the reactor thread's name."""
-    server = serve(Recorder())
+    server = serve(Recorder(), workers=0)  # the reactor thread itself runs them
     names: list[str] = []
     server.call_soon_threadsafe(lambda: names.append(threading.current_thread().name))
     wait_until(lambda: names, what="the callback")

@@ -155,7 +155,7 @@ def test_any_split_of_a_valid_stream_yields_the_same_messages(servers, index, da
 
 def test_on_messages_gets_a_whole_batch_in_one_call(serve):
     collector = Collector(Delimiter(b"\n"))
-    server = serve(collector)
+    server = serve(collector, workers=0)
     lines = [f"line {i}".encode() for i in range(1000)]
     with connect(server.port) as sock:
         wait_until(lambda: collector.messages, what="on_connect")

@@ -249,7 +249,8 @@ def test_a_wakeup_reads_at_most_256_kib_per_session_and_4_mib_in_all(serve):
             self.reads.append((self.server.stats()["bytes_in"], len(data)))
 
     handler = Sizes()
-    server = serve(handler, recv_buffer=2 * MiB)
+    # workers=0: on a pool, one lane may coalesce the reads of several wakeups.
+    server = serve(handler, recv_buffer=2 * MiB, workers=0)
     handler.server = server
     peers = [connect(server.port) for _ in range(sessions)]
     try:
@@ -785,7 +786,7 @@ def test_set_handler_from_a_callback_takes_effect_at_the_next_wakeup(serve):
 
     old, new = Old(), New()
     old.new = new
-    server = serve(old)
+    server = serve(old, workers=0)  # wakeups are the reactor thread's batches
     old.server = server
     p1, p2, p3 = (connect(server.port) for _ in range(3))
     port1, port2, port3 = (p.getsockname()[1] for p in (p1, p2, p3))
@@ -1050,7 +1051,8 @@ def test_a_reused_fd_number_never_carries_the_old_sessions_bytes_or_callbacks(se
     its own bytes, X no callback after its on_close, and X's Session object must not
     reach a newcomer's socket."""
     handler = Churn(ending)
-    server = serve(handler, recv_buffer=2 * MiB)
+    # workers=0: reactor_held holds the reactor thread only when it runs the callbacks.
+    server = serve(handler, recv_buffer=2 * MiB, workers=0)
     handler.port = server.port
 
     def attempt(seed: int) -> bool:
@@ -1132,7 +1134,7 @@ def test_every_byte_that_arrived_before_a_reset_is_delivered_even_past_the_read_
     before on_close. test_faults checks it for 50 KB; here 1 MiB (four read budgets) and
     the RST are queued while the reactor is held, so one wakeup sees both."""
     recorder = Recorder()
-    server = serve(recorder, recv_buffer=4 * MiB)
+    server = serve(recorder, recv_buffer=4 * MiB, workers=0)
     payload = pattern(41, 1 * MiB)
     sock = connect(server.port)
     (session,) = recorder.wait_sessions(1)

@@ -241,7 +241,7 @@ def _blocked_in_epoll_wait_forever(tid: int) -> bool:
 @pytest.mark.timeout(60)
 def test_write_from_other_thread_wakes_idle_reactor(serve):
     handler = Capture()
-    server = serve(handler)
+    server = serve(handler, workers=0)  # the callbacks' thread is the reactor's
     sock = connect(server.port)
     try:
         session = handler.wait_session()

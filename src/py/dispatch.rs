@@ -19,7 +19,7 @@ use super::inner::LoopInner;
 use super::report::Report;
 use super::session::PySession;
 use super::sessions::Entry;
-use crate::framing::FrameDecoder;
+use crate::framing::{FrameDecoder, FrameError};
 use crate::shared::{lock, SessionCore};
 
 /// What happened to an open session, for its handler, in the order the reactor saw it.
@@ -47,6 +47,15 @@ fn ended_by_peer(py: Python<'_>, err: &PyErr, core: &SessionCore) -> bool {
     }
     let state = core.state();
     state.closed && !state.given_up()
+}
+
+/// Adds one to a counter when dropped.
+struct CountOnDrop<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for CountOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The handler layer of one thread that runs handler code.
@@ -98,7 +107,12 @@ impl<'py> Dispatcher<'_, 'py> {
     }
 
     /// Tells the session's handler of `notice`.
-    pub(super) fn notify(&mut self, entry: &mut Entry, loop_callbacks: &Callbacks, notice: Notice<'_>) {
+    pub(super) fn notify(
+        &mut self,
+        entry: &mut Entry,
+        loop_callbacks: &Callbacks,
+        notice: Notice<'_>,
+    ) {
         let py = self.py;
         let own = entry.callbacks.clone();
         let callbacks = own.as_deref().unwrap_or(loop_callbacks);
@@ -225,11 +239,34 @@ impl<'py> Dispatcher<'_, 'py> {
         let result = decoder.feed(data, |message| messages.push(PyBytes::new(py, message)));
         self.call_message_callbacks(entry, callbacks, messages);
         if let Err(err) = result {
-            entry
-                .error
-                .get_or_insert_with(|| FramingError::new_err(err.to_string()));
-            entry.session.get().core().close();
+            framing_failed(entry, &err);
         }
+    }
+
+    /// Hands over messages cut elsewhere (by the worker pool's reactor side): `data`
+    /// holds them back to back, each ending at the next of `ends`.
+    pub(super) fn framed(
+        &mut self,
+        entry: &mut Entry,
+        loop_callbacks: &Callbacks,
+        data: &[u8],
+        ends: &[usize],
+    ) {
+        if given_up(entry) {
+            return;
+        }
+        let own = entry.callbacks.clone();
+        let callbacks = own.as_deref().unwrap_or(loop_callbacks);
+        let mut start = 0;
+        let messages = ends
+            .iter()
+            .map(|&end| {
+                let message = PyBytes::new(self.py, &data[start..end]);
+                start = end;
+                message
+            })
+            .collect();
+        self.call_message_callbacks(entry, callbacks, messages);
     }
 
     fn call_message_callbacks(
@@ -315,7 +352,8 @@ impl<'py> Dispatcher<'_, 'py> {
     /// stop the loop and surface from `join()`; anything else is logged.
     pub(super) fn handler_failed(&mut self, which: Callback, session: Option<u64>, err: PyErr) {
         let py = self.py;
-        self.inner.handler_errors.fetch_add(1, Ordering::Relaxed);
+        // Counted after it is reported: whoever sees the count can read the log line.
+        let _counted = CountOnDrop(&self.inner.handler_errors);
         if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
             let mut failure = lock(&self.inner.failure);
             if failure.is_none() {
@@ -357,6 +395,15 @@ impl<'py> Dispatcher<'_, 'py> {
         // SAFETY: `_exit` ends the process at once; nothing of the parent's state is run.
         unsafe { libc::_exit(0) }
     }
+}
+
+/// The session's stream broke its framing: it closes, and `on_close` gets a
+/// `FramingError` (unless a callback's own exception came first).
+pub(super) fn framing_failed(entry: &mut Entry, err: &FrameError) {
+    entry
+        .error
+        .get_or_insert_with(|| FramingError::new_err(err.to_string()));
+    entry.session.get().core().close();
 }
 
 /// Whether the handler has given the session up (`close()`/`abort()`), so it wants no

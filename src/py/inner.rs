@@ -13,8 +13,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use super::callbacks::{Busy, Callbacks};
-use super::pool::Pool;
 use super::errors::LifecycleError;
+use super::pool::Pool;
 use super::sessions::PendingSession;
 use crate::framing::Framer;
 use crate::reactor::{LoopConfig, Reactor};
@@ -96,7 +96,11 @@ impl LoopInner {
     /// Whether the caller runs handler code of this loop: on its reactor thread, or on a
     /// worker of its pool. Such a caller must not wait for the loop to finish.
     pub(super) fn on_handler_thread(&self) -> bool {
-        self.on_reactor_thread() || self.pool.as_ref().is_some_and(|pool| pool.is_worker_thread())
+        self.on_reactor_thread()
+            || self
+                .pool
+                .as_ref()
+                .is_some_and(|pool| pool.is_worker_thread())
     }
 
     pub(super) fn check_running(&self, what: &str) -> PyResult<()> {

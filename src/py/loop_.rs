@@ -345,7 +345,13 @@ impl PyLoop {
         session: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyTimerHandle> {
         let session = session_token(session)?;
-        schedule(&self.inner, now, (callback, args), session, Command::CallSoon)
+        schedule(
+            &self.inner,
+            now,
+            (callback, args),
+            session,
+            Command::CallSoon,
+        )
     }
 
     /// Runs `function(*args)` on a worker of the pool and sets its result (or exception)
@@ -401,15 +407,28 @@ impl PyLoop {
         dict.set_item("worker_queued", pool.as_ref().map_or(0, |pool| pool.queued))?;
         dict.set_item("workers_busy", pool.as_ref().map_or(0, |pool| pool.busy))?;
         let longest = pool.map_or(0, |pool| pool.longest_wait.as_micros());
-        dict.set_item("worker_wait_max_us", u64::try_from(longest).unwrap_or(u64::MAX))?;
+        dict.set_item(
+            "worker_wait_max_us",
+            u64::try_from(longest).unwrap_or(u64::MAX),
+        )?;
         Ok(dict)
     }
 
     /// The callback the reactor thread is running now, as `(name, session_id, seconds)`
     /// (`session_id` 0 for a timer), or None between callbacks.
     fn busy_callback(&self) -> Option<(&'static str, u64, f64)> {
-        let workers = self.inner.pool.as_ref().and_then(|pool| pool.longest_busy());
-        let (name, session, running) = self.inner.busy.current().into_iter().chain(workers).max_by_key(|(_, _, running)| *running)?;
+        let workers = self
+            .inner
+            .pool
+            .as_ref()
+            .and_then(|pool| pool.longest_busy());
+        let (name, session, running) = self
+            .inner
+            .busy
+            .current()
+            .into_iter()
+            .chain(workers)
+            .max_by_key(|(_, _, running)| *running)?;
         Some((name, session, running.as_secs_f64()))
     }
 

@@ -22,11 +22,12 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use super::callbacks::{Busy, Callback};
-use super::dispatch::{Dispatcher, Notice};
+use super::dispatch::{framing_failed, Dispatcher, Notice};
 use super::inner::LoopInner;
 use super::report::Report;
 use super::sessions::{Entry, TokenTable};
-use crate::reactor::{Event, Reactor};
+use crate::framing::{FrameDecoder, FrameError, Framer};
+use crate::reactor::{Event, Reactor, READ_BUDGET};
 use crate::shared::{lock, SessionCore};
 use crate::sys::epoll::Token;
 
@@ -37,6 +38,14 @@ const LANE_TURN: usize = 64;
 enum Work {
     Opened(Arc<SessionCore>),
     Received(Vec<u8>),
+    /// Messages cut by the lane's decoder: back to back in `data`, each ending at the
+    /// next of `ends`.
+    Messages {
+        data: Vec<u8>,
+        ends: Vec<usize>,
+    },
+    /// The stream broke its framing after the messages before this.
+    FramingFailed(FrameError),
     Eof,
     Drained,
     PauseWriting,
@@ -45,6 +54,8 @@ enum Work {
     ConnectFailed(Arc<SessionCore>, Option<io::Error>),
     Timer(u64),
     AcceptPaused(io::Error),
+    /// Reading resumed: nothing to run, but held input may go now.
+    ReadingResumed,
     /// `run_in_worker`: `function(*args)`, its outcome set on `future`.
     Job {
         function: Py<PyAny>,
@@ -54,6 +65,14 @@ enum Work {
 }
 
 impl Work {
+    /// Input from the peer: bytes or messages (and a framing error found in them).
+    fn is_input(&self) -> bool {
+        matches!(
+            self,
+            Work::Received(_) | Work::Messages { .. } | Work::FramingFailed(_)
+        )
+    }
+
     /// Whether it still runs after the stop deadline: what every session is owed
     /// (`on_connect` before `on_close`, and `on_close`), not what its data would cause.
     fn owed(&self) -> bool {
@@ -77,6 +96,8 @@ struct Queue {
     since: Option<Instant>,
     /// The reactor holds this session's reading until the backlog drains.
     holding: bool,
+    /// The stream broke its framing: reading stays held until the session closes.
+    framing_failed: bool,
 }
 
 /// One session's (or the loop's, or a job's) work, run in order by one worker at a time.
@@ -87,14 +108,60 @@ pub(super) struct Lane {
     entry: Mutex<Option<Entry>>,
     /// The session whose reading the backlog holds, if it is a session's lane.
     core: Option<Arc<SessionCore>>,
+    /// The session's framing state, when the loop frames: the reactor thread cuts the
+    /// messages (the lock is only ever taken there), so an oversize message stops the
+    /// reading at once and the workers get whole messages.
+    decoder: Mutex<Option<FrameDecoder>>,
 }
 
 impl Lane {
+    /// The next work to run, or None if there is none or only input that must wait.
+    ///
+    /// Input waits while the user has paused reading (`pause_reading()` after the reactor
+    /// had read it): it is delivered after `resume_reading()`, and so is the EOF behind
+    /// it. Other notices pass it, as they would pass input still in the kernel without
+    /// a pool (`on_resume_writing`, say, which may be what resumes reading). A session
+    /// that closes meanwhile drops that input, as a paused session drops unread input,
+    /// so that its `on_close` comes.
+    fn next_work(&self, queue: &mut Queue, pool: &Pool) -> Option<Work> {
+        let paused = || {
+            self.core
+                .as_ref()
+                .is_some_and(|core| core.state().read_paused)
+        };
+        if !matches!(queue.items.front(), Some(work) if work.is_input()) || !paused() {
+            return queue.items.pop_front();
+        }
+        let closing = queue
+            .items
+            .iter()
+            .any(|work| matches!(work, Work::Closed(_)));
+        if closing {
+            while let Some(Work::Received(data) | Work::Messages { data, .. }) = queue.items.front()
+            {
+                queue.bytes = queue.bytes.saturating_sub(data.len());
+                queue.items.pop_front();
+                pool.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+            return queue.items.pop_front();
+        }
+        let passing = queue
+            .items
+            .iter()
+            .position(|work| !work.is_input() && !matches!(work, Work::Eof))?;
+        queue.items.remove(passing)
+    }
+
     fn new(core: Option<Arc<SessionCore>>) -> Arc<Lane> {
+        Lane::framed(core, None)
+    }
+
+    fn framed(core: Option<Arc<SessionCore>>, framer: Option<&Framer>) -> Arc<Lane> {
         Arc::new(Lane {
             queue: Mutex::new(Queue::default()),
             entry: Mutex::new(None),
             core,
+            decoder: Mutex::new(framer.map(|framer| FrameDecoder::new(framer.clone()))),
         })
     }
 }
@@ -228,7 +295,8 @@ impl Pool {
         for event in batch.drain(..) {
             let (token, work) = match event {
                 Event::Opened { token, session } => {
-                    let lane = lanes.insert(token, Lane::new(Some(Arc::clone(&session))));
+                    let core = Some(Arc::clone(&session));
+                    let lane = lanes.insert(token, Lane::framed(core, inner.framer.as_deref()));
                     self.push(lane, Work::Opened(session));
                     continue;
                 }
@@ -264,6 +332,7 @@ impl Pool {
                 Event::Drained { token } => (token, Work::Drained),
                 Event::PauseWriting { token } => (token, Work::PauseWriting),
                 Event::ResumeWriting { token } => (token, Work::ResumeWriting),
+                Event::ReadingResumed { token } => (token, Work::ReadingResumed),
             };
             if let Some(lane) = lanes.get(token) {
                 self.push(lane, work);
@@ -281,20 +350,73 @@ impl Pool {
     /// Queues received bytes, with the bytes queued before them if those wait still (one
     /// `on_recv` for both), and holds the session's reading past the backlog.
     fn push_bytes(&self, lane: &Arc<Lane>, data: &[u8]) {
+        let mut decoder = lock(&lane.decoder);
+        if let Some(decoder) = decoder.as_mut() {
+            return self.push_messages(lane, decoder, data);
+        }
+        drop(decoder);
         let mut queue = lock(&lane.queue);
         queue.bytes += data.len();
-        if let Some(Work::Received(waiting)) = queue.items.back_mut() {
-            waiting.extend_from_slice(data);
-        } else {
-            queue.items.push_back(Work::Received(data.to_vec()));
-            self.queued.fetch_add(1, Ordering::Relaxed);
+        match queue.items.back_mut() {
+            // One on_recv gets at most what one wakeup reads without a pool.
+            Some(Work::Received(waiting)) if waiting.len() + data.len() <= READ_BUDGET => {
+                waiting.extend_from_slice(data);
+            }
+            _ => {
+                queue.items.push_back(Work::Received(data.to_vec()));
+                self.queued.fetch_add(1, Ordering::Relaxed);
+            }
         }
+        self.hold_past_backlog(lane, &mut queue);
+        self.schedule(lane, queue);
+    }
+
+    /// Holds the session's reading while more than the backlog waits for its handler.
+    fn hold_past_backlog(&self, lane: &Lane, queue: &mut Queue) {
         if queue.bytes > self.backlog && !queue.holding {
             if let Some(core) = &lane.core {
                 queue.holding = true;
                 core.hold_reading();
             }
         }
+    }
+
+    /// Cuts `data` into messages and queues them; a framing error holds the session's
+    /// reading for good (the worker closes it once the messages before have been
+    /// delivered).
+    fn push_messages(&self, lane: &Arc<Lane>, decoder: &mut FrameDecoder, data: &[u8]) {
+        let (mut bytes, mut ends) = (Vec::new(), Vec::new());
+        let result = decoder.feed(data, |message| {
+            bytes.extend_from_slice(message);
+            ends.push(bytes.len());
+        });
+        let mut queue = lock(&lane.queue);
+        if !ends.is_empty() {
+            queue.bytes += bytes.len();
+            match queue.items.back_mut() {
+                Some(Work::Messages { data, ends: before })
+                    if data.len() + bytes.len() <= READ_BUDGET =>
+                {
+                    let offset = data.len();
+                    data.extend_from_slice(&bytes);
+                    before.extend(ends.iter().map(|end| end + offset));
+                }
+                _ => {
+                    queue.items.push_back(Work::Messages { data: bytes, ends });
+                    self.queued.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if let Err(err) = result {
+            queue.items.push_back(Work::FramingFailed(err));
+            self.queued.fetch_add(1, Ordering::Relaxed);
+            if let Some(core) = &lane.core {
+                queue.holding = true;
+                queue.framing_failed = true;
+                core.hold_reading();
+            }
+        }
+        self.hold_past_backlog(lane, &mut queue);
         self.schedule(lane, queue);
     }
 
@@ -408,17 +530,19 @@ fn run_lane(pool: &Pool, inner: &LoopInner, dispatcher: &mut Dispatcher<'_, '_>,
     loop {
         let work = {
             let mut queue = lock(&lane.queue);
-            match queue.items.pop_front() {
-                Some(work) if ran < LANE_TURN => work,
-                rest => {
-                    if let Some(work) = rest {
-                        queue.items.push_front(work);
-                    }
+            let next = if ran < LANE_TURN {
+                lane.next_work(&mut queue, pool)
+            } else {
+                None
+            };
+            match next {
+                Some(work) => work,
+                None => {
                     // The entry goes back before the lane can be scheduled again.
                     *lock(&lane.entry) = entry.take();
-                    let more = !queue.items.is_empty();
                     queue.scheduled = false;
-                    if more {
+                    if ran >= LANE_TURN && !queue.items.is_empty() {
+                        // Its turn is over: other lanes first, then the rest of it.
                         pool.schedule(lane, queue);
                     }
                     return;
@@ -428,7 +552,7 @@ fn run_lane(pool: &Pool, inner: &LoopInner, dispatcher: &mut Dispatcher<'_, '_>,
         pool.queued.fetch_sub(1, Ordering::Relaxed);
         ran += 1;
         let received = match &work {
-            Work::Received(data) => data.len(),
+            Work::Received(data) | Work::Messages { data, .. } => data.len(),
             _ => 0,
         };
         if work.owed() || !pool.discarding.load(Ordering::Relaxed) {
@@ -453,7 +577,7 @@ fn run_lane(pool: &Pool, inner: &LoopInner, dispatcher: &mut Dispatcher<'_, '_>,
 fn release_backlog(pool: &Pool, lane: &Lane, handled: usize) {
     let mut queue = lock(&lane.queue);
     queue.bytes = queue.bytes.saturating_sub(handled);
-    if queue.holding && queue.bytes <= pool.backlog / 2 {
+    if queue.holding && !queue.framing_failed && queue.bytes <= pool.backlog / 2 {
         queue.holding = false;
         drop(queue);
         if let Some(core) = &lane.core {
@@ -472,6 +596,9 @@ fn run(
     let notice = match work {
         Work::Opened(session) => {
             *entry = dispatcher.open(&session);
+            if let Some(entry) = entry {
+                entry.decoder = None; // the lane's decoder, on the reactor thread, frames
+            }
             if let Some(entry) = entry {
                 dispatcher.connected(entry, callbacks);
             }
@@ -503,6 +630,19 @@ fn run(
             }
             return;
         }
+        Work::ReadingResumed => return,
+        Work::Messages { data, ends } => {
+            if let Some(entry) = entry {
+                dispatcher.framed(entry, callbacks, &data, &ends);
+            }
+            return;
+        }
+        Work::FramingFailed(err) => {
+            if let Some(entry) = entry {
+                framing_failed(entry, &err);
+            }
+            return;
+        }
         Work::Eof => Notice::Eof,
         Work::Drained => Notice::Drained,
         Work::PauseWriting => Notice::PauseWriting,
@@ -514,11 +654,19 @@ fn run(
 }
 
 /// `function(*args)`, its result or exception set on `future` (unless it was cancelled).
-fn run_job(dispatcher: &mut Dispatcher<'_, '_>, function: &Py<PyAny>, args: &Py<PyTuple>, future: &Py<PyAny>) {
+fn run_job(
+    dispatcher: &mut Dispatcher<'_, '_>,
+    function: &Py<PyAny>,
+    args: &Py<PyTuple>,
+    future: &Py<PyAny>,
+) {
     let py = dispatcher.py;
     let future = future.bind(py);
     let outcome = (|| -> PyResult<()> {
-        if !future.call_method0("set_running_or_notify_cancel")?.is_truthy()? {
+        if !future
+            .call_method0("set_running_or_notify_cancel")?
+            .is_truthy()?
+        {
             return Ok(()); // cancelled while it waited
         }
         let result = dispatcher

@@ -109,11 +109,37 @@ fn run_attached(py: Python<'_>, mut reactor: Reactor, inner: &LoopInner) -> Reac
                     inner.shared.session_closed();
                 }
                 Event::Timer { id } => dispatcher.timer(id),
+                // Nothing was held back: this thread delivers input only while reading.
+                Event::ReadingResumed { .. } => {}
                 Event::AcceptPaused { error } => dispatcher.accept_paused(&error),
-                Event::Eof { token } => notify(&mut dispatcher, &mut entries, token, &callbacks, Notice::Eof),
-                Event::Drained { token } => notify(&mut dispatcher, &mut entries, token, &callbacks, Notice::Drained),
-                Event::PauseWriting { token } => notify(&mut dispatcher, &mut entries, token, &callbacks, Notice::PauseWriting),
-                Event::ResumeWriting { token } => notify(&mut dispatcher, &mut entries, token, &callbacks, Notice::ResumeWriting),
+                Event::Eof { token } => notify(
+                    &mut dispatcher,
+                    &mut entries,
+                    token,
+                    &callbacks,
+                    Notice::Eof,
+                ),
+                Event::Drained { token } => notify(
+                    &mut dispatcher,
+                    &mut entries,
+                    token,
+                    &callbacks,
+                    Notice::Drained,
+                ),
+                Event::PauseWriting { token } => notify(
+                    &mut dispatcher,
+                    &mut entries,
+                    token,
+                    &callbacks,
+                    Notice::PauseWriting,
+                ),
+                Event::ResumeWriting { token } => notify(
+                    &mut dispatcher,
+                    &mut entries,
+                    token,
+                    &callbacks,
+                    Notice::ResumeWriting,
+                ),
             }
             if inner.shared.is_forked_copy() {
                 dispatcher.end_forked_child();

@@ -11,9 +11,9 @@ use super::convert::capped_duration;
 use super::errors::LifecycleError;
 use super::inner::{LoopInner, ScheduledCall};
 use super::session::PySession;
+use crate::shared::{lock, Command};
 use crate::sys::epoll::Token;
 use pyo3::exceptions::PyTypeError;
-use crate::shared::{lock, Command};
 
 /// A scheduled callback; `cancel()` it to keep it from running.
 #[pyclass(module = "hamanet", name = "TimerHandle", frozen)]
@@ -112,7 +112,10 @@ pub(super) fn session_token(session: Option<&Bound<'_, PyAny>>) -> PyResult<Opti
         PyTypeError::new_err(format!(
             "session must be a hamanet.Session (whose callbacks this one keeps order with), \
              not '{}'",
-            session.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())
+            session
+                .get_type()
+                .name()
+                .map_or_else(|_| "?".into(), |n| n.to_string())
         ))
     })?;
     Ok(Some(session.get().core().token()))

@@ -35,6 +35,7 @@ impl Reactor {
         if std::mem::take(&mut state.read_resume_pending) {
             // Data that arrived while reading was paused raised no new edge.
             requeue(&mut self.again, &mut session.requeued, token);
+            self.batch.push(Event::ReadingResumed { token });
         }
         if session.broken.is_some() {
             // The connection is gone; only unread input is left, for after the resume.

@@ -120,6 +120,12 @@ pub enum Event {
         /// The session's token.
         token: Token,
     },
+    /// Reading resumed (`resume_reading()`, or a held backlog released): input that a
+    /// handler layer held back while reading was paused may go now.
+    ReadingResumed {
+        /// The session's token.
+        token: Token,
+    },
     /// A connect that never completed ended: refused, timed out, or cancelled by
     /// `close()`/`abort()`/stop (`error` is `None`). The session was never opened.
     ConnectFailed {

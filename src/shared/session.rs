@@ -295,10 +295,10 @@ impl SessionCore {
         let mut state = self.state();
         if state.read_paused && !state.closed {
             state.read_paused = false;
-            if !state.backlog_full {
-                state.read_resume_pending = true;
-                self.queue(state);
-            }
+            // Even with the backlog full: the input held back by the pause is what
+            // drains it.
+            state.read_resume_pending = true;
+            self.queue(state);
         }
     }
 
