@@ -240,7 +240,7 @@ def reactor_held(endpoint: hamanet.Server | hamanet.Client) -> Iterator[None]:
     other threads keep the GIL) until the block ends: what peers send meanwhile waits in
     the kernel and is read in the reactor's next wakeup."""
     if endpoint.stats()["workers"]:
-        pytest.fail("reactor_held needs workers=0: on a worker pool callbacks do not run on the reactor")
+        pytest.fail("reactor_held needs workers=0: on a pool, callbacks run off the reactor")
     entered, release = threading.Event(), threading.Event()
 
     def hold() -> None:
