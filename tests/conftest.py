@@ -51,7 +51,7 @@ def pytest_configure(config):
 
 #: Environment variables that set a default option for every Server and Client the tests
 #: make (one the test gives itself wins): the whole suite then runs, say, on a worker pool.
-OPTION_ENVIRONMENT = {"HAMANET_TEST_WORKERS": "workers"}
+OPTION_ENVIRONMENT = {"HAMANET_TEST_WORKERS": "workers", "HAMANET_TEST_REACTORS": "reactors"}
 
 
 def _apply_option_defaults_from_environment() -> None:

@@ -822,7 +822,7 @@ def test_call_soon_threadsafe_from_8_threads_runs_all_in_order_on_the_reactor(se
 def test_callbacks_see_the_reactor_thread_name_in_python(serve):
     """threading.current_thread().name inside a callback (what logging's %(threadName)s
     shows) is the reactor thread's name."""
-    server = serve(Recorder(), workers=0)  # the reactor thread itself runs them
+    server = serve(Recorder(), workers=0, reactors=1)  # the reactor thread itself runs them
     names: list[str] = []
     server.call_soon_threadsafe(lambda: names.append(threading.current_thread().name))
     wait_until(lambda: names, what="the callback")

@@ -137,10 +137,14 @@ pub(super) fn adopt_socket(
     own: Option<Arc<Callbacks>>,
 ) -> PyResult<Py<PySession>> {
     let limits = inner.config.limits;
-    let core = SessionCore::new(Arc::clone(&inner.shared), peer, local, limits);
+    let reactor = inner.pick_reactor();
+    let core = SessionCore::new(Arc::clone(&reactor.shared), peer, local, limits);
     let session = Py::new(py, PySession::new(Arc::clone(&core), inner.framer.clone()))?;
     lock(&inner.pending).insert(core.id, (session.clone_ref(py), own));
-    if !inner.shared.adopt(Arc::clone(&core), fd, connect_deadline) {
+    if !reactor
+        .shared
+        .adopt(Arc::clone(&core), fd, connect_deadline)
+    {
         lock(&inner.pending).remove(&core.id);
         return Err(LifecycleError::new_err(format!(
             "cannot {method}(): the client stopped"

@@ -4,7 +4,7 @@
 //! module; it depends on neither.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,13 +34,68 @@ pub(super) enum Phase {
     Stopped,
 }
 
-/// Everything the Python-facing object and the reactor thread share.
-pub(super) struct LoopInner {
+/// One reactor of a loop (`reactors=N` makes N), and its thread.
+pub(super) struct ReactorSlot {
+    /// What the reactor shares with other threads.
     pub(super) shared: Arc<LoopShared>,
-    pub(super) config: LoopConfig,
-    pub(super) phase: Mutex<Phase>,
+    /// The reactor until `start()` moves it to its thread.
     pub(super) reactor: Mutex<Option<Reactor>>,
     pub(super) thread: Mutex<Option<JoinHandle<()>>>,
+    /// The callback its thread is running, if any (without a worker pool).
+    pub(super) busy: Busy,
+    /// Where its thread's time goes, for the serial fraction.
+    pub(super) times: TurnTimes,
+}
+
+impl ReactorSlot {
+    pub(super) fn new(reactor: Reactor) -> ReactorSlot {
+        ReactorSlot {
+            shared: Arc::clone(reactor.shared()),
+            reactor: Mutex::new(Some(reactor)),
+            thread: Mutex::new(None),
+            busy: Busy::new(),
+            times: TurnTimes::default(),
+        }
+    }
+}
+
+/// A reactor thread's time: busy (turning the reactor, outside `epoll_wait`, and calling
+/// the handler) and, of that, attached to the interpreter (holding the GIL on a GIL
+/// build). Their ratio is the serial fraction that bounds what more reactors can gain.
+#[derive(Default)]
+pub(super) struct TurnTimes {
+    busy_ns: AtomicU64,
+    attached_ns: AtomicU64,
+}
+
+impl TurnTimes {
+    /// Adds one wakeup's busy time, of which `attached` was spent attached.
+    pub(super) fn add(&self, busy: Duration, attached: Duration) {
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.busy_ns.fetch_add(nanos(busy), Ordering::Relaxed);
+        self.attached_ns
+            .fetch_add(nanos(attached), Ordering::Relaxed);
+    }
+
+    /// `(busy, attached)` in nanoseconds since the reactor started.
+    pub(super) fn read(&self) -> (u64, u64) {
+        (
+            self.busy_ns.load(Ordering::Relaxed),
+            self.attached_ns.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Everything the Python-facing object and the reactor threads share.
+pub(super) struct LoopInner {
+    /// At least one.
+    pub(super) reactors: Vec<ReactorSlot>,
+    /// The reactor the next client session goes to (round robin).
+    pub(super) next_reactor: AtomicUsize,
+    /// Reactor threads still running: the last one to end finishes the loop.
+    pub(super) running_reactors: AtomicUsize,
+    pub(super) config: LoopConfig,
+    pub(super) phase: Mutex<Phase>,
 
     pub(super) callbacks: Mutex<Arc<Callbacks>>,
     /// Client sessions whose Python object exists (returned by `connect`) but whose
@@ -55,31 +110,49 @@ pub(super) struct LoopInner {
     pub(super) handler_errors: AtomicU64,
     /// `KeyboardInterrupt`/`SystemExit` raised by a handler, re-raised by `wait()`.
     pub(super) failure: Mutex<Option<PyErr>>,
-    /// The callback the reactor thread is running, if any.
-    pub(super) busy: Busy,
     /// The worker pool that runs the handler, if the loop has one (`workers=N`).
     pub(super) pool: Option<Arc<Pool>>,
 }
 
 impl LoopInner {
+    /// The first reactor: where timers not bound to a session go, and what a forked child
+    /// checks (all of a loop's reactors are born in the same process).
+    pub(super) fn first(&self) -> &ReactorSlot {
+        &self.reactors[0]
+    }
+
+    /// The reactor for a new client session: each in turn.
+    pub(super) fn pick_reactor(&self) -> &ReactorSlot {
+        let next = self.next_reactor.fetch_add(1, Ordering::Relaxed);
+        &self.reactors[next % self.reactors.len()]
+    }
+
+    /// Whether this is a forked child's dead copy of the loop (one atomic load, no lock).
+    pub(super) fn is_forked_copy(&self) -> bool {
+        self.first().shared.is_forked_copy()
+    }
+
     pub(super) fn phase(&self) -> Phase {
-        if self.shared.is_forked_copy() {
+        if self.is_forked_copy() {
             // Without touching the lock, which the fork may have caught held.
             return Phase::Stopped;
         }
         *lock(&self.phase)
     }
 
-    /// Marks the loop stopped and asks the reactor to stop within `timeout`. Stopping
+    /// Marks the loop stopped and asks every reactor to stop within `timeout`. Stopping
     /// already, a second request can shorten the deadline (never extend it).
     pub(super) fn request_stop(&self, timeout: Duration) {
         *lock(&self.phase) = Phase::Stopped;
-        self.shared.submit(Command::Stop(Instant::now() + timeout));
+        let deadline = Instant::now() + timeout;
+        for slot in &self.reactors {
+            slot.shared.submit(Command::Stop(deadline));
+        }
     }
 
     /// Refuses use of a forked child's copy of this loop.
     pub(super) fn check_not_forked(&self, what: &str) -> PyResult<()> {
-        if self.shared.is_forked_copy() {
+        if self.is_forked_copy() {
             return Err(LifecycleError::new_err(format!(
                 "cannot {what}: this server or client belongs to the process this one was \
                  forked from (its reactor thread does not survive fork()); create a new \
@@ -90,11 +163,13 @@ impl LoopInner {
     }
 
     pub(super) fn on_reactor_thread(&self) -> bool {
-        self.shared.is_turned_by_this_thread()
+        self.reactors
+            .iter()
+            .any(|slot| slot.shared.is_turned_by_this_thread())
     }
 
-    /// Whether the caller runs handler code of this loop: on its reactor thread, or on a
-    /// worker of its pool. Such a caller must not wait for the loop to finish.
+    /// Whether the caller runs handler code of this loop: on one of its reactor threads,
+    /// or on a worker of its pool. Such a caller must not wait for the loop to finish.
     pub(super) fn on_handler_thread(&self) -> bool {
         self.on_reactor_thread()
             || self
@@ -113,7 +188,23 @@ impl LoopInner {
         }
     }
 
-    /// Waits up to `timeout` until `done(status)`; returns whether it came true.
+    /// The status of the whole loop: sessions open on every reactor, and whether every
+    /// reactor has finished.
+    pub(super) fn status(&self) -> LoopStatus {
+        let mut total = LoopStatus {
+            sessions: 0,
+            finished: true,
+        };
+        for slot in &self.reactors {
+            let status = slot.shared.status();
+            total.sessions += status.sessions;
+            total.finished &= status.finished;
+        }
+        total
+    }
+
+    /// Waits up to `timeout` until `done(status)` holds for every reactor; returns
+    /// whether it came true.
     pub(super) fn wait_until(
         &self,
         py: Python<'_>,
@@ -124,7 +215,14 @@ impl LoopInner {
         wait_in_slices(
             py,
             deadline,
-            |slice| Ok(self.shared.wait_for(slice, &done)),
+            |slice| {
+                // Reactors already done return at once; one not done takes the slice.
+                let end = Instant::now() + slice;
+                Ok(self.reactors.iter().all(|slot| {
+                    let left = end.saturating_duration_since(Instant::now());
+                    slot.shared.wait_for(left, &done)
+                }))
+            },
             |py| py.check_signals(),
         )
     }

@@ -5,27 +5,27 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
-use super::callbacks::{Busy, Callbacks};
+use super::callbacks::Callbacks;
 use super::connect::{self, resolve};
 use super::convert::{self, address_object, C_INT_MAX};
 use super::errors::{os_error, LifecycleError};
-use super::inner::{LoopInner, Phase};
+use super::inner::{LoopInner, Phase, ReactorSlot};
 use super::options::{loop_options, LoopOptions};
 use super::pool::Pool;
 use super::session::PySession;
 use super::thread::run;
-use super::timer::{schedule, schedule_at, session_token, PyTimerHandle};
+use super::timer::{schedule, schedule_at, session_core, PyTimerHandle};
 use crate::reactor::Reactor;
-use crate::shared::{lock, Command};
-use crate::sys::address;
+use crate::shared::{lock, Command, Stats};
+use crate::sys::address::{self, Address};
 use crate::sys::net::{self, SocketOptions};
 
 /// A reactor thread and its handler. Not for direct use: see `hamanet.Server`/`Client`.
@@ -47,16 +47,20 @@ impl PyLoop {
             framer,
             workers,
             worker_backlog,
+            reactors,
         } = loop_options(owner, options)?;
         let pool = (workers > 0).then(|| Arc::new(Pool::new(workers, worker_backlog)));
-        let reactor = Reactor::new(config.clone()).map_err(|e| os_error(&e, None))?;
+        let reactors = (0..reactors)
+            .map(|_| Reactor::new(config.clone()).map(ReactorSlot::new))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| os_error(&e, None))?;
         Ok(PyLoop {
             inner: Arc::new(LoopInner {
-                shared: Arc::clone(reactor.shared()),
+                reactors,
+                next_reactor: AtomicUsize::new(0),
+                running_reactors: AtomicUsize::new(0),
                 config,
                 phase: Mutex::new(Phase::Created),
-                reactor: Mutex::new(Some(reactor)),
-                thread: Mutex::new(None),
 
                 callbacks: Mutex::new(Arc::new(Callbacks::none())),
                 pending: Mutex::new(HashMap::new()),
@@ -65,7 +69,6 @@ impl PyLoop {
                 framer,
                 handler_errors: AtomicU64::new(0),
                 failure: Mutex::new(None),
-                busy: Busy::new(),
                 pool,
             }),
         })
@@ -120,14 +123,31 @@ impl PyLoop {
         self.inner.check_running("open()")?;
         let addr = resolve(py, &host, port)?[0];
         let context = format!("{host}:{port}");
+        let reactors = self.inner.reactors.len();
         let options = SocketOptions {
             reuse_port,
             ..self.inner.config.options.clone()
         };
-        let fd = py
-            .detach(|| net::listen(addr, backlog, dual_stack, &options))
+        let fds = py
+            .detach(|| {
+                let first = net::listen(addr, backlog, dual_stack, &options)?;
+                if !reuse_port {
+                    return share(first, reactors);
+                }
+                // Asked for SO_REUSEPORT: one listener per reactor on the same address,
+                // and the kernel spreads the connections over them by their addresses.
+                let mut bound = addr;
+                if let Address::Inet(inet) = address::local_addr(first.as_fd())? {
+                    bound = inet; // the port the kernel picked for port 0
+                }
+                let mut fds = vec![first];
+                for _ in 1..reactors {
+                    fds.push(net::listen(bound, backlog, dual_stack, &options)?);
+                }
+                Ok(fds)
+            })
             .map_err(|e| os_error(&e, Some(&context)))?;
-        self.add_listener(py, fd, &context)
+        self.add_listeners(py, fds, &context)
     }
 
     /// Binds and listens on a Unix domain socket at `path`; returns the path.
@@ -144,7 +164,8 @@ impl PyLoop {
         let fd = py
             .detach(|| net::listen_unix(&path, backlog))
             .map_err(|e| os_error(&e, Some(&context)))?;
-        self.add_listener(py, fd, &context)
+        let fds = share(fd, self.inner.reactors.len()).map_err(|e| os_error(&e, Some(&context)))?;
+        self.add_listeners(py, fds, &context)
     }
 
     /// Starts the reactor thread.
@@ -164,20 +185,28 @@ impl PyLoop {
                 ))
             }
         }
-        let reactor = lock(&self.inner.reactor)
-            .take()
-            .ok_or_else(|| LifecycleError::new_err("the reactor is gone; create a new one"))?;
         if let Some(pool) = &self.inner.pool {
             pool.start(&self.inner)
                 .map_err(|e| os_error(&e, Some("starting the worker threads")))?;
         }
-        let inner = Arc::clone(&self.inner);
-        let handle = std::thread::Builder::new()
-            .name("hamanet-reactor".into())
-            .spawn(move || run(reactor, inner))
-            .map_err(|e| os_error(&e, Some("starting the reactor thread")))?;
-
-        *lock(&self.inner.thread) = Some(handle);
+        self.inner
+            .running_reactors
+            .store(self.inner.reactors.len(), Ordering::Relaxed);
+        for (index, slot) in self.inner.reactors.iter().enumerate() {
+            let reactor = lock(&slot.reactor)
+                .take()
+                .ok_or_else(|| LifecycleError::new_err("the reactor is gone; create a new one"))?;
+            let inner = Arc::clone(&self.inner);
+            let name = match self.inner.reactors.len() {
+                1 => "hamanet-reactor".to_owned(),
+                _ => format!("hamanet-reactor-{index}"),
+            };
+            let handle = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || run(reactor, inner, index))
+                .map_err(|e| os_error(&e, Some("starting a reactor thread")))?;
+            *lock(&slot.thread) = Some(handle);
+        }
         *phase = Phase::Running;
         Ok(())
     }
@@ -187,7 +216,7 @@ impl PyLoop {
     /// with the timeout in seconds.
     fn stop(&self, timeout: &Bound<'_, PyAny>) -> PyResult<f64> {
         let timeout = convert::seconds(timeout, "timeout")?;
-        if self.inner.shared.is_forked_copy() {
+        if self.inner.is_forked_copy() {
             return Ok(timeout.as_secs_f64()); // nothing runs here to stop
         }
         let mut phase = lock(&self.inner.phase);
@@ -196,13 +225,13 @@ impl PyLoop {
                 *phase = Phase::Stopped;
                 // Never started: dropping the reactor closes its listeners (and removes
                 // Unix socket files).
-                let reactor = lock(&self.inner.reactor).take();
-                if let Some(mut reactor) = reactor {
-                    reactor.shutdown_unstarted();
+                for slot in &self.inner.reactors {
+                    let reactor = lock(&slot.reactor).take();
+                    if let Some(mut reactor) = reactor {
+                        reactor.shutdown_unstarted();
+                    }
+                    slot.shared.update_status(|status| status.finished = true);
                 }
-                self.inner
-                    .shared
-                    .update_status(|status| status.finished = true);
             }
             Phase::Running | Phase::Stopped => {
                 drop(phase);
@@ -216,7 +245,7 @@ impl PyLoop {
     /// Re-raises a `KeyboardInterrupt`/`SystemExit` that a handler raised.
     fn wait(&self, py: Python<'_>, timeout: &Bound<'_, PyAny>) -> PyResult<bool> {
         let timeout = convert::seconds(timeout, "timeout")?;
-        if self.inner.shared.is_forked_copy() {
+        if self.inner.is_forked_copy() {
             return Ok(true); // nothing runs here to wait for
         }
         if self.inner.phase() == Phase::Created {
@@ -228,8 +257,10 @@ impl PyLoop {
         if done {
             // NOTE: never hold a lock across `detach`: a thread holding the GIL could
             // block on it while this one waits for the GIL, and both would hang.
-            let handle = lock(&self.inner.thread).take();
-            if let Some(handle) = handle {
+            let handles: Vec<_> = (self.inner.reactors.iter())
+                .filter_map(|slot| lock(&slot.thread).take())
+                .collect();
+            for handle in handles {
                 // The thread has set `finished` as its last act; this join is immediate.
                 if py.detach(|| handle.join()).is_err() {
                     return Err(PyRuntimeError::new_err(
@@ -248,7 +279,7 @@ impl PyLoop {
     /// Re-raises a `KeyboardInterrupt`/`SystemExit` that a handler raised.
     fn wait_idle(&self, py: Python<'_>, timeout: &Bound<'_, PyAny>) -> PyResult<bool> {
         let timeout = convert::seconds(timeout, "timeout")?;
-        if self.inner.shared.is_forked_copy() {
+        if self.inner.is_forked_copy() {
             return Ok(true);
         }
         let idle = self.inner.wait_until(py, timeout, |status| {
@@ -314,7 +345,7 @@ impl PyLoop {
         session: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyTimerHandle> {
         let when = convert::moment(when, "when")?;
-        let session = session_token(session)?;
+        let session = session_core(session)?;
         schedule_at(&self.inner, when, now, (callback, args), session)
     }
 
@@ -329,7 +360,7 @@ impl PyLoop {
         session: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyTimerHandle> {
         let delay = convert::seconds(delay, "delay")?;
-        let session = session_token(session)?;
+        let session = session_core(session)?;
         let when = now + delay.as_secs_f64();
         schedule_at(&self.inner, when, now, (callback, args), session)
     }
@@ -344,7 +375,7 @@ impl PyLoop {
         now: f64,
         session: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyTimerHandle> {
-        let session = session_token(session)?;
+        let session = session_core(session)?;
         schedule(
             &self.inner,
             now,
@@ -382,21 +413,23 @@ impl PyLoop {
     /// Counters, cheap enough to read often.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         self.inner.check_not_forked("read stats()")?;
-        let stats = self.inner.shared.stats();
-        let dict = PyDict::new(py);
-        dict.set_item("sessions_open", self.inner.shared.status().sessions)?;
-        dict.set_item("sessions_total", stats.sessions_total)?;
-        dict.set_item("accepted", stats.accepted)?;
-        dict.set_item("refused_by_limit", stats.refused_by_limit)?;
-        dict.set_item("bytes_in", stats.bytes_in)?;
-        dict.set_item("bytes_out", stats.bytes_out)?;
-        dict.set_item("writes", stats.writes)?;
-        dict.set_item("sends", stats.sends)?;
-        dict.set_item("writes_coalesced", stats.writes.saturating_sub(stats.sends))?;
-        dict.set_item("idle_timeouts", stats.idle_timeouts)?;
-        dict.set_item("accept_pauses", stats.accept_pauses)?;
-        dict.set_item("timers_fired", stats.timers_fired)?;
-        dict.set_item("calls_soon", stats.calls_soon)?;
+        let mut total = Stats::default();
+        let (mut busy_ns, mut attached_ns) = (0u64, 0u64);
+        let each = PyList::empty(py);
+        for slot in &self.inner.reactors {
+            let stats = slot.shared.stats();
+            let (busy, attached) = slot.times.read();
+            let one = stats_dict(py, &stats, slot.shared.status().sessions)?;
+            one.set_item("busy_us", busy / 1000)?;
+            one.set_item("attached_us", attached / 1000)?;
+            each.append(one)?;
+            total += stats;
+            busy_ns += busy;
+            attached_ns += attached;
+        }
+        let dict = stats_dict(py, &total, self.inner.status().sessions)?;
+        dict.set_item("busy_us", busy_ns / 1000)?;
+        dict.set_item("attached_us", attached_ns / 1000)?;
         dict.set_item(
             "handler_errors",
             self.inner.handler_errors.load(Ordering::Relaxed),
@@ -411,6 +444,7 @@ impl PyLoop {
             "worker_wait_max_us",
             u64::try_from(longest).unwrap_or(u64::MAX),
         )?;
+        dict.set_item("reactors", each)?;
         Ok(dict)
     }
 
@@ -422,11 +456,12 @@ impl PyLoop {
             .pool
             .as_ref()
             .and_then(|pool| pool.longest_busy());
-        let (name, session, running) = self
+        let reactors = self
             .inner
-            .busy
-            .current()
-            .into_iter()
+            .reactors
+            .iter()
+            .filter_map(|slot| slot.busy.current());
+        let (name, session, running) = reactors
             .chain(workers)
             .max_by_key(|(_, _, running)| *running)?;
         Some((name, session, running.as_secs_f64()))
@@ -441,10 +476,10 @@ impl PyLoop {
     /// Sessions currently open.
     #[getter]
     fn session_count(&self) -> usize {
-        if self.inner.shared.is_forked_copy() {
+        if self.inner.is_forked_copy() {
             return 0;
         }
-        self.inner.shared.status().sessions
+        self.inner.status().sessions
     }
 
     /// `"created"`, `"running"` or `"stopped"` (stop requested or finished).
@@ -460,28 +495,61 @@ impl PyLoop {
     /// Whether the reactor thread has finished (or never ran and was stopped).
     #[getter]
     fn finished(&self) -> bool {
-        self.inner.shared.is_forked_copy() || self.inner.shared.status().finished
+        self.inner.is_forked_copy() || self.inner.status().finished
     }
 
     /// In a forked child: releases this copy of the loop. Closes the child's copies of
     /// the sockets a running reactor held (or drops a reactor that never started), so the
     /// parent's connections and listeners are not kept alive by the child. Idempotent.
     fn forget_after_fork(&self) {
-        if !self.inner.shared.is_forked_copy() {
+        if !self.inner.is_forked_copy() {
             return;
         }
-        // try_lock: a lock the fork caught held stays held; then there is nothing to drop.
-        let unstarted = self
-            .inner
-            .reactor
-            .try_lock()
-            .ok()
-            .and_then(|mut r| r.take());
-        match unstarted {
-            Some(reactor) => drop(reactor),
-            None => self.inner.shared.close_fork_copies(),
+        for slot in &self.inner.reactors {
+            // try_lock: a lock the fork caught held stays held; then nothing is dropped.
+            let unstarted = slot.reactor.try_lock().ok().and_then(|mut r| r.take());
+            match unstarted {
+                Some(reactor) => drop(reactor),
+                None => slot.shared.close_fork_copies(),
+            }
         }
     }
+}
+
+/// One listener for `reactors` reactors: the same socket in each one's epoll (a copy of
+/// the fd each), so whichever reactor waits takes the next connection: the busy ones are
+/// not waiting, which spreads the load by it. Without SO_REUSEPORT, as the user asked:
+/// nobody else can bind the port.
+fn share(listener: OwnedFd, reactors: usize) -> std::io::Result<Vec<OwnedFd>> {
+    let mut fds = Vec::with_capacity(reactors);
+    for _ in 1..reactors {
+        fds.push(listener.try_clone()?);
+    }
+    fds.insert(0, listener);
+    Ok(fds)
+}
+
+/// The counters of one reactor, or of all of them summed.
+fn stats_dict<'py>(
+    py: Python<'py>,
+    stats: &Stats,
+    sessions_open: usize,
+) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item("sessions_open", sessions_open)?;
+    dict.set_item("sessions_total", stats.sessions_total)?;
+    dict.set_item("accepted", stats.accepted)?;
+    dict.set_item("refused_by_limit", stats.refused_by_limit)?;
+    dict.set_item("bytes_in", stats.bytes_in)?;
+    dict.set_item("bytes_out", stats.bytes_out)?;
+    dict.set_item("writes", stats.writes)?;
+    dict.set_item("sends", stats.sends)?;
+    dict.set_item("writes_coalesced", stats.writes.saturating_sub(stats.sends))?;
+    dict.set_item("idle_timeouts", stats.idle_timeouts)?;
+    dict.set_item("accept_pauses", stats.accept_pauses)?;
+    dict.set_item("timers_fired", stats.timers_fired)?;
+    dict.set_item("calls_soon", stats.calls_soon)?;
+    Ok(dict)
 }
 
 impl PyLoop {
@@ -491,17 +559,24 @@ impl PyLoop {
         failure.map_or(Ok(()), Err)
     }
 
-    fn add_listener<'py>(
+    /// Hands listener `i` of `fds` (all on one address) to reactor `i`; returns the
+    /// bound address.
+    fn add_listeners<'py>(
         &self,
         py: Python<'py>,
-        fd: OwnedFd,
+        fds: Vec<OwnedFd>,
         context: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let bound = address::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(context)))?;
-        let object = address_object(py, &bound)?;
-        if !self.inner.shared.submit(Command::Listen(fd, bound)) {
-            return Err(LifecycleError::new_err("cannot open(): it has stopped"));
+        let mut object = None;
+        for (fd, slot) in fds.into_iter().zip(&self.inner.reactors) {
+            let bound = address::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(context)))?;
+            if object.is_none() {
+                object = Some(address_object(py, &bound)?);
+            }
+            if !slot.shared.submit(Command::Listen(fd, bound)) {
+                return Err(LifecycleError::new_err("cannot open(): it has stopped"));
+            }
         }
-        Ok(object)
+        object.ok_or_else(|| LifecycleError::new_err("cannot open(): no reactor"))
     }
 }

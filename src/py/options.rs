@@ -16,7 +16,7 @@ use crate::shared::WriteLimits;
 use crate::sys::net::SocketOptions;
 
 /// Every option, in the order `help()` lists them.
-pub const OPTIONS: [&str; 12] = [
+pub const OPTIONS: [&str; 13] = [
     "nodelay",
     "keepalive",
     "recv_buffer",
@@ -29,7 +29,11 @@ pub const OPTIONS: [&str; 12] = [
     "framing",
     "workers",
     "worker_backlog",
+    "reactors",
 ];
+
+/// The most reactor threads a loop may have.
+pub const MAX_REACTORS: usize = 256;
 
 /// The most worker threads a loop may have: far more than cores, so a pool for blocking
 /// calls can be large, but not so many that a typo exhausts the process.
@@ -47,7 +51,7 @@ pub fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
     let socket = SocketOptions::default();
     let limits = WriteLimits::DEFAULT;
     let none = py.None().into_bound(py);
-    let values: [Bound<'_, PyAny>; 12] = [
+    let values: [Bound<'_, PyAny>; 13] = [
         socket.nodelay.into_pyobject(py)?.to_owned().into_any(),
         socket.keepalive.into_pyobject(py)?.to_owned().into_any(),
         none.clone(),
@@ -60,6 +64,7 @@ pub fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
         none,
         0usize.into_pyobject(py)?.into_any(),
         DEFAULT_WORKER_BACKLOG.into_pyobject(py)?.into_any(),
+        1usize.into_pyobject(py)?.into_any(),
     ];
     let pairs = OPTIONS
         .iter()
@@ -79,6 +84,8 @@ pub struct LoopOptions {
     pub workers: usize,
     /// Received bytes a session may have waiting for a worker before its reading is held.
     pub worker_backlog: usize,
+    /// Reactor threads, each with its own epoll and sessions.
+    pub reactors: usize,
 }
 
 /// Checks `options` (as given to `owner`, "Server" or "Client"); what is not given takes
@@ -147,14 +154,20 @@ pub fn loop_options(owner: &str, options: Option<&Bound<'_, PyDict>>) -> PyResul
         Some(value) => size(&value, "worker_backlog", 1..=MAX_SIZE)?,
         None => DEFAULT_WORKER_BACKLOG,
     };
+    let reactors = match get("reactors")? {
+        Some(value) => size(&value, "reactors", 1..=MAX_REACTORS)?,
+        None => 1,
+    };
     Ok(LoopOptions {
         workers,
         worker_backlog,
+        reactors,
         config: LoopConfig {
             options: socket,
             limits,
             idle_timeout,
             max_connections,
+            open_sessions: Default::default(),
         },
         framer,
     })

@@ -35,7 +35,7 @@ use crate::sys::epoll::Token;
 const LANE_TURN: usize = 64;
 
 /// One piece of work for a lane.
-enum Work {
+pub(super) enum Work {
     Opened(Arc<SessionCore>),
     Received(Vec<u8>),
     /// Messages cut by the lane's decoder: back to back in `data`, each ending at the
@@ -50,7 +50,8 @@ enum Work {
     Drained,
     PauseWriting,
     ResumeWriting,
-    Closed(Option<io::Error>),
+    /// The session closed (this one, of the reactor whose count it leaves).
+    Closed(Option<Arc<SessionCore>>, Option<io::Error>),
     ConnectFailed(Arc<SessionCore>, Option<io::Error>),
     Timer(u64),
     AcceptPaused(io::Error),
@@ -78,7 +79,7 @@ impl Work {
     fn owed(&self) -> bool {
         matches!(
             self,
-            Work::Opened(_) | Work::Closed(_) | Work::ConnectFailed(..)
+            Work::Opened(_) | Work::Closed(..) | Work::ConnectFailed(..)
         )
     }
 }
@@ -135,7 +136,7 @@ impl Lane {
         let closing = queue
             .items
             .iter()
-            .any(|work| matches!(work, Work::Closed(_)));
+            .any(|work| matches!(work, Work::Closed(..)));
         if closing {
             while let Some(Work::Received(data) | Work::Messages { data, .. }) = queue.items.front()
             {
@@ -308,9 +309,9 @@ impl Pool {
                 }
                 Event::Closed { token, error } => {
                     match lanes.remove(token) {
-                        Some(lane) => self.push(&lane, Work::Closed(error)),
+                        Some(lane) => self.push(&lane, Work::Closed(lane.core.clone(), error)),
                         // Never entered (no `Session` could be made): nothing to tell.
-                        None => inner.shared.session_closed(),
+                        None => reactor.shared().session_closed(),
                     }
                     continue;
                 }
@@ -492,16 +493,12 @@ impl Pool {
         }
     }
 
-    /// What is left in the lanes once the workers are gone: taken out to be dropped
-    /// attached (the entries hold Python objects).
-    pub(super) fn leftovers(&self, lanes: &mut TokenTable<Arc<Lane>>) -> Vec<Entry> {
-        let mut left = Vec::new();
-        for lane in lanes.drain().chain([Arc::clone(&self.loop_lane)]) {
-            left.extend(lock(&lane.entry).take());
-            let items = std::mem::take(&mut lock(&lane.queue).items);
-            drop(items); // jobs and data: their Python objects are dropped attached too
-        }
-        left
+    /// What is left once the workers are gone (the loop's lane: its timers), taken out
+    /// to be dropped attached: it may hold Python objects.
+    pub(super) fn leftovers(&self) -> (Option<Entry>, VecDeque<Work>) {
+        let entry = lock(&self.loop_lane.entry).take();
+        let items = std::mem::take(&mut lock(&self.loop_lane.queue).items);
+        (entry, items)
     }
 }
 
@@ -566,7 +563,7 @@ fn run_lane(pool: &Pool, inner: &LoopInner, dispatcher: &mut Dispatcher<'_, '_>,
         if received > 0 {
             release_backlog(pool, lane, received);
         }
-        if inner.shared.is_forked_copy() {
+        if inner.is_forked_copy() {
             dispatcher.end_forked_child();
         }
     }
@@ -604,17 +601,19 @@ fn run(
             }
             return;
         }
-        Work::Closed(error) => {
+        Work::Closed(session, error) => {
             if let Some(mut closed) = entry.take() {
                 dispatcher.notify(&mut closed, callbacks, Notice::Closed(error.as_ref()));
             }
-            dispatcher.inner.shared.session_closed();
+            if let Some(session) = session {
+                session.shared().session_closed();
+            }
             return;
         }
         Work::ConnectFailed(session, error) => {
             let reason = dispatcher.connect_error(error.as_ref());
             dispatcher.connect_failed(&session, reason, callbacks);
-            dispatcher.inner.shared.session_closed();
+            session.shared().session_closed();
             return;
         }
         Work::Timer(id) => return dispatcher.timer(id),

@@ -6,15 +6,16 @@
 //! detaches only around [`Reactor::turn`] (the wait and every socket syscall): creating a
 //! thread state per wakeup would cost more than the callbacks themselves.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::PyConnectionAbortedError;
 use pyo3::prelude::*;
 
 use super::callbacks::Callback;
 use super::dispatch::{Dispatcher, Notice};
-use super::inner::LoopInner;
+use super::inner::{LoopInner, ReactorSlot};
 use super::pool::Pool;
 use super::report::Report;
 use super::sessions::{Entry, TokenTable};
@@ -45,37 +46,61 @@ pub(super) fn name_python_thread(py: Python<'_>, name: &str) {
     }
 }
 
-/// The reactor thread's body.
-pub(super) fn run(reactor: Reactor, inner: Arc<LoopInner>) {
-    let finish = FinishOnExit(Arc::clone(&inner.shared));
+/// The body of the thread of reactor `index`.
+pub(super) fn run(reactor: Reactor, inner: Arc<LoopInner>, index: usize) {
+    let slot = &inner.reactors[index];
+    let finish = FinishOnExit(Arc::clone(&slot.shared));
     let reactor = match &inner.pool {
-        Some(pool) => run_with_pool(reactor, &inner, pool),
-        None => Python::attach(|py| run_attached(py, reactor, &inner)),
+        Some(pool) => run_with_pool(reactor, &inner, slot, pool),
+        None => Python::attach(|py| run_attached(py, reactor, &inner, slot)),
     };
+    // The last reactor thread to end finishes the loop: the pool's queued work, and the
+    // `on_close` of client sessions that never opened.
+    let last = inner.running_reactors.fetch_sub(1, Ordering::AcqRel) == 1;
+    if last {
+        if let Some(pool) = &inner.pool {
+            pool.finish(reactor.stop_deadline().unwrap_or_else(Instant::now));
+            let left = pool.leftovers();
+            Python::attach(|_py| drop(left));
+        }
+    }
     Python::attach(|py| {
-        close_never_opened(py, &inner);
-        // Python objects are released attached, and outside the locks (freeing them may
-        // run Python code that takes those locks).
-        let timers = std::mem::take(&mut *lock(&inner.timers));
-        drop(timers);
-        drop(inner);
+        if last {
+            close_never_opened(py, &inner);
+            // Python objects are released attached, and outside the locks (freeing them
+            // may run Python code that takes those locks).
+            let timers = std::mem::take(&mut *lock(&inner.timers));
+            drop(timers);
+        }
         drop(reactor);
     });
     drop(finish);
 }
 
 /// Without a pool: the handler is called on this thread, a whole batch per attach.
-fn run_attached(py: Python<'_>, mut reactor: Reactor, inner: &LoopInner) -> Reactor {
-    name_python_thread(py, "hamanet-reactor");
+fn run_attached(
+    py: Python<'_>,
+    mut reactor: Reactor,
+    inner: &LoopInner,
+    slot: &ReactorSlot,
+) -> Reactor {
+    if let Some(name) = std::thread::current().name() {
+        name_python_thread(py, name);
+    }
     let mut entries = TokenTable::<Entry>::default();
     let mut dispatcher = Dispatcher {
         py,
         inner,
         report: Report::new(py),
-        busy: &inner.busy,
+        busy: &slot.busy,
     };
     loop {
-        if let Err(err) = py.detach(|| reactor.turn()) {
+        let (turned, turning) = py.detach(|| {
+            let started = Instant::now();
+            (reactor.turn(), started.elapsed())
+        });
+        let attached = Instant::now();
+        if let Err(err) = turned {
             dispatcher.report.fatal(&err);
             reactor.abort_all(&err);
         }
@@ -101,12 +126,12 @@ fn run_attached(py: Python<'_>, mut reactor: Reactor, inner: &LoopInner) -> Reac
                     if let Some(mut entry) = entries.remove(token) {
                         dispatcher.notify(&mut entry, &callbacks, Notice::Closed(error.as_ref()));
                     }
-                    inner.shared.session_closed();
+                    slot.shared.session_closed();
                 }
                 Event::ConnectFailed { session, error } => {
                     let reason = dispatcher.connect_error(error.as_ref());
                     dispatcher.connect_failed(&session, reason, &callbacks);
-                    inner.shared.session_closed();
+                    slot.shared.session_closed();
                 }
                 Event::Timer { id } => dispatcher.timer(id),
                 // Nothing was held back: this thread delivers input only while reading.
@@ -141,11 +166,16 @@ fn run_attached(py: Python<'_>, mut reactor: Reactor, inner: &LoopInner) -> Reac
                     Notice::ResumeWriting,
                 ),
             }
-            if inner.shared.is_forked_copy() {
+            if inner.is_forked_copy() {
                 dispatcher.end_forked_child();
             }
         }
         reactor.recycle_batch(batch);
+        let attached = attached.elapsed();
+        slot.times.add(
+            turning.saturating_sub(reactor.last_wait()) + attached,
+            attached,
+        );
         if reactor.is_finished() {
             break;
         }
@@ -168,9 +198,15 @@ fn notify(
 
 /// With a pool: this thread only turns the reactor and queues each turn's events on the
 /// lanes; it never attaches (so never waits for the GIL a handler holds) until the end.
-fn run_with_pool(mut reactor: Reactor, inner: &Arc<LoopInner>, pool: &Arc<Pool>) -> Reactor {
+fn run_with_pool(
+    mut reactor: Reactor,
+    inner: &LoopInner,
+    slot: &ReactorSlot,
+    pool: &Pool,
+) -> Reactor {
     let mut lanes = TokenTable::default();
     loop {
+        let started = Instant::now();
         if let Err(err) = reactor.turn() {
             Python::attach(|py| Report::new(py).fatal(&err));
             reactor.abort_all(&err);
@@ -180,13 +216,14 @@ fn run_with_pool(mut reactor: Reactor, inner: &Arc<LoopInner>, pool: &Arc<Pool>)
         let mut batch = reactor.take_batch();
         pool.distribute(&reactor, &mut batch, &mut lanes, inner);
         reactor.recycle_batch(batch);
+        let busy = started.elapsed().saturating_sub(reactor.last_wait());
+        slot.times.add(busy, Duration::ZERO);
         if reactor.is_finished() {
             break;
         }
     }
-    pool.finish(reactor.stop_deadline().unwrap_or_else(Instant::now));
-    let left = pool.leftovers(&mut lanes);
-    Python::attach(|_py| drop(left));
+    // Every session of this reactor has closed, so its lanes are gone from the table.
+    drop(lanes);
     reactor
 }
 

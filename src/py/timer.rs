@@ -11,8 +11,7 @@ use super::convert::capped_duration;
 use super::errors::LifecycleError;
 use super::inner::{LoopInner, ScheduledCall};
 use super::session::PySession;
-use crate::shared::{lock, Command};
-use crate::sys::epoll::Token;
+use crate::shared::{lock, Command, SessionCore};
 use pyo3::exceptions::PyTypeError;
 
 /// A scheduled callback; `cancel()` it to keep it from running.
@@ -31,7 +30,10 @@ impl PyTimerHandle {
         // code, which must not find the timers lock held.
         let entry = lock(&self.inner.timers).remove(&self.id);
         if entry.is_some() {
-            self.inner.shared.submit(Command::CancelTimer(self.id));
+            // Whichever reactor holds it forgets it; the others have nothing to forget.
+            for slot in &self.inner.reactors {
+                slot.shared.submit(Command::CancelTimer(self.id));
+            }
         }
         drop(entry);
     }
@@ -58,17 +60,21 @@ pub(super) fn schedule(
     inner: &Arc<LoopInner>,
     when: f64,
     (callback, args): ScheduledCall,
-    session: Option<Token>,
+    session: Option<Arc<SessionCore>>,
     command: impl FnOnce(u64) -> Command,
 ) -> PyResult<PyTimerHandle> {
     inner.check_running("schedule a callback")?;
     let id = inner.next_timer.fetch_add(1, Ordering::Relaxed);
     lock(&inner.timers).insert(id, (callback, args));
-    if let (Some(pool), Some(token)) = (&inner.pool, session) {
+    if let (Some(pool), Some(session)) = (&inner.pool, &session) {
         // Bound before the reactor can report it due.
-        pool.bind_timer(id, token);
+        pool.bind_timer(id, session.token());
     }
-    if !inner.shared.submit(command(id)) {
+    // A session's timer runs on its reactor (in its order); the others on the first.
+    let reactor = session
+        .as_ref()
+        .map_or(&inner.first().shared, |s| s.shared());
+    if !reactor.submit(command(id)) {
         lock(&inner.timers).remove(&id);
         return Err(LifecycleError::new_err(
             "cannot schedule a callback: it has stopped",
@@ -88,7 +94,7 @@ pub(super) fn schedule_at(
     when: f64,
     now: f64,
     call: ScheduledCall,
-    session: Option<Token>,
+    session: Option<Arc<SessionCore>>,
 ) -> PyResult<PyTimerHandle> {
     let start = Instant::now();
     // A `when` in the past stays in the past, so past timers still run in `when` order.
@@ -102,9 +108,11 @@ pub(super) fn schedule_at(
     schedule(inner, when, call, session, |id| Command::Timer(id, at))
 }
 
-/// The token of the session a scheduled callback must keep order with (`session=`), if
-/// given: its lane runs the callback when the loop has a worker pool.
-pub(super) fn session_token(session: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Token>> {
+/// The session a scheduled callback must keep order with (`session=`), if given: its
+/// reactor runs the callback, and with a worker pool its lane.
+pub(super) fn session_core(
+    session: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<Arc<SessionCore>>> {
     let Some(session) = session.filter(|session| !session.is_none()) else {
         return Ok(None);
     };
@@ -118,5 +126,5 @@ pub(super) fn session_token(session: Option<&Bound<'_, PyAny>>) -> PyResult<Opti
                 .map_or_else(|_| "?".into(), |n| n.to_string())
         ))
     })?;
-    Ok(Some(session.get().core().token()))
+    Ok(Some(Arc::clone(session.get().core())))
 }

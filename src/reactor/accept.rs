@@ -10,7 +10,8 @@ impl Reactor {
             remove_unix_socket_file(fd, addr);
             return;
         }
-        let Some((index, token)) = self.allocate_reader(fd.as_fd()) else {
+        let Some((index, token)) = self.allocate_registered(fd.as_fd(), Poller::add_listener)
+        else {
             return;
         };
         self.slots[index] = Slot::Listener {
@@ -75,7 +76,7 @@ impl Reactor {
         if self
             .config
             .max_connections
-            .is_some_and(|max| self.sessions >= max)
+            .is_some_and(|max| self.config.open_sessions.load(Ordering::Relaxed) >= max)
         {
             self.stats.refused_by_limit += 1;
             self.refuse(stream);

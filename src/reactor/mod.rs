@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,6 +80,9 @@ pub struct LoopConfig {
     pub idle_timeout: Option<Duration>,
     /// Accept at most this many sessions at once; more are accepted and closed at once.
     pub max_connections: Option<usize>,
+    /// Sessions open in every reactor made with (a clone of) this configuration: what
+    /// `max_connections` limits when one loop has several reactors.
+    pub open_sessions: Arc<AtomicUsize>,
 }
 
 /// What happened to a session during a turn, in the order it happened.
@@ -187,6 +191,8 @@ pub struct Reactor {
     now: Instant,
     stats: Stats,
     finished: bool,
+    /// How long the last turn waited in `epoll_wait`.
+    last_wait: Duration,
 }
 
 impl std::fmt::Debug for Reactor {
@@ -234,6 +240,7 @@ impl Reactor {
             now,
             stats: Stats::default(),
             finished: false,
+            last_wait: Duration::ZERO,
         })
     }
 
@@ -273,6 +280,11 @@ impl Reactor {
     /// Bytes received this turn, by an [`Event::Received`] range.
     pub fn received(&self, range: Range<usize>) -> &[u8] {
         self.arena.get(range)
+    }
+
+    /// How long the last turn waited in `epoll_wait` (not busy).
+    pub fn last_wait(&self) -> Duration {
+        self.last_wait
     }
 
     /// When a stop in progress aborts what has not flushed, if a stop is in progress.
@@ -321,10 +333,12 @@ impl Reactor {
         if self.shared.begin_poll() {
             timeout = Some(Duration::ZERO);
         }
+        let before = Instant::now();
         let waited = self.poller.wait(&mut self.events, timeout);
         self.shared.end_poll();
         waited?;
         self.now = Instant::now();
+        self.last_wait = self.now.saturating_duration_since(before);
         Ok(())
     }
 

@@ -42,9 +42,18 @@ impl Reactor {
         &mut self,
         fd: std::os::fd::BorrowedFd<'_>,
     ) -> Option<(usize, Token)> {
+        self.allocate_registered(fd, Poller::add_reader)
+    }
+
+    /// A slot for `fd`, registered with the epoll by `register`; None if that failed.
+    pub(super) fn allocate_registered(
+        &mut self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        register: impl FnOnce(&Poller, std::os::fd::BorrowedFd<'_>, Token) -> io::Result<()>,
+    ) -> Option<(usize, Token)> {
         let (index, generation) = self.allocate();
         let token = Token::new(index as u32, generation);
-        if self.poller.add_reader(fd, token).is_err() {
+        if register(&self.poller, fd, token).is_err() {
             self.vacate(token);
             return None;
         }
@@ -87,6 +96,7 @@ impl Reactor {
             broken: None,
         });
         self.sessions += 1;
+        self.config.open_sessions.fetch_add(1, Ordering::Relaxed);
         self.stats.sessions_total += 1;
         if origin == Origin::Accepted {
             self.shared.update_status(|status| status.sessions += 1);

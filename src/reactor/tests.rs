@@ -39,7 +39,8 @@ fn echo_reactor() -> (SocketAddr, Arc<LoopShared>, JoinHandle<Vec<String>>) {
                     | Event::PauseWriting { .. }
                     | Event::ResumeWriting { .. }
                     | Event::Timer { .. }
-                    | Event::AcceptPaused { .. } => {}
+                    | Event::AcceptPaused { .. }
+                    | Event::ReadingResumed { .. } => {}
                     Event::Closed { token, error } => {
                         sessions[token.slot()] = None;
                         reactor.shared().session_closed();

@@ -66,6 +66,22 @@ pub struct Stats {
     pub calls_soon: u64,
 }
 
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, other: Stats) {
+        self.sessions_total += other.sessions_total;
+        self.accepted += other.accepted;
+        self.refused_by_limit += other.refused_by_limit;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.writes += other.writes;
+        self.sends += other.sends;
+        self.idle_timeouts += other.idle_timeouts;
+        self.accept_pauses += other.accept_pauses;
+        self.timers_fired += other.timers_fired;
+        self.calls_soon += other.calls_soon;
+    }
+}
+
 /// Counters that `join()` and friends wait on.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LoopStatus {

@@ -115,6 +115,10 @@ const STREAM_INTEREST: EpollFlags = EpollFlags::EPOLLIN
 /// Listeners and the waker only ever need read readiness.
 const READ_INTEREST: EpollFlags = EpollFlags::EPOLLIN.union(EpollFlags::EPOLLET);
 
+/// A listener may be shared by several reactors' epolls (one per reactor thread): a new
+/// connection then wakes one of the threads waiting, not all of them.
+const LISTEN_INTEREST: EpollFlags = READ_INTEREST.union(EpollFlags::EPOLLEXCLUSIVE);
+
 impl Poller {
     /// Creates a close-on-exec epoll instance.
     pub fn new() -> io::Result<Poller> {
@@ -141,6 +145,14 @@ impl Poller {
         Ok(self
             .epoll
             .add(fd, EpollEvent::new(READ_INTEREST, token.0))?)
+    }
+
+    /// Registers a listening socket for edge-triggered read readiness, waking only one
+    /// of the epolls it is registered with per event (`EPOLLEXCLUSIVE`).
+    pub fn add_listener(&self, fd: BorrowedFd<'_>, token: Token) -> io::Result<()> {
+        Ok(self
+            .epoll
+            .add(fd, EpollEvent::new(LISTEN_INTEREST, token.0))?)
     }
 
     /// Removes a registration. Closing the fd removes it too; this is for fds that live on.
