@@ -12,7 +12,7 @@ export PYO3_PYTHON := $(abspath $(PY))
 PY_LIBDIR = $(shell $(PY) -c "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))")
 DEMO_PORT ?= 2826
 
-.PHONY: help setup build demo test test-rust test-python test-debug fuzz lint fmt bench clean
+.PHONY: help setup build demo test test-rust test-python test-debug test-threads fuzz lint fmt bench clean
 BENCH_CRATES := bench/benchsys/Cargo.toml bench/loadgen/Cargo.toml bench/servers/rust_echo/Cargo.toml
 FUZZ_TARGETS := delimiter length_prefixed fixed
 FUZZ_SECONDS ?= 30
@@ -47,6 +47,11 @@ test-python: build ## the Python surface's tests
 
 test-debug: build ## pytest again under CPython's debug allocator (memory errors, other timings)
 	PYTHONMALLOC=debug $(PY) -m pytest -p no:cacheprovider
+
+test-threads: build ## pytest again with 2 reactors, with a worker pool, and with both
+	HAMANET_TEST_REACTORS=2 $(PY) -m pytest -q -p no:cacheprovider
+	HAMANET_TEST_WORKERS=2 $(PY) -m pytest -q -p no:cacheprovider
+	HAMANET_TEST_REACTORS=2 HAMANET_TEST_WORKERS=2 $(PY) -m pytest -q -p no:cacheprovider
 
 # cargo fuzz passes nightly-only flags; RUSTC_BOOTSTRAP lets the stable toolchain accept
 # them, so no nightly toolchain is needed. The framers are safe Rust, whose failures are
