@@ -24,7 +24,7 @@ use super::session::PySession;
 use super::thread::run;
 use super::timer::{schedule, schedule_at, session_core, PyTimerHandle};
 use crate::reactor::Reactor;
-use crate::shared::{lock, Command, Stats};
+use crate::shared::{lock, Command, Placement, Stats};
 use crate::sys::address::{self, Address};
 use crate::sys::net::{self, SocketOptions};
 
@@ -54,6 +54,11 @@ impl PyLoop {
             .map(|_| Reactor::new(config.clone()).map(ReactorSlot::new))
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| os_error(&e, None))?;
+        let shared = reactors
+            .iter()
+            .map(|slot| Arc::clone(&slot.shared))
+            .collect();
+        config.siblings.set(shared);
         Ok(PyLoop {
             inner: Arc::new(LoopInner {
                 reactors,
@@ -128,11 +133,11 @@ impl PyLoop {
             reuse_port,
             ..self.inner.config.options.clone()
         };
-        let fds = py
+        let (fds, placement) = py
             .detach(|| {
                 let first = net::listen(addr, backlog, dual_stack, &options)?;
                 if !reuse_port {
-                    return share(first, reactors);
+                    return Ok((share(first, reactors)?, Placement::Spread));
                 }
                 // Asked for SO_REUSEPORT: one listener per reactor on the same address,
                 // and the kernel spreads the connections over them by their addresses.
@@ -144,10 +149,10 @@ impl PyLoop {
                 for _ in 1..reactors {
                     fds.push(net::listen(bound, backlog, dual_stack, &options)?);
                 }
-                Ok(fds)
+                Ok((fds, Placement::Here))
             })
             .map_err(|e| os_error(&e, Some(&context)))?;
-        self.add_listeners(py, fds, &context)
+        self.add_listeners(py, fds, placement, &context)
     }
 
     /// Binds and listens on a Unix domain socket at `path`; returns the path.
@@ -165,7 +170,7 @@ impl PyLoop {
             .detach(|| net::listen_unix(&path, backlog))
             .map_err(|e| os_error(&e, Some(&context)))?;
         let fds = share(fd, self.inner.reactors.len()).map_err(|e| os_error(&e, Some(&context)))?;
-        self.add_listeners(py, fds, &context)
+        self.add_listeners(py, fds, Placement::Spread, &context)
     }
 
     /// Starts the reactor thread.
@@ -517,9 +522,9 @@ impl PyLoop {
 }
 
 /// One listener for `reactors` reactors: the same socket in each one's epoll (a copy of
-/// the fd each), so whichever reactor waits takes the next connection: the busy ones are
-/// not waiting, which spreads the load by it. Without SO_REUSEPORT, as the user asked:
-/// nobody else can bind the port.
+/// the fd each), so whichever reactor is waiting accepts, and hands the sessions to the
+/// reactors in turn. Without SO_REUSEPORT, as the user asked: nobody else can bind the
+/// port.
 fn share(listener: OwnedFd, reactors: usize) -> std::io::Result<Vec<OwnedFd>> {
     let mut fds = Vec::with_capacity(reactors);
     for _ in 1..reactors {
@@ -565,6 +570,7 @@ impl PyLoop {
         &self,
         py: Python<'py>,
         fds: Vec<OwnedFd>,
+        placement: Placement,
         context: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
         let mut object = None;
@@ -573,7 +579,7 @@ impl PyLoop {
             if object.is_none() {
                 object = Some(address_object(py, &bound)?);
             }
-            if !slot.shared.submit(Command::Listen(fd, bound)) {
+            if !slot.shared.submit(Command::Listen(fd, bound, placement)) {
                 return Err(LifecycleError::new_err("cannot open(): it has stopped"));
             }
         }

@@ -168,6 +168,7 @@ pub fn loop_options(owner: &str, options: Option<&Bound<'_, PyDict>>) -> PyResul
             idle_timeout,
             max_connections,
             open_sessions: Default::default(),
+            siblings: Default::default(),
         },
         framer,
     })

@@ -4,7 +4,7 @@
 use super::*;
 
 impl Reactor {
-    pub(super) fn add_listener(&mut self, fd: OwnedFd, addr: Address) {
+    pub(super) fn add_listener(&mut self, fd: OwnedFd, addr: Address, placement: Placement) {
         if self.stop_deadline.is_some() {
             // Opened as the server stopped: close it at once, as stop closes the others.
             remove_unix_socket_file(fd, addr);
@@ -18,6 +18,7 @@ impl Reactor {
             generation: token.generation(),
             fd,
             addr,
+            placement,
         };
         // Connections may already be queued: an edge for them will not come.
         self.accept_ready(token);
@@ -35,14 +36,20 @@ impl Reactor {
         // tell, so it is accepted from until EAGAIN.
         let queued = net::queued_connections(fd.as_fd());
         for _ in 0..queued.map_or(ACCEPT_BUDGET, |n| n.min(ACCEPT_BUDGET)) {
-            let Some(Slot::Listener { fd, addr, .. }) = self.slots.get(token.slot()) else {
+            let Some(Slot::Listener {
+                fd,
+                addr,
+                placement,
+                ..
+            }) = self.slots.get(token.slot())
+            else {
                 return;
             };
-            let listen_addr = addr.clone();
+            let (listen_addr, placement) = (addr.clone(), *placement);
             match net::accept(fd.as_fd()) {
                 Ok(Some((stream, peer))) => {
                     self.accept_pause_reported = false;
-                    self.open_accepted(stream, peer, listen_addr);
+                    self.open_accepted(stream, peer, listen_addr, placement);
                 }
                 Ok(None) => return,
                 Err(err) => {
@@ -71,6 +78,7 @@ impl Reactor {
         stream: OwnedFd,
         peer: Option<Address>,
         listen_addr: Address,
+        placement: Placement,
     ) {
         self.stats.accepted += 1;
         if self
@@ -101,7 +109,19 @@ impl Reactor {
                 (peer, local)
             }
         };
-        let core = SessionCore::new(Arc::clone(&self.shared), peer, local, self.config.limits);
+        let limits = self.config.limits;
+        let owner = match placement {
+            Placement::Spread => self.config.siblings.next_owner(&self.shared),
+            Placement::Here => None,
+        };
+        if let Some(owner) = owner {
+            // Another reactor's turn: it registers the session as its own. If it has
+            // stopped, the connection is dropped, as a stopping reactor drops its own.
+            let core = SessionCore::new(Arc::clone(owner), peer, local, limits);
+            owner.adopt(core, stream, None);
+            return;
+        }
+        let core = SessionCore::new(Arc::clone(&self.shared), peer, local, limits);
         self.register(stream, core, Origin::Accepted, None);
     }
 

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::buffer::ReadArena;
-use crate::shared::{Command, IdleTimeout, LoopShared, SessionCore, Stats, WriteLimits};
+use crate::shared::{Command, IdleTimeout, LoopShared, Placement, SessionCore, Stats, WriteLimits};
 use crate::sys::address::{self, Address};
 use crate::sys::epoll::{Events, Poller, Readiness, Token, Waker};
 use crate::sys::net::{self, SocketOptions};
@@ -83,6 +83,32 @@ pub struct LoopConfig {
     /// Sessions open in every reactor made with (a clone of) this configuration: what
     /// `max_connections` limits when one loop has several reactors.
     pub open_sessions: Arc<AtomicUsize>,
+    /// The reactors made with (a clone of) this configuration, over which connections
+    /// accepted from a shared listener are spread.
+    pub siblings: Arc<Siblings>,
+}
+
+/// The reactors of one loop, for spreading accepted sessions over them.
+#[derive(Debug, Default)]
+pub struct Siblings {
+    reactors: std::sync::OnceLock<Vec<Arc<LoopShared>>>,
+    next: AtomicUsize,
+}
+
+impl Siblings {
+    /// Names the loop's reactors (once, after they are all made).
+    pub fn set(&self, reactors: Vec<Arc<LoopShared>>) {
+        let _ = self.reactors.set(reactors);
+    }
+
+    /// The reactor that should own the next accepted session, each in turn; None when
+    /// that is `me` (or the loop has one reactor).
+    fn next_owner(&self, me: &Arc<LoopShared>) -> Option<&Arc<LoopShared>> {
+        let reactors = self.reactors.get().filter(|all| all.len() > 1)?;
+        let next = self.next.fetch_add(1, Ordering::Relaxed);
+        let owner = &reactors[next % reactors.len()];
+        (!Arc::ptr_eq(owner, me)).then_some(owner)
+    }
 }
 
 /// What happened to a session during a turn, in the order it happened.
@@ -441,7 +467,7 @@ impl Reactor {
                         }
                     }
                 }
-                Command::Listen(fd, addr) => self.add_listener(fd, addr),
+                Command::Listen(fd, addr, placement) => self.add_listener(fd, addr, placement),
                 Command::Stop(deadline) => self.begin_stop(deadline),
                 Command::Timer(id, when) => self.timers.insert(id, when),
                 Command::CallSoon(id) => {

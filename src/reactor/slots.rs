@@ -161,6 +161,7 @@ pub(super) enum Slot {
         generation: u32,
         fd: OwnedFd,
         addr: Address,
+        placement: Placement,
     },
     /// A connection refused by `max_connections`: FIN sent, its input read away until the
     /// peer's EOF (or a deadline), so the peer sees a clean EOF rather than RST.

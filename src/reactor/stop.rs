@@ -68,7 +68,7 @@ impl Reactor {
                     state.mark_closed();
                     self.shared.session_closed();
                 }
-                Command::Listen(fd, addr) => remove_unix_socket_file(fd, addr),
+                Command::Listen(fd, addr, _) => remove_unix_socket_file(fd, addr),
                 _ => {}
             }
         }

@@ -157,7 +157,9 @@ fn listening_reactor(config: LoopConfig) -> (Reactor, SocketAddr) {
     let Address::Inet(addr) = bound else {
         panic!("not inet")
     };
-    assert!(reactor.shared().submit(Command::Listen(listener, bound)));
+    assert!(reactor
+        .shared()
+        .submit(Command::Listen(listener, bound, Placement::Here)));
     (reactor, addr)
 }
 
@@ -222,7 +224,9 @@ fn a_queue_longer_than_the_accept_budget_is_accepted_whole() {
         Some(count),
         "the accept queue must hold {count} connections (is net.core.somaxconn lower?)"
     );
-    assert!(reactor.shared().submit(Command::Listen(listener, bound)));
+    assert!(reactor
+        .shared()
+        .submit(Command::Listen(listener, bound, Placement::Here)));
     let mut opened = 0;
     turn_until(&mut reactor, |event| {
         opened += usize::from(matches!(event, Event::Opened { .. }));

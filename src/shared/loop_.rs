@@ -27,7 +27,7 @@ pub enum Command {
     /// still connecting until the deadline (`Client.connect_nowait`).
     Adopt(Arc<SessionCore>, OwnedFd, Option<Instant>),
     /// Start accepting on a listening socket.
-    Listen(OwnedFd, Address),
+    Listen(OwnedFd, Address, Placement),
     /// Stop: close listeners, flush and close every session, abort what is left at the
     /// deadline, then finish.
     Stop(Instant),
@@ -37,6 +37,17 @@ pub enum Command {
     CallSoon(u64),
     /// Forget the timer with this id, if it has not fired.
     CancelTimer(u64),
+}
+
+/// Where the sessions a listener accepts live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// On the reactor that accepted them (a listener of its own, such as one of a
+    /// SO_REUSEPORT group, where the kernel already spread the connections).
+    Here,
+    /// On each of the loop's reactors in turn (a listener every reactor shares, accepted
+    /// by whichever was waiting).
+    Spread,
 }
 
 /// Counters the reactor publishes once per turn, cheap for any thread to read.
@@ -214,7 +225,7 @@ impl LoopShared {
         self.update_status(|status| status.sessions += 1);
         let accepted = self.submit(Command::Adopt(core, fd, connect_deadline));
         if !accepted {
-            self.update_status(|status| status.sessions -= 1);
+            self.session_closed();
         }
         accepted
     }
