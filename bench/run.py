@@ -4,14 +4,16 @@
 
 Builds the load generator and the plain Rust echo server (release), then for every
 scenario runs every server in turn (A B C A B C ...) for --rounds rounds, each server
-pinned to one core and the load generator (or redis-benchmark, or wrk) to the other. For
-the echo scenarios the primary figure is the server's CPU time per message over the
-measured window; for the real-client scenarios (`redis`: redis-benchmark, `http`: wrk,
-against the example protocol servers) it is THROUGHPUT, requests per second, with CPU per
-request beside it. The report gives medians of per-round ratios against uvloop. Prints the
-tables, writes bench/results/latest.md and bench/results/latest.png. Exits 1 if any run
-failed (a wrong byte, an error reply, a dropped connection, a crash or a hang), after
-writing the report that lists it.
+pinned to one core and the load generator (or redis-benchmark, or wrk) to the other
+(except `hash`, whose server may use every CPU). For the echo scenarios the primary figure
+is the server's CPU time per message over the measured window; for the real-client
+scenarios (`redis`: redis-benchmark, `http`: wrk, against the example protocol servers)
+and the work scenarios (`blocking`, `hash`: handlers that sleep or hash, on hamanet's
+worker pool and on asyncio/uvloop's run_in_executor) it is THROUGHPUT, requests per
+second, with CPU per request beside it. The report gives medians of per-round ratios
+against uvloop. Prints the tables, writes bench/results/latest.md and
+bench/results/latest.png. Exits 1 if any run failed (a wrong byte, an error reply, a
+dropped connection, a crash or a hang), after writing the report that lists it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ import time
 from pathlib import Path
 
 from benchlib import summary
-from benchlib.catalog import BASELINE, BENCH, SCENARIOS, SERVERS
+from benchlib.catalog import (
+    BASELINE,
+    BENCH,
+    BLOCKING_WORKERS,
+    HASH_WORKERS,
+    SCENARIOS,
+    SERVERS,
+)
 from benchlib.process import (
     Timing,
     build_crates,
@@ -85,7 +94,7 @@ def progress(i: int, total: int, r, sc) -> str:
     head = f"[{i}/{total}] {r.scenario:<10} round {r.round} {r.server:<10}"
     if not r.ok:
         return f"{head} FAILED: {r.error}"
-    if sc.real_client:
+    if sc.by_throughput:
         return (
             f"{head} {r.msgs_per_s:11,.0f} requests/s {r.cpu_us_per_msg:8.3f} CPU-us/request "
             f"p50 {r.p50_us:8,.0f} us p99 {r.p99_us:8,.0f} us"
@@ -128,10 +137,17 @@ def main() -> int:
     raise_nofile_limit()
     cpus = pick_cpus()
     # The runner itself stays off the server's core.
-    os.sched_setaffinity(0, {cpus[1]})
+    os.sched_setaffinity(0, {cpus.load})
+    unpinned = [sc.name for sc in scenarios if not sc.pin_server]
     print(
-        f"servers on CPU {cpus[0]}, load generator on CPU {cpus[1]}; {rounds} round(s), "
-        f"{timing.warmup:g} s warmup + {timing.duration:g} s measured per run",
+        f"servers on CPU {cpus.server}, load generator on CPU {cpus.load}"
+        + (
+            f" ({', '.join(unpinned)}: the server on CPUs {','.join(map(str, cpus.every))})"
+            if unpinned
+            else ""
+        )
+        + f"; {rounds} round(s), {timing.warmup:g} s warmup + {timing.duration:g} s "
+        "measured per run",
         flush=True,
     )
 
@@ -153,12 +169,12 @@ def main() -> int:
     names = [s.name for s in servers]
     grid = summary.cells(results, scenarios, names)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    echo = any(not sc.real_client for sc in scenarios)
-    real = any(sc.real_client for sc in scenarios)
+    echo = any(not sc.by_throughput for sc in scenarios)
+    by_throughput = any(sc.by_throughput for sc in scenarios)
     headline = summary.headline_table(grid, scenarios, names) if echo else ""
     details = summary.detail_table(grid, scenarios, names) if echo else ""
-    real_headline = summary.real_client_table(grid, scenarios, names) if real else ""
-    real_details = summary.real_client_details(grid, scenarios, names) if real else ""
+    tp_headline = summary.throughput_table(grid, scenarios, names) if by_throughput else ""
+    tp_details = summary.throughput_details(grid, scenarios, names) if by_throughput else ""
     targets = summary.target_lines(results, grid)
     failures = summary.failure_lines(results)
     if echo:
@@ -170,15 +186,16 @@ def main() -> int:
         print(headline)
         print()
         print(details)
-    if real:
+    if by_throughput:
         print()
         print(
-            f"Real clients: THROUGHPUT (requests/s) as a ratio to {BASELINE}, higher is "
-            "better, and server CPU per request, lower is better (medians of per-round ratios)"
+            f"Real clients and work in the handler: THROUGHPUT (requests/s) as a ratio to "
+            f"{BASELINE}, higher is better, and server CPU per request, lower is better "
+            "(medians of per-round ratios)"
         )
-        print(real_headline)
+        print(tp_headline)
         print()
-        print(real_details)
+        print(tp_details)
     if targets:
         print("\nhamanet against its targets:\n" + "\n".join(targets))
     ran = {r.server for r in results}
@@ -198,7 +215,7 @@ def main() -> int:
         timing,
         elapsed,
         scenarios,
-        (headline, details, real_headline, real_details),
+        (headline, details, tp_headline, tp_details),
         targets,
         notes,
         failures,
@@ -211,7 +228,7 @@ def main() -> int:
 def render_markdown(
     when, command, rounds, timing, elapsed, scenarios, tables, targets, notes, failures
 ) -> str:
-    headline, details, real_headline, real_details = tables
+    headline, details, tp_headline, tp_details = tables
     scenario_lines = "\n".join(f"- `{sc.name}`: {sc.describe()}" for sc in scenarios)
     parts = [
         "# hamanet benchmark: latest results",
@@ -235,15 +252,19 @@ def render_markdown(
             headline,
             "",
         ]
-    if real_headline:
+    if tp_headline:
         parts += [
-            f"## Real clients: THROUGHPUT (requests/s), as a ratio to {BASELINE}",
+            f"## Real clients and work in the handler: THROUGHPUT (requests/s), as a ratio "
+            f"to {BASELINE}",
             "",
-            "redis-benchmark and wrk against the example protocol servers. Median of "
-            "per-round ratios: for requests/s HIGHER is better; the server CPU per request "
-            "ratio below it is lower-is-better, like the echo table.",
+            "redis-benchmark and wrk against the example protocol servers; the load "
+            "generator against handlers that block (`blocking`) or hash (`hash`), on "
+            "hamanet's worker pool (hamanet-w0: without one) and on asyncio/uvloop's "
+            "`run_in_executor`. Median of per-round ratios: for requests/s HIGHER is better; "
+            "the server CPU per request ratio below it is lower-is-better, like the echo "
+            "table.",
             "",
-            real_headline,
+            tp_headline,
             "",
         ]
     if targets:
@@ -251,8 +272,8 @@ def render_markdown(
     parts += ["## Details (medians over rounds)", ""]
     if details:
         parts += [details, ""]
-    if real_details:
-        parts += [real_details, ""]
+    if tp_details:
+        parts += [tp_details, ""]
     parts += [
         "## Scenarios",
         "",
@@ -265,7 +286,9 @@ def render_markdown(
         "uvloop and rloop (one `asyncio.Protocol`, `bench/servers/protocol_echo.py`), and a "
         "plain single-threaded Rust epoll echo with no Python (`bench/servers/rust_echo`).",
         "- The server is pinned to one core, the load generator (`bench/loadgen`, one "
-        "epoll thread in Rust) to the other, with `taskset`.",
+        "epoll thread in Rust) to the other, with `taskset`; except in `hash`, where the "
+        "server may run on every CPU (the load generator's core too) so that its two "
+        "hashing threads can run side by side.",
         "- Server CPU time is utime + stime of every thread, from `/proc/PID/stat`, sampled "
         "by the load generator at the instants its measured window opens and closes; "
         "divided by the messages completed in that window (accept: connections). It "
@@ -297,6 +320,16 @@ def render_markdown(
         "the run, and so does anything but a 200 with its whole body for a `GET /` of our "
         "own afterwards. wrk is a single thread here: its own speed can cap requests/s, so "
         "read that ratio together with the CPU per request one.",
+        "- Work in the handler (`blocking`, `hash`): the load generator in `rr` mode, every "
+        "echoed byte verified, against handlers that first sleep 5 ms (`blocking`) or "
+        "compute SHA-256 (`hash`) per chunk received. hamanet runs them on its worker pool "
+        f"(`examples/blocking_server.py --workers {BLOCKING_WORKERS}`, "
+        f"`bench/servers/hash_server.py --workers {HASH_WORKERS}`), and hamanet-w0 with "
+        "`--workers 0` (the reactor thread runs the handler); asyncio and uvloop run "
+        "`bench/servers/executor_server.py`: asyncio streams, per connection in order "
+        "`await loop.run_in_executor(pool, work)` then write and drain, on a "
+        "`ThreadPoolExecutor` of the same size. Server CPU (every thread) is divided by "
+        "the requests completed.",
         "",
     ]
     if notes:

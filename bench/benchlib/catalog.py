@@ -5,7 +5,10 @@ closes on EOF, so the load generator's byte-for-byte check holds for all of them
 comparison is like for like. The real-client scenarios (`redis`, `http`) drive the
 example protocol servers with redis-benchmark and wrk; hamanet runs the examples as they
 are, asyncio and uvloop run the very same protocol classes (examples/protocols/) in an
-`asyncio.Protocol`. uvloop is the baseline of every ratio.
+`asyncio.Protocol`. The work scenarios (`blocking`, `hash`) are echo servers whose handler
+does blocking work per chunk first (a 5 ms sleep, a SHA-256): hamanet on its worker pool
+(and, for scale, with `workers=0`), asyncio and uvloop with `loop.run_in_executor` on a
+thread pool of the same size. uvloop is the baseline of every ratio.
 """
 
 from __future__ import annotations
@@ -25,27 +28,35 @@ RUST_ECHO = RUST_ECHO_CRATE / "target" / "release" / "rust_echo"
 EXAMPLES = REPO / "examples"
 REDIS_LOGIC_SERVER = BENCH / "servers" / "redis_logic_server.py"
 HTTP_LOGIC_SERVER = BENCH / "servers" / "http_logic_server.py"
+EXECUTOR_SERVER = BENCH / "servers" / "executor_server.py"
+HASH_SERVER = BENCH / "servers" / "hash_server.py"
+BLOCKING_EXAMPLE = EXAMPLES / "blocking_server.py"
+# The work scenarios' pool sizes; the sleep of `blocking` is the 5 ms default of both
+# examples/blocking_server.py and bench/servers/executor_server.py.
+BLOCKING_WORKERS = 32
+HASH_WORKERS = 2
 BASELINE = "uvloop"
 
 
 @dataclass(frozen=True)
 class Server:
     name: str
-    argv: tuple[str, ...]  # the port is appended
+    argv: tuple[str, ...] | None  # the echo server (the port is appended); None: none
     needs_module: str | None = None  # a Python package that must import, else skipped
     # False for a server known to leave connections open after the peer's FIN: the load
     # generator then closes without waiting for the server's FIN, and file descriptors the
     # server keeps afterwards are reported rather than failing the run.
     closes_on_eof: bool = True
     note: str = ""
-    # The protocol servers it also runs, by application: (("redis", argv), ("http", argv)).
+    # The other servers it runs, by application (Scenario.app): (("redis", argv), ...).
     apps: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def available(self) -> bool:
         return self.needs_module is None or importlib.util.find_spec(self.needs_module) is not None
 
     def argv_for(self, app: str) -> tuple[str, ...] | None:
-        """The command line (before the port) serving `app`, or None if it has none."""
+        """The command line (before the port) serving `app`, or None if it has none (it is
+        then left out of the scenarios of that application)."""
         if app == "echo":
             return self.argv
         return dict(self.apps).get(app)
@@ -55,15 +66,28 @@ def _py(script: Path) -> tuple[str, ...]:
     return (str(PYTHON), str(script))
 
 
-# The run order within a round: every server runs once per scenario per round (A B C A B C).
 def _logic(loop: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """The protocol servers on an asyncio-compatible loop (bench/servers/*_logic_server.py)."""
+    """The protocol servers on an asyncio-compatible loop (bench/servers/*_logic_server.py),
+    and the work servers with their thread pool (bench/servers/executor_server.py)."""
+    executor = _py(EXECUTOR_SERVER)
     return (
         ("redis", (*_py(REDIS_LOGIC_SERVER), loop)),
         ("http", (*_py(HTTP_LOGIC_SERVER), loop)),
+        ("blocking", (*executor, loop, "sleep", "--workers", str(BLOCKING_WORKERS))),
+        ("hash", (*executor, loop, "sha256", "--workers", str(HASH_WORKERS))),
     )
 
 
+def _hamanet_work(blocking_workers: int, hash_workers: int) -> tuple[tuple[str, ...], ...]:
+    """hamanet's work servers: the blocking example (its port comes after `--port`) and
+    bench/servers/hash_server.py, each with that many workers."""
+    return (
+        ("blocking", (*_py(BLOCKING_EXAMPLE), "--workers", str(blocking_workers), "--port")),
+        ("hash", (*_py(HASH_SERVER), "--workers", str(hash_workers))),
+    )
+
+
+# The run order within a round: every server runs once per scenario per round (A B C A B C).
 SERVERS = (
     Server("uvloop", _py(BENCH / "servers" / "uvloop_echo.py"), "uvloop", apps=_logic("uvloop")),
     Server("asyncio", _py(BENCH / "servers" / "asyncio_echo.py"), apps=_logic("asyncio")),
@@ -84,8 +108,12 @@ SERVERS = (
         apps=(
             ("redis", _py(EXAMPLES / "redis_server.py")),
             ("http", _py(EXAMPLES / "http_server.py")),
+            *_hamanet_work(BLOCKING_WORKERS, HASH_WORKERS),
         ),
     ),
+    # The work servers without a pool (workers=0: the reactor thread runs the handler), for
+    # scale: what the pool adds. No echo server, so no column in the echo scenarios.
+    Server("hamanet-w0", None, "hamanet", apps=_hamanet_work(0, 0)),
 )
 
 # Real-client scenarios: the client drives the load and checks the replies itself.
@@ -105,14 +133,26 @@ class Scenario:
     size: int
     depth: int = 1
     unit: str = "msg"  # what one counted "message" is, for the table
-    app: str = "echo"  # what the servers serve: echo, redis or http (Server.argv_for)
+    # What the servers serve: echo, redis, http, blocking or hash (Server.argv_for).
+    app: str = "echo"
     needs: tuple[Path, ...] = ()  # files the scenario's servers need (else it is skipped)
+    # The headline figure is THROUGHPUT (requests/s as a ratio to uvloop, higher is better)
+    # with CPU per request beside it, rather than CPU per message (see `by_throughput`).
+    throughput: bool = False
+    # False: the server may run on every CPU (the load generator stays pinned to its own),
+    # for servers that do work in parallel; True: pinned to one core, like every echo run.
+    pin_server: bool = True
 
     @property
     def real_client(self) -> bool:
-        """Driven by redis-benchmark or wrk: the headline figure is THROUGHPUT
-        (requests/s, higher is better), with CPU per request beside it."""
+        """Driven by redis-benchmark or wrk (not the load generator)."""
         return self.mode in (REDIS_BENCHMARK, WRK)
+
+    @property
+    def by_throughput(self) -> bool:
+        """Reported by THROUGHPUT (requests/s, higher is better), with CPU per request
+        beside it: the real-client scenarios and those that say so (`throughput`)."""
+        return self.throughput or self.real_client
 
     def missing(self) -> str | None:
         """Why this scenario cannot run here (a client not installed, a file not there)."""
@@ -139,6 +179,22 @@ class Scenario:
             return (
                 f"wrk -t1 -c{self.conns} (keep-alive) GET / against the HTTP example "
                 "(`examples/protocols/http.py`): requests/s as wrk reports it"
+            )
+        if self.app == "blocking":
+            return (
+                f"{self.conns} connections, one {self.size} B request at a time each; the "
+                "handler sleeps 5 ms (a blocking call) per chunk received, then echoes it: "
+                f"hamanet `examples/blocking_server.py` with {BLOCKING_WORKERS} workers "
+                f"(hamanet-w0: `--workers 0`), asyncio/uvloop `run_in_executor` on "
+                f"{BLOCKING_WORKERS} threads"
+            )
+        if self.app == "hash":
+            return (
+                f"{self.conns} connections, one {self.size // 1024} KiB request at a time "
+                "each; the handler computes SHA-256 of each chunk received (hashlib releases "
+                f"the GIL), then echoes it: hamanet with {HASH_WORKERS} workers (hamanet-w0: "
+                f"0), asyncio/uvloop `run_in_executor` on {HASH_WORKERS} threads; the server "
+                "is not pinned to one CPU"
             )
         if self.mode == "accept":
             return f"{self.conns} concurrent connect / echo {self.size} B / close loops"
@@ -175,19 +231,77 @@ SCENARIOS = (
         app="http",
         needs=(EXAMPLES / "http_server.py", EXAMPLES / "protocols" / "http.py"),
     ),
+    # Work in the handler: request/response through the load generator (every byte
+    # verified), reported by throughput.
+    Scenario(
+        "blocking",
+        "rr",
+        conns=64,
+        size=64,
+        unit="req",
+        app="blocking",
+        needs=(BLOCKING_EXAMPLE,),
+        throughput=True,
+    ),
+    Scenario(
+        "hash",
+        "rr",
+        conns=8,
+        size=256 * 1024,
+        unit="req",
+        app="hash",
+        needs=(HASH_SERVER,),
+        throughput=True,
+        pin_server=False,  # hashlib releases the GIL: two workers can use both cores
+    ),
 )
 
-# hamanet's targets from the benchmark issue: CPU-us per message as a ratio to uvloop
-# (lower is better), and for idle10k bytes of server RSS per idle connection.
-HAMANET_TARGETS = {
-    "rr64": 0.90,
-    "rr1k": 0.90,
-    "pipe64x16": 0.80,
-    "stream100k": 0.95,
-    "accept": 0.75,
-}
+
+@dataclass(frozen=True)
+class Target:
+    """One of hamanet's targets from the issues: the median of per-round ratios of
+    `server` to `against` in `scenario`, of CPU per message or request ("cpu", lower is
+    better: at most `limit`) or of requests/s ("throughput", higher is better: at least
+    `limit`, or more than it if `ahead`)."""
+
+    scenario: str
+    figure: str  # "cpu" or "throughput"
+    limit: float
+    against: str = BASELINE
+    ahead: bool = False
+    server: str = "hamanet"
+
+    def met(self, ratio: float) -> bool:
+        if self.figure == "cpu":
+            return ratio <= self.limit
+        return ratio > self.limit if self.ahead else ratio >= self.limit
+
+    def wanted(self) -> str:
+        """The target as text, e.g. `<= 0.90`, `> 1.00, higher is better`."""
+        if self.figure == "cpu":
+            return f"<= {self.limit:.2f}"
+        return f"{'>' if self.ahead else '>='} {self.limit:.2f}, higher is better"
+
+
+HAMANET_TARGETS = (
+    # The benchmark issue: CPU-us per message as a ratio to uvloop.
+    Target("rr64", "cpu", 0.90),
+    Target("rr1k", "cpu", 0.90),
+    Target("pipe64x16", "cpu", 0.80),
+    Target("stream100k", "cpu", 0.95),
+    Target("accept", "cpu", 0.75),
+    Target("rr64", "cpu", 1.10, against="rust-epoll"),
+    # The real clients: requests/s ahead of uvloop.
+    Target("redis", "throughput", 1.0, ahead=True),
+    Target("http", "throughput", 1.0, ahead=True),
+    # The worker pool's issue: a blocking handler on 32 workers serves at least as many
+    # requests/s as uvloop's run_in_executor on 32 threads, for at most 0.6 x its CPU per
+    # request; hashing on 2 workers gets 1.6 x the requests/s of workers=0 (the GIL is
+    # released) and is ahead of uvloop's executor.
+    Target("blocking", "throughput", 1.0),
+    Target("blocking", "cpu", 0.60),
+    Target("hash", "throughput", 1.6, against="hamanet-w0"),
+    Target("hash", "throughput", 1.0, ahead=True),
+)
+# idle10k: bytes of server RSS per idle connection.
 HAMANET_IDLE_BYTES_TARGET = 600
-# The real-client scenarios: requests/s as a ratio to uvloop (higher is better); the issue
-# asks for hamanet ahead of uvloop on both.
-HAMANET_THROUGHPUT_TARGETS = {"redis": 1.0, "http": 1.0}
-HAMANET_VS_RUST_RR64 = 1.10

@@ -1,5 +1,7 @@
 """One measurement: a server pinned to one core, the load generator pinned to the other,
-and the server's figures read from /proc.
+and the server's figures read from /proc. A scenario whose server may do work in parallel
+(`Scenario.pin_server` False: `hash`) leaves the server free to run on every CPU, the
+load generator's too; the load generator stays pinned.
 
 The load generator samples the server's CPU time (utime + stime from /proc/PID/stat,
 every thread) itself, at the instants its measured window opens and closes, so the CPU
@@ -84,12 +86,26 @@ def build_crates() -> None:
         subprocess.run(cmd, check=True, cwd=REPO)
 
 
-def pick_cpus() -> tuple[int, int]:
+@dataclass(frozen=True)
+class Cpus:
+    """Where the runs go: the server's core, the load generator's, and every CPU we may
+    run on (for a server that is not pinned to one core)."""
+
+    server: int
+    load: int
+    every: tuple[int, ...]
+
+    def for_server(self, scenario: Scenario) -> str:
+        """taskset's CPU list for `scenario`'s server."""
+        return str(self.server) if scenario.pin_server else ",".join(map(str, self.every))
+
+
+def pick_cpus() -> Cpus:
     """The server's core and the load generator's: two distinct CPUs we may run on."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         raise SystemExit("the benchmark needs two CPUs: one for the server, one for the load")
-    return cpus[0], cpus[1]
+    return Cpus(cpus[0], cpus[1], tuple(cpus))
 
 
 def raise_nofile_limit() -> None:
@@ -121,19 +137,18 @@ def proc_status_kb(pid: int, key: str) -> int:
 
 
 class ServerProcess:
-    """A server under test, pinned to `cpu`; its output goes to a file, never a pipe
-    nobody reads (a server that logs a lot must not block on a full pipe)."""
+    """A server under test (`argv`, then the port), pinned to `cpus` (taskset's list); its
+    output goes to a file, never a pipe nobody reads (a server that logs a lot must not
+    block on a full pipe)."""
 
-    def __init__(
-        self, server: Server, port: int, cpu: int, argv: tuple[str, ...] | None = None
-    ) -> None:
+    def __init__(self, server: Server, port: int, cpus: str, argv: tuple[str, ...]) -> None:
         self.server = server
         self.port = port
         fd, name = tempfile.mkstemp(prefix=f"bench-{server.name}-", suffix=".log")
         self.log = Path(name)
         try:
             self.proc = subprocess.Popen(
-                ["taskset", "-c", str(cpu), *(argv or server.argv), str(port)],
+                ["taskset", "-c", cpus, *argv, str(port)],
                 stdin=subprocess.DEVNULL,
                 stdout=fd,
                 stderr=subprocess.STDOUT,
@@ -218,18 +233,18 @@ def run_loadgen(
 
 
 def measure(
-    server: Server, scenario: Scenario, round_no: int, timing: Timing, cpus: tuple[int, int]
+    server: Server, scenario: Scenario, round_no: int, timing: Timing, cpus: Cpus
 ) -> RunResult:
     """Starts `server` (its program for the scenario's application), drives `scenario` at
     it once, stops it."""
     from benchlib.clients import DRIVERS  # it builds on this module
 
     res = RunResult(server.name, scenario.name, round_no)
-    server_cpu, load_cpu = cpus
+    load_cpu = cpus.load
     argv = server.argv_for(scenario.app)
     if argv is None:
         raise ValueError(f"{server.name} has no {scenario.app} server")
-    srv = ServerProcess(server, free_port(), server_cpu, argv)
+    srv = ServerProcess(server, free_port(), cpus.for_server(scenario), argv)
     try:
         srv.wait_ready()
         fds_before = open_fds(srv.pid)

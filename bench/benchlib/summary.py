@@ -2,8 +2,9 @@
 markdown file and the chart.
 
 Two kinds of ratio: server CPU per message (echo scenarios; lower is better) and, for the
-real-client scenarios (redis-benchmark, wrk), requests per second (THROUGHPUT; higher is
-better), with their CPU per request ratio beside it.
+scenarios reported by throughput (`Scenario.by_throughput`: the real clients
+redis-benchmark and wrk, and the work scenarios `blocking` and `hash`), requests per second
+(THROUGHPUT; higher is better), with their CPU per request ratio beside it.
 
 Ratios are taken within a round (each server against the uvloop run of the same round,
 minutes apart at most) and only then the median across rounds, because this machine's
@@ -22,8 +23,7 @@ from benchlib.catalog import (
     BASELINE,
     HAMANET_IDLE_BYTES_TARGET,
     HAMANET_TARGETS,
-    HAMANET_THROUGHPUT_TARGETS,
-    HAMANET_VS_RUST_RR64,
+    REDIS_BENCHMARK,
     Scenario,
 )
 from benchlib.clients import REDIS_TESTS
@@ -32,12 +32,12 @@ from benchlib.process import RunResult
 
 def metric(r: RunResult) -> float | None:
     """Server CPU-us per message (or request), or RSS bytes per idle connection: the
-    primary figure of the echo scenarios, and the CPU figure of the real-client ones."""
+    primary figure of the echo scenarios, and the CPU figure of the throughput ones."""
     return r.idle_bytes_per_conn if r.idle_bytes_per_conn is not None else r.cpu_us_per_msg
 
 
 def throughput(r: RunResult) -> float | None:
-    """Requests per second: the primary figure of the real-client scenarios."""
+    """Requests per second: the primary figure of the throughput scenarios."""
     return r.msgs_per_s or None
 
 
@@ -51,7 +51,7 @@ class Cell:
 
     runs: list[RunResult]
     ratios: list[float]  # per round, against the baseline's run of the same round
-    # Real-client scenarios: requests/s per round against the baseline (higher is better).
+    # Throughput scenarios: requests/s per round against the baseline (higher is better).
     throughput_ratios: list[float] = field(default_factory=list)
 
     @property
@@ -102,7 +102,7 @@ def cells(
             [r for r in results if r.scenario == sc.name and r.server == name],
             per_round_ratios(results, sc.name, name, BASELINE),
             per_round_ratios(results, sc.name, name, BASELINE, throughput)
-            if sc.real_client
+            if sc.by_throughput
             else [],
         )
         for sc in scenarios
@@ -130,19 +130,19 @@ def headline_table(
     grid: dict[tuple[str, str], Cell], scenarios: Sequence[Scenario], servers: Sequence[str]
 ) -> str:
     """Ratio to uvloop per echo scenario and server; idle10k in bytes per connection."""
+    echo = [sc for sc in scenarios if not sc.by_throughput]
+    names = servers_in(grid, echo, servers)
     rows = []
-    for sc in scenarios:
-        if sc.real_client:
-            continue
+    for sc in echo:
         row = [sc.name]
-        for name in servers:
+        for name in names:
             cell = grid[(sc.name, name)]
             if sc.mode == "idle" and not (cell.runs and not cell.ok_runs):
                 row.append(_fmt(cell.value, ",.0f") + " B")
             else:
                 row.append(_cell_text(cell, cell.ratio))
         rows.append(row)
-    return _table(["scenario", *servers], rows)
+    return _table(["scenario", *names], rows)
 
 
 # The columns every detail table ends with.
@@ -163,11 +163,11 @@ def _cells_that_ran(
     grid: dict[tuple[str, str], Cell],
     scenarios: Sequence[Scenario],
     servers: Sequence[str],
-    real_client: bool,
+    by_throughput: bool,
 ) -> Iterator[tuple[Scenario, str, Cell]]:
-    """(scenario, server, cell) for every run cell of the echo or the real-client scenarios."""
+    """(scenario, server, cell) for every run cell of the echo or the throughput scenarios."""
     for sc in scenarios:
-        if sc.real_client != real_client:
+        if sc.by_throughput != by_throughput:
             continue
         for name in servers:
             cell = grid[(sc.name, name)]
@@ -187,7 +187,7 @@ def detail_table(
             _fmt(cell.med("msgs_per_s"), ",.0f"),
             *_tail_cells(cell),
         ]
-        for sc, name, cell in _cells_that_ran(grid, scenarios, servers, real_client=False)
+        for sc, name, cell in _cells_that_ran(grid, scenarios, servers, by_throughput=False)
     ]
     header = [
         "scenario",
@@ -203,8 +203,8 @@ def detail_table(
 def servers_in(
     grid: dict[tuple[str, str], Cell], scenarios: Sequence[Scenario], servers: Sequence[str]
 ) -> list[str]:
-    """The servers that ran at least one of `scenarios` (the real-client scenarios run
-    only on the servers that have a protocol server)."""
+    """The servers that ran at least one of `scenarios` (a scenario runs only on the
+    servers that have a program for its application: `Server.argv_for`)."""
     return [n for n in servers if any(grid[(sc.name, n)].runs for sc in scenarios)]
 
 
@@ -215,15 +215,15 @@ def _cell_text(cell: Cell, value: float | None) -> str:
     return _fmt(value) + (f" ({failed} failed)" if failed else "")
 
 
-def real_client_table(
+def throughput_table(
     grid: dict[tuple[str, str], Cell], scenarios: Sequence[Scenario], servers: Sequence[str]
 ) -> str:
-    """Per real-client scenario: the THROUGHPUT ratio (requests/s, higher is better) and
+    """Per throughput scenario: the THROUGHPUT ratio (requests/s, higher is better) and
     the server CPU per request ratio (lower is better), both against uvloop."""
-    real = [sc for sc in scenarios if sc.real_client]
-    names = servers_in(grid, real, servers)
+    by_throughput = [sc for sc in scenarios if sc.by_throughput]
+    names = servers_in(grid, by_throughput, servers)
     rows = []
-    for sc in real:
+    for sc in by_throughput:
         rows.append(
             [sc.name, "requests/s (higher is better)"]
             + [_cell_text(grid[(sc.name, n)], grid[(sc.name, n)].throughput_ratio) for n in names]
@@ -235,16 +235,23 @@ def real_client_table(
     return _table(["scenario", f"ratio to {BASELINE}", *names], rows)
 
 
-def real_client_details(
+def throughput_details(
     grid: dict[tuple[str, str], Cell], scenarios: Sequence[Scenario], servers: Sequence[str]
 ) -> str:
+    ran = list(_cells_that_ran(grid, scenarios, servers, by_throughput=True))
+    # redis-benchmark's per-test rates, when it ran.
+    redis = any(sc.mode == REDIS_BENCHMARK for sc, _, _ in ran)
     rows = []
-    for sc, name, cell in _cells_that_ran(grid, scenarios, servers, real_client=True):
-        per_test = ""
-        if sc.mode == "redis-benchmark" and cell.ok_runs:
-            per_test = " / ".join(
-                _fmt(_median([r.tests[t] for r in cell.ok_runs if t in r.tests]), ",.0f")
-                for t in REDIS_TESTS
+    for sc, name, cell in ran:
+        per_test = []
+        if redis:
+            per_test.append(
+                " / ".join(
+                    _fmt(_median([r.tests[t] for r in cell.ok_runs if t in r.tests]), ",.0f")
+                    for t in REDIS_TESTS
+                )
+                if sc.mode == REDIS_BENCHMARK and cell.ok_runs
+                else ""
             )
         rows.append(
             [
@@ -254,7 +261,7 @@ def real_client_details(
                 _fmt(cell.throughput_ratio),
                 _fmt(cell.value, ".3f"),
                 _fmt(cell.ratio),
-                per_test,
+                *per_test,
                 *_tail_cells(cell),
             ]
         )
@@ -265,34 +272,31 @@ def real_client_details(
         "req/s vs uvloop (higher is better)",
         "CPU-us/request",
         "CPU vs uvloop (lower is better)",
-        "redis req/s: " + " / ".join(REDIS_TESTS),
+        *(["redis req/s: " + " / ".join(REDIS_TESTS)] if redis else []),
         *_TAIL_HEADER,
     ]
     return _table(header, rows)
 
 
 def target_lines(results: list[RunResult], grid: dict[tuple[str, str], Cell]) -> list[str]:
-    """hamanet against the targets of the benchmark issue (medians of per-round ratios)."""
+    """hamanet against the targets of its issues (medians of per-round ratios), for the
+    scenarios and servers that ran."""
     lines = []
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
-    for scenario, target in HAMANET_TARGETS.items():
-        cell = grid.get((scenario, "hamanet"))
-        if cell is None or cell.ratio is None:
-            continue
-        lines.append(
-            f"- {scenario}: {cell.ratio:.2f} x uvloop (target <= {target:.2f}): "
-            f"{verdict(cell.ratio <= target)}"
+    for target in HAMANET_TARGETS:
+        key, what = (metric, "CPU") if target.figure == "cpu" else (throughput, "requests/s")
+        ratio = _median(
+            per_round_ratios(results, target.scenario, target.server, target.against, key)
         )
-    for scenario, target in HAMANET_THROUGHPUT_TARGETS.items():
-        cell = grid.get((scenario, "hamanet"))
-        if cell is None or cell.throughput_ratio is None:
+        if ratio is None:
             continue
+        server = "" if target.server == "hamanet" else f" ({target.server})"
         lines.append(
-            f"- {scenario}: {cell.throughput_ratio:.2f} x uvloop requests/s "
-            f"(target > {target:.2f}, higher is better): {verdict(cell.throughput_ratio > target)}"
+            f"- {target.scenario}{server}: {what} {ratio:.2f} x {target.against} "
+            f"(target {target.wanted()}): {verdict(target.met(ratio))}"
         )
     idle = grid.get(("idle10k", "hamanet"))
     if idle is not None and idle.value is not None:
@@ -300,12 +304,6 @@ def target_lines(results: list[RunResult], grid: dict[tuple[str, str], Cell]) ->
             f"- idle10k: {idle.value:,.0f} B per idle connection "
             f"(target <= {HAMANET_IDLE_BYTES_TARGET}): "
             f"{verdict(idle.value <= HAMANET_IDLE_BYTES_TARGET)}"
-        )
-    vs_rust = _median(per_round_ratios(results, "rr64", "hamanet", "rust-epoll"))
-    if vs_rust is not None:
-        lines.append(
-            f"- rr64: {vs_rust:.2f} x the plain Rust epoll echo "
-            f"(target <= {HAMANET_VS_RUST_RR64:.2f}): {verdict(vs_rust <= HAMANET_VS_RUST_RR64)}"
         )
     return lines
 
@@ -340,36 +338,37 @@ def chart(
     servers: Sequence[str],
     subtitle: str,
 ) -> None:
-    """Echo scenarios on the left (CPU per message, lower is better); real-client
+    """Echo scenarios on the left (CPU per message, lower is better); throughput
     scenarios, when they ran, on the right (requests/s, higher is better)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    echo = [sc for sc in scenarios if not sc.real_client]
-    real = [sc for sc in scenarios if sc.real_client]
-    real_servers = servers_in(grid, real, servers)
-    real = [sc for sc in real if any(grid[(sc.name, n)].runs for n in servers)]
+    echo = [sc for sc in scenarios if not sc.by_throughput]
+    echo = [sc for sc in echo if any(grid[(sc.name, n)].runs for n in servers)]
+    by_throughput = [sc for sc in scenarios if sc.by_throughput]
+    by_throughput = [sc for sc in by_throughput if any(grid[(sc.name, n)].runs for n in servers)]
     panels = []
     if echo:
         panels.append(
             (
                 echo,
-                servers,
+                servers_in(grid, echo, servers),
                 lambda cell: cell.ratio,
                 f"server CPU per message vs {BASELINE}\n(idle10k: RSS per connection)",
                 f"Echo servers vs {BASELINE}: lower is better",
             )
         )
-    if real:
+    if by_throughput:
         panels.append(
             (
-                real,
-                real_servers,
+                by_throughput,
+                servers_in(grid, by_throughput, servers),
                 lambda cell: cell.throughput_ratio,
                 f"requests/s vs {BASELINE}",
-                f"Real clients vs {BASELINE}: THROUGHPUT, higher is better",
+                f"Real clients and work in the handler vs {BASELINE}:\nTHROUGHPUT, "
+                "higher is better",
             )
         )
     if not panels:
