@@ -14,6 +14,7 @@ thread pool of the same size. uvloop is the baseline of every ratio.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,10 @@ HTTP_LOGIC_SERVER = BENCH / "servers" / "http_logic_server.py"
 EXECUTOR_SERVER = BENCH / "servers" / "executor_server.py"
 HASH_SERVER = BENCH / "servers" / "hash_server.py"
 BLOCKING_EXAMPLE = EXAMPLES / "blocking_server.py"
+REACTORS_ECHO = BENCH / "servers" / "reactors_echo.py"
+# scale: reactors=1, 2, ... up to the CPUs the load generator leaves (at least 2, so a
+# 2-CPU machine still shows what a second reactor does there).
+SCALE_REACTORS = tuple(range(1, max(2, (os.cpu_count() or 2) - 1) + 1))
 # The work scenarios' pool sizes; the sleep of `blocking` is the 5 ms default of both
 # examples/blocking_server.py and bench/servers/executor_server.py.
 BLOCKING_WORKERS = 32
@@ -109,11 +114,23 @@ SERVERS = (
             ("redis", _py(EXAMPLES / "redis_server.py")),
             ("http", _py(EXAMPLES / "http_server.py")),
             *_hamanet_work(BLOCKING_WORKERS, HASH_WORKERS),
+            ("serial", (*_py(REACTORS_ECHO), "--reactors", "1")),
+            ("scale", (*_py(REACTORS_ECHO), "--reactors", "1")),
         ),
     ),
     # The work servers without a pool (workers=0: the reactor thread runs the handler), for
     # scale: what the pool adds. No echo server, so no column in the echo scenarios.
     Server("hamanet-w0", None, "hamanet", apps=_hamanet_work(0, 0)),
+    # The echo on more reactors, for `scale` only.
+    *(
+        Server(
+            f"hamanet-r{n}",
+            None,
+            "hamanet",
+            apps=(("scale", (*_py(REACTORS_ECHO), "--reactors", str(n))),),
+        )
+        for n in SCALE_REACTORS[1:]
+    ),
 )
 
 # Real-client scenarios: the client drives the load and checks the replies itself.
@@ -253,6 +270,21 @@ SCENARIOS = (
         needs=(HASH_SERVER,),
         throughput=True,
         pin_server=False,  # hashlib releases the GIL: two workers can use both cores
+    ),
+    # rr64 on hamanet with one reactor: the share of its busy time spent attached to the
+    # interpreter (the serial fraction), and Amdahl's bound for more reactors.
+    Scenario("serial-fraction", "rr", conns=100, size=64, app="serial", needs=(REACTORS_ECHO,)),
+    # rr64 on hamanet with reactors=1, 2, ...: messages/s and CPU per message. The server
+    # is not pinned (its reactors may use every CPU the load generator leaves).
+    Scenario(
+        "scale",
+        "rr",
+        conns=100,
+        size=64,
+        app="scale",
+        needs=(REACTORS_ECHO,),
+        throughput=True,
+        pin_server=False,
     ),
 )
 

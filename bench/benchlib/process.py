@@ -27,6 +27,8 @@ from benchlib.catalog import LOADGEN, LOADGEN_CRATE, REPO, RUST_ECHO_CRATE, Scen
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 READY_TIMEOUT = 20.0  # a server that has not printed its ready line by then failed
 STOP_TIMEOUT = 5.0  # SIGTERM, then SIGKILL
+# A server's report about itself at exit (bench/servers/reactors_echo.py).
+STATS_PREFIX = "hamanet-stats "
 # After a run every connection is closed by the client, so the server's open fds must fall
 # back to where they were (give or take a few it opens lazily) within FD_SETTLE seconds.
 FD_SLACK = 8
@@ -60,6 +62,8 @@ class RunResult:
     idle_bytes_per_conn: float | None = None
     leaked_fds: int = 0  # server fds still open after every client had closed
     server_output: list[str] = field(default_factory=list)
+    # What a server reported about itself at exit (a `hamanet-stats {json}` line).
+    server_stats: dict[str, float] = field(default_factory=dict)
     # Real-client scenarios: requests/s of each redis-benchmark test, and what the client
     # printed on stderr in a run that passed.
     tests: dict[str, float] = field(default_factory=dict)
@@ -276,7 +280,11 @@ def measure(
         srv.stop()
         # Anything a server printed besides its ready line (tracebacks, logged handler
         # errors) is worth a look even when the run passed.
-        res.server_output = [line for line in srv.output() if "listening" not in line]
+        for line in srv.output():
+            if line.startswith(STATS_PREFIX):
+                res.server_stats = json.loads(line[len(STATS_PREFIX) :])
+            elif "listening" not in line:
+                res.server_output.append(line)
         srv.discard_log()
     return res
 

@@ -13,6 +13,7 @@ speed drifts between rounds more than the servers differ.
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -298,6 +299,8 @@ def target_lines(results: list[RunResult], grid: dict[tuple[str, str], Cell]) ->
             f"- {target.scenario}{server}: {what} {ratio:.2f} x {target.against} "
             f"(target {target.wanted()}): {verdict(target.met(ratio))}"
         )
+    lines += serial_fraction_lines(results)
+    lines += scale_lines(results)
     idle = grid.get(("idle10k", "hamanet"))
     if idle is not None and idle.value is not None:
         lines.append(
@@ -306,6 +309,54 @@ def target_lines(results: list[RunResult], grid: dict[tuple[str, str], Cell]) ->
             f"{verdict(idle.value <= HAMANET_IDLE_BYTES_TARGET)}"
         )
     return lines
+
+
+#: The serial fraction the every-core issue asks for at most: a bound >= 3.3x at 8 cores.
+SERIAL_FRACTION_TARGET = 0.20
+
+
+def serial_fraction_lines(results: list[RunResult]) -> list[str]:
+    """`serial-fraction`: the share of the reactor's busy time spent attached to the
+    interpreter (holding the GIL), and Amdahl's bound it implies for N reactors."""
+    fractions = [
+        r.server_stats["attached_us"] / r.server_stats["busy_us"]
+        for r in results
+        if r.scenario == "serial-fraction" and r.ok and r.server_stats.get("busy_us")
+    ]
+    s = _median(fractions)
+    if s is None:
+        return []
+    bounds = ", ".join(f"{n} cores {1 / (s + (1 - s) / n):.1f}x" for n in (2, 4, 8, 16))
+    met = "met" if s <= SERIAL_FRACTION_TARGET else "MISSED"
+    return [
+        f"- serial-fraction: {s:.0%} of the reactor's busy time attached to the interpreter "
+        f"(rr64, 1 reactor, median of {len(fractions)} runs; target <= "
+        f"{SERIAL_FRACTION_TARGET:.0%}): {met}; Amdahl's bound for N reactors: {bounds}"
+    ]
+
+
+def scale_lines(results: list[RunResult]) -> list[str]:
+    """`scale`: messages/s of hamanet with N reactors as a ratio to 1 reactor."""
+    by_server: dict[str, list[float]] = {}
+    for r in results:
+        if r.scenario == "scale" and r.ok:
+            by_server.setdefault(r.server, []).append(r.msgs_per_s)
+    one = _median(by_server.get("hamanet", []))
+    if not one:
+        return []
+    parts = []
+    for server, rates in sorted(by_server.items()):
+        n = 1 if server == "hamanet" else int(server.removeprefix("hamanet-r"))
+        rate = _median(rates) or 0.0
+        parts.append(f"{n} reactor(s) {rate:,.0f} msgs/s ({rate / one:.2f}x)")
+    cpus = os.cpu_count() or 0
+    caveat = (
+        f" (this machine has {cpus} CPUs, one of them the load generator's: it cannot show "
+        "more than that)"
+        if cpus <= 2
+        else ""
+    )
+    return [f"- scale: {'; '.join(parts)}{caveat}"]
 
 
 def failure_lines(results: list[RunResult]) -> list[str]:

@@ -23,7 +23,7 @@ use super::pool::Pool;
 use super::session::PySession;
 use super::thread::run;
 use super::timer::{schedule, schedule_at, session_core, PyTimerHandle};
-use crate::reactor::Reactor;
+use crate::reactor::{Reactor, StopCloses};
 use crate::shared::{lock, Command, Placement, Stats};
 use crate::sys::address::{self, Address};
 use crate::sys::net::{self, SocketOptions};
@@ -43,13 +43,17 @@ impl PyLoop {
     #[pyo3(signature = (owner="Loop", **options))]
     fn new(owner: &str, options: Option<&Bound<'_, PyDict>>) -> PyResult<PyLoop> {
         let LoopOptions {
-            config,
+            mut config,
             framer,
             workers,
             worker_backlog,
             reactors,
         } = loop_options(owner, options)?;
         let pool = (workers > 0).then(|| Arc::new(Pool::new(workers, worker_backlog)));
+        if pool.is_some() {
+            // The pool closes each session once its handler has had its queued input.
+            config.stop_closes = StopCloses::Handler;
+        }
         let reactors = (0..reactors)
             .map(|_| Reactor::new(config.clone()).map(ReactorSlot::new))
             .collect::<std::io::Result<Vec<_>>>()

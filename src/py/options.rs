@@ -169,6 +169,7 @@ pub fn loop_options(owner: &str, options: Option<&Bound<'_, PyDict>>) -> PyResul
             max_connections,
             open_sessions: Default::default(),
             siblings: Default::default(),
+            stop_closes: Default::default(),
         },
         framer,
     })

@@ -34,6 +34,10 @@ use crate::sys::epoll::Token;
 /// At most this many items of one lane run before the worker lets other lanes go first.
 const LANE_TURN: usize = 64;
 
+/// Received-bytes buffers kept for reuse: a buffer freed by a worker and allocated again by
+/// the reactor would go back to the kernel and fault in again on every large read.
+const SPARE_BUFFERS: usize = 64;
+
 /// One piece of work for a lane.
 pub(super) enum Work {
     Opened(Arc<SessionCore>),
@@ -57,6 +61,8 @@ pub(super) enum Work {
     AcceptPaused(io::Error),
     /// Reading resumed: nothing to run, but held input may go now.
     ReadingResumed,
+    /// The loop stops: close the session, now that its handler has had what came before.
+    Stop,
     /// `run_in_worker`: `function(*args)`, its outcome set on `future`.
     Job {
         function: Py<PyAny>,
@@ -79,7 +85,7 @@ impl Work {
     fn owed(&self) -> bool {
         matches!(
             self,
-            Work::Opened(_) | Work::Closed(..) | Work::ConnectFailed(..)
+            Work::Opened(_) | Work::Closed(..) | Work::ConnectFailed(..) | Work::Stop
         )
     }
 }
@@ -195,6 +201,8 @@ pub(super) struct Pool {
     timer_sessions: Mutex<HashMap<u64, Token>>,
     /// Past the stop deadline: only what every session is owed still runs.
     discarding: AtomicBool,
+    /// Emptied received-bytes buffers, for the reactor threads to fill again.
+    spare: Mutex<Vec<Vec<u8>>>,
     queued: AtomicUsize,
     busy_workers: AtomicUsize,
     longest_wait_ns: AtomicU64,
@@ -223,6 +231,7 @@ impl Pool {
             loop_lane: Lane::new(None),
             timer_sessions: Mutex::new(HashMap::new()),
             discarding: AtomicBool::new(false),
+            spare: Mutex::new(Vec::new()),
             queued: AtomicUsize::new(0),
             busy_workers: AtomicUsize::new(0),
             longest_wait_ns: AtomicU64::new(0),
@@ -334,6 +343,7 @@ impl Pool {
                 Event::PauseWriting { token } => (token, Work::PauseWriting),
                 Event::ResumeWriting { token } => (token, Work::ResumeWriting),
                 Event::ReadingResumed { token } => (token, Work::ReadingResumed),
+                Event::Stopping { token } => (token, Work::Stop),
             };
             if let Some(lane) = lanes.get(token) {
                 self.push(lane, work);
@@ -364,7 +374,9 @@ impl Pool {
                 waiting.extend_from_slice(data);
             }
             _ => {
-                queue.items.push_back(Work::Received(data.to_vec()));
+                let mut buffer = lock(&self.spare).pop().unwrap_or_default();
+                buffer.extend_from_slice(data);
+                queue.items.push_back(Work::Received(buffer));
                 self.queued.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -382,11 +394,23 @@ impl Pool {
         }
     }
 
+    /// Keeps an emptied buffer for the next read, up to [`SPARE_BUFFERS`] of them.
+    fn recycle(&self, mut buffer: Vec<u8>) {
+        if buffer.capacity() <= 2 * READ_BUDGET {
+            buffer.clear();
+            let mut spare = lock(&self.spare);
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(buffer);
+            }
+        }
+    }
+
     /// Cuts `data` into messages and queues them; a framing error holds the session's
     /// reading for good (the worker closes it once the messages before have been
     /// delivered).
     fn push_messages(&self, lane: &Arc<Lane>, decoder: &mut FrameDecoder, data: &[u8]) {
-        let (mut bytes, mut ends) = (Vec::new(), Vec::new());
+        let mut bytes = lock(&self.spare).pop().unwrap_or_default();
+        let mut ends = Vec::new();
         let result = decoder.feed(data, |message| {
             bytes.extend_from_slice(message);
             ends.push(bytes.len());
@@ -553,7 +577,9 @@ fn run_lane(pool: &Pool, inner: &LoopInner, dispatcher: &mut Dispatcher<'_, '_>,
             _ => 0,
         };
         if work.owed() || !pool.discarding.load(Ordering::Relaxed) {
-            run(dispatcher, &callbacks, &mut entry, work);
+            if let Some(buffer) = run(dispatcher, &callbacks, &mut entry, work) {
+                pool.recycle(buffer);
+            }
         } else if let Work::Job { future, .. } = work {
             // Never to run: its waiter learns so rather than waiting forever.
             if let Err(err) = future.bind(dispatcher.py).call_method0("cancel") {
@@ -583,13 +609,13 @@ fn release_backlog(pool: &Pool, lane: &Lane, handled: usize) {
     }
 }
 
-/// Runs one piece of work.
+/// Runs one piece of work; returns the buffer of received bytes it is done with.
 fn run(
     dispatcher: &mut Dispatcher<'_, '_>,
     callbacks: &super::callbacks::Callbacks,
     entry: &mut Option<Entry>,
     work: Work,
-) {
+) -> Option<Vec<u8>> {
     let notice = match work {
         Work::Opened(session) => {
             *entry = dispatcher.open(&session);
@@ -599,7 +625,7 @@ fn run(
             if let Some(entry) = entry {
                 dispatcher.connected(entry, callbacks);
             }
-            return;
+            return None;
         }
         Work::Closed(session, error) => {
             if let Some(mut closed) = entry.take() {
@@ -608,39 +634,54 @@ fn run(
             if let Some(session) = session {
                 session.shared().session_closed();
             }
-            return;
+            return None;
         }
         Work::ConnectFailed(session, error) => {
             let reason = dispatcher.connect_error(error.as_ref());
             dispatcher.connect_failed(&session, reason, callbacks);
             session.shared().session_closed();
-            return;
+            return None;
         }
-        Work::Timer(id) => return dispatcher.timer(id),
-        Work::AcceptPaused(error) => return dispatcher.accept_paused(&error),
+        Work::Timer(id) => {
+            dispatcher.timer(id);
+            return None;
+        }
+        Work::AcceptPaused(error) => {
+            dispatcher.accept_paused(&error);
+            return None;
+        }
         Work::Job {
             function,
             args,
             future,
-        } => return run_job(dispatcher, &function, &args, &future),
+        } => {
+            run_job(dispatcher, &function, &args, &future);
+            return None;
+        }
         Work::Received(data) => {
             if let Some(entry) = entry {
                 dispatcher.notify(entry, callbacks, Notice::Received(&data));
             }
-            return;
+            return Some(data);
         }
-        Work::ReadingResumed => return,
+        Work::ReadingResumed => return None,
+        Work::Stop => {
+            if let Some(entry) = entry {
+                entry.session.get().core().close();
+            }
+            return None;
+        }
         Work::Messages { data, ends } => {
             if let Some(entry) = entry {
                 dispatcher.framed(entry, callbacks, &data, &ends);
             }
-            return;
+            return Some(data);
         }
         Work::FramingFailed(err) => {
             if let Some(entry) = entry {
                 framing_failed(entry, &err);
             }
-            return;
+            return None;
         }
         Work::Eof => Notice::Eof,
         Work::Drained => Notice::Drained,
@@ -650,6 +691,7 @@ fn run(
     if let Some(entry) = entry {
         dispatcher.notify(entry, callbacks, notice);
     }
+    None
 }
 
 /// `function(*args)`, its result or exception set on `future` (unless it was cancelled).

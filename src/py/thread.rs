@@ -136,6 +136,8 @@ fn run_attached(
                 Event::Timer { id } => dispatcher.timer(id),
                 // Nothing was held back: this thread delivers input only while reading.
                 Event::ReadingResumed { .. } => {}
+                // Only with a pool (`StopCloses::Handler`).
+                Event::Stopping { .. } => {}
                 Event::AcceptPaused { error } => dispatcher.accept_paused(&error),
                 Event::Eof { token } => notify(
                     &mut dispatcher,

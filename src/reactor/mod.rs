@@ -86,6 +86,21 @@ pub struct LoopConfig {
     /// The reactors made with (a clone of) this configuration, over which connections
     /// accepted from a shared listener are spread.
     pub siblings: Arc<Siblings>,
+    /// Who closes the sessions when the reactor stops.
+    pub stop_closes: StopCloses,
+}
+
+/// Who closes the sessions when the reactor stops (before its deadline; at the deadline
+/// the reactor aborts what is left either way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StopCloses {
+    /// The reactor: it flushes each session and closes it.
+    #[default]
+    Reactor,
+    /// The handler layer, told by [`Event::Stopping`]: a worker pool closes each session
+    /// once its handler has been given the input queued before the stop, so that what it
+    /// writes in reply is still sent.
+    Handler,
 }
 
 /// The reactors of one loop, for spreading accepted sessions over them.
@@ -153,6 +168,12 @@ pub enum Event {
     /// Reading resumed (`resume_reading()`, or a held backlog released): input that a
     /// handler layer held back while reading was paused may go now.
     ReadingResumed {
+        /// The session's token.
+        token: Token,
+    },
+    /// The reactor is stopping and leaves closing this session to the handler layer
+    /// ([`StopCloses::Handler`]).
+    Stopping {
         /// The session's token.
         token: Token,
     },
@@ -462,8 +483,7 @@ impl Reactor {
                         self.register(fd, Arc::clone(&core), Origin::Adopted, connect_deadline);
                     if let Some(token) = registered {
                         if self.stop_deadline.is_some() {
-                            core.state().close_requested = true;
-                            self.flush(token);
+                            self.close_for_stop(token);
                         }
                     }
                 }

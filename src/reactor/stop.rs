@@ -33,7 +33,16 @@ impl Reactor {
         self.close_listeners();
         self.close_refusals();
         for token in self.session_tokens() {
-            self.request_close(token);
+            self.close_for_stop(token);
+        }
+    }
+
+    /// Closes a session because the reactor stops: itself, or by telling the handler
+    /// layer to (see [`StopCloses`]).
+    pub(super) fn close_for_stop(&mut self, token: Token) {
+        match self.config.stop_closes {
+            StopCloses::Reactor => self.request_close(token),
+            StopCloses::Handler => self.batch.push(Event::Stopping { token }),
         }
     }
 

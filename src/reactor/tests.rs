@@ -40,7 +40,8 @@ fn echo_reactor() -> (SocketAddr, Arc<LoopShared>, JoinHandle<Vec<String>>) {
                     | Event::ResumeWriting { .. }
                     | Event::Timer { .. }
                     | Event::AcceptPaused { .. }
-                    | Event::ReadingResumed { .. } => {}
+                    | Event::ReadingResumed { .. }
+                    | Event::Stopping { .. } => {}
                     Event::Closed { token, error } => {
                         sessions[token.slot()] = None;
                         reactor.shared().session_closed();
