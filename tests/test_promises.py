@@ -185,8 +185,9 @@ def test_stats_count_sessions_writes_sends_and_coalesced_writes_exactly(serve):
             elif data == b"one":
                 session.write(b"single\n")
 
-    # reactors=1: settled_stats goes round the first reactor, whose turn publishes stats.
-    server = serve(Burst(), reactors=1)
+    # reactors=1: settled_stats goes round the first reactor, whose turn publishes stats;
+    # workers=0: on a pool each write from a worker may meet a reactor turn in between.
+    server = serve(Burst(), reactors=1, workers=0)
     keys = ("writes", "sends", "writes_coalesced", "bytes_out", "bytes_in", "sessions_total")
     assert server.stats()["sessions_open"] == 0
     with connect(server.port) as peer:

@@ -46,6 +46,12 @@ impl Reactor {
         }
     }
 
+    /// Whether the session of `token` has nothing buffered to send.
+    fn nothing_to_send(&mut self, token: Token) -> bool {
+        self.session(token)
+            .is_some_and(|session| session.core.state().buffer.is_empty())
+    }
+
     /// Aborts what is left at the stop deadline and finishes once nothing is left.
     /// Returns whether the reactor has finished.
     pub(super) fn check_stop(&mut self) -> bool {
@@ -54,6 +60,14 @@ impl Reactor {
         };
         if self.sessions > 0 && Instant::now() >= deadline {
             for token in self.session_tokens() {
+                if self.config.stop_closes == StopCloses::Handler && self.nothing_to_send(token) {
+                    // Its handler has not closed it yet (a callback still runs, or input
+                    // waits for one), but nothing would be lost: a clean close, now.
+                    self.request_close(token);
+                    if self.session(token).is_none() {
+                        continue;
+                    }
+                }
                 let error = io::Error::new(
                     io::ErrorKind::TimedOut,
                     "stop() timed out before the session's buffer was sent",
