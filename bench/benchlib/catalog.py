@@ -131,6 +131,17 @@ SERVERS = (
         )
         for n in SCALE_REACTORS[1:]
     ),
+    # The same with one SO_REUSEPORT listener per reactor (the kernel spreads connections)
+    # instead of one shared listener whose sessions go to each reactor in turn.
+    *(
+        Server(
+            f"hamanet-r{n}-reuseport",
+            None,
+            "hamanet",
+            apps=(("scale", (*_py(REACTORS_ECHO), "--reactors", str(n), "--reuse-port")),),
+        )
+        for n in SCALE_REACTORS[1:]
+    ),
 )
 
 # Real-client scenarios: the client drives the load and checks the replies itself.

@@ -346,9 +346,12 @@ def scale_lines(results: list[RunResult]) -> list[str]:
         return []
     parts = []
     for server, rates in sorted(by_server.items()):
-        n = 1 if server == "hamanet" else int(server.removeprefix("hamanet-r"))
+        label = "1 reactor" if server == "hamanet" else server.removeprefix("hamanet-r")
+        label = label.replace("-reuseport", " reactors, SO_REUSEPORT").replace(
+            label, f"{label} reactors" if label.isdigit() else label
+        )
         rate = _median(rates) or 0.0
-        parts.append(f"{n} reactor(s) {rate:,.0f} msgs/s ({rate / one:.2f}x)")
+        parts.append(f"{label} {rate:,.0f} msgs/s ({rate / one:.2f}x)")
     cpus = os.cpu_count() or 0
     caveat = (
         f" (this machine has {cpus} CPUs, one of them the load generator's: it cannot show "
