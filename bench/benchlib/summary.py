@@ -346,10 +346,9 @@ def scale_lines(results: list[RunResult]) -> list[str]:
         return []
     parts = []
     for server, rates in sorted(by_server.items()):
-        label = "1 reactor" if server == "hamanet" else server.removeprefix("hamanet-r")
-        label = label.replace("-reuseport", " reactors, SO_REUSEPORT").replace(
-            label, f"{label} reactors" if label.isdigit() else label
-        )
+        n, _, reuse_port = server.removeprefix("hamanet-r").partition("-")
+        label = "1 reactor" if server == "hamanet" else f"{n} reactors"
+        label += ", SO_REUSEPORT" if reuse_port else ""
         rate = _median(rates) or 0.0
         parts.append(f"{label} {rate:,.0f} msgs/s ({rate / one:.2f}x)")
     cpus = os.cpu_count() or 0
