@@ -118,7 +118,11 @@ impl Reactor {
             // Another reactor's turn: it registers the session as its own. If it has
             // stopped, the connection is dropped, as a stopping reactor drops its own.
             let core = SessionCore::new(Arc::clone(owner), peer, local, limits);
-            owner.adopt(core, stream, None);
+            // Counted here, at once: the next accept (on any reactor) must see it.
+            self.config.open_sessions.fetch_add(1, Ordering::Relaxed);
+            if !owner.hand_over(core, stream) {
+                forget_open_session(&self.config.open_sessions);
+            }
             return;
         }
         let core = SessionCore::new(Arc::clone(&self.shared), peer, local, limits);

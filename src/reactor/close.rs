@@ -29,12 +29,7 @@ impl Reactor {
         drop(session.fd);
         debug_assert!(self.sessions > 0, "more sessions released than registered");
         self.sessions = self.sessions.saturating_sub(1);
-        let _ =
-            self.config
-                .open_sessions
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
-                    open.checked_sub(1)
-                });
+        forget_open_session(&self.config.open_sessions);
         if session.connecting {
             // Never opened: the handler layer knows it only by its core.
             self.connecting.retain(|(_, pending)| *pending != token);

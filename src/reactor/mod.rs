@@ -45,7 +45,7 @@ mod tests;
 use accept::remove_unix_socket_file;
 use close::{discard_input, CloseKind};
 use idle::IdleSweep;
-use slots::{Origin, SessionSlot, Slot};
+use slots::{forget_open_session, Origin, SessionSlot, Slot};
 
 /// Most bytes one session may read in one turn before others get their go.
 pub const READ_BUDGET: usize = 256 * 1024;
@@ -481,6 +481,14 @@ impl Reactor {
                 Command::Adopt(core, fd, connect_deadline) => {
                     let registered =
                         self.register(fd, Arc::clone(&core), Origin::Adopted, connect_deadline);
+                    if let Some(token) = registered {
+                        if self.stop_deadline.is_some() {
+                            self.close_for_stop(token);
+                        }
+                    }
+                }
+                Command::HandOver(core, fd) => {
+                    let registered = self.register(fd, Arc::clone(&core), Origin::HandedOver, None);
                     if let Some(token) = registered {
                         if self.stop_deadline.is_some() {
                             self.close_for_stop(token);

@@ -77,8 +77,13 @@ impl Reactor {
             self.vacate(token);
             let mut state = core.state();
             state.mark_closed();
-            if origin == Origin::Adopted {
-                self.shared.session_closed();
+            match origin {
+                Origin::Accepted => {}
+                Origin::Adopted => self.shared.session_closed(),
+                Origin::HandedOver => {
+                    self.shared.session_closed();
+                    forget_open_session(&self.config.open_sessions);
+                }
             }
             return None;
         }
@@ -96,7 +101,9 @@ impl Reactor {
             broken: None,
         });
         self.sessions += 1;
-        self.config.open_sessions.fetch_add(1, Ordering::Relaxed);
+        if origin != Origin::HandedOver {
+            self.config.open_sessions.fetch_add(1, Ordering::Relaxed);
+        }
         self.stats.sessions_total += 1;
         if origin == Origin::Accepted {
             self.shared.update_status(|status| status.sessions += 1);
@@ -181,6 +188,9 @@ pub(super) enum Origin {
     /// Handed over by a connect call, which counted it as open already (so that
     /// `join()` cannot miss it while it waits in the command queue).
     Adopted,
+    /// Accepted by another reactor of the loop and handed over, counted as open (in this
+    /// reactor's status and in the loop's `open_sessions`) when it was queued.
+    HandedOver,
 }
 
 impl Slot {
@@ -192,4 +202,11 @@ impl Slot {
             Slot::Session(session) => session.generation,
         }
     }
+}
+
+/// One session fewer in the loop's count of open sessions (never below zero).
+pub(super) fn forget_open_session(open_sessions: &AtomicUsize) {
+    let _ = open_sessions.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+        open.checked_sub(1)
+    });
 }

@@ -87,9 +87,13 @@ impl Reactor {
         for command in self.shared.close_queue() {
             match command {
                 Command::Adopt(core, _fd, _) => {
-                    let mut state = core.state();
-                    state.mark_closed();
+                    core.state().mark_closed();
                     self.shared.session_closed();
+                }
+                Command::HandOver(core, _fd) => {
+                    core.state().mark_closed();
+                    self.shared.session_closed();
+                    forget_open_session(&self.config.open_sessions);
                 }
                 Command::Listen(fd, addr, _) => remove_unix_socket_file(fd, addr),
                 _ => {}

@@ -26,6 +26,8 @@ pub enum Command {
     /// Register a client socket as a session: connected already (`Client.connect`), or
     /// still connecting until the deadline (`Client.connect_nowait`).
     Adopt(Arc<SessionCore>, OwnedFd, Option<Instant>),
+    /// Register a connection another reactor of the loop accepted for this one.
+    HandOver(Arc<SessionCore>, OwnedFd),
     /// Start accepting on a listening socket.
     Listen(OwnedFd, Address, Placement),
     /// Stop: close listeners, flush and close every session, abort what is left at the
@@ -224,6 +226,17 @@ impl LoopShared {
     ) -> bool {
         self.update_status(|status| status.sessions += 1);
         let accepted = self.submit(Command::Adopt(core, fd, connect_deadline));
+        if !accepted {
+            self.session_closed();
+        }
+        accepted
+    }
+
+    /// Queues a connection another reactor accepted, counted as open at once like an
+    /// adopted one. Returns false if this reactor has stopped (the connection is dropped).
+    pub fn hand_over(&self, core: Arc<SessionCore>, fd: OwnedFd) -> bool {
+        self.update_status(|status| status.sessions += 1);
+        let accepted = self.submit(Command::HandOver(core, fd));
         if !accepted {
             self.session_closed();
         }
