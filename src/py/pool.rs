@@ -283,6 +283,11 @@ impl Pool {
         lock(&self.timer_sessions).insert(id, token);
     }
 
+    /// Forgets the session of a cancelled timer.
+    pub(super) fn unbind_timer(&self, id: u64) {
+        lock(&self.timer_sessions).remove(&id);
+    }
+
     /// Queues `function(*args)` on a lane of its own; its outcome goes to `future`.
     pub(super) fn submit_job(&self, function: Py<PyAny>, args: Py<PyTuple>, future: Py<PyAny>) {
         let job = Work::Job {

@@ -34,6 +34,9 @@ impl PyTimerHandle {
             for slot in &self.inner.reactors {
                 slot.shared.submit(Command::CancelTimer(self.id));
             }
+            if let Some(pool) = &self.inner.pool {
+                pool.unbind_timer(self.id);
+            }
         }
         drop(entry);
     }
