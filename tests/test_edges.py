@@ -616,7 +616,9 @@ def test_any_buffer_is_written_as_its_bytes_and_text_is_refused(serve):
 
 
 def test_timers_due_in_the_past_run_in_when_order(serve):
-    server = serve(Recorder())
+    # workers=0: the holding callback must hold the reactor itself (on a pool it would
+    # hold a worker, and the timers could come due in separate turns).
+    server = serve(Recorder(), workers=0)
     order: list[str] = []
     done = threading.Event()
     now = server.time()
