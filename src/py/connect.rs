@@ -21,6 +21,28 @@ use crate::sys::address::{self, Address};
 use crate::sys::net;
 use std::net::SocketAddr;
 
+/// Where a connect goes, and how long it may take.
+struct Remote {
+    host: String,
+    port: u16,
+    timeout: Duration,
+}
+
+impl Remote {
+    /// The checked arguments of a connect call.
+    fn from_python(
+        host: &Bound<'_, PyAny>,
+        port: &Bound<'_, PyAny>,
+        timeout: &Bound<'_, PyAny>,
+    ) -> PyResult<Remote> {
+        Ok(Remote {
+            host: convert::host(host)?,
+            port: convert::port(port)?,
+            timeout: convert::timeout(timeout, "timeout")?,
+        })
+    }
+}
+
 /// `Loop.connect`: resolves `host`, connects (blocking, detached, in slices) and
 /// adopts the socket as a session.
 pub(super) fn connect(
@@ -31,9 +53,11 @@ pub(super) fn connect(
     timeout: &Bound<'_, PyAny>,
     callbacks: Option<&Bound<'_, PyTuple>>,
 ) -> PyResult<Py<PySession>> {
-    let host = convert::host(host)?;
-    let port = convert::port(port)?;
-    let timeout = convert::timeout(timeout, "timeout")?;
+    let Remote {
+        host,
+        port,
+        timeout,
+    } = Remote::from_python(host, port, timeout)?;
     check_can_connect(inner)?;
     let own = own_callbacks(callbacks)?;
     let addrs = resolve(py, &host, port)?;
@@ -51,9 +75,11 @@ pub(super) fn connect_nowait(
     timeout: &Bound<'_, PyAny>,
     callbacks: Option<&Bound<'_, PyTuple>>,
 ) -> PyResult<Py<PySession>> {
-    let host = convert::host(host)?;
-    let port = convert::port(port)?;
-    let timeout = convert::timeout(timeout, "timeout")?;
+    let Remote {
+        host,
+        port,
+        timeout,
+    } = Remote::from_python(host, port, timeout)?;
     let own = own_callbacks(callbacks)?;
     inner.check_not_forked("connect_nowait()")?;
     if inner.phase() != Phase::Running {

@@ -1,32 +1,32 @@
 //! `hamanet._hamanet.Loop`: a reactor on its own thread plus the handler callbacks it
 //! drives. `hamanet.Server` and `hamanet.Client` are thin Python classes over it. Each
-//! method checks its arguments and the loop's phase, then hands the work on: the thread
-//! to `thread`, connects to `connect`, scheduled callbacks to `timer`.
+//! method checks its arguments and the loop's phase, then hands the work on: the threads
+//! to `thread`, listeners to `listen`, connects to `connect`, scheduled callbacks to
+//! `timer`, counters to `stats`.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyDict, PyTuple};
 
 use super::callbacks::Callbacks;
-use super::connect::{self, resolve};
-use super::convert::{self, address_object, C_INT_MAX};
+use super::connect;
+use super::convert;
 use super::errors::{os_error, LifecycleError};
 use super::inner::{LoopInner, Phase, ReactorSlot};
+use super::listen;
 use super::options::{loop_options, LoopOptions};
 use super::pool::Pool;
 use super::session::PySession;
+use super::stats;
 use super::thread::run;
 use super::timer::{schedule, schedule_at, session_core, PyTimerHandle};
 use crate::reactor::{Reactor, StopCloses};
-use crate::shared::{lock, Command, Placement, Stats};
-use crate::sys::address::{self, Address};
-use crate::sys::net::{self, SocketOptions};
+use crate::shared::{lock, Command};
 
 /// A reactor thread and its handler. Not for direct use: see `hamanet.Server`/`Client`.
 #[pyclass(module = "hamanet._hamanet", name = "Loop", frozen)]
@@ -126,37 +126,7 @@ impl PyLoop {
         reuse_port: bool,
         dual_stack: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let port = convert::port(port)?;
-        let host = convert::host(host)?;
-        let backlog = convert::size(backlog, "backlog", 1..=C_INT_MAX)? as i32;
-        self.inner.check_running("open()")?;
-        let addr = resolve(py, &host, port)?[0];
-        let context = format!("{host}:{port}");
-        let reactors = self.inner.reactors.len();
-        let options = SocketOptions {
-            reuse_port,
-            ..self.inner.config.options.clone()
-        };
-        let (fds, placement) = py
-            .detach(|| {
-                let first = net::listen(addr, backlog, dual_stack, &options)?;
-                if !reuse_port {
-                    return Ok((share(first, reactors)?, Placement::Spread));
-                }
-                // Asked for SO_REUSEPORT: one listener per reactor on the same address,
-                // and the kernel spreads the connections over them by their addresses.
-                let mut bound = addr;
-                if let Address::Inet(inet) = address::local_addr(first.as_fd())? {
-                    bound = inet; // the port the kernel picked for port 0
-                }
-                let mut fds = vec![first];
-                for _ in 1..reactors {
-                    fds.push(net::listen(bound, backlog, dual_stack, &options)?);
-                }
-                Ok((fds, Placement::Here))
-            })
-            .map_err(|e| os_error(&e, Some(&context)))?;
-        self.add_listeners(py, fds, placement, &context)
+        listen::listen(py, &self.inner, host, port, backlog, reuse_port, dual_stack)
     }
 
     /// Binds and listens on a Unix domain socket at `path`; returns the path.
@@ -166,15 +136,7 @@ impl PyLoop {
         path: &Bound<'py, PyAny>,
         backlog: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let path = convert::unix_path(path)?;
-        let backlog = convert::size(backlog, "backlog", 1..=C_INT_MAX)? as i32;
-        self.inner.check_running("open_unix()")?;
-        let context = path.display().to_string();
-        let fd = py
-            .detach(|| net::listen_unix(&path, backlog))
-            .map_err(|e| os_error(&e, Some(&context)))?;
-        let fds = share(fd, self.inner.reactors.len()).map_err(|e| os_error(&e, Some(&context)))?;
-        self.add_listeners(py, fds, Placement::Spread, &context)
+        listen::listen_unix(py, &self.inner, path, backlog)
     }
 
     /// Starts the reactor thread.
@@ -421,40 +383,7 @@ impl PyLoop {
 
     /// Counters, cheap enough to read often.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        self.inner.check_not_forked("read stats()")?;
-        let mut total = Stats::default();
-        let (mut busy_ns, mut attached_ns) = (0u64, 0u64);
-        let each = PyList::empty(py);
-        for slot in &self.inner.reactors {
-            let stats = slot.shared.stats();
-            let (busy, attached) = slot.times.read();
-            let one = stats_dict(py, &stats, slot.shared.status().sessions)?;
-            one.set_item("busy_us", busy / 1000)?;
-            one.set_item("attached_us", attached / 1000)?;
-            each.append(one)?;
-            total += stats;
-            busy_ns += busy;
-            attached_ns += attached;
-        }
-        let dict = stats_dict(py, &total, self.inner.status().sessions)?;
-        dict.set_item("busy_us", busy_ns / 1000)?;
-        dict.set_item("attached_us", attached_ns / 1000)?;
-        dict.set_item(
-            "handler_errors",
-            self.inner.handler_errors.load(Ordering::Relaxed),
-        )?;
-        let pool = self.inner.pool.as_ref().map(|pool| pool.stats());
-        let workers = pool.as_ref().map_or(0, |pool| pool.workers);
-        dict.set_item("workers", workers)?;
-        dict.set_item("worker_queued", pool.as_ref().map_or(0, |pool| pool.queued))?;
-        dict.set_item("workers_busy", pool.as_ref().map_or(0, |pool| pool.busy))?;
-        let longest = pool.map_or(0, |pool| pool.longest_wait.as_micros());
-        dict.set_item(
-            "worker_wait_max_us",
-            u64::try_from(longest).unwrap_or(u64::MAX),
-        )?;
-        dict.set_item("reactors", each)?;
-        Ok(dict)
+        stats::loop_stats(py, &self.inner)
     }
 
     /// The callback the reactor thread is running now, as `(name, session_id, seconds)`
@@ -525,68 +454,10 @@ impl PyLoop {
     }
 }
 
-/// One listener for `reactors` reactors: the same socket in each one's epoll (a copy of
-/// the fd each), so whichever reactor is waiting accepts, and hands the sessions to the
-/// reactors in turn. Without SO_REUSEPORT, as the user asked: nobody else can bind the
-/// port.
-fn share(listener: OwnedFd, reactors: usize) -> std::io::Result<Vec<OwnedFd>> {
-    let mut fds = Vec::with_capacity(reactors);
-    for _ in 1..reactors {
-        fds.push(listener.try_clone()?);
-    }
-    fds.insert(0, listener);
-    Ok(fds)
-}
-
-/// The counters of one reactor, or of all of them summed.
-fn stats_dict<'py>(
-    py: Python<'py>,
-    stats: &Stats,
-    sessions_open: usize,
-) -> PyResult<Bound<'py, PyDict>> {
-    let dict = PyDict::new(py);
-    dict.set_item("sessions_open", sessions_open)?;
-    dict.set_item("sessions_total", stats.sessions_total)?;
-    dict.set_item("accepted", stats.accepted)?;
-    dict.set_item("refused_by_limit", stats.refused_by_limit)?;
-    dict.set_item("bytes_in", stats.bytes_in)?;
-    dict.set_item("bytes_out", stats.bytes_out)?;
-    dict.set_item("writes", stats.writes)?;
-    dict.set_item("sends", stats.sends)?;
-    dict.set_item("writes_coalesced", stats.writes.saturating_sub(stats.sends))?;
-    dict.set_item("idle_timeouts", stats.idle_timeouts)?;
-    dict.set_item("accept_pauses", stats.accept_pauses)?;
-    dict.set_item("timers_fired", stats.timers_fired)?;
-    dict.set_item("calls_soon", stats.calls_soon)?;
-    Ok(dict)
-}
-
 impl PyLoop {
     /// Raises, once, the `KeyboardInterrupt`/`SystemExit` a handler raised.
     fn raise_failure(&self) -> PyResult<()> {
         let failure = lock(&self.inner.failure).take();
         failure.map_or(Ok(()), Err)
-    }
-
-    /// Hands listener `i` of `fds` (all on one address) to reactor `i`; returns the
-    /// bound address.
-    fn add_listeners<'py>(
-        &self,
-        py: Python<'py>,
-        fds: Vec<OwnedFd>,
-        placement: Placement,
-        context: &str,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let mut object = None;
-        for (fd, slot) in fds.into_iter().zip(&self.inner.reactors) {
-            let bound = address::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(context)))?;
-            if object.is_none() {
-                object = Some(address_object(py, &bound)?);
-            }
-            if !slot.shared.submit(Command::Listen(fd, bound, placement)) {
-                return Err(LifecycleError::new_err("cannot open(): it has stopped"));
-            }
-        }
-        object.ok_or_else(|| LifecycleError::new_err("cannot open(): no reactor"))
     }
 }

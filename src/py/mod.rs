@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! loop_                         the Loop class: checks arguments, hands the work on
+//! listen stats                  listeners for every reactor; the counters
 //! options connect timer thread  Server/Client options; client connects; scheduled
 //!                               callbacks; the reactor thread's body
 //! pool                          the worker pool: a lane per session, run in order
@@ -20,11 +21,13 @@ mod dispatch;
 pub mod errors;
 pub mod framing;
 mod inner;
+mod listen;
 pub mod loop_;
 pub mod options;
 mod pool;
 mod report;
 pub mod session;
 mod sessions;
+mod stats;
 mod thread;
 pub mod timer;

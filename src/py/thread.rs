@@ -60,8 +60,7 @@ pub(super) fn run(reactor: Reactor, inner: Arc<LoopInner>, index: usize) {
     if last {
         if let Some(pool) = &inner.pool {
             pool.finish(reactor.stop_deadline().unwrap_or_else(Instant::now));
-            let left = pool.leftovers();
-            Python::attach(|_py| drop(left));
+            pool.drop_leftovers();
         }
     }
     Python::attach(|py| {

@@ -1,0 +1,111 @@
+//! Listening: a TCP or Unix listener for every reactor of the loop, shared (one socket in
+//! every reactor's epoll, its sessions handed to each in turn) or, with `reuse_port`, one
+//! SO_REUSEPORT socket per reactor.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use pyo3::prelude::*;
+
+use super::connect::resolve;
+use super::convert::{self, address_object, C_INT_MAX};
+use super::errors::{os_error, LifecycleError};
+use super::inner::LoopInner;
+use crate::shared::{Command, Placement};
+use crate::sys::address::{self, Address};
+use crate::sys::net::{self, SocketOptions};
+
+/// Binds and listens on `host:port`; returns the bound address.
+pub(super) fn listen<'py>(
+    py: Python<'py>,
+    inner: &LoopInner,
+    host: &Bound<'py, PyAny>,
+    port: &Bound<'py, PyAny>,
+    backlog: &Bound<'py, PyAny>,
+    reuse_port: bool,
+    dual_stack: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let port = convert::port(port)?;
+    let host = convert::host(host)?;
+    let backlog = convert::size(backlog, "backlog", 1..=C_INT_MAX)? as i32;
+    inner.check_running("open()")?;
+    let addr = resolve(py, &host, port)?[0];
+    let context = format!("{host}:{port}");
+    let reactors = inner.reactors.len();
+    let options = SocketOptions {
+        reuse_port,
+        ..inner.config.options.clone()
+    };
+    let (fds, placement) = py
+        .detach(|| {
+            let first = net::listen(addr, backlog, dual_stack, &options)?;
+            if !reuse_port {
+                return Ok((share(first, reactors)?, Placement::Spread));
+            }
+            // Asked for SO_REUSEPORT: one listener per reactor on the same address,
+            // and the kernel spreads the connections over them by their addresses.
+            let mut bound = addr;
+            if let Address::Inet(inet) = address::local_addr(first.as_fd())? {
+                bound = inet; // the port the kernel picked for port 0
+            }
+            let mut fds = vec![first];
+            for _ in 1..reactors {
+                fds.push(net::listen(bound, backlog, dual_stack, &options)?);
+            }
+            Ok((fds, Placement::Here))
+        })
+        .map_err(|e| os_error(&e, Some(&context)))?;
+    add_listeners(py, inner, fds, placement, &context)
+}
+
+/// Binds and listens on a Unix domain socket at `path`; returns the path.
+pub(super) fn listen_unix<'py>(
+    py: Python<'py>,
+    inner: &LoopInner,
+    path: &Bound<'py, PyAny>,
+    backlog: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let path = convert::unix_path(path)?;
+    let backlog = convert::size(backlog, "backlog", 1..=C_INT_MAX)? as i32;
+    inner.check_running("open_unix()")?;
+    let context = path.display().to_string();
+    let fd = py
+        .detach(|| net::listen_unix(&path, backlog))
+        .map_err(|e| os_error(&e, Some(&context)))?;
+    let fds = share(fd, inner.reactors.len()).map_err(|e| os_error(&e, Some(&context)))?;
+    add_listeners(py, inner, fds, Placement::Spread, &context)
+}
+
+/// Hands listener `i` of `fds` (all on one address) to reactor `i`; returns the
+/// bound address.
+fn add_listeners<'py>(
+    py: Python<'py>,
+    inner: &LoopInner,
+    fds: Vec<OwnedFd>,
+    placement: Placement,
+    context: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut object = None;
+    for (fd, slot) in fds.into_iter().zip(&inner.reactors) {
+        let bound = address::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(context)))?;
+        if object.is_none() {
+            object = Some(address_object(py, &bound)?);
+        }
+        if !slot.shared.submit(Command::Listen(fd, bound, placement)) {
+            return Err(LifecycleError::new_err("cannot open(): it has stopped"));
+        }
+    }
+    object.ok_or_else(|| LifecycleError::new_err("cannot open(): no reactor"))
+}
+
+/// One listener for `reactors` reactors: the same socket in each one's epoll (a copy of
+/// the fd each), so whichever reactor is waiting accepts, and hands the sessions to the
+/// reactors in turn. Without SO_REUSEPORT, as the user asked: nobody else can bind the
+/// port.
+fn share(listener: OwnedFd, reactors: usize) -> std::io::Result<Vec<OwnedFd>> {
+    let mut fds = Vec::with_capacity(reactors);
+    for _ in 1..reactors {
+        fds.push(listener.try_clone()?);
+    }
+    fds.insert(0, listener);
+    Ok(fds)
+}

@@ -1,0 +1,172 @@
+//! The reactor side of the pool: each turn's events queued on the sessions' lanes, with
+//! received bytes coalesced, framed and bounded by the backlog. Reactor threads only,
+//! detached.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::lane::{Lane, Queue, Work};
+use super::Pool;
+use crate::framing::FrameDecoder;
+use crate::py::inner::LoopInner;
+use crate::py::sessions::TokenTable;
+use crate::reactor::{Event, Reactor, READ_BUDGET};
+use crate::shared::lock;
+
+/// Received-bytes buffers kept for reuse: a buffer freed by a worker and allocated again by
+/// the reactor would go back to the kernel and fault in again on every large read.
+const SPARE_BUFFERS: usize = 64;
+
+impl Pool {
+    /// Hands one turn's events to the lanes (reactor thread, detached). `lanes` maps the
+    /// reactor's tokens to the sessions' lanes.
+    pub(crate) fn distribute(
+        &self,
+        reactor: &Reactor,
+        batch: &mut Vec<Event>,
+        lanes: &mut TokenTable<Arc<Lane>>,
+        inner: &LoopInner,
+    ) {
+        for event in batch.drain(..) {
+            let (token, work) = match event {
+                Event::Opened { token, session } => {
+                    let core = Some(Arc::clone(&session));
+                    let lane = lanes.insert(token, Lane::framed(core, inner.framer.as_deref()));
+                    self.push(lane, Work::Opened(session));
+                    continue;
+                }
+                Event::Received { token, range } => {
+                    if let Some(lane) = lanes.get(token) {
+                        self.push_bytes(lane, reactor.received(range));
+                    }
+                    continue;
+                }
+                Event::Closed { token, error } => {
+                    match lanes.remove(token) {
+                        Some(lane) => self.push(&lane, Work::Closed(lane.core.clone(), error)),
+                        // Never entered (no `Session` could be made): nothing to tell.
+                        None => reactor.shared().session_closed(),
+                    }
+                    continue;
+                }
+                Event::ConnectFailed { session, error } => {
+                    self.push(&Lane::new(None), Work::ConnectFailed(session, error));
+                    continue;
+                }
+                Event::Timer { id } => {
+                    let session = lock(&self.timer_sessions).remove(&id);
+                    let lane = session.and_then(|token| lanes.get(token).cloned());
+                    self.push(lane.as_ref().unwrap_or(&self.loop_lane), Work::Timer(id));
+                    continue;
+                }
+                Event::AcceptPaused { error } => {
+                    self.push(&self.loop_lane, Work::AcceptPaused(error));
+                    continue;
+                }
+                Event::Eof { token } => (token, Work::Eof),
+                Event::Drained { token } => (token, Work::Drained),
+                Event::PauseWriting { token } => (token, Work::PauseWriting),
+                Event::ResumeWriting { token } => (token, Work::ResumeWriting),
+                Event::ReadingResumed { token } => (token, Work::ReadingResumed),
+                Event::Stopping { token } => (token, Work::Stop),
+            };
+            if let Some(lane) = lanes.get(token) {
+                self.push(lane, work);
+            }
+        }
+    }
+
+    pub(super) fn push(&self, lane: &Arc<Lane>, work: Work) {
+        let mut queue = lock(&lane.queue);
+        queue.items.push_back(work);
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.schedule(lane, queue);
+    }
+
+    /// Queues received bytes, with the bytes queued before them if those wait still (one
+    /// `on_recv` for both), and holds the session's reading past the backlog.
+    fn push_bytes(&self, lane: &Arc<Lane>, data: &[u8]) {
+        let mut decoder = lock(&lane.decoder);
+        if let Some(decoder) = decoder.as_mut() {
+            return self.push_messages(lane, decoder, data);
+        }
+        drop(decoder);
+        let mut queue = lock(&lane.queue);
+        queue.bytes += data.len();
+        match queue.items.back_mut() {
+            // One on_recv gets at most what one wakeup reads without a pool.
+            Some(Work::Received(waiting)) if waiting.len() + data.len() <= READ_BUDGET => {
+                waiting.extend_from_slice(data);
+            }
+            _ => {
+                let mut buffer = lock(&self.spare).pop().unwrap_or_default();
+                buffer.extend_from_slice(data);
+                queue.items.push_back(Work::Received(buffer));
+                self.queued.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.hold_past_backlog(lane, &mut queue);
+        self.schedule(lane, queue);
+    }
+
+    /// Holds the session's reading while more than the backlog waits for its handler.
+    fn hold_past_backlog(&self, lane: &Lane, queue: &mut Queue) {
+        if queue.bytes > self.backlog && !queue.holding {
+            if let Some(core) = &lane.core {
+                queue.holding = true;
+                core.hold_reading();
+            }
+        }
+    }
+
+    /// Keeps an emptied buffer for the next read, up to [`SPARE_BUFFERS`] of them.
+    pub(super) fn recycle(&self, mut buffer: Vec<u8>) {
+        if buffer.capacity() <= 2 * READ_BUDGET {
+            buffer.clear();
+            let mut spare = lock(&self.spare);
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(buffer);
+            }
+        }
+    }
+
+    /// Cuts `data` into messages and queues them; a framing error holds the session's
+    /// reading for good (the worker closes it once the messages before have been
+    /// delivered).
+    fn push_messages(&self, lane: &Arc<Lane>, decoder: &mut FrameDecoder, data: &[u8]) {
+        let mut bytes = lock(&self.spare).pop().unwrap_or_default();
+        let mut ends = Vec::new();
+        let result = decoder.feed(data, |message| {
+            bytes.extend_from_slice(message);
+            ends.push(bytes.len());
+        });
+        let mut queue = lock(&lane.queue);
+        if !ends.is_empty() {
+            queue.bytes += bytes.len();
+            match queue.items.back_mut() {
+                Some(Work::Messages { data, ends: before })
+                    if data.len() + bytes.len() <= READ_BUDGET =>
+                {
+                    let offset = data.len();
+                    data.extend_from_slice(&bytes);
+                    before.extend(ends.iter().map(|end| end + offset));
+                }
+                _ => {
+                    queue.items.push_back(Work::Messages { data: bytes, ends });
+                    self.queued.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if let Err(err) = result {
+            queue.items.push_back(Work::FramingFailed(err));
+            self.queued.fetch_add(1, Ordering::Relaxed);
+            if let Some(core) = &lane.core {
+                queue.holding = true;
+                queue.framing_failed = true;
+                core.hold_reading();
+            }
+        }
+        self.hold_past_backlog(lane, &mut queue);
+        self.schedule(lane, queue);
+    }
+}
