@@ -16,7 +16,7 @@ use super::convert;
 use super::errors::{os_error, resolve_error, LifecycleError};
 use super::inner::{wait_in_slices, LoopInner, Phase};
 use super::session::PySession;
-use crate::shared::{lock, SessionCore};
+use crate::shared::{lock, Arrival, SessionCore};
 use crate::sys::address::{self, Address};
 use crate::sys::net;
 use std::net::SocketAddr;
@@ -169,7 +169,7 @@ pub(super) fn adopt_socket(
     lock(&inner.pending).insert(core.id, (session.clone_ref(py), own));
     if !reactor
         .shared
-        .adopt(Arc::clone(&core), fd, connect_deadline)
+        .adopt(Arc::clone(&core), fd, Arrival::Connect(connect_deadline))
     {
         lock(&inner.pending).remove(&core.id);
         return Err(LifecycleError::new_err(format!(

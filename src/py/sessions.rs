@@ -68,9 +68,4 @@ impl<T> TokenTable<T> {
             _ => None,
         }
     }
-
-    /// Takes every value out.
-    pub(super) fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
-        self.entries.drain(..).flatten().map(|(_, value)| value)
-    }
 }

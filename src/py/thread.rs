@@ -181,7 +181,7 @@ fn run_attached(
             break;
         }
     }
-    drop(entries.drain().collect::<Vec<_>>());
+    drop(entries); // attached: the entries hold Python objects
     reactor
 }
 

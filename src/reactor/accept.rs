@@ -120,7 +120,7 @@ impl Reactor {
             let core = SessionCore::new(Arc::clone(owner), peer, local, limits);
             // Counted here, at once: the next accept (on any reactor) must see it.
             self.config.open_sessions.fetch_add(1, Ordering::Relaxed);
-            if !owner.hand_over(core, stream) {
+            if !owner.adopt(core, stream, Arrival::HandedOver) {
                 forget_open_session(&self.config.open_sessions);
             }
             return;

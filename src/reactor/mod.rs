@@ -24,7 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::buffer::ReadArena;
-use crate::shared::{Command, IdleTimeout, LoopShared, Placement, SessionCore, Stats, WriteLimits};
+use crate::shared::{
+    Arrival, Command, IdleTimeout, LoopShared, Placement, SessionCore, Stats, WriteLimits,
+};
 use crate::sys::address::{self, Address};
 use crate::sys::epoll::{Events, Poller, Readiness, Token, Waker};
 use crate::sys::net::{self, SocketOptions};
@@ -478,17 +480,12 @@ impl Reactor {
                         self.flush(token);
                     }
                 }
-                Command::Adopt(core, fd, connect_deadline) => {
-                    let registered =
-                        self.register(fd, Arc::clone(&core), Origin::Adopted, connect_deadline);
-                    if let Some(token) = registered {
-                        if self.stop_deadline.is_some() {
-                            self.close_for_stop(token);
-                        }
-                    }
-                }
-                Command::HandOver(core, fd) => {
-                    let registered = self.register(fd, Arc::clone(&core), Origin::HandedOver, None);
+                Command::Adopt(core, fd, arrival) => {
+                    let (origin, connect_deadline) = match arrival {
+                        Arrival::Connect(deadline) => (Origin::Adopted, deadline),
+                        Arrival::HandedOver => (Origin::HandedOver, None),
+                    };
+                    let registered = self.register(fd, core, origin, connect_deadline);
                     if let Some(token) = registered {
                         if self.stop_deadline.is_some() {
                             self.close_for_stop(token);

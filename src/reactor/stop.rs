@@ -86,14 +86,12 @@ impl Reactor {
         self.again.clear();
         for command in self.shared.close_queue() {
             match command {
-                Command::Adopt(core, _fd, _) => {
+                Command::Adopt(core, _fd, arrival) => {
                     core.state().mark_closed();
                     self.shared.session_closed();
-                }
-                Command::HandOver(core, _fd) => {
-                    core.state().mark_closed();
-                    self.shared.session_closed();
-                    forget_open_session(&self.config.open_sessions);
+                    if arrival == Arrival::HandedOver {
+                        forget_open_session(&self.config.open_sessions);
+                    }
                 }
                 Command::Listen(fd, addr, _) => remove_unix_socket_file(fd, addr),
                 _ => {}

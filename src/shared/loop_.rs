@@ -23,11 +23,8 @@ pub enum Command {
     /// The session wants the reactor's attention: bytes to send, a close, abort or
     /// shutdown request, reading resumed, new limits or idle timeout.
     Attend(Arc<SessionCore>),
-    /// Register a client socket as a session: connected already (`Client.connect`), or
-    /// still connecting until the deadline (`Client.connect_nowait`).
-    Adopt(Arc<SessionCore>, OwnedFd, Option<Instant>),
-    /// Register a connection another reactor of the loop accepted for this one.
-    HandOver(Arc<SessionCore>, OwnedFd),
+    /// Register a socket that arrives from elsewhere as a session (see [`Arrival`]).
+    Adopt(Arc<SessionCore>, OwnedFd, Arrival),
     /// Start accepting on a listening socket.
     Listen(OwnedFd, Address, Placement),
     /// Stop: close listeners, flush and close every session, abort what is left at the
@@ -39,6 +36,18 @@ pub enum Command {
     CallSoon(u64),
     /// Forget the timer with this id, if it has not fired.
     CancelTimer(u64),
+}
+
+/// How a socket handed to a reactor as a session arrives. Either way it counts as open in
+/// the reactor's status from the moment it is queued, so `join()` cannot miss it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// From a connect call: connected already (`Client.connect`), or still connecting
+    /// until this deadline (`Client.connect_nowait`).
+    Connect(Option<Instant>),
+    /// Accepted by another reactor of the loop, which counted it in the loop's
+    /// `open_sessions` already.
+    HandedOver,
 }
 
 /// Where the sessions a listener accepts live.
@@ -216,27 +225,11 @@ impl LoopShared {
         true
     }
 
-    /// Hands a connected socket to the reactor. The session counts as open from here on,
-    /// before the reactor has registered it, so `join()` cannot miss it.
-    pub fn adopt(
-        &self,
-        core: Arc<SessionCore>,
-        fd: OwnedFd,
-        connect_deadline: Option<Instant>,
-    ) -> bool {
+    /// Queues a socket for this reactor to register as a session, counted as open at
+    /// once. Returns false if the reactor has stopped (the socket is dropped).
+    pub fn adopt(&self, core: Arc<SessionCore>, fd: OwnedFd, arrival: Arrival) -> bool {
         self.update_status(|status| status.sessions += 1);
-        let accepted = self.submit(Command::Adopt(core, fd, connect_deadline));
-        if !accepted {
-            self.session_closed();
-        }
-        accepted
-    }
-
-    /// Queues a connection another reactor accepted, counted as open at once like an
-    /// adopted one. Returns false if this reactor has stopped (the connection is dropped).
-    pub fn hand_over(&self, core: Arc<SessionCore>, fd: OwnedFd) -> bool {
-        self.update_status(|status| status.sessions += 1);
-        let accepted = self.submit(Command::HandOver(core, fd));
+        let accepted = self.submit(Command::Adopt(core, fd, arrival));
         if !accepted {
             self.session_closed();
         }

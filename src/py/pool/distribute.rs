@@ -141,7 +141,11 @@ impl Pool {
             ends.push(bytes.len());
         });
         let mut queue = lock(&lane.queue);
+        // The spare buffer goes back unless it is queued itself: only a partial message
+        // arrived, or these messages joined the ones still waiting.
+        let mut unused = Some(bytes);
         if !ends.is_empty() {
+            let bytes = unused.take().unwrap_or_default();
             queue.bytes += bytes.len();
             match queue.items.back_mut() {
                 Some(Work::Messages { data, ends: before })
@@ -150,6 +154,7 @@ impl Pool {
                     let offset = data.len();
                     data.extend_from_slice(&bytes);
                     before.extend(ends.iter().map(|end| end + offset));
+                    unused = Some(bytes);
                 }
                 _ => {
                     queue.items.push_back(Work::Messages { data: bytes, ends });
@@ -168,5 +173,8 @@ impl Pool {
         }
         self.hold_past_backlog(lane, &mut queue);
         self.schedule(lane, queue);
+        if let Some(buffer) = unused {
+            self.recycle(buffer);
+        }
     }
 }

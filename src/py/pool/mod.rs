@@ -194,10 +194,14 @@ impl Pool {
     /// A worker is done with a lane for now.
     fn lane_done(&self) {
         self.busy_workers.fetch_sub(1, Ordering::Relaxed);
-        let ready = lock(&self.ready);
-        if ready.lanes.is_empty() && self.busy_workers.load(Ordering::Relaxed) == 0 {
+        if self.is_idle(&lock(&self.ready)) {
             self.idle_changed.notify_all();
         }
+    }
+
+    /// No lane waits and no worker runs one (`ready` is the locked ready queue).
+    fn is_idle(&self, ready: &Ready) -> bool {
+        ready.lanes.is_empty() && self.busy_workers.load(Ordering::Relaxed) == 0
     }
 
     /// After the reactor finished: lets the queued work run until `deadline`, then only
@@ -207,7 +211,7 @@ impl Pool {
     pub(super) fn finish(&self, deadline: Instant) {
         let mut ready = lock(&self.ready);
         loop {
-            let idle = ready.lanes.is_empty() && self.busy_workers.load(Ordering::Relaxed) == 0;
+            let idle = self.is_idle(&ready);
             let left = deadline.saturating_duration_since(Instant::now());
             if idle || left.is_zero() {
                 break;
