@@ -29,6 +29,7 @@ pub mod reactor;
 pub mod shared;
 pub mod sys;
 pub mod timers;
+pub mod tls;
 
 #[cfg(feature = "python")]
 use pyo3::prelude::*;
@@ -50,6 +51,9 @@ fn _hamanet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::framing::PyDelimiter>()?;
     m.add_class::<py::framing::PyLengthPrefixed>()?;
     m.add_class::<py::framing::PyFixedSize>()?;
+    m.add_class::<py::tls::PyTlsServerContext>()?;
+    m.add_class::<py::tls::PyTlsClientContext>()?;
+    m.add_class::<py::tls::PyTlsInfo>()?;
     m.add_function(wrap_pyfunction!(py::options::check_framing, m)?)?;
     m.add(
         "SessionClosedError",
@@ -60,6 +64,7 @@ fn _hamanet(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<py::errors::LifecycleError>(),
     )?;
     m.add("FramingError", py.get_type::<py::errors::FramingError>())?;
+    m.add("TLSError", py.get_type::<py::errors::TLSError>())?;
     m.add(
         "WriteBufferFullError",
         py.get_type::<py::errors::WriteBufferFullError>(),

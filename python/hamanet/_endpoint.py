@@ -12,7 +12,15 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from ._hamanet import OPTIONS, LifecycleError, Loop, Session, TimerHandle
+from ._hamanet import (
+    OPTIONS,
+    LifecycleError,
+    Loop,
+    Session,
+    TimerHandle,
+    TLSClientContext,
+    TLSServerContext,
+)
 from ._handler import Handler, _is_async, bound_callbacks
 
 DEFAULT_HOST = "127.0.0.1"
@@ -158,6 +166,8 @@ class _Endpoint:
         *,
         timeout: float = DEFAULT_CONNECT_TIMEOUT,
         handler: Handler | None = None,
+        tls: TLSClientContext | None = None,
+        server_hostname: str | None = None,
     ) -> Session:
         """Starts connecting to ``host`` (an IP address) and returns the Session at once;
         the reactor finishes the connect, so this never blocks and works from a callback.
@@ -170,10 +180,15 @@ class _Endpoint:
         ``on_connect`` follows when connected. If the connect fails or times out,
         ``on_close(session, exc)`` comes instead, without an ``on_connect``; ``close()``
         before then cancels it (``on_close(session, None)``). Writes made meanwhile are
-        sent once connected."""
+        sent once connected.
+
+        With ``tls`` (a ``TLSClientContext``) the reactor also does the TLS handshake,
+        checking the certificate against ``server_hostname`` (by default ``host``);
+        ``on_connect`` follows the handshake, and a refused one is ``on_close(session,
+        TLSError)``."""
         callbacks = self._own_callbacks(handler)
         self._start_on_demand()
-        return self._loop.connect_nowait(host, port, timeout, callbacks)
+        return self._loop.connect_nowait(host, port, timeout, callbacks, tls, server_hostname)
 
     def _own_callbacks(self, handler: Handler | None) -> tuple[Any, ...] | None:
         if handler is None:
@@ -325,6 +340,7 @@ class Server(_Endpoint):
         backlog: int = DEFAULT_BACKLOG,
         reuse_port: bool = False,
         dual_stack: bool = False,
+        tls: TLSServerContext | None = None,
     ) -> tuple[str, int]:
         """Binds and listens on ``host:port`` (port 0 picks a free one); returns the bound
         address. The default host is loopback: listening on every interface takes an
@@ -332,18 +348,28 @@ class Server(_Endpoint):
         Can be called before or after start(), several times for several addresses.
         ``reuse_port=True`` (SO_REUSEPORT) lets several processes listen on one port;
         ``dual_stack=True`` makes an IPv6 listener (``host="::"``) accept IPv4 too.
+        With ``tls`` (a ``TLSServerContext``) every session of this listener is TLS: its
+        handler sees plaintext, and ``on_connect`` follows the handshake; a failed
+        handshake is ``on_close(session, TLSError)`` without an ``on_connect``.
         """
         # (host, port) for IPv6 too: flowinfo and scope_id say nothing about a listener.
-        address = self._loop.listen(host, port, backlog, bool(reuse_port), bool(dual_stack))[:2]
+        listen = self._loop.listen
+        address = listen(host, port, backlog, bool(reuse_port), bool(dual_stack), tls)[:2]
         self._addresses.append(address)
         return address
 
-    def open_unix(self, path: str | os.PathLike[str], *, backlog: int = DEFAULT_BACKLOG) -> str:
+    def open_unix(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        backlog: int = DEFAULT_BACKLOG,
+        tls: TLSServerContext | None = None,
+    ) -> str:
         """Binds and listens on a Unix domain stream socket at ``path``; returns the path.
         A socket file left behind by a dead process is replaced; one a live server owns
         raises OSError(EADDRINUSE); a path over 107 bytes raises ValueError. The file is
-        removed when the server stops."""
-        address = self._loop.listen_unix(path, backlog)
+        removed when the server stops. ``tls`` as for ``open``."""
+        address = self._loop.listen_unix(path, backlog, tls)
         self._addresses.append(address)
         return address
 
@@ -384,6 +410,8 @@ class Client(_Endpoint):
         *,
         timeout: float = DEFAULT_CONNECT_TIMEOUT,
         handler: Handler | None = None,
+        tls: TLSClientContext | None = None,
+        server_hostname: str | None = None,
     ) -> Session:
         """Connects, waiting up to ``timeout`` seconds, and returns the Session.
 
@@ -393,10 +421,15 @@ class Client(_Endpoint):
         the callbacks need belongs in ``handler``, which (if given) receives this
         session's callbacks instead of the client's handler. Call from any thread but the
         reactor's (not from a callback; see ``connect_nowait``).
+
+        With ``tls`` (a ``TLSClientContext``) it returns once the TLS handshake is done
+        too (within the context's ``handshake_timeout``), having checked the server's
+        certificate against ``server_hostname`` (by default ``host``); a refused
+        handshake raises ``TLSError`` naming why.
         """
         callbacks = self._own_callbacks(handler)
         self._ensure_started()
-        return self._loop.connect(host, port, timeout, callbacks)
+        return self._loop.connect(host, port, timeout, callbacks, tls, server_hostname)
 
     def connect_unix(
         self,

@@ -16,70 +16,100 @@ use super::convert;
 use super::errors::{os_error, resolve_error, LifecycleError};
 use super::inner::{wait_in_slices, LoopInner, Phase};
 use super::session::PySession;
-use crate::shared::{lock, Arrival, SessionCore};
+use super::tls::client_context;
+use crate::shared::{lock, Adoption, Arrival, SessionCore};
+use crate::tls::{server_name, ClientContext, Handshake, TlsStream};
+use rustls::pki_types::ServerName;
 use crate::sys::address::{self, Address};
 use crate::sys::net;
 use std::net::SocketAddr;
 
-/// Where a connect goes, and how long it may take.
-struct Remote {
+/// Where a connect goes, how long it may take, and the TLS it speaks there.
+pub(super) struct Remote {
     host: String,
     port: u16,
     timeout: Duration,
+    tls: Option<ClientTls>,
+}
+
+/// A TLS client's context and the server name it sends and checks.
+struct ClientTls {
+    context: Arc<ClientContext>,
+    name: ServerName<'static>,
+}
+
+impl ClientTls {
+    fn stream(&self) -> io::Result<TlsStream> {
+        TlsStream::client(&self.context, self.name.clone())
+    }
 }
 
 impl Remote {
     /// The checked arguments of a connect call.
-    fn from_python(
+    pub(super) fn from_python(
         host: &Bound<'_, PyAny>,
         port: &Bound<'_, PyAny>,
         timeout: &Bound<'_, PyAny>,
+        (tls, server_hostname): (Option<&Bound<'_, PyAny>>, Option<&Bound<'_, PyAny>>),
     ) -> PyResult<Remote> {
+        let host = convert::host(host)?;
+        let server_hostname = server_hostname.filter(|name| !name.is_none());
+        let tls = match client_context(tls)? {
+            Some(context) => {
+                let name = match server_hostname {
+                    Some(name) => convert::host(name)?,
+                    None => host.clone(),
+                };
+                let name = server_name(&name).map_err(PyValueError::new_err)?;
+                Some(ClientTls { context, name })
+            }
+            None if server_hostname.is_some() => {
+                return Err(PyValueError::new_err(
+                    "server_hostname is only for TLS connections: pass tls= as well",
+                ))
+            }
+            None => None,
+        };
         Ok(Remote {
-            host: convert::host(host)?,
+            host,
             port: convert::port(port)?,
             timeout: convert::timeout(timeout, "timeout")?,
+            tls,
         })
     }
 }
 
-/// `Loop.connect`: resolves `host`, connects (blocking, detached, in slices) and
-/// adopts the socket as a session.
+/// `Loop.connect`: resolves `host`, connects (blocking, detached, in slices), completes
+/// the TLS handshake if asked, and adopts the socket as a session.
 pub(super) fn connect(
     py: Python<'_>,
     inner: &Arc<LoopInner>,
-    host: &Bound<'_, PyAny>,
-    port: &Bound<'_, PyAny>,
-    timeout: &Bound<'_, PyAny>,
+    remote: Remote,
     callbacks: Option<&Bound<'_, PyTuple>>,
 ) -> PyResult<Py<PySession>> {
-    let Remote {
-        host,
-        port,
-        timeout,
-    } = Remote::from_python(host, port, timeout)?;
     check_can_connect(inner)?;
     let own = own_callbacks(callbacks)?;
-    let addrs = resolve(py, &host, port)?;
+    let addrs = resolve(py, &remote.host, remote.port)?;
     let addrs: Vec<Address> = addrs.into_iter().map(Address::Inet).collect();
-    let context = format!("{host}:{port}");
-    connect_any(py, inner, &addrs, timeout, &context, own)
+    let context = format!("{}:{}", remote.host, remote.port);
+    let to = (addrs.as_slice(), remote.timeout, remote.tls.as_ref());
+    connect_any(py, inner, to, &context, own)
 }
 
-/// `Loop.connect_nowait`: starts the connect and leaves the rest to the reactor.
+/// `Loop.connect_nowait`: starts the connect and leaves the rest (and the TLS
+/// handshake) to the reactor.
 pub(super) fn connect_nowait(
     py: Python<'_>,
     inner: &Arc<LoopInner>,
-    host: &Bound<'_, PyAny>,
-    port: &Bound<'_, PyAny>,
-    timeout: &Bound<'_, PyAny>,
+    remote: Remote,
     callbacks: Option<&Bound<'_, PyTuple>>,
 ) -> PyResult<Py<PySession>> {
     let Remote {
         host,
         port,
         timeout,
-    } = Remote::from_python(host, port, timeout)?;
+        tls,
+    } = remote;
     let own = own_callbacks(callbacks)?;
     inner.check_not_forked("connect_nowait()")?;
     if inner.phase() != Phase::Running {
@@ -99,16 +129,18 @@ pub(super) fn connect_nowait(
     let fd = net::connect_start(&addr, &inner.config.options)
         .map_err(|e| os_error(&e, Some(&context)))?;
     let local = address::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(&context)))?;
-    let deadline = Instant::now() + timeout;
-    adopt_socket(
-        py,
-        inner,
-        (addr, local),
+    let tls = match &tls {
+        Some(tls) => Some(Box::new(
+            tls.stream().map_err(|e| os_error(&e, Some(&context)))?,
+        )),
+        None => None,
+    };
+    let socket = Socket {
         fd,
-        Some(deadline),
-        "connect_nowait",
-        own,
-    )
+        connect_deadline: Some(Instant::now() + timeout),
+        tls,
+    };
+    adopt_socket(py, inner, (addr, local), socket, "connect_nowait", own)
 }
 
 /// `Loop.connect_unix`.
@@ -124,7 +156,7 @@ pub(super) fn connect_unix(
     check_can_connect(inner)?;
     let own = own_callbacks(callbacks)?;
     let context = path.display().to_string();
-    connect_any(py, inner, &[Address::Unix(path)], timeout, &context, own)
+    connect_any(py, inner, (&[Address::Unix(path)], timeout, None), &context, own)
 }
 
 /// Resolves `host` (detached: a lookup may take a while); a name that does not resolve
@@ -150,27 +182,42 @@ pub(super) fn check_can_connect(inner: &LoopInner) -> PyResult<()> {
     Ok(())
 }
 
+/// A client socket on its way to the reactor.
+struct Socket {
+    fd: OwnedFd,
+    /// Still connecting, until this deadline.
+    connect_deadline: Option<Instant>,
+    /// Its TLS connection, handshaking (`connect_nowait`) or done (`connect`).
+    tls: Option<Box<TlsStream>>,
+}
+
 /// Makes the `Session` of a client socket and hands the socket to the reactor, which
-/// finishes a connect still in progress by `connect_deadline`. The `Session` waits in
+/// finishes a connect (and a TLS handshake) still in progress. The `Session` waits in
 /// `pending` until the reactor reports it opened (or failed).
-pub(super) fn adopt_socket(
+fn adopt_socket(
     py: Python<'_>,
     inner: &Arc<LoopInner>,
     (peer, local): (Address, Address),
-    fd: OwnedFd,
-    connect_deadline: Option<Instant>,
+    socket: Socket,
     method: &str,
     own: Option<Arc<Callbacks>>,
 ) -> PyResult<Py<PySession>> {
     let limits = inner.config.limits;
     let reactor = inner.pick_reactor();
     let core = SessionCore::new(Arc::clone(&reactor.shared), peer, local, limits);
+    if let Some(tls) = socket.tls.as_deref().filter(|tls| !tls.is_handshaking()) {
+        // Handshaken on this thread: readable from the returned session at once.
+        core.set_tls(tls.info());
+    }
     let session = Py::new(py, PySession::new(Arc::clone(&core), inner.framer.clone()))?;
     lock(&inner.pending).insert(core.id, (session.clone_ref(py), own));
-    if !reactor
-        .shared
-        .adopt(Arc::clone(&core), fd, Arrival::Connect(connect_deadline))
-    {
+    let adoption = Adoption {
+        core: Arc::clone(&core),
+        fd: socket.fd,
+        arrival: Arrival::Connect(socket.connect_deadline),
+        tls: socket.tls,
+    };
+    if !reactor.shared.adopt(adoption) {
         lock(&inner.pending).remove(&core.id);
         return Err(LifecycleError::new_err(format!(
             "cannot {method}(): the client stopped"
@@ -179,12 +226,12 @@ pub(super) fn adopt_socket(
     Ok(session)
 }
 
-/// Tries each address in turn until one connects within the shared deadline.
-pub(super) fn connect_any(
+/// Tries each address in turn until one connects within the shared deadline; then
+/// completes the TLS handshake, if asked, within the context's handshake timeout.
+fn connect_any(
     py: Python<'_>,
     inner: &Arc<LoopInner>,
-    addrs: &[Address],
-    timeout: Duration,
+    (addrs, timeout, tls): (&[Address], Duration, Option<&ClientTls>),
     context: &str,
     own: Option<Arc<Callbacks>>,
 ) -> PyResult<Py<PySession>> {
@@ -213,7 +260,16 @@ pub(super) fn connect_any(
                 continue;
             }
         };
-        return adopt_socket(py, inner, (peer, local), fd, None, "connect", own);
+        let tls = match tls {
+            Some(tls) => Some(Box::new(handshake(py, inner, &fd, tls, context)?)),
+            None => None,
+        };
+        let socket = Socket {
+            fd,
+            connect_deadline: None,
+            tls,
+        };
+        return adopt_socket(py, inner, (peer, local), socket, "connect", own);
     }
     let err = last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::TimedOut));
     Err(os_error(&err, Some(context)))
@@ -277,5 +333,46 @@ fn connect_one(
     match net::take_error(fd.as_fd()).map_err(ConnectFailure::Os)? {
         None => Ok(fd),
         Some(err) => Err(ConnectFailure::Os(err)),
+    }
+}
+
+/// A client's TLS handshake on the calling thread, in detached steps and short waits (so
+/// Ctrl-C or `stop()` interrupts it), within the context's handshake timeout. A refusal
+/// raises `TLSError`.
+fn handshake(
+    py: Python<'_>,
+    inner: &LoopInner,
+    fd: &OwnedFd,
+    tls: &ClientTls,
+    context: &str,
+) -> PyResult<TlsStream> {
+    let mut stream = tls.stream().map_err(|e| os_error(&e, Some(context)))?;
+    let deadline = Instant::now() + stream.handshake_timeout;
+    loop {
+        let step = py.detach(|| stream.handshake_step(fd.as_fd()));
+        let writable = match step.map_err(|e| os_error(&e, Some(context)))? {
+            Handshake::Done => return Ok(stream),
+            Handshake::WantRead => false,
+            Handshake::WantWrite => true,
+        };
+        let ready = wait_in_slices(
+            py,
+            deadline,
+            |slice| net::wait_ready(fd.as_fd(), writable, slice).map_err(ConnectFailure::Os),
+            |py| check_interrupted(py, inner),
+        );
+        match ready {
+            Ok(true) => {}
+            Ok(false) => {
+                let message = format!(
+                    "the TLS handshake did not finish within {:.1}s",
+                    stream.handshake_timeout.as_secs_f64()
+                );
+                let err = io::Error::new(io::ErrorKind::TimedOut, message);
+                return Err(os_error(&err, Some(context)));
+            }
+            Err(ConnectFailure::Os(err)) => return Err(os_error(&err, Some(context))),
+            Err(ConnectFailure::Python(err)) => return Err(err),
+        }
     }
 }

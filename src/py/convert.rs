@@ -21,7 +21,7 @@ pub(super) const C_INT_MAX: usize = i32::MAX as usize;
 pub(super) const MAX_SIZE: usize = isize::MAX as usize;
 
 /// The type name `value` shows in an error, quoted as Python's `repr` quotes it.
-fn type_name(value: &Bound<'_, PyAny>) -> String {
+pub(super) fn type_name(value: &Bound<'_, PyAny>) -> String {
     let name = value
         .get_type()
         .name()

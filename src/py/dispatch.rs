@@ -174,16 +174,31 @@ impl<'py> Dispatcher<'_, 'py> {
         }
     }
 
-    /// `on_close` for a connect that never completed (or was never registered).
+    /// `on_close` for a connect that never completed (or was never registered), and for
+    /// an accepted TLS session whose handshake failed (a `Session` made for the purpose:
+    /// the handler learns of it, though `on_connect` never ran). An accepted session
+    /// cancelled by a stop (`reason` None) is not reported: nobody ever saw it.
     pub(super) fn connect_failed(
         &mut self,
-        session: &SessionCore,
+        session: &Arc<SessionCore>,
         reason: Py<PyAny>,
         loop_callbacks: &Callbacks,
     ) {
         let py = self.py;
-        let Some((object, own)) = lock(&self.inner.pending).remove(&session.id) else {
-            return;
+        let pending = lock(&self.inner.pending).remove(&session.id);
+        let (object, own) = match pending {
+            Some(pending) => pending,
+            None if reason.is_none(py) => return,
+            None => {
+                let framer = self.inner.framer.clone();
+                match Py::new(py, PySession::new(Arc::clone(session), framer)) {
+                    Ok(object) => (object, None),
+                    Err(err) => {
+                        self.report.error("creating the Session", session.id, &err);
+                        return;
+                    }
+                }
+            }
         };
         let callbacks = own.as_deref().unwrap_or(loop_callbacks);
         let Some(callback) = &callbacks[Callback::OnClose] else {

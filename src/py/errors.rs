@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 
 use crate::shared::Refusal;
 use crate::sys::address::ResolveError;
+use crate::tls::TlsFailure;
 
 create_exception!(
     hamanet,
@@ -41,9 +42,35 @@ create_exception!(
      start() twice or use after stop()."
 );
 
+create_exception!(
+    hamanet,
+    TLSError,
+    PyOSError,
+    "A TLS handshake or session failed: an untrusted, expired or wrong-host certificate, \
+     nothing in common with the peer, a peer that does not speak TLS, a stream truncated \
+     without close_notify; or a TLS context could not be made from its files. `reason` \
+     names the kind (UNKNOWN_CA, CERT_EXPIRED, HOSTNAME_MISMATCH, NOT_TLS, TRUNCATED, ...)."
+);
+
+impl TLSError {
+    /// A `TLSError` with its `reason` attribute set.
+    pub fn with_reason(reason: &str, message: String) -> PyErr {
+        Python::attach(|py| {
+            let err = TLSError::new_err(message);
+            // Setting an attribute on a fresh OSError instance cannot fail.
+            let _ = err.value(py).setattr("reason", reason);
+            err
+        })
+    }
+}
+
 /// An `OSError` (of the errno's own subclass) for `err`; `context` names what was being
-/// done (an address, usually) and is shown after the message.
+/// done (an address, usually) and is shown after the message. A TLS failure becomes a
+/// `TLSError`.
 pub fn os_error(err: &io::Error, context: Option<&str>) -> PyErr {
+    if let Some(failure) = err.get_ref().and_then(|e| e.downcast_ref::<TlsFailure>()) {
+        return TLSError::with_reason(failure.reason, with_context(&failure.message, context));
+    }
     let code = err.raw_os_error().or_else(|| errno_for_kind(err.kind()));
     match (code, context) {
         (Some(code), Some(context)) => {

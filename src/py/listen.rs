@@ -3,6 +3,7 @@
 //! SO_REUSEPORT socket per reactor.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 
 use pyo3::prelude::*;
 
@@ -10,9 +11,19 @@ use super::connect::resolve;
 use super::convert::{self, address_object, C_INT_MAX};
 use super::errors::{os_error, LifecycleError};
 use super::inner::LoopInner;
-use crate::shared::{Command, Placement};
+use super::tls::server_context;
+use crate::shared::{Command, Listener, Placement};
+use crate::tls::ServerContext;
 use crate::sys::address::{self, Address};
 use crate::sys::net::{self, SocketOptions};
+
+/// How a TCP listener is made, beside its address.
+pub(super) struct Listening<'a, 'py> {
+    pub(super) backlog: &'a Bound<'py, PyAny>,
+    pub(super) reuse_port: bool,
+    pub(super) dual_stack: bool,
+    pub(super) tls: Option<&'a Bound<'py, PyAny>>,
+}
 
 /// Binds and listens on `host:port`; returns the bound address.
 pub(super) fn listen<'py>(
@@ -20,13 +31,18 @@ pub(super) fn listen<'py>(
     inner: &LoopInner,
     host: &Bound<'py, PyAny>,
     port: &Bound<'py, PyAny>,
-    backlog: &Bound<'py, PyAny>,
-    reuse_port: bool,
-    dual_stack: bool,
+    how: Listening<'_, 'py>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let Listening {
+        backlog,
+        reuse_port,
+        dual_stack,
+        tls,
+    } = how;
     let port = convert::port(port)?;
     let host = convert::host(host)?;
     let backlog = convert::size(backlog, "backlog", 1..=C_INT_MAX)? as i32;
+    let tls = server_context(tls)?;
     inner.check_running("open()")?;
     let addr = resolve(py, &host, port)?[0];
     let context = format!("{host}:{port}");
@@ -54,7 +70,7 @@ pub(super) fn listen<'py>(
             Ok((fds, Placement::Here))
         })
         .map_err(|e| os_error(&e, Some(&context)))?;
-    add_listeners(py, inner, fds, placement, &context)
+    add_listeners(py, inner, fds, (placement, tls), &context)
 }
 
 /// Binds and listens on a Unix domain socket at `path`; returns the path.
@@ -63,16 +79,18 @@ pub(super) fn listen_unix<'py>(
     inner: &LoopInner,
     path: &Bound<'py, PyAny>,
     backlog: &Bound<'py, PyAny>,
+    tls: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let path = convert::unix_path(path)?;
     let backlog = convert::size(backlog, "backlog", 1..=C_INT_MAX)? as i32;
+    let tls = server_context(tls)?;
     inner.check_running("open_unix()")?;
     let context = path.display().to_string();
     let fd = py
         .detach(|| net::listen_unix(&path, backlog))
         .map_err(|e| os_error(&e, Some(&context)))?;
     let fds = share(fd, inner.reactors.len()).map_err(|e| os_error(&e, Some(&context)))?;
-    add_listeners(py, inner, fds, Placement::Spread, &context)
+    add_listeners(py, inner, fds, (Placement::Spread, tls), &context)
 }
 
 /// Hands listener `i` of `fds` (all on one address) to reactor `i`; returns the
@@ -81,7 +99,7 @@ fn add_listeners<'py>(
     py: Python<'py>,
     inner: &LoopInner,
     fds: Vec<OwnedFd>,
-    placement: Placement,
+    (placement, tls): (Placement, Option<Arc<ServerContext>>),
     context: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut object = None;
@@ -90,7 +108,13 @@ fn add_listeners<'py>(
         if object.is_none() {
             object = Some(address_object(py, &bound)?);
         }
-        if !slot.shared.submit(Command::Listen(fd, bound, placement)) {
+        let listener = Listener {
+            fd,
+            addr: bound,
+            placement,
+            tls: tls.clone(),
+        };
+        if !slot.shared.submit(Command::Listen(listener)) {
             return Err(LifecycleError::new_err("cannot open(): it has stopped"));
         }
     }

@@ -116,7 +116,10 @@ impl PyLoop {
         Ok(())
     }
 
-    /// Binds and listens on `host:port`; returns the bound address.
+    /// Binds and listens on `host:port`; returns the bound address. With `tls` (a
+    /// `TLSServerContext`) every session it accepts is TLS.
+    #[pyo3(signature = (host, port, backlog, reuse_port, dual_stack, tls=None))]
+    #[allow(clippy::too_many_arguments)] // the Python signature
     fn listen<'py>(
         &self,
         py: Python<'py>,
@@ -125,18 +128,27 @@ impl PyLoop {
         backlog: &Bound<'py, PyAny>,
         reuse_port: bool,
         dual_stack: bool,
+        tls: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        listen::listen(py, &self.inner, host, port, backlog, reuse_port, dual_stack)
+        let how = listen::Listening {
+            backlog,
+            reuse_port,
+            dual_stack,
+            tls,
+        };
+        listen::listen(py, &self.inner, host, port, how)
     }
 
     /// Binds and listens on a Unix domain socket at `path`; returns the path.
+    #[pyo3(signature = (path, backlog, tls=None))]
     fn listen_unix<'py>(
         &self,
         py: Python<'py>,
         path: &Bound<'py, PyAny>,
         backlog: &Bound<'py, PyAny>,
+        tls: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        listen::listen_unix(py, &self.inner, path, backlog)
+        listen::listen_unix(py, &self.inner, path, backlog, tls)
     }
 
     /// Starts the reactor thread.
@@ -261,8 +273,11 @@ impl PyLoop {
     }
 
     /// Connects to `host:port`, waiting up to `timeout` seconds; returns the `Session`.
-    /// `callbacks`, if given, are the session's own handler's (else the loop's).
-    #[pyo3(signature = (host, port, timeout, callbacks=None))]
+    /// `callbacks`, if given, are the session's own handler's (else the loop's). With
+    /// `tls` (a `TLSClientContext`) it also completes the TLS handshake, checking the
+    /// certificate against `server_hostname` (by default `host`).
+    #[pyo3(signature = (host, port, timeout, callbacks=None, tls=None, server_hostname=None))]
+    #[allow(clippy::too_many_arguments)] // the Python signature
     fn connect(
         &self,
         py: Python<'_>,
@@ -270,8 +285,11 @@ impl PyLoop {
         port: &Bound<'_, PyAny>,
         timeout: &Bound<'_, PyAny>,
         callbacks: Option<&Bound<'_, PyTuple>>,
+        tls: Option<&Bound<'_, PyAny>>,
+        server_hostname: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PySession>> {
-        connect::connect(py, &self.inner, host, port, timeout, callbacks)
+        let remote = connect::Remote::from_python(host, port, timeout, (tls, server_hostname))?;
+        connect::connect(py, &self.inner, remote, callbacks)
     }
 
     /// Starts connecting to `ip:port` and returns the `Session` at once; the reactor
@@ -279,7 +297,8 @@ impl PyLoop {
     /// out or is cancelled by `close()`, `on_close` comes instead (with the error, or
     /// None). Never blocks, so it may be called from a callback. `callbacks`, if given,
     /// are the session's own handler's (else the loop's).
-    #[pyo3(signature = (host, port, timeout, callbacks=None))]
+    #[pyo3(signature = (host, port, timeout, callbacks=None, tls=None, server_hostname=None))]
+    #[allow(clippy::too_many_arguments)] // the Python signature
     fn connect_nowait(
         &self,
         py: Python<'_>,
@@ -287,8 +306,11 @@ impl PyLoop {
         port: &Bound<'_, PyAny>,
         timeout: &Bound<'_, PyAny>,
         callbacks: Option<&Bound<'_, PyTuple>>,
+        tls: Option<&Bound<'_, PyAny>>,
+        server_hostname: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PySession>> {
-        connect::connect_nowait(py, &self.inner, host, port, timeout, callbacks)
+        let remote = connect::Remote::from_python(host, port, timeout, (tls, server_hostname))?;
+        connect::connect_nowait(py, &self.inner, remote, callbacks)
     }
 
     /// Connects to the Unix domain socket at `path`; returns the `Session`.

@@ -11,6 +11,7 @@
 //! inner report                  what a Loop and its thread share; logging
 //! sessions                      the open sessions' Python side
 //! session                       the Session class
+//! tls                           TLS contexts and what a handshake settled
 //! callbacks convert errors      the callback table; Python values in and out; exceptions
 //! ```
 
@@ -31,3 +32,4 @@ mod sessions;
 mod stats;
 mod thread;
 pub mod timer;
+pub mod tls;

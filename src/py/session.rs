@@ -12,6 +12,7 @@ use pyo3::types::{PyBytes, PyMemoryView};
 
 use super::convert::{address_object, optional_size, optional_timeout, MAX_SIZE};
 use super::errors::{refused, FramingError};
+use super::tls::PyTlsInfo;
 use crate::framing::Framer;
 use crate::shared::{SessionCore, WriteLimits};
 
@@ -227,6 +228,13 @@ impl PySession {
     }
 
     /// True once `close()` or `abort()` was called or the connection ended: writes fail.
+    /// What the TLS handshake settled (a `TLSInfo`); None for a plain session, and for a
+    /// TLS one until its handshake is done.
+    #[getter]
+    fn tls(&self) -> Option<PyTlsInfo> {
+        self.core.tls().map(PyTlsInfo::new)
+    }
+
     #[getter]
     fn closing(&self) -> bool {
         self.core.state().is_ending()

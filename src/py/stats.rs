@@ -66,5 +66,7 @@ fn stats_dict<'py>(
     dict.set_item("accept_pauses", stats.accept_pauses)?;
     dict.set_item("timers_fired", stats.timers_fired)?;
     dict.set_item("calls_soon", stats.calls_soon)?;
+    dict.set_item("tls_handshakes", stats.tls_handshakes)?;
+    dict.set_item("tls_failures", stats.tls_failures)?;
     Ok(dict)
 }

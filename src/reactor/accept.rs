@@ -4,21 +4,20 @@
 use super::*;
 
 impl Reactor {
-    pub(super) fn add_listener(&mut self, fd: OwnedFd, addr: Address, placement: Placement) {
+    pub(super) fn add_listener(&mut self, listener: Listener) {
         if self.stop_deadline.is_some() {
             // Opened as the server stopped: close it at once, as stop closes the others.
-            remove_unix_socket_file(fd, addr);
+            remove_unix_socket_file(listener.fd, listener.addr);
             return;
         }
-        let Some((index, token)) = self.allocate_registered(fd.as_fd(), Poller::add_listener)
+        let Some((index, token)) =
+            self.allocate_registered(listener.fd.as_fd(), Poller::add_listener)
         else {
             return;
         };
         self.slots[index] = Slot::Listener {
             generation: token.generation(),
-            fd,
-            addr,
-            placement,
+            listener,
         };
         // Connections may already be queued: an edge for them will not come.
         self.accept_ready(token);
@@ -28,28 +27,27 @@ impl Reactor {
         if self.accept_paused_until.is_some() || self.stop_deadline.is_some() {
             return;
         }
-        let Some(Slot::Listener { fd, .. }) = self.slots.get(token.slot()) else {
+        let Some(Slot::Listener { listener, .. }) = self.slots.get(token.slot()) else {
             return;
         };
+        let fd = &listener.fd;
         // A TCP listener tells how many connections are queued: exactly those are
         // accepted, and any arriving meanwhile raise a new edge. A Unix listener cannot
         // tell, so it is accepted from until EAGAIN.
         let queued = net::queued_connections(fd.as_fd());
         for _ in 0..queued.map_or(ACCEPT_BUDGET, |n| n.min(ACCEPT_BUDGET)) {
-            let Some(Slot::Listener {
-                fd,
-                addr,
-                placement,
-                ..
-            }) = self.slots.get(token.slot())
-            else {
+            let Some(Slot::Listener { listener, .. }) = self.slots.get(token.slot()) else {
                 return;
             };
-            let (listen_addr, placement) = (addr.clone(), *placement);
-            match net::accept(fd.as_fd()) {
+            match net::accept(listener.fd.as_fd()) {
                 Ok(Some((stream, peer))) => {
                     self.accept_pause_reported = false;
-                    self.open_accepted(stream, peer, listen_addr, placement);
+                    let from = Accepted {
+                        addr: listener.addr.clone(),
+                        placement: listener.placement,
+                        tls: listener.tls.clone(),
+                    };
+                    self.open_accepted(stream, peer, from);
                 }
                 Ok(None) => return,
                 Err(err) => {
@@ -73,13 +71,12 @@ impl Reactor {
         }
     }
 
-    pub(super) fn open_accepted(
-        &mut self,
-        stream: OwnedFd,
-        peer: Option<Address>,
-        listen_addr: Address,
-        placement: Placement,
-    ) {
+    pub(super) fn open_accepted(&mut self, stream: OwnedFd, peer: Option<Address>, from: Accepted) {
+        let Accepted {
+            addr: listen_addr,
+            placement,
+            tls,
+        } = from;
         self.stats.accepted += 1;
         if self
             .config
@@ -109,6 +106,11 @@ impl Reactor {
                 (peer, local)
             }
         };
+        let tls = match tls.map(|context| TlsStream::server(&context)).transpose() {
+            Ok(tls) => tls.map(Box::new),
+            // Only when out of memory (rustls's own allocations): drop the connection.
+            Err(_) => return,
+        };
         let limits = self.config.limits;
         let owner = match placement {
             Placement::Spread => self.config.siblings.next_owner(&self.shared),
@@ -120,22 +122,35 @@ impl Reactor {
             let core = SessionCore::new(Arc::clone(owner), peer, local, limits);
             // Counted here, at once: the next accept (on any reactor) must see it.
             self.config.open_sessions.fetch_add(1, Ordering::Relaxed);
-            if !owner.adopt(core, stream, Arrival::HandedOver) {
+            let adoption = Adoption {
+                core,
+                fd: stream,
+                arrival: Arrival::HandedOver,
+                tls,
+            };
+            if !owner.adopt(adoption) {
                 forget_open_session(&self.config.open_sessions);
             }
             return;
         }
         let core = SessionCore::new(Arc::clone(&self.shared), peer, local, limits);
-        self.register(stream, core, Origin::Accepted, None);
+        self.register(stream, core, Origin::Accepted, None, tls);
     }
 
     pub(super) fn close_listeners(&mut self) {
         for token in self.listener_tokens() {
-            if let Slot::Listener { fd, addr, .. } = self.vacate(token) {
-                remove_unix_socket_file(fd, addr);
+            if let Slot::Listener { listener, .. } = self.vacate(token) {
+                remove_unix_socket_file(listener.fd, listener.addr);
             }
         }
     }
+}
+
+/// The listener a connection was accepted from, as far as its session cares.
+pub(super) struct Accepted {
+    addr: Address,
+    placement: Placement,
+    tls: Option<Arc<crate::tls::ServerContext>>,
 }
 
 /// Closes a listener; for a Unix socket also removes its file, which would otherwise

@@ -9,11 +9,20 @@ impl Reactor {
         if !matches!(self.slots.get(token.slot()), Some(Slot::Session(_))) {
             return;
         }
-        let Slot::Session(session) = self.vacate(token) else {
+        let slot = self.vacate(token);
+        let Slot::Session(mut session) = slot else {
             return;
         };
         session.core.set_fd(None);
         session.core.state().mark_closed();
+        if let (Some(tls), CloseKind::Graceful, Phase::Open) =
+            (session.tls.as_deref_mut(), kind, session.phase)
+        {
+            // Closed by the reactor (idle timeout, stop) without the flush's close_notify:
+            // sent now if the socket takes it, so the peer reads a clean end.
+            tls.close_notify();
+            let _ = tls.send(session.fd.as_fd(), None, &mut self.stats.bytes_out);
+        }
         match kind {
             CloseKind::Abortive => {
                 // If this fails the close below is graceful instead; nothing is lost.
@@ -30,9 +39,10 @@ impl Reactor {
         debug_assert!(self.sessions > 0, "more sessions released than registered");
         self.sessions = self.sessions.saturating_sub(1);
         forget_open_session(&self.config.open_sessions);
-        if session.connecting {
-            // Never opened: the handler layer knows it only by its core.
-            self.connecting.retain(|(_, pending)| *pending != token);
+        if session.phase != Phase::Open {
+            // Never opened (a connect or a TLS handshake that did not finish): the handler
+            // layer knows it only by its core.
+            self.opening.retain(|(_, pending)| *pending != token);
             let core = session.core;
             self.batch.push(Event::ConnectFailed {
                 session: core,

@@ -1,4 +1,5 @@
-//! Client connects the reactor finishes (`connect_nowait`): completion and deadlines.
+//! Client connects the reactor finishes (`connect_nowait`): completion, and the deadlines
+//! of connects and TLS handshakes.
 
 use super::*;
 
@@ -11,14 +12,19 @@ impl Reactor {
         };
         match net::take_error(session.fd.as_fd()) {
             Ok(None) => {
-                session.connecting = false;
                 let core = Arc::clone(&session.core);
-                self.connecting.retain(|(_, pending)| *pending != token);
-                self.batch.push(Event::Opened {
-                    token,
-                    session: core,
-                });
-                // Writes made while connecting, and a reply that came with the handshake.
+                self.opening.retain(|(_, pending)| *pending != token);
+                if let Some(tls) = &session.tls {
+                    // Connected: now the TLS handshake, which opens it.
+                    session.phase = Phase::Handshaking;
+                    let deadline = self.now + tls.handshake_timeout;
+                    self.opening.push((deadline, token));
+                } else {
+                    session.phase = Phase::Open;
+                    self.open(token, core);
+                }
+                // Writes made while connecting (or the ClientHello), and a reply that came
+                // with the connect.
                 self.flush(token);
                 if readiness.readable || readiness.read_closed {
                     self.read(token, readiness.read_closed);
@@ -28,17 +34,32 @@ impl Reactor {
         }
     }
 
-    /// Ends the connects whose deadline has passed, with `TimedOut`.
-    pub(super) fn expire_connects(&mut self) {
+    /// Ends the connects and TLS handshakes whose deadline has passed, with `TimedOut`.
+    pub(super) fn expire_openings(&mut self) {
         let now = self.now;
         let expired: Vec<Token> = self
-            .connecting
+            .opening
             .iter()
             .filter(|(deadline, _)| *deadline <= now)
             .map(|(_, token)| *token)
             .collect();
         for token in expired {
-            let error = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+            let Some(session) = session_slot(&mut self.slots, token) else {
+                continue;
+            };
+            let error = match (&session.tls, session.phase) {
+                (Some(tls), Phase::Handshaking) => {
+                    self.stats.tls_failures += 1;
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "the TLS handshake did not finish within {:.1}s",
+                            tls.handshake_timeout.as_secs_f64()
+                        ),
+                    )
+                }
+                _ => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+            };
             self.release(token, CloseKind::Dead, Some(error));
         }
     }

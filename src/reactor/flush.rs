@@ -24,11 +24,23 @@ impl Reactor {
             self.release(token, CloseKind::Abortive, None);
             return;
         }
-        if session.connecting {
-            // Nothing can be sent yet; closing cancels the connect.
+        if session.phase != Phase::Open {
+            // Closing cancels the connect or the handshake; until it is done only the
+            // handshake's own records are sent.
             if state.close_requested {
                 drop(state);
                 self.release(token, CloseKind::Dead, None);
+                return;
+            }
+            drop(state);
+            let sent = match session.tls.as_deref_mut() {
+                Some(tls) if session.phase == Phase::Handshaking => {
+                    tls.send(fd, None, &mut self.stats.bytes_out)
+                }
+                _ => Ok(true),
+            };
+            if let Err(err) = sent {
+                self.fail(token, err);
             }
             return;
         }
@@ -59,7 +71,22 @@ impl Reactor {
             session.last_active = now;
         }
         let had_bytes = sent_directly > 0 || !state.buffer.is_empty();
-        if !state.buffer.is_empty() && !std::mem::take(&mut state.kernel_full) {
+        let mut tls = session.tls.as_deref_mut();
+        if let Some(tls) = tls.as_deref_mut() {
+            if !state.buffer.is_empty() || tls.wants_write() {
+                self.stats.sends += 1;
+                let before = self.stats.bytes_out;
+                match tls.send(fd, Some(&mut state.buffer), &mut self.stats.bytes_out) {
+                    Ok(_) if self.stats.bytes_out > before => session.last_active = now,
+                    Ok(_) => {}
+                    Err(err) => {
+                        drop(state);
+                        self.fail(token, err);
+                        return;
+                    }
+                }
+            }
+        } else if !state.buffer.is_empty() && !std::mem::take(&mut state.kernel_full) {
             self.stats.sends += 1;
             match net::send(fd, state.buffer.pending()) {
                 Ok(n) => {
@@ -88,9 +115,23 @@ impl Reactor {
             state.writing_paused = false;
             self.batch.push(Event::ResumeWriting { token });
         }
-        if buffered > 0 {
+        if buffered > 0 || tls.as_deref().is_some_and(TlsStream::wants_write) {
             // The kernel's buffer is full; EPOLLOUT will report room.
             return;
+        }
+        let ending = state.close_requested || (state.shutdown_requested && !state.fin_sent);
+        if let Some(tls) = tls.filter(|tls| ending && !tls.close_notify_sent()) {
+            // The end of the plaintext, said in TLS before the FIN.
+            tls.close_notify();
+            match tls.send(fd, None, &mut self.stats.bytes_out) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(err) => {
+                    drop(state);
+                    self.fail(token, err);
+                    return;
+                }
+            }
         }
         if state.close_requested {
             drop(state);

@@ -12,8 +12,9 @@
 //!
 //! This file holds the types and the turn itself; each phase of a turn lives beside it:
 //! `slots` (the slot table and its generations), `accept` (listeners), `refusal` (peers
-//! over `max_connections`), `connect` (connects the reactor finishes), `read`, `flush`,
-//! `close` (releasing a session), `idle` (the idle timeout) and `stop`.
+//! over `max_connections`), `connect` (connects the reactor finishes), `tls` (handshakes,
+//! and a TLS session's reads and sends), `read`, `flush`, `close` (releasing a session),
+//! `idle` (the idle timeout) and `stop`.
 
 use std::collections::VecDeque;
 use std::io;
@@ -25,12 +26,14 @@ use std::time::{Duration, Instant};
 
 use crate::buffer::ReadArena;
 use crate::shared::{
-    Arrival, Command, IdleTimeout, LoopShared, Placement, SessionCore, Stats, WriteLimits,
+    Adoption, Arrival, Command, IdleTimeout, Listener, LoopShared, Placement, SessionCore, Stats,
+    WriteLimits,
 };
 use crate::sys::address::{self, Address};
 use crate::sys::epoll::{Events, Poller, Readiness, Token, Waker};
 use crate::sys::net::{self, SocketOptions};
 use crate::timers::TimerQueue;
+use crate::tls::{TlsFailure, TlsStream};
 
 mod accept;
 mod close;
@@ -43,16 +46,21 @@ mod slots;
 mod stop;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use accept::remove_unix_socket_file;
 use close::{discard_input, CloseKind};
 use idle::IdleSweep;
-use slots::{forget_open_session, Origin, SessionSlot, Slot};
+use slots::{forget_open_session, Origin, Phase, SessionSlot, Slot};
+use tls::receive_tls;
 
 /// Most bytes one session may read in one turn before others get their go.
 pub const READ_BUDGET: usize = 256 * 1024;
 /// Most bytes all sessions together may read in one turn (plus one session's budget).
 pub const ARENA_LIMIT: usize = 4 * 1024 * 1024;
+/// The buffer that unwanted input is read away into, and a TLS session's ciphertext
+/// read into (its plaintext goes on into the arena).
+const SCRATCH_SIZE: usize = 64 * 1024;
 /// Most connections one listener accepts in one turn.
 const ACCEPT_BUDGET: usize = 256;
 /// Events taken from the kernel per wait.
@@ -232,8 +240,8 @@ pub struct Reactor {
     /// The shortest idle timeout in force (the loop's or a session's), and when to look
     /// for idle sessions next.
     idle: IdleSweep,
-    /// Sessions still connecting, with their deadlines.
-    connecting: Vec<(Instant, Token)>,
+    /// Sessions still connecting or handshaking, with their deadlines.
+    opening: Vec<(Instant, Token)>,
     /// Refused connections lingering, with their deadlines (in deadline order).
     refusals: VecDeque<(Instant, Token)>,
     /// The time of the last wakeup: one clock read per turn serves every session.
@@ -269,13 +277,13 @@ impl Reactor {
             events: Events::with_capacity(EVENTS_PER_WAIT),
             shared,
             idle: IdleSweep::new(config.idle_timeout, now),
-            connecting: Vec::new(),
+            opening: Vec::new(),
             refusals: VecDeque::new(),
             config,
             slots: Vec::new(),
             vacant: Vec::new(),
             arena: ReadArena::with_capacity(64 * 1024),
-            scratch: vec![0; 16 * 1024],
+            scratch: vec![0; SCRATCH_SIZE],
             batch: Vec::new(),
             commands: Vec::new(),
             again: Vec::new(),
@@ -418,8 +426,8 @@ impl Reactor {
                 self.accept_ready(token);
             }
         }
-        if !self.connecting.is_empty() {
-            self.expire_connects();
+        if !self.opening.is_empty() {
+            self.expire_openings();
         }
         if !self.refusals.is_empty() {
             self.expire_refusals();
@@ -446,12 +454,12 @@ impl Reactor {
             Some(Slot::Refused { .. }) => self.discard_refused(token),
             // A connect in progress reports its end as writable, or as an error.
             Some(Slot::Session(session))
-                if session.connecting
+                if session.phase == Phase::Connecting
                     && (readiness.writable || readiness.error || readiness.read_closed) =>
             {
                 self.finish_connect(token, readiness)
             }
-            Some(Slot::Session(session)) if session.connecting => {}
+            Some(Slot::Session(session)) if session.phase == Phase::Connecting => {}
             Some(Slot::Session(_)) => {
                 // Read first: data that arrived before a reset is still readable and is
                 // delivered before the error that ends the session.
@@ -480,19 +488,24 @@ impl Reactor {
                         self.flush(token);
                     }
                 }
-                Command::Adopt(core, fd, arrival) => {
+                Command::Adopt(Adoption {
+                    core,
+                    fd,
+                    arrival,
+                    tls,
+                }) => {
                     let (origin, connect_deadline) = match arrival {
                         Arrival::Connect(deadline) => (Origin::Adopted, deadline),
                         Arrival::HandedOver => (Origin::HandedOver, None),
                     };
-                    let registered = self.register(fd, core, origin, connect_deadline);
+                    let registered = self.register(fd, core, origin, connect_deadline, tls);
                     if let Some(token) = registered {
                         if self.stop_deadline.is_some() {
                             self.close_for_stop(token);
                         }
                     }
                 }
-                Command::Listen(fd, addr, placement) => self.add_listener(fd, addr, placement),
+                Command::Listen(listener) => self.add_listener(listener),
                 Command::Stop(deadline) => self.begin_stop(deadline),
                 Command::Timer(id, when) => self.timers.insert(id, when),
                 Command::CallSoon(id) => {
@@ -511,7 +524,7 @@ impl Reactor {
             self.accept_paused_until,
             self.idle.next,
             self.timers.next_deadline(),
-            self.connecting.iter().map(|(deadline, _)| *deadline).min(),
+            self.opening.iter().map(|(deadline, _)| *deadline).min(),
             self.refusals.front().map(|(deadline, _)| *deadline),
         ]
         .into_iter()

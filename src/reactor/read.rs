@@ -11,7 +11,7 @@ impl Reactor {
             return;
         };
         session.fin_reported |= read_closed;
-        if session.eof || session.connecting {
+        if session.eof || session.phase == Phase::Connecting {
             return;
         }
         if session.read_turn == turn {
@@ -23,7 +23,9 @@ impl Reactor {
         }
         {
             let state = session.core.state();
-            if state.reading_held() || state.is_closing() {
+            // A handshake goes on whatever the user asked: it brings no input yet.
+            let held = state.reading_held() && session.phase == Phase::Open;
+            if held || state.is_closing() {
                 return;
             }
         }
@@ -34,30 +36,46 @@ impl Reactor {
         session.read_turn = turn;
         let read_closed = session.fin_reported;
         let start = self.arena.len();
+        let mut taken = 0;
         let mut eof = false;
         let mut error = None;
         let mut budget_spent = false;
         loop {
-            let want = READ_BUDGET - (self.arena.len() - start);
-            match self
-                .arena
-                .fill_with(want, |buf| net::recv(session.fd.as_fd(), buf))
-            {
+            let fd = session.fd.as_fd();
+            let (want, filled) = match session.tls.as_deref_mut() {
+                None => {
+                    let want = READ_BUDGET - taken;
+                    (want, self.arena.fill_with(want, |buf| net::recv(fd, buf)))
+                }
+                Some(tls) => {
+                    // The ciphertext goes through the scratch buffer, its plaintext on
+                    // into the arena.
+                    let want = (READ_BUDGET - taken).min(self.scratch.len());
+                    let ciphertext = &mut self.scratch[..want];
+                    (want, receive_tls(tls, fd, ciphertext, &mut self.arena))
+                }
+            };
+            match filled {
                 Ok(0) => {
                     eof = true;
                     break;
                 }
-                Ok(n) if n == want => {
-                    // Budget spent with data possibly left: serve again next turn.
-                    requeue(&mut self.again, &mut session.requeued, token);
-                    budget_spent = true;
-                    break;
+                Ok(n) => {
+                    taken += n;
+                    if taken >= READ_BUDGET {
+                        // Budget spent with data possibly left: serve again next turn.
+                        requeue(&mut self.again, &mut session.requeued, token);
+                        budget_spent = true;
+                        break;
+                    }
+                    // NOTE: a short read proves the receive queue empty at that moment, and
+                    // any later arrival raises a new edge, so the extra EAGAIN read is
+                    // skipped; unless FIN was reported, which raises no further edge and
+                    // must be read.
+                    if n < want && !read_closed {
+                        break;
+                    }
                 }
-                // NOTE: a short read proves the receive queue empty at that moment, and
-                // any later arrival raises a new edge, so the extra EAGAIN read is skipped;
-                // unless FIN was reported, which raises no further edge and must be read.
-                Ok(_) if !read_closed => break,
-                Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) => {
                     error = Some(err);
@@ -65,6 +83,12 @@ impl Reactor {
                 }
             }
         }
+        if session.tls.is_some() {
+            self.after_tls_read(token, &mut eof, &mut error);
+        }
+        let Some(session) = session_slot(&mut self.slots, token) else {
+            return;
+        };
         if eof {
             session.eof = true;
         }
@@ -90,6 +114,9 @@ impl Reactor {
                 // Our FIN went out earlier: with the peer's, nothing is left to happen.
                 self.release(token, CloseKind::Graceful, None);
             }
+        } else if session.tls.as_ref().is_some_and(|tls| tls.wants_write()) {
+            // A handshake reply, a ticket or a key update to send: no edge will ask.
+            self.flush(token);
         }
     }
 

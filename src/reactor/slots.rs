@@ -61,13 +61,15 @@ impl Reactor {
     }
 
     /// Registers a session socket: accepted here, or adopted from a connect call
-    /// (counted as open when it was queued), still connecting until a deadline or not.
+    /// (counted as open when it was queued), still connecting until a deadline or not,
+    /// with its TLS connection if it has one. It opens once connected and handshaken.
     pub(super) fn register(
         &mut self,
         fd: OwnedFd,
         core: Arc<SessionCore>,
         origin: Origin,
         connect_deadline: Option<Instant>,
+        tls: Option<Box<TlsStream>>,
     ) -> Option<Token> {
         let (index, generation) = self.allocate();
         let token = Token::new(index as u32, generation);
@@ -87,7 +89,21 @@ impl Reactor {
             }
             return None;
         }
-        core.set_fd(Some(fd.as_raw_fd()));
+        if tls.is_none() {
+            // A TLS session's writes must be encrypted first: no direct sends for it.
+            core.set_fd(Some(fd.as_raw_fd()));
+        }
+        let phase = match (&connect_deadline, &tls) {
+            (Some(_), _) => Phase::Connecting,
+            (None, Some(tls)) if tls.is_handshaking() => Phase::Handshaking,
+            (None, _) => Phase::Open,
+        };
+        let tls_open = tls.is_some() && phase == Phase::Open;
+        if tls_open {
+            // Handshaken already, on the connecting thread.
+            self.stats.tls_handshakes += 1;
+        }
+        let handshake_deadline = tls.as_ref().map(|tls| self.now + tls.handshake_timeout);
         self.slots[index] = Slot::Session(SessionSlot {
             generation,
             fd,
@@ -97,8 +113,9 @@ impl Reactor {
             read_turn: 0,
             last_active: self.now,
             requeued: false,
-            connecting: connect_deadline.is_some(),
+            phase,
             broken: None,
+            tls,
         });
         self.sessions += 1;
         if origin != Origin::HandedOver {
@@ -108,15 +125,28 @@ impl Reactor {
         if origin == Origin::Accepted {
             self.shared.update_status(|status| status.sessions += 1);
         }
-        match connect_deadline {
-            // Opened once the connect completes: epoll reports it writable (or failed).
-            Some(deadline) => self.connecting.push((deadline, token)),
-            None => self.batch.push(Event::Opened {
-                token,
-                session: core,
-            }),
+        match (phase, connect_deadline, handshake_deadline) {
+            (Phase::Connecting, Some(deadline), _) | (Phase::Handshaking, _, Some(deadline)) => {
+                self.opening.push((deadline, token));
+            }
+            _ => self.open(token, core),
+        }
+        if tls_open {
+            // Handshaken on a caller's thread: what came after its handshake waits inside
+            // rustls, and no edge will say so.
+            if let Some(Slot::Session(session)) = self.slots.get_mut(index) {
+                requeue(&mut self.again, &mut session.requeued, token);
+            }
         }
         Some(token)
+    }
+
+    /// The session is connected (and handshaken): tell the handler layer.
+    pub(super) fn open(&mut self, token: Token, core: Arc<SessionCore>) {
+        self.batch.push(Event::Opened {
+            token,
+            session: core,
+        });
     }
 
     pub(super) fn listener_tokens(&self) -> Vec<Token> {
@@ -153,11 +183,24 @@ pub(super) struct SessionSlot {
     pub(super) last_active: Instant,
     /// The session is on the `again` list already.
     pub(super) requeued: bool,
-    /// A non-blocking connect is still in progress: nothing is read or sent yet.
-    pub(super) connecting: bool,
+    /// Whether it is open yet, or still connecting or handshaking.
+    pub(super) phase: Phase,
     /// The connection failed while reading was paused, with input still unread: that
     /// input is delivered after `resume_reading()`, then the session closes with this.
     pub(super) broken: Option<io::Error>,
+    /// The TLS connection of a TLS session: its plaintext is what the handler sees.
+    pub(super) tls: Option<Box<TlsStream>>,
+}
+
+/// How far a session has come: only an open one is known to the handler layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// A non-blocking connect is in progress: nothing is read or sent yet.
+    Connecting,
+    /// Connected, the TLS handshake in progress: only handshake records move.
+    Handshaking,
+    /// Open: `Event::Opened` has been reported.
+    Open,
 }
 
 pub(super) enum Slot {
@@ -166,9 +209,7 @@ pub(super) enum Slot {
     },
     Listener {
         generation: u32,
-        fd: OwnedFd,
-        addr: Address,
-        placement: Placement,
+        listener: Listener,
     },
     /// A connection refused by `max_connections`: FIN sent, its input read away until the
     /// peer's EOF (or a deadline), so the peer sees a clean EOF rather than RST.

@@ -40,6 +40,14 @@ impl Reactor {
     /// Closes a session because the reactor stops: itself, or by telling the handler
     /// layer to (see [`StopCloses`]).
     pub(super) fn close_for_stop(&mut self, token: Token) {
+        let opening = self
+            .session(token)
+            .is_some_and(|session| session.phase != Phase::Open);
+        if opening {
+            // Not open yet, so unknown to the handler layer: cancelled here.
+            self.request_close(token);
+            return;
+        }
         match self.config.stop_closes {
             StopCloses::Reactor => self.request_close(token),
             StopCloses::Handler => self.batch.push(Event::Stopping { token }),
@@ -86,14 +94,14 @@ impl Reactor {
         self.again.clear();
         for command in self.shared.close_queue() {
             match command {
-                Command::Adopt(core, _fd, arrival) => {
+                Command::Adopt(Adoption { core, arrival, .. }) => {
                     core.state().mark_closed();
                     self.shared.session_closed();
                     if arrival == Arrival::HandedOver {
                         forget_open_session(&self.config.open_sessions);
                     }
                 }
-                Command::Listen(fd, addr, _) => remove_unix_socket_file(fd, addr),
+                Command::Listen(listener) => remove_unix_socket_file(listener.fd, listener.addr),
                 _ => {}
             }
         }

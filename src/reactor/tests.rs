@@ -160,7 +160,12 @@ fn listening_reactor(config: LoopConfig) -> (Reactor, SocketAddr) {
     };
     assert!(reactor
         .shared()
-        .submit(Command::Listen(listener, bound, Placement::Here)));
+        .submit(Command::Listen(Listener {
+            fd: listener,
+            addr: bound,
+            placement: Placement::Here,
+            tls: None,
+        })));
     (reactor, addr)
 }
 
@@ -227,7 +232,12 @@ fn a_queue_longer_than_the_accept_budget_is_accepted_whole() {
     );
     assert!(reactor
         .shared()
-        .submit(Command::Listen(listener, bound, Placement::Here)));
+        .submit(Command::Listen(Listener {
+            fd: listener,
+            addr: bound,
+            placement: Placement::Here,
+            tls: None,
+        })));
     let mut opened = 0;
     turn_until(&mut reactor, |event| {
         opened += usize::from(matches!(event, Event::Opened { .. }));

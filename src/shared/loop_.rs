@@ -11,6 +11,7 @@ use super::{lock, SessionCore};
 use crate::sys::address::Address;
 use crate::sys::epoll::Waker;
 use crate::sys::fork::{close_epoll_copy, Epoch};
+use crate::tls::{ServerContext, TlsStream};
 
 thread_local! {
     /// The loop whose reactor this thread turns, if any (compared, never dereferenced).
@@ -23,10 +24,10 @@ pub enum Command {
     /// The session wants the reactor's attention: bytes to send, a close, abort or
     /// shutdown request, reading resumed, new limits or idle timeout.
     Attend(Arc<SessionCore>),
-    /// Register a socket that arrives from elsewhere as a session (see [`Arrival`]).
-    Adopt(Arc<SessionCore>, OwnedFd, Arrival),
+    /// Register a socket that arrives from elsewhere as a session.
+    Adopt(Adoption),
     /// Start accepting on a listening socket.
-    Listen(OwnedFd, Address, Placement),
+    Listen(Listener),
     /// Stop: close listeners, flush and close every session, abort what is left at the
     /// deadline, then finish.
     Stop(Instant),
@@ -36,6 +37,32 @@ pub enum Command {
     CallSoon(u64),
     /// Forget the timer with this id, if it has not fired.
     CancelTimer(u64),
+}
+
+/// A socket handed to a reactor as a session.
+#[derive(Debug)]
+pub struct Adoption {
+    /// The session it becomes.
+    pub core: Arc<SessionCore>,
+    /// The connected (or connecting) socket.
+    pub fd: OwnedFd,
+    /// Where it comes from.
+    pub arrival: Arrival,
+    /// Its TLS connection, handshaking or done, for a TLS session.
+    pub tls: Option<Box<TlsStream>>,
+}
+
+/// A listening socket handed to a reactor, and what its sessions get.
+#[derive(Debug)]
+pub struct Listener {
+    /// The listening socket.
+    pub fd: OwnedFd,
+    /// What it is bound to.
+    pub addr: Address,
+    /// Where its sessions live.
+    pub placement: Placement,
+    /// For a TLS listener, what each of its sessions handshakes with.
+    pub tls: Option<Arc<ServerContext>>,
 }
 
 /// How a socket handed to a reactor as a session arrives. Either way it counts as open in
@@ -86,6 +113,11 @@ pub struct Stats {
     pub timers_fired: u64,
     /// `call_soon_threadsafe` callbacks handed to the handler layer.
     pub calls_soon: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS sessions that failed: a handshake refused or timed out, a protocol error, a
+    /// stream truncated without `close_notify`.
+    pub tls_failures: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -101,6 +133,8 @@ impl std::ops::AddAssign for Stats {
         self.accept_pauses += other.accept_pauses;
         self.timers_fired += other.timers_fired;
         self.calls_soon += other.calls_soon;
+        self.tls_handshakes += other.tls_handshakes;
+        self.tls_failures += other.tls_failures;
     }
 }
 
@@ -227,9 +261,9 @@ impl LoopShared {
 
     /// Queues a socket for this reactor to register as a session, counted as open at
     /// once. Returns false if the reactor has stopped (the socket is dropped).
-    pub fn adopt(&self, core: Arc<SessionCore>, fd: OwnedFd, arrival: Arrival) -> bool {
+    pub fn adopt(&self, adoption: Adoption) -> bool {
         self.update_status(|status| status.sessions += 1);
-        let accepted = self.submit(Command::Adopt(core, fd, arrival));
+        let accepted = self.submit(Command::Adopt(adoption));
         if !accepted {
             self.session_closed();
         }

@@ -7,13 +7,14 @@
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use super::{lock, Command, IdleTimeout, LoopShared, WriteLimits};
 use crate::buffer::WriteBuffer;
 use crate::sys::address::Address;
 use crate::sys::epoll::Token;
+use crate::tls::TlsInfo;
 
 /// Why a session refused a write or another request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,11 +133,14 @@ pub struct SessionCore {
     /// The local address.
     pub local: Address,
     token: AtomicU64,
-    /// The socket while the reactor holds it open, else -1. Read only on the reactor
-    /// thread, where it cannot be closed underneath the reader (see `write_all`).
+    /// The socket while the reactor holds it open, else -1 (always -1 for a TLS session,
+    /// whose bytes must go through its encryption). Read only on the reactor thread,
+    /// where it cannot be closed underneath the reader (see `write_all`).
     fd: AtomicI32,
     state: Mutex<SessionState>,
     shared: Arc<LoopShared>,
+    /// What the TLS handshake settled, once it has (never, for a plain session).
+    tls: OnceLock<TlsInfo>,
 }
 
 impl std::fmt::Debug for SessionCore {
@@ -176,7 +180,18 @@ impl SessionCore {
                 ..SessionState::default()
             }),
             shared,
+            tls: OnceLock::new(),
         })
+    }
+
+    /// What the TLS handshake settled: `None` for a plain session, or until it is done.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.get()
+    }
+
+    /// Records what the handshake settled (the reactor, once, when it completes).
+    pub(crate) fn set_tls(&self, info: TlsInfo) {
+        let _ = self.tls.set(info);
     }
 
     /// The loop this session belongs to.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
-    self, sockopt, AddressFamily, Backlog, Shutdown, SockFlag, SockType, SockaddrLike,
+    self, sockopt, AddressFamily, Backlog, MsgFlags, Shutdown, SockFlag, SockType, SockaddrLike,
     SockaddrStorage, UnixAddr,
 };
 
@@ -299,7 +299,18 @@ pub fn connect_start(addr: &Address, options: &SocketOptions) -> io::Result<Owne
 /// Waits up to `timeout` for a connect started by [`connect_start`] to finish.
 /// `Ok(true)`: finished (check [`take_error`]); `Ok(false)`: still in progress.
 pub fn connect_wait(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
-    let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+    wait_ready(fd, true, timeout)
+}
+
+/// Waits up to `timeout` for `fd` to be writable (`writable`) or readable. `Ok(true)`:
+/// ready (or failed: the next call says how); `Ok(false)`: not yet.
+pub fn wait_ready(fd: BorrowedFd<'_>, writable: bool, timeout: Duration) -> io::Result<bool> {
+    let wanted = if writable {
+        PollFlags::POLLOUT
+    } else {
+        PollFlags::POLLIN
+    };
+    let mut fds = [PollFd::new(fd, wanted)];
     let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
     match nix::poll::poll(
         &mut fds,
@@ -357,6 +368,23 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: a `BorrowedFd` is open for its lifetime, which spans the call.
     unsafe { send_raw(fd.as_raw_fd(), buf) }
+}
+
+/// Sends the slices in order, as one `sendmsg`, without ever raising `SIGPIPE`.
+/// `EAGAIN` comes back as `WouldBlock`.
+pub fn send_vectored(fd: BorrowedFd<'_>, slices: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    loop {
+        match nix::sys::socket::sendmsg::<()>(
+            fd.as_raw_fd(),
+            slices,
+            &[],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Err(Errno::EINTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
 }
 
 /// [`send`] on a raw fd number, for `SessionCore::write_all`, which holds no `OwnedFd`.
