@@ -1,8 +1,15 @@
 """An echo server: every byte received is written back to the same session.
 
-    .venv/bin/python examples/echo_server.py [PORT]
+    .venv/bin/python examples/echo_server.py [PORT] [--tls CERT KEY]
 
 Binds 127.0.0.1 (port 2826 by default) and runs until Ctrl-C or SIGTERM.
+
+With ``--tls CERT KEY`` (PEM files: the certificate chain, then its private key) every
+session is TLS: ``server.open(port, tls=hamanet.TLSServerContext(cert, key))``. The
+handler does not change: it reads and writes plaintext. To try it, ``python -m trustme``
+(``pip install trustme``) writes a test CA, ``client.pem``, and a certificate for
+localhost signed by it, ``server.pem`` and ``server.key``; then
+``openssl s_client -connect 127.0.0.1:2826 -CAfile client.pem -servername localhost``.
 
 The fast path is a single ``session.write(data)`` per wakeup: ``data`` is everything read
 from the session in this wakeup, and the reactor sends it after the batch (a write of
@@ -20,6 +27,7 @@ does. The watermarks are well above one message of a peer that does read (asynci
 about a third more CPU), so the callbacks run only for peers that fall behind.
 """
 
+import argparse
 import contextlib
 import signal
 import sys
@@ -42,13 +50,19 @@ class Echo(hamanet.Handler):
 
 
 def main() -> None:
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 2826
+    parser = argparse.ArgumentParser(description="An echo server on hamanet.")
+    parser.add_argument("port", nargs="?", type=int, default=2826)
+    parser.add_argument(
+        "--tls", nargs=2, metavar=("CERT", "KEY"), help="serve TLS with this certificate and key"
+    )
+    args = parser.parse_args()
+    tls = hamanet.TLSServerContext(*args.tls) if args.tls else None
     server = hamanet.Server(Echo(), write_high=WRITE_HIGH, write_low=WRITE_LOW)
-    server.open(port)
+    server.open(args.port, tls=tls)
     # SIGTERM (how benchmarks and supervisors stop servers) stops as cleanly as Ctrl-C:
     # join() stops the server before it lets the SystemExit through.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    print(f"echo: listening on 127.0.0.1:{server.port}", flush=True)
+    print(f"echo: listening on 127.0.0.1:{server.port}" + (" (TLS)" if tls else ""), flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
 

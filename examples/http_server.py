@@ -1,6 +1,7 @@
 """An HTTP/1.1 server: ``GET /`` answers ``Hello, World!``, keep-alive and pipelining.
 
     .venv/bin/python examples/http_server.py [PORT] [--head-timeout S] [--keepalive-timeout S]
+                                             [--tls CERT KEY]
 
 Binds 127.0.0.1 (port 8080 by default) and runs until Ctrl-C or SIGTERM. Try it with
 ``curl -i http://127.0.0.1:8080/`` or ``wrk -c 100 http://127.0.0.1:8080/``. The protocol
@@ -22,6 +23,12 @@ and two deadlines, so that no client holds a connection without using it:
 
 Whichever deadline comes first applies. ``new_server()`` builds the server with its
 handler wired to it (the head deadline needs the server's timers).
+
+With ``--tls CERT KEY`` (PEM files) it serves HTTPS, advertising ALPN ``http/1.1``; the
+handler is the same (TLS sits under the session: deadlines and flow control see
+plaintext). To try it, ``python -m trustme`` (``pip install trustme``) writes a test CA,
+``client.pem``, and a certificate for localhost, ``server.pem`` and ``server.key``:
+``--tls server.pem server.key``, then ``curl --cacert client.pem https://localhost:8080/``.
 """
 
 from __future__ import annotations
@@ -156,16 +163,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds without traffic before a connection is closed quietly "
         f"(default: {KEEPALIVE_TIMEOUT:g}; 'none' to turn it off)",
     )
+    parser.add_argument(
+        "--tls", nargs=2, metavar=("CERT", "KEY"), help="serve HTTPS with this certificate and key"
+    )
     return parser.parse_args(argv)
 
 
 def main() -> None:
     args = parse_args()
+    tls = None
+    if args.tls:
+        tls = hamanet.TLSServerContext(*args.tls, alpn_protocols=["http/1.1"])
     server = new_server(args.head_timeout, args.keepalive_timeout)
-    server.open(args.port)
+    server.open(args.port, tls=tls)
     # SIGTERM stops as cleanly as Ctrl-C: join() stops the server, then lets SystemExit out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    print(f"http: listening on http://127.0.0.1:{server.port}/", flush=True)
+    scheme = "https" if tls else "http"
+    print(f"http: listening on {scheme}://127.0.0.1:{server.port}/", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
 

@@ -1,6 +1,7 @@
 """An in-memory key-value server speaking the Redis protocol (RESP2), on hamanet.
 
     .venv/bin/python examples/redis_server.py [PORT] [--max-request BYTES] [--max-multibulk N]
+                                              [--tls CERT KEY]
     redis-cli -p PORT set greeting hello          # then: get greeting, incr n, mget ...
     redis-benchmark -p PORT -t ping,set,get -P 16 -q
 
@@ -16,6 +17,11 @@ arguments weigh as much as 64 MiB of data; an array header announcing more than
 `--max-multibulk` elements (1024 * 1024, as in Redis) is refused at once. Either gets
 `-ERR Protocol error: ...` and the connection is closed. Replies that pile up because the
 client does not read them stop the server reading it (below).
+
+With `--tls CERT KEY` (PEM files) every connection is TLS, as on Redis's own `tls-port`:
+`redis-cli --tls --cacert CA -p PORT ping`, and `redis-benchmark --tls --cacert CA ...`.
+To try it, `python -m trustme` (`pip install trustme`) writes a test CA, `client.pem`, and
+a certificate for localhost, `server.pem` and `server.key`: `--tls server.pem server.key`.
 """
 
 from __future__ import annotations
@@ -78,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="most elements one request array may announce (default: 1048576)",
     )
+    parser.add_argument(
+        "--tls", nargs=2, metavar=("CERT", "KEY"), help="serve TLS with this certificate and key"
+    )
     args = parser.parse_args(argv)
     if args.max_request < 1 or args.max_multibulk < 1:
         parser.error("--max-request and --max-multibulk must be at least 1")
@@ -86,11 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    tls = hamanet.TLSServerContext(*args.tls) if args.tls else None
     server = hamanet.Server(RedisHandler(args.max_request, args.max_multibulk))
-    server.open(args.port)
+    server.open(args.port, tls=tls)
     # SIGTERM (how benchmarks and supervisors stop servers) stops as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    print(f"redis: listening on 127.0.0.1:{server.port}", flush=True)
+    print(f"redis: listening on 127.0.0.1:{server.port}" + (" (TLS)" if tls else ""), flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
 

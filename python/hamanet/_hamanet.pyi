@@ -26,6 +26,10 @@ __all__ = [
     "Loop",
     "Session",
     "SessionClosedError",
+    "TLSClientContext",
+    "TLSError",
+    "TLSInfo",
+    "TLSServerContext",
     "TimerHandle",
     "WriteBufferFullError",
     "__version__",
@@ -51,6 +55,64 @@ class FramingError(ValueError):
 
 class WriteBufferFullError(BufferError):
     """A write would take the session's buffer past max_write_buffer; nothing was written."""
+
+class TLSError(OSError):
+    """A TLS handshake or session failed, or a context could not be made from its files."""
+
+    reason: str
+
+_Version = str | Any  # "TLSv1.2" / "TLSv1.3", or ssl.TLSVersion.TLSv1_2 / TLSv1_3
+_Path = str | PathLike[str]
+
+@final
+class TLSServerContext:
+    """A server's TLS settings, for ``Server.open(port, tls=...)``."""
+
+    def __new__(
+        cls,
+        certfile: _Path,
+        keyfile: _Path,
+        *,
+        alpn_protocols: Iterable[str | bytes] | None = None,
+        client_cafile: _Path | None = None,
+        client_cert_required: bool = True,
+        minimum_version: _Version | None = None,
+        handshake_timeout: float | None = None,
+        session_tickets: int | None = None,
+    ) -> TLSServerContext: ...
+
+@final
+class TLSClientContext:
+    """A client's TLS settings, for ``Client.connect(host, port, tls=...)``."""
+
+    def __new__(
+        cls,
+        cafile: _Path | None = None,
+        *,
+        alpn_protocols: Iterable[str | bytes] | None = None,
+        certfile: _Path | None = None,
+        keyfile: _Path | None = None,
+        minimum_version: _Version | None = None,
+        handshake_timeout: float | None = None,
+        insecure_skip_verify: bool = False,
+    ) -> TLSClientContext: ...
+
+@final
+class TLSInfo:
+    """What a session's TLS handshake settled (``session.tls``)."""
+
+    @property
+    def version(self) -> str: ...
+    @property
+    def cipher(self) -> str: ...
+    @property
+    def alpn_protocol(self) -> str | None: ...
+    @property
+    def server_name(self) -> str | None: ...
+    @property
+    def peer_certificate(self) -> bytes | None: ...
+    @property
+    def peer_certificates(self) -> list[bytes]: ...
 
 @disjoint_base
 class Framing:
@@ -130,6 +192,8 @@ class Session:
     @property
     def write_buffer_size(self) -> int: ...
     @property
+    def tls(self) -> TLSInfo | None: ...
+    @property
     def closing(self) -> bool: ...
     @property
     def closed(self) -> bool: ...
@@ -154,9 +218,17 @@ class Loop:
     def __new__(cls, owner: str = "Loop", **options: Any) -> Loop: ...
     def set_callbacks(self, callbacks: tuple[_Callback, ...]) -> None: ...
     def listen(
-        self, host: str, port: int, backlog: int, reuse_port: bool, dual_stack: bool
+        self,
+        host: str,
+        port: int,
+        backlog: int,
+        reuse_port: bool,
+        dual_stack: bool,
+        tls: TLSServerContext | None = None,
     ) -> _Address: ...
-    def listen_unix(self, path: str | PathLike[str], backlog: int) -> str: ...
+    def listen_unix(
+        self, path: str | PathLike[str], backlog: int, tls: TLSServerContext | None = None
+    ) -> str: ...
     def connect_unix(
         self,
         path: str | PathLike[str],
@@ -164,7 +236,13 @@ class Loop:
         callbacks: tuple[_Callback, ...] | None = None,
     ) -> Session: ...
     def connect_nowait(
-        self, host: str, port: int, timeout: float, callbacks: tuple[_Callback, ...] | None = None
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        callbacks: tuple[_Callback, ...] | None = None,
+        tls: TLSClientContext | None = None,
+        server_hostname: str | None = None,
     ) -> Session: ...
     def call_at(
         self,
@@ -202,7 +280,13 @@ class Loop:
     def wait(self, timeout: float) -> bool: ...
     def wait_idle(self, timeout: float) -> bool: ...
     def connect(
-        self, host: str, port: int, timeout: float, callbacks: tuple[_Callback, ...] | None = None
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        callbacks: tuple[_Callback, ...] | None = None,
+        tls: TLSClientContext | None = None,
+        server_hostname: str | None = None,
     ) -> Session: ...
     def on_handler_thread(self) -> bool: ...
     @property

@@ -18,10 +18,10 @@ use super::inner::{wait_in_slices, LoopInner, Phase};
 use super::session::PySession;
 use super::tls::client_context;
 use crate::shared::{lock, Adoption, Arrival, SessionCore};
-use crate::tls::{server_name, ClientContext, Handshake, TlsStream};
-use rustls::pki_types::ServerName;
 use crate::sys::address::{self, Address};
 use crate::sys::net;
+use crate::tls::{server_name, ClientContext, Handshake, TlsStream};
+use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 
 /// Where a connect goes, how long it may take, and the TLS it speaks there.
@@ -156,7 +156,13 @@ pub(super) fn connect_unix(
     check_can_connect(inner)?;
     let own = own_callbacks(callbacks)?;
     let context = path.display().to_string();
-    connect_any(py, inner, (&[Address::Unix(path)], timeout, None), &context, own)
+    connect_any(
+        py,
+        inner,
+        (&[Address::Unix(path)], timeout, None),
+        &context,
+        own,
+    )
 }
 
 /// Resolves `host` (detached: a lookup may take a while); a name that does not resolve

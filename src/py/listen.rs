@@ -13,9 +13,9 @@ use super::errors::{os_error, LifecycleError};
 use super::inner::LoopInner;
 use super::tls::server_context;
 use crate::shared::{Command, Listener, Placement};
-use crate::tls::ServerContext;
 use crate::sys::address::{self, Address};
 use crate::sys::net::{self, SocketOptions};
+use crate::tls::ServerContext;
 
 /// How a TCP listener is made, beside its address.
 pub(super) struct Listening<'a, 'py> {

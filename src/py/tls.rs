@@ -77,7 +77,11 @@ impl PyTlsServerContext {
             Some(path) => format!(
                 ", client_cafile={:?}, client_cert_required={}",
                 path.display().to_string(),
-                if s.client_cert_required { "True" } else { "False" }
+                if s.client_cert_required {
+                    "True"
+                } else {
+                    "False"
+                }
             ),
         };
         format!(
@@ -310,7 +314,9 @@ fn version_name(version: Version) -> &'static str {
 fn handshake(value: Option<&Bound<'_, PyAny>>) -> PyResult<std::time::Duration> {
     match value {
         Some(value) => convert::timeout(value, "handshake_timeout"),
-        None => Ok(std::time::Duration::from_secs_f64(DEFAULT_HANDSHAKE_TIMEOUT)),
+        None => Ok(std::time::Duration::from_secs_f64(
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        )),
     }
 }
 
@@ -331,7 +337,9 @@ fn config_error(err: ConfigError) -> PyErr {
 }
 
 /// The `tls=` argument of `open()`: None, or a `TLSServerContext`.
-pub(super) fn server_context(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Arc<ServerContext>>> {
+pub(super) fn server_context(
+    value: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<Arc<ServerContext>>> {
     let Some(value) = value.filter(|value| !value.is_none()) else {
         return Ok(None);
     };
@@ -342,7 +350,9 @@ pub(super) fn server_context(value: Option<&Bound<'_, PyAny>>) -> PyResult<Optio
 }
 
 /// The `tls=` argument of `connect()`: None, or a `TLSClientContext`.
-pub(super) fn client_context(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Arc<ClientContext>>> {
+pub(super) fn client_context(
+    value: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<Arc<ClientContext>>> {
     let Some(value) = value.filter(|value| !value.is_none()) else {
         return Ok(None);
     };

@@ -47,6 +47,8 @@ mod stop;
 #[cfg(test)]
 mod tests;
 mod tls;
+#[cfg(test)]
+mod tls_tests;
 
 use accept::remove_unix_socket_file;
 use close::{discard_input, CloseKind};

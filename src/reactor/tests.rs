@@ -8,7 +8,15 @@ use std::thread::JoinHandle;
 /// A reactor on its own thread whose plain-Rust "handler" echoes every byte and closes
 /// a session at the peer's EOF. The thread returns a log of what happened.
 fn echo_reactor() -> (SocketAddr, Arc<LoopShared>, JoinHandle<Vec<String>>) {
-    let (mut reactor, addr) = listening_reactor(LoopConfig::default());
+    echo_reactor_with(None)
+}
+
+/// [`echo_reactor`] whose listener is TLS with `tls`; the log names a TLS failure's
+/// reason.
+pub(super) fn echo_reactor_with(
+    tls: Option<Arc<crate::tls::ServerContext>>,
+) -> (SocketAddr, Arc<LoopShared>, JoinHandle<Vec<String>>) {
+    let (mut reactor, addr) = listening_reactor_with(LoopConfig::default(), tls);
     let shared = Arc::clone(reactor.shared());
     let thread = std::thread::spawn(move || {
         let mut log = Vec::new();
@@ -34,8 +42,11 @@ fn echo_reactor() -> (SocketAddr, Arc<LoopShared>, JoinHandle<Vec<String>>) {
                         sessions[token.slot()].as_ref().expect("session").close();
                         log.push("eof".to_owned());
                     }
+                    Event::ConnectFailed { error, .. } => {
+                        reactor.shared().session_closed();
+                        log.push(format!("failed {}", describe(error.as_ref())));
+                    }
                     Event::Drained { .. }
-                    | Event::ConnectFailed { .. }
                     | Event::PauseWriting { .. }
                     | Event::ResumeWriting { .. }
                     | Event::Timer { .. }
@@ -46,7 +57,7 @@ fn echo_reactor() -> (SocketAddr, Arc<LoopShared>, JoinHandle<Vec<String>>) {
                         sessions[token.slot()] = None;
                         reactor.shared().session_closed();
 
-                        log.push(format!("closed {:?}", error.as_ref().map(|e| e.kind())));
+                        log.push(format!("closed {}", describe(error.as_ref())));
                     }
                 }
             }
@@ -56,7 +67,18 @@ fn echo_reactor() -> (SocketAddr, Arc<LoopShared>, JoinHandle<Vec<String>>) {
     (addr, shared, thread)
 }
 
-fn stop(shared: &LoopShared, thread: JoinHandle<Vec<String>>) -> Vec<String> {
+/// An error as the log shows it: its kind, or a TLS failure's reason.
+fn describe(error: Option<&io::Error>) -> String {
+    let Some(error) = error else {
+        return "None".to_owned();
+    };
+    match error.get_ref().and_then(|e| e.downcast_ref::<TlsFailure>()) {
+        Some(failure) => format!("TLS {}", failure.reason),
+        None => format!("Some({:?})", error.kind()),
+    }
+}
+
+pub(super) fn stop(shared: &LoopShared, thread: JoinHandle<Vec<String>>) -> Vec<String> {
     assert!(shared.submit(Command::Stop(Instant::now() + Duration::from_secs(5))));
     let log = thread.join().expect("reactor thread");
     assert!(shared.status().sessions == 0);
@@ -123,7 +145,7 @@ fn sessions_never_see_each_others_bytes() {
 
 /// `len` bytes unique to `seed` that never repeat with a short period, so bytes
 /// misplaced by any distance (or taken from another session) are seen.
-fn pattern(seed: u32, len: u32) -> Vec<u8> {
+pub(super) fn pattern(seed: u32, len: u32) -> Vec<u8> {
     (0..len)
         .map(|i| ((i ^ seed.wrapping_mul(0x85EB_CA6B)).wrapping_mul(0x9E37_79B1) >> 24) as u8)
         .collect()
@@ -151,6 +173,14 @@ fn ensure_open_files(want: u64) {
 
 /// A reactor listening on a free loopback port.
 fn listening_reactor(config: LoopConfig) -> (Reactor, SocketAddr) {
+    listening_reactor_with(config, None)
+}
+
+/// A reactor listening on a free loopback port, with TLS if `tls` is given.
+fn listening_reactor_with(
+    config: LoopConfig,
+    tls: Option<Arc<crate::tls::ServerContext>>,
+) -> (Reactor, SocketAddr) {
     let reactor = Reactor::new(config).expect("reactor");
     let any_port = "127.0.0.1:0".parse().expect("addr");
     let listener = net::listen(any_port, 64, false, &reactor.config().options).expect("listen");
@@ -158,14 +188,12 @@ fn listening_reactor(config: LoopConfig) -> (Reactor, SocketAddr) {
     let Address::Inet(addr) = bound else {
         panic!("not inet")
     };
-    assert!(reactor
-        .shared()
-        .submit(Command::Listen(Listener {
-            fd: listener,
-            addr: bound,
-            placement: Placement::Here,
-            tls: None,
-        })));
+    assert!(reactor.shared().submit(Command::Listen(Listener {
+        fd: listener,
+        addr: bound,
+        placement: Placement::Here,
+        tls,
+    })));
     (reactor, addr)
 }
 
@@ -230,14 +258,12 @@ fn a_queue_longer_than_the_accept_budget_is_accepted_whole() {
         Some(count),
         "the accept queue must hold {count} connections (is net.core.somaxconn lower?)"
     );
-    assert!(reactor
-        .shared()
-        .submit(Command::Listen(Listener {
-            fd: listener,
-            addr: bound,
-            placement: Placement::Here,
-            tls: None,
-        })));
+    assert!(reactor.shared().submit(Command::Listen(Listener {
+        fd: listener,
+        addr: bound,
+        placement: Placement::Here,
+        tls: None,
+    })));
     let mut opened = 0;
     turn_until(&mut reactor, |event| {
         opened += usize::from(matches!(event, Event::Opened { .. }));

@@ -9,9 +9,7 @@ mod session;
 use std::sync::{Mutex, MutexGuard};
 
 pub use limits::{IdleTimeout, LimitsError, WriteLimits};
-pub use loop_::{
-    Adoption, Arrival, Command, Listener, LoopShared, LoopStatus, Placement, Stats,
-};
+pub use loop_::{Adoption, Arrival, Command, Listener, LoopShared, LoopStatus, Placement, Stats};
 pub use session::{Refusal, SessionCore, SessionState};
 
 /// Locks `mutex`, ignoring poisoning: every critical section in this crate is a few

@@ -62,7 +62,13 @@ impl TlsFailure {
         if not_tls {
             let text: String = first_bytes
                 .iter()
-                .map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' })
+                .map(|&b| {
+                    if b.is_ascii_graphic() || b == b' ' {
+                        b as char
+                    } else {
+                        '.'
+                    }
+                })
                 .collect();
             let looks_http = first_bytes.iter().take(3).all(u8::is_ascii_uppercase);
             let hint = if looks_http {
@@ -108,7 +114,10 @@ fn certificate(err: &CertificateError) -> TlsFailure {
             "HOSTNAME_MISMATCH",
             "it is not valid for the name asked for".to_string(),
         ),
-        CertificateError::NotValidForNameContext { expected, presented } => (
+        CertificateError::NotValidForNameContext {
+            expected,
+            presented,
+        } => (
             "HOSTNAME_MISMATCH",
             format!(
                 "it is not valid for {:?} (it names {})",
@@ -160,7 +169,11 @@ mod tests {
     fn plain_http_is_named() {
         let failure = TlsFailure::from_rustls(&Error::DecryptError, b"GET / HT");
         assert_eq!(failure.reason, "NOT_TLS");
-        assert!(failure.message.contains("plain HTTP"), "{}", failure.message);
+        assert!(
+            failure.message.contains("plain HTTP"),
+            "{}",
+            failure.message
+        );
     }
 
     #[test]

@@ -88,9 +88,13 @@ impl TlsStream {
     /// The client side of a new connection to `name`.
     pub fn client(context: &ClientContext, name: ServerName<'static>) -> io::Result<Self> {
         let asked = name.to_str().into_owned();
-        let conn = ClientConnection::new(Arc::clone(&context.config), name)
-            .map_err(io::Error::other)?;
-        Ok(TlsStream::new(conn.into(), Some(asked), context.handshake_timeout))
+        let conn =
+            ClientConnection::new(Arc::clone(&context.config), name).map_err(io::Error::other)?;
+        Ok(TlsStream::new(
+            conn.into(),
+            Some(asked),
+            context.handshake_timeout,
+        ))
     }
 
     fn new(conn: Connection, client_name: Option<String>, handshake_timeout: Duration) -> Self {
