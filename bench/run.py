@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import summary
+from benchlib import summary, tls
 from benchlib.catalog import (
     BASELINE,
     BENCH,
@@ -132,6 +132,11 @@ def main() -> int:
         raise SystemExit("no scenario left to run")
     command = os.environ.get("BENCH_COMMAND") or shlex.join(["bench/run.py", *sys.argv[1:]])
 
+    # The TLS scenarios' certificates: fresh for this run, deleted when it ends.
+    tls_files, tls_dir = tls.make_files() if any(sc.tls for sc in scenarios) else (None, None)
+    if tls_files is not None:
+        print(f"TLS certificates for this run in {tls_files.directory}", flush=True)
+
     if not args.no_build:
         build_crates()
     raise_nofile_limit()
@@ -155,13 +160,21 @@ def main() -> int:
     results = []
 
     def serving(sc):  # the servers that have a program for this scenario (in run order)
-        return [s for s in servers if s.argv_for(sc.app) is not None]
+        return [
+            s for s in servers if s.argv_for(sc.app) is not None and s.missing_for(sc.app) is None
+        ]
+
+    for sc in scenarios:
+        for s in servers:
+            why = s.argv_for(sc.app) is not None and s.missing_for(sc.app)
+            if why:
+                print(f"note: {s.name} is left out of {sc.name}: {why}", flush=True)
 
     total = sum(len(serving(sc)) for sc in scenarios) * rounds
     for sc in scenarios:
         for round_no in range(1, rounds + 1):
             for server in serving(sc):
-                r = measure(server, sc, round_no, timing, cpus)
+                r = measure(server, sc, round_no, timing, cpus, tls_files)
                 results.append(r)
                 print(progress(len(results), total, r, sc), flush=True)
     elapsed = time.monotonic() - started
@@ -176,6 +189,7 @@ def main() -> int:
     tp_headline = summary.throughput_table(grid, scenarios, names) if by_throughput else ""
     tp_details = summary.throughput_details(grid, scenarios, names) if by_throughput else ""
     targets = summary.target_lines(results, grid)
+    tls_costs = summary.tls_cost_lines(grid, scenarios, names)
     failures = summary.failure_lines(results)
     if echo:
         print()
@@ -198,6 +212,8 @@ def main() -> int:
         print(tp_details)
     if targets:
         print("\nhamanet against its targets:\n" + "\n".join(targets))
+    if tls_costs:
+        print("\n" + summary.TLS_COST_TITLE + ":\n" + "\n".join(tls_costs))
     ran = {r.server for r in results}
     notes = [f"- {s.name}: {s.note}" for s in servers if s.note and s.name in ran]
     if notes:
@@ -217,16 +233,19 @@ def main() -> int:
         scenarios,
         (headline, details, tp_headline, tp_details),
         targets,
+        tls_costs,
         notes,
         failures,
     )
     (args.out / "latest.md").write_text(md)
+    if tls_dir is not None:
+        tls_dir.cleanup()
     print(f"\nwrote {args.out / 'latest.md'} and {args.out / 'latest.png'} ({elapsed:.0f} s)")
     return 1 if any(not r.ok for r in results) else 0
 
 
 def render_markdown(
-    when, command, rounds, timing, elapsed, scenarios, tables, targets, notes, failures
+    when, command, rounds, timing, elapsed, scenarios, tables, targets, tls_costs, notes, failures
 ) -> str:
     headline, details, tp_headline, tp_details = tables
     scenario_lines = "\n".join(f"- `{sc.name}`: {sc.describe()}" for sc in scenarios)
@@ -269,6 +288,8 @@ def render_markdown(
         ]
     if targets:
         parts += ["## hamanet against its targets", "", *targets, ""]
+    if tls_costs:
+        parts += [f"## {summary.TLS_COST_TITLE}", "", *tls_costs, ""]
     parts += ["## Details (medians over rounds)", ""]
     if details:
         parts += [details, ""]
@@ -330,6 +351,17 @@ def render_markdown(
         "`await loop.run_in_executor(pool, work)` then write and drain, on a "
         "`ThreadPoolExecutor` of the same size. Server CPU (every thread) is divided by "
         "the requests completed.",
+        "- TLS scenarios (`tls-rr1k`, `tls-stream100k`, `tls-handshake`, `redis-tls`, "
+        "`https`): their plain twins over TLS 1.3 with certificates made for the run "
+        "(trustme: a CA and an ECDSA P-256 certificate for localhost and 127.0.0.1). Every "
+        "client offers only TLS_AES_128_GCM_SHA256 and X25519 (the load generator is rustls "
+        "built that way; redis-benchmark and wrk get it through OPENSSL_CONF), and every "
+        "server sends no session tickets (hamanet `bench/servers/tls_echo.py` with "
+        "`session_tickets=0`; asyncio/uvloop `num_tickets = 0`); the protocol examples run "
+        "as they are. The load generator verifies the certificate and every echoed byte, "
+        "sends close_notify before its FIN and requires the server's close_notify before "
+        "its FIN; tls-handshake is a full handshake per connection (no resumption) and its "
+        "target is handshakes per server CPU-second, the inverse of its CPU per connection.",
         "",
     ]
     if notes:

@@ -8,16 +8,23 @@ are, asyncio and uvloop run the very same protocol classes (examples/protocols/)
 `asyncio.Protocol`. The work scenarios (`blocking`, `hash`) are echo servers whose handler
 does blocking work per chunk first (a 5 ms sleep, a SHA-256): hamanet on its worker pool
 (and, for scale, with `workers=0`), asyncio and uvloop with `loop.run_in_executor` on a
-thread pool of the same size. uvloop is the baseline of every ratio.
+thread pool of the same size. The TLS scenarios (`tls-rr1k`, `tls-stream100k`,
+`tls-handshake`, `redis-tls`, `https`) are their plain twins over TLS 1.3 with fresh
+certificates (`benchlib/tls.py`), on the servers that have a TLS program. uvloop is the
+baseline of every ratio.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from benchlib.tls import CERT_ARG, KEY_ARG
 
 BENCH = Path(__file__).resolve().parent.parent
 REPO = BENCH.parent
@@ -33,6 +40,11 @@ EXECUTOR_SERVER = BENCH / "servers" / "executor_server.py"
 HASH_SERVER = BENCH / "servers" / "hash_server.py"
 BLOCKING_EXAMPLE = EXAMPLES / "blocking_server.py"
 REACTORS_ECHO = BENCH / "servers" / "reactors_echo.py"
+UVLOOP_ECHO = BENCH / "servers" / "uvloop_echo.py"
+ASYNCIO_ECHO = BENCH / "servers" / "asyncio_echo.py"
+TLS_ECHO = BENCH / "servers" / "tls_echo.py"
+# The applications served over TLS: their servers take `--tls CERT KEY`.
+TLS_APPS = ("tls-echo", "redis-tls", "https")
 # scale: reactors=1, 2, ... up to the CPUs the load generator leaves (at least 2, so a
 # 2-CPU machine still shows what a second reactor does there).
 SCALE_REACTORS = tuple(range(1, max(2, (os.cpu_count() or 2) - 1) + 1))
@@ -66,6 +78,41 @@ class Server:
             return self.argv
         return dict(self.apps).get(app)
 
+    def missing_for(self, app: str) -> str | None:
+        """Why this server cannot serve `app` here although it has a program for it: only
+        hamanet's TLS, while the built module has none."""
+        if app in TLS_APPS and self.needs_module == "hamanet" and not _hamanet_has_tls():
+            return "the built hamanet has no TLSServerContext (rebuild it: make build)"
+        return None
+
+
+@functools.cache
+def _hamanet_has_tls() -> bool:
+    """Asked of the benchmark's Python in a child process: the runner itself never loads
+    the extension module it measures."""
+    probe = "import hamanet; hamanet.TLSServerContext"
+    return subprocess.run([str(PYTHON), "-c", probe], capture_output=True).returncode == 0
+
+
+def _tls_missing(mode: str) -> str | None:
+    """Why a TLS scenario driven by `mode` cannot run here, if it cannot."""
+    if importlib.util.find_spec("trustme") is None:
+        return "trustme is not installed (bench/run.sh installs it into .venv)"
+    if mode == REDIS_BENCHMARK and not _redis_benchmark_has_tls():
+        return "this redis-benchmark was built without TLS (no --tls in its --help)"
+    return None
+
+
+@functools.cache
+def _redis_benchmark_has_tls() -> bool:
+    proc = subprocess.run(["redis-benchmark", "--help"], capture_output=True, text=True)
+    return "--tls" in proc.stdout + proc.stderr
+
+
+def _tls(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """`argv` serving TLS: the certificate files are filled in when the server starts."""
+    return (*argv, "--tls", CERT_ARG, KEY_ARG)
+
 
 def _py(script: Path) -> tuple[str, ...]:
     return (str(PYTHON), str(script))
@@ -78,6 +125,8 @@ def _logic(loop: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     return (
         ("redis", (*_py(REDIS_LOGIC_SERVER), loop)),
         ("http", (*_py(HTTP_LOGIC_SERVER), loop)),
+        ("redis-tls", _tls((*_py(REDIS_LOGIC_SERVER), loop))),
+        ("https", _tls((*_py(HTTP_LOGIC_SERVER), loop))),
         ("blocking", (*executor, loop, "sleep", "--workers", str(BLOCKING_WORKERS))),
         ("hash", (*executor, loop, "sha256", "--workers", str(HASH_WORKERS))),
     )
@@ -94,8 +143,17 @@ def _hamanet_work(blocking_workers: int, hash_workers: int) -> tuple[tuple[str, 
 
 # The run order within a round: every server runs once per scenario per round (A B C A B C).
 SERVERS = (
-    Server("uvloop", _py(BENCH / "servers" / "uvloop_echo.py"), "uvloop", apps=_logic("uvloop")),
-    Server("asyncio", _py(BENCH / "servers" / "asyncio_echo.py"), apps=_logic("asyncio")),
+    Server(
+        "uvloop",
+        _py(UVLOOP_ECHO),
+        "uvloop",
+        apps=(*_logic("uvloop"), ("tls-echo", _tls(_py(UVLOOP_ECHO)))),
+    ),
+    Server(
+        "asyncio",
+        _py(ASYNCIO_ECHO),
+        apps=(*_logic("asyncio"), ("tls-echo", _tls(_py(ASYNCIO_ECHO)))),
+    ),
     Server(
         "rloop",
         _py(BENCH / "servers" / "rloop_echo.py"),
@@ -105,7 +163,7 @@ SERVERS = (
         "peer's FIN, even when eof_received closes the transport, so it is measured without "
         "the close check and its figures are informational",
     ),
-    Server("rust-epoll", (str(RUST_ECHO),)),
+    Server("rust-epoll", (str(RUST_ECHO),), apps=(("tls-echo", _tls((str(RUST_ECHO),))),)),
     Server(
         "hamanet",
         _py(EXAMPLES / "echo_server.py"),
@@ -113,6 +171,11 @@ SERVERS = (
         apps=(
             ("redis", _py(EXAMPLES / "redis_server.py")),
             ("http", _py(EXAMPLES / "http_server.py")),
+            # TLS: the echo handler of examples/echo_server.py with session_tickets=0
+            # (bench/servers/tls_echo.py); the protocol examples as they are.
+            ("tls-echo", _tls(_py(TLS_ECHO))),
+            ("redis-tls", _tls(_py(EXAMPLES / "redis_server.py"))),
+            ("https", _tls(_py(EXAMPLES / "http_server.py"))),
             *_hamanet_work(BLOCKING_WORKERS, HASH_WORKERS),
             ("serial", (*_py(REACTORS_ECHO), "--reactors", "1")),
             ("scale", (*_py(REACTORS_ECHO), "--reactors", "1")),
@@ -170,6 +233,8 @@ class Scenario:
     # False: the server may run on every CPU (the load generator stays pinned to its own),
     # for servers that do work in parallel; True: pinned to one core, like every echo run.
     pin_server: bool = True
+    # Over TLS (benchlib/tls.py): the clients speak TLS 1.3 and verify the certificate.
+    tls: bool = False
 
     @property
     def real_client(self) -> bool:
@@ -187,6 +252,10 @@ class Scenario:
         if self.real_client and shutil.which(self.mode) is None:
             package = "redis-tools" if self.mode == REDIS_BENCHMARK else "wrk"
             return f"{self.mode} is not installed (Debian: apt-get install {package})"
+        if self.tls:
+            why = _tls_missing(self.mode)
+            if why:
+                return why
         absent = [str(p.relative_to(REPO)) for p in self.needs if not p.exists()]
         return f"{', '.join(absent)} not found" if absent else None
 
@@ -197,6 +266,19 @@ class Scenario:
         return args
 
     def describe(self) -> str:
+        if not self.tls:
+            return self._describe_plain()
+        tickets = (
+            "hamanet's example with its default session tickets, asyncio/uvloop none"
+            if self.real_client
+            else "no session tickets, no resumption"
+        )
+        return (
+            f"{self._describe_plain()}; over TLS 1.3 (TLS_AES_128_GCM_SHA256, X25519, "
+            f"ECDSA P-256 certificate; {tickets})"
+        )
+
+    def _describe_plain(self) -> str:
         if self.mode == REDIS_BENCHMARK:
             return (
                 f"redis-benchmark -t ping,set,get -P {self.depth} -c {self.conns} against the "
@@ -225,6 +307,11 @@ class Scenario:
                 "is not pinned to one CPU"
             )
         if self.mode == "accept":
+            if self.tls:
+                return (
+                    f"{self.conns} concurrent connect / full TLS handshake / echo {self.size} B "
+                    "/ close_notify and close loops"
+                )
             return f"{self.conns} concurrent connect / echo {self.size} B / close loops"
         if self.mode == "idle":
             return f"{self.conns:,} idle connections, one {self.size} B echo each"
@@ -282,6 +369,32 @@ SCENARIOS = (
         throughput=True,
         pin_server=False,  # hashlib releases the GIL: two workers can use both cores
     ),
+    # TLS: the plain scenarios above over TLS (benchlib/tls.py). tls-handshake counts
+    # connections, each a full handshake (no resumption, no tickets).
+    Scenario("tls-rr1k", "rr", conns=100, size=1024, app="tls-echo", tls=True),
+    Scenario("tls-stream100k", "rr", conns=10, size=100 * 1024, app="tls-echo", tls=True),
+    Scenario("tls-handshake", "accept", conns=50, size=64, unit="conn", app="tls-echo", tls=True),
+    Scenario(
+        "redis-tls",
+        REDIS_BENCHMARK,
+        conns=50,
+        size=3,
+        depth=16,
+        unit="req",
+        app="redis-tls",
+        needs=(EXAMPLES / "redis_server.py", EXAMPLES / "protocols" / "resp.py"),
+        tls=True,
+    ),
+    Scenario(
+        "https",
+        WRK,
+        conns=100,
+        size=0,
+        unit="req",
+        app="https",
+        needs=(EXAMPLES / "http_server.py", EXAMPLES / "protocols" / "http.py"),
+        tls=True,
+    ),
     # rr64 on hamanet with one reactor: the share of its busy time spent attached to the
     # interpreter (the serial fraction), and Amdahl's bound for more reactors.
     Scenario("serial-fraction", "rr", conns=100, size=64, app="serial", needs=(REACTORS_ECHO,)),
@@ -304,11 +417,14 @@ SCENARIOS = (
 class Target:
     """One of hamanet's targets from the issues: the median of per-round ratios of
     `server` to `against` in `scenario`, of CPU per message or request ("cpu", lower is
-    better: at most `limit`) or of requests/s ("throughput", higher is better: at least
-    `limit`, or more than it if `ahead`)."""
+    better: at most `limit`), of requests/s ("throughput", higher is better: at least
+    `limit`, or more than it if `ahead`) or of messages per server CPU-second ("per-cpu",
+    the inverse of "cpu": higher is better, like throughput, but what the server's CPU
+    buys rather than what the client got; for tls-handshake, where the load generator's
+    own handshakes could cap the rate)."""
 
     scenario: str
-    figure: str  # "cpu" or "throughput"
+    figure: str  # "cpu", "throughput" or "per-cpu"
     limit: float
     against: str = BASELINE
     ahead: bool = False
@@ -321,6 +437,7 @@ class Target:
 
     def wanted(self) -> str:
         """The target as text, e.g. `<= 0.90`, `> 1.00, higher is better`."""
+        # "throughput" and "per-cpu" are both higher-is-better.
         if self.figure == "cpu":
             return f"<= {self.limit:.2f}"
         return f"{'>' if self.ahead else '>='} {self.limit:.2f}, higher is better"
@@ -345,6 +462,21 @@ HAMANET_TARGETS = (
     Target("blocking", "cpu", 0.60),
     Target("hash", "throughput", 1.6, against="hamanet-w0"),
     Target("hash", "throughput", 1.0, ahead=True),
+    # TLS (issue 12): the echo over TLS for at most 0.6 x uvloop's server CPU per message;
+    # 1.5 x its full handshakes per server CPU-second; the real clients ahead of uvloop.
+    Target("tls-rr1k", "cpu", 0.60),
+    Target("tls-stream100k", "cpu", 0.60),
+    Target("tls-handshake", "per-cpu", 1.5),
+    Target("redis-tls", "throughput", 1.0, ahead=True),
+    Target("https", "throughput", 1.0, ahead=True),
+)
+# Each TLS scenario and its plain twin: what TLS costs a server (summary.tls_cost_lines).
+TLS_TWINS = (
+    ("tls-rr1k", "rr1k"),
+    ("tls-stream100k", "stream100k"),
+    ("tls-handshake", "accept"),
+    ("redis-tls", "redis"),
+    ("https", "http"),
 )
 # idle10k: bytes of server RSS per idle connection.
 HAMANET_IDLE_BYTES_TARGET = 600

@@ -9,12 +9,18 @@ holds a 3-byte value; http: `GET /` is a 200 with its whole body).
 
 The server's CPU time is utime + stime (every thread) from /proc/PID/stat, read just
 before the client starts and just after it exits, divided by the requests completed.
+
+Over TLS (`redis-tls`, `https`) the clients offer one configuration only (benchlib/tls.py:
+OPENSSL_CONF in their environment); redis-benchmark verifies the certificate against the
+run's CA, wrk verifies nothing (as a browser-less load tool; the plain run checks nothing
+either), and our own check afterwards verifies it.
 """
 
 from __future__ import annotations
 
 import csv
 import http.client
+import os
 import re
 import socket
 import statistics
@@ -23,6 +29,7 @@ import time
 
 from benchlib.catalog import REDIS_REQUESTS_PER_SECOND, Scenario
 from benchlib.process import CLK_TCK, RunError, RunResult, ServerProcess, Timing
+from benchlib.tls import CIPHER_SUITE, SERVER_NAME, TlsFiles
 
 REDIS_TESTS = ("PING_INLINE", "PING_MBULK", "SET", "GET")
 CHECK_TIMEOUT = 5.0
@@ -36,7 +43,11 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def run_client(argv: list[str], cpu: int, timeout: float) -> subprocess.CompletedProcess:
+def run_client(
+    argv: list[str], cpu: int, timeout: float, tls: TlsFiles | None = None
+) -> subprocess.CompletedProcess:
+    """Runs a client pinned to `cpu`; with `tls`, OpenSSL in it offers only our TLS."""
+    env = {**os.environ, **tls.client_env()} if tls is not None else None
     try:
         return subprocess.run(
             ["taskset", "-c", str(cpu), *argv],
@@ -44,6 +55,7 @@ def run_client(argv: list[str], cpu: int, timeout: float) -> subprocess.Complete
             capture_output=True,
             text=True,
             timeout=timeout,
+            env=env,
         )
     except subprocess.TimeoutExpired as e:
         raise RunError(f"{argv[0]} did not finish in {timeout:.0f} s") from e
@@ -55,9 +67,16 @@ def _tail(text: str, lines: int = 5) -> str:
 
 
 # -- redis-benchmark ----------------------------------------------------------------------
-def redis_argv(port: int, scenario: Scenario, tests: str, requests: int) -> list[str]:
+def redis_argv(
+    port: int, scenario: Scenario, tests: str, requests: int, tls: TlsFiles | None = None
+) -> list[str]:
+    secure = []
+    if tls is not None:
+        secure = ["--tls", "--cacert", str(tls.ca), "--sni", SERVER_NAME]
+        secure += ["--tls-ciphersuites", CIPHER_SUITE]
     return [
         "redis-benchmark",
+        *secure,
         "-h",
         "127.0.0.1",
         "-p",
@@ -90,18 +109,25 @@ def parse_redis_csv(out: str) -> dict[str, dict[str, float]]:
 
 
 def measure_redis(
-    srv: ServerProcess, scenario: Scenario, timing: Timing, cpu: int, res: RunResult
+    srv: ServerProcess,
+    scenario: Scenario,
+    timing: Timing,
+    cpu: int,
+    res: RunResult,
+    tls: TlsFiles | None = None,
 ) -> None:
+    tls = tls if scenario.tls else None
     timeout = 60 + 20 * (timing.warmup + timing.duration)
     if timing.warmup > 0:
         warm = max(1000, int(timing.warmup * REDIS_REQUESTS_PER_SECOND))
-        proc = run_client(redis_argv(srv.port, scenario, "set,get", warm), cpu, timeout)
+        argv = redis_argv(srv.port, scenario, "set,get", warm, tls)
+        proc = run_client(argv, cpu, timeout, tls)
         if proc.returncode != 0:
             raise RunError(f"redis-benchmark warmup failed: {_tail(proc.stdout + proc.stderr)}")
     requests = max(1000, int(timing.duration * REDIS_REQUESTS_PER_SECOND))
-    argv = redis_argv(srv.port, scenario, "ping,set,get", requests)
+    argv = redis_argv(srv.port, scenario, "ping,set,get", requests, tls)
     before, started = cpu_ticks(srv.pid), time.monotonic()
-    proc = run_client(argv, cpu, timeout)
+    proc = run_client(argv, cpu, timeout, tls)
     ticks, seconds = cpu_ticks(srv.pid) - before, time.monotonic() - started
     if proc.returncode != 0:
         raise RunError(
@@ -119,16 +145,28 @@ def measure_redis(
     res.p50_us = statistics.median(tests[t]["p50_latency_ms"] for t in REDIS_TESTS) * 1000
     res.p99_us = statistics.median(tests[t]["p99_latency_ms"] for t in REDIS_TESTS) * 1000
     res.cpu_us_per_msg = ticks / CLK_TCK * 1e6 / res.messages
-    check_redis(srv.port)
+    check_redis(srv.port, tls)
 
 
-def check_redis(port: int) -> None:
+def _connect(port: int, tls: TlsFiles | None) -> socket.socket:
+    """A connection for a check of our own: over TLS, verifying the certificate."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=CHECK_TIMEOUT)
+    if tls is None:
+        return sock
+    try:
+        return tls.client_context().wrap_socket(sock, server_hostname=SERVER_NAME)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def check_redis(port: int, tls: TlsFiles | None = None) -> None:
     """The SETs were stored: redis-benchmark's key (no -r) holds its 3-byte value."""
     request = b"*2\r\n$3\r\nGET\r\n$16\r\nkey:__rand_int__\r\n*1\r\n$4\r\nPING\r\n"
     want = len(b"$3\r\nxxx\r\n+PONG\r\n")
     reply = b""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=CHECK_TIMEOUT) as s:
+        with _connect(port, tls) as s:
             s.sendall(request)
             while len(reply) < want:
                 chunk = s.recv(4096)
@@ -172,17 +210,24 @@ def parse_wrk(out: str) -> dict[str, float]:
 
 
 def wrk_argv(port: int, scenario: Scenario, seconds: int) -> list[str]:
-    url = f"http://127.0.0.1:{port}/"
+    url = f"{'https' if scenario.tls else 'http'}://127.0.0.1:{port}/"
     return ["wrk", "-t1", f"-c{scenario.conns}", f"-d{seconds}s", "--latency", url]
 
 
 def measure_wrk(
-    srv: ServerProcess, scenario: Scenario, timing: Timing, cpu: int, res: RunResult
+    srv: ServerProcess,
+    scenario: Scenario,
+    timing: Timing,
+    cpu: int,
+    res: RunResult,
+    tls: TlsFiles | None = None,
 ) -> None:
+    tls = tls if scenario.tls else None
     # wrk takes whole seconds and has no warm-up: the connects are part of the run.
     seconds = max(1, round(timing.duration))
     before = cpu_ticks(srv.pid)
-    proc = run_client(wrk_argv(srv.port, scenario, seconds), cpu, timeout=seconds + 60)
+    argv = wrk_argv(srv.port, scenario, seconds)
+    proc = run_client(argv, cpu, timeout=seconds + 60, tls=tls)
     ticks = cpu_ticks(srv.pid) - before
     if proc.returncode != 0:
         raise RunError(f"wrk failed (exit {proc.returncode}): {_tail(proc.stdout + proc.stderr)}")
@@ -196,12 +241,19 @@ def measure_wrk(
     res.p50_us = figures["p50_us"]
     res.p99_us = figures["p99_us"]
     res.cpu_us_per_msg = ticks / CLK_TCK * 1e6 / res.messages
-    check_http(srv.port)
+    check_http(srv.port, tls)
 
 
-def check_http(port: int) -> None:
+def check_http(port: int, tls: TlsFiles | None = None) -> None:
     """`GET /` still gets a 200 with its whole body (http.client checks Content-Length)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CHECK_TIMEOUT)
+    conn: http.client.HTTPConnection
+    if tls is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CHECK_TIMEOUT)
+    else:
+        # The certificate names 127.0.0.1 too, so it is verified against the address.
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", port, timeout=CHECK_TIMEOUT, context=tls.client_context()
+        )
     try:
         conn.request("GET", "/")
         response = conn.getresponse()

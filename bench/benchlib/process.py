@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from benchlib.catalog import LOADGEN, LOADGEN_CRATE, REPO, RUST_ECHO_CRATE, Scenario, Server
+from benchlib.tls import TlsFiles
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 READY_TIMEOUT = 20.0  # a server that has not printed its ready line by then failed
@@ -237,10 +238,15 @@ def run_loadgen(
 
 
 def measure(
-    server: Server, scenario: Scenario, round_no: int, timing: Timing, cpus: Cpus
+    server: Server,
+    scenario: Scenario,
+    round_no: int,
+    timing: Timing,
+    cpus: Cpus,
+    tls: TlsFiles | None = None,
 ) -> RunResult:
     """Starts `server` (its program for the scenario's application), drives `scenario` at
-    it once, stops it."""
+    it once, stops it. A TLS scenario needs `tls`, the run's certificates."""
     from benchlib.clients import DRIVERS  # it builds on this module
 
     res = RunResult(server.name, scenario.name, round_no)
@@ -248,6 +254,10 @@ def measure(
     argv = server.argv_for(scenario.app)
     if argv is None:
         raise ValueError(f"{server.name} has no {scenario.app} server")
+    if scenario.tls:
+        if tls is None:
+            raise ValueError(f"{scenario.name} needs the run's TLS certificates")
+        argv = tls.substitute(argv)
     srv = ServerProcess(server, free_port(), cpus.for_server(scenario), argv)
     try:
         srv.wait_ready()
@@ -255,8 +265,10 @@ def measure(
         common = ["--port", str(srv.port), "--server-pid", str(srv.pid)]
         if not server.closes_on_eof:
             common.append("--no-close-check")
+        if scenario.tls and tls is not None:
+            common += ["--tls", str(tls.ca)]
         if scenario.mode in DRIVERS:
-            DRIVERS[scenario.mode](srv, scenario, timing, load_cpu, res)
+            DRIVERS[scenario.mode](srv, scenario, timing, load_cpu, res, tls)
         elif scenario.mode == "idle":
             _measure_idle(srv, scenario, timing, load_cpu, common, res)
         else:

@@ -25,6 +25,7 @@ from benchlib.catalog import (
     HAMANET_IDLE_BYTES_TARGET,
     HAMANET_TARGETS,
     REDIS_BENCHMARK,
+    TLS_TWINS,
     Scenario,
 )
 from benchlib.clients import REDIS_TESTS
@@ -40,6 +41,20 @@ def metric(r: RunResult) -> float | None:
 def throughput(r: RunResult) -> float | None:
     """Requests per second: the primary figure of the throughput scenarios."""
     return r.msgs_per_s or None
+
+
+def per_cpu_second(r: RunResult) -> float | None:
+    """Messages (tls-handshake: connections) per second of server CPU: the inverse of the
+    CPU per message, for targets stated as what the server's CPU buys (higher is better)."""
+    return 1e6 / r.cpu_us_per_msg if r.cpu_us_per_msg else None
+
+
+# A target's figure: (the key its ratios are taken of, its name in the report).
+_FIGURES: dict[str, tuple[Callable[[RunResult], float | None], str]] = {
+    "cpu": (metric, "CPU"),
+    "throughput": (throughput, "requests/s"),
+    "per-cpu": (per_cpu_second, "per server CPU-second"),
+}
 
 
 def _median(xs: Sequence[float]) -> float | None:
@@ -288,7 +303,7 @@ def target_lines(results: list[RunResult], grid: dict[tuple[str, str], Cell]) ->
         return "met" if ok else "MISSED"
 
     for target in HAMANET_TARGETS:
-        key, what = (metric, "CPU") if target.figure == "cpu" else (throughput, "requests/s")
+        key, what = _FIGURES[target.figure]
         ratio = _median(
             per_round_ratios(results, target.scenario, target.server, target.against, key)
         )
@@ -308,6 +323,36 @@ def target_lines(results: list[RunResult], grid: dict[tuple[str, str], Cell]) ->
             f"(target <= {HAMANET_IDLE_BYTES_TARGET}): "
             f"{verdict(idle.value <= HAMANET_IDLE_BYTES_TARGET)}"
         )
+    return lines
+
+
+TLS_COST_TITLE = "What TLS costs each server (the TLS scenario against its plain twin)"
+
+
+def tls_cost_lines(
+    grid: dict[tuple[str, str], Cell], scenarios: Sequence[Scenario], servers: Sequence[str]
+) -> list[str]:
+    """Per server, each TLS scenario against its plain twin when both ran: the CPU per
+    message (or request) with TLS as a multiple of without, and for the real clients the
+    requests/s too. Medians over rounds of each; the two ran minutes apart, not
+    interleaved, so these are rougher than the per-round ratios to uvloop."""
+    ran = {sc.name for sc in scenarios}
+    lines = []
+    for tls_name, plain_name in TLS_TWINS:
+        if tls_name not in ran or plain_name not in ran:
+            continue
+        parts = []
+        for name in servers:
+            secure, plain = grid.get((tls_name, name)), grid.get((plain_name, name))
+            if not (secure and plain and secure.value and plain.value):
+                continue
+            part = f"{name} CPU x{secure.value / plain.value:.2f}"
+            rate, plain_rate = secure.med("msgs_per_s"), plain.med("msgs_per_s")
+            if rate and plain_rate:
+                part += f", rate x{rate / plain_rate:.2f}"
+            parts.append(part)
+        if parts:
+            lines.append(f"- {tls_name} / {plain_name}: {'; '.join(parts)}")
     return lines
 
 

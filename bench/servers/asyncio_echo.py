@@ -1,6 +1,6 @@
 """Echo server on the standard library's asyncio loop.
 
-.venv/bin/python bench/servers/asyncio_echo.py PORT
+.venv/bin/python bench/servers/asyncio_echo.py [--tls CERT KEY] PORT
 """
 
 import asyncio

@@ -1,12 +1,13 @@
 """The HTTP example's logic on asyncio or uvloop, for the benchmark's `http` scenario.
 
-.venv/bin/python bench/servers/http_logic_server.py asyncio|uvloop PORT
+.venv/bin/python bench/servers/http_logic_server.py asyncio|uvloop [--tls CERT KEY] PORT
 
 Exactly the code `examples/http_server.py` runs on hamanet (`examples/protocols/http.py`:
 one HttpConnection per connection, `feed(data) -> (responses, close_after_sending)`), in
 the idiomatic fast form on these loops: an `asyncio.Protocol` whose `data_received` feeds
 the parser and writes the responses. The listener, backlog and SIGTERM handling are the
-echo servers' (`protocol_echo.serve`), so only the loop differs between runs.
+echo servers' (`protocol_echo.serve`), so only the loop differs between runs. With `--tls CERT KEY`
+the listener is TLS (the `https` scenario; `protocol_echo.server_ssl_context`).
 """
 
 from __future__ import annotations

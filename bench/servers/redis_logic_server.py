@@ -1,12 +1,13 @@
 """The Redis-protocol example's logic on asyncio or uvloop, for the benchmark's `redis` scenario.
 
-.venv/bin/python bench/servers/redis_logic_server.py asyncio|uvloop PORT
+.venv/bin/python bench/servers/redis_logic_server.py asyncio|uvloop [--tls CERT KEY] PORT
 
 Exactly the code `examples/redis_server.py` runs on hamanet (`examples/protocols/resp.py`:
 one RedisLogic store, one RespConnection per connection), in the idiomatic fast form on
 these loops: an `asyncio.Protocol` whose `data_received` feeds the parser and writes the
 replies. The listener, backlog and SIGTERM handling are the echo servers'
-(`protocol_echo.serve`), so only the loop differs between runs.
+(`protocol_echo.serve`), so only the loop differs between runs. With `--tls CERT KEY`
+the listener is TLS (the `redis-tls` scenario; `protocol_echo.server_ssl_context`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Echo server on uvloop (libuv): the baseline every ratio in the benchmark is taken against.
 
-.venv/bin/python bench/servers/uvloop_echo.py PORT
+.venv/bin/python bench/servers/uvloop_echo.py [--tls CERT KEY] PORT
 """
 
 import uvloop

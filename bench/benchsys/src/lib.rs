@@ -130,6 +130,24 @@ pub fn send(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
     })
 }
 
+/// Linux's limit on buffers per `sendmsg` (IOV_MAX, which the libc crate does not name).
+const IOV_MAX: usize = 1024;
+
+/// Sends `bufs` in order with one `sendmsg` (MSG_NOSIGNAL, like `send`): TLS hands over
+/// its queued records as several buffers, and one syscall for all of them keeps the TLS
+/// runs from paying a syscall per 16 KiB record.
+pub fn sendv(fd: &OwnedFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: an all-zero msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is ABI-compatible with iovec on Unix (a documented guarantee); the kernel
+    // only reads through these pointers.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len().min(IOV_MAX) as _;
+    // SAFETY: `msg` points at `bufs`, which outlives the call; the kernel reads at most
+    // the lengths each slice states.
+    check_size(unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })
+}
+
 /// Raises the soft open-file limit towards `want` (capped by the hard limit) and
 /// returns the soft limit now in force.
 pub fn raise_nofile_limit(want: u64) -> io::Result<u64> {

@@ -37,7 +37,14 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     // that may have used the same slot or the same fd number.
     let mut next_id: u64 = 0;
     let mut open = |slot: usize| -> Result<Stream, String> {
-        let mut s = Stream::open(&ep, cfg.port, next_id, slot as u64, dial(next_id))?;
+        let mut s = Stream::open(
+            &ep,
+            cfg.port,
+            next_id,
+            slot as u64,
+            dial(next_id),
+            cfg.tls.as_ref(),
+        )?;
         next_id += 1;
         s.issued = size;
         Ok(s)
@@ -99,8 +106,11 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
                 }
             }
             let Some(at) = finished else { continue };
-            // Dropping the stream closes it: the server sees EOF and closes its side.
-            slot.stream = None;
+            // Closing the stream (TLS: close_notify first) gives the server its EOF, and
+            // it closes its side.
+            if let Some(done) = slot.stream.take() {
+                done.close()?;
+            }
             last_progress = at;
             verified += size;
             total += 1;

@@ -8,6 +8,9 @@
 //! loadgen idle   --port P [--conns 10000] [--size 16] [--hold 1] [--concurrency 100]
 //! common:        [--server-pid PID]  (sample the server's CPU time at the window's edges)
 //!                [--no-close-check]  (close without waiting for the server's FIN after ours)
+//!                [--tls CAFILE [--sni NAME]]  (rr and accept: TLS 1.3 to the server, its
+//!                                    certificate checked against CAFILE for NAME, default
+//!                                    localhost; see tls.rs)
 //! ```
 //!
 //! Prints one JSON line with the results and exits 0, or prints `LOADGEN FAILURE: ...` on
@@ -21,6 +24,7 @@ mod report;
 mod rr;
 mod stream;
 mod sys;
+mod tls;
 mod window;
 
 use std::time::Duration;
@@ -42,6 +46,8 @@ pub struct Config {
     /// Expect the server to close each connection after our FIN (echo semantics). Off
     /// only for a server known not to: we then close without waiting.
     pub close_check: bool,
+    /// `--tls`: every connection speaks TLS with this client configuration.
+    pub tls: Option<tls::Client>,
 }
 
 fn parse_args(args: &[String]) -> Result<(String, Config), String> {
@@ -60,7 +66,10 @@ fn parse_args(args: &[String]) -> Result<(String, Config), String> {
         concurrency: 100,
         server_pid: None,
         close_check: true,
+        tls: None,
     };
+    let mut cafile: Option<String> = None;
+    let mut sni = "localhost".to_string();
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
         if flag == "--no-close-check" {
@@ -92,6 +101,8 @@ fn parse_args(args: &[String]) -> Result<(String, Config), String> {
             "--warmup" => cfg.warmup = secs()?,
             "--duration" => cfg.duration = secs()?,
             "--hold" => cfg.hold = secs()?,
+            "--tls" => cafile = Some(value.clone()),
+            "--sni" => sni = value.clone(),
             "--server-pid" => {
                 cfg.server_pid = Some(value.parse().map_err(|_| format!("bad pid {value}"))?)
             }
@@ -110,6 +121,12 @@ fn parse_args(args: &[String]) -> Result<(String, Config), String> {
     }
     if cfg.size == 0 || cfg.depth == 0 || cfg.concurrency == 0 {
         return Err("--size, --depth and --concurrency must be at least 1".into());
+    }
+    if let Some(cafile) = cafile {
+        if mode == "idle" {
+            return Err("--tls is for the rr and accept modes".into());
+        }
+        cfg.tls = Some(tls::Client::new(&cafile, &sni)?);
     }
     Ok((mode, cfg))
 }

@@ -40,7 +40,7 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     let ep = Epoll::new().map_err(|e| format!("epoll_create: {e}"))?;
     let mut conns = Vec::with_capacity(cfg.conns);
     for i in 0..cfg.conns {
-        let stream = Stream::open(&ep, cfg.port, i as u64, i as u64, DIAL)?;
+        let stream = Stream::open(&ep, cfg.port, i as u64, i as u64, DIAL, cfg.tls.as_ref())?;
         conns.push(Conn {
             stream,
             in_flight: VecDeque::with_capacity(cfg.depth),

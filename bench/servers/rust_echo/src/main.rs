@@ -4,9 +4,11 @@
 //!
 //! ```text
 //! rust_echo PORT     # prints "rust_echo: listening on 127.0.0.1:PORT", runs until killed
+//! rust_echo --tls CERT KEY PORT   # the same over TLS 1.3 (rustls; see tls.rs)
 //! ```
 
 mod sys;
+mod tls;
 
 use std::io::{self, Write as _};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -25,6 +27,19 @@ struct Conn {
 enum Next {
     Keep,
     Close,
+}
+
+/// One connection's echo: plain (`Conn`) or TLS (`tls::TlsConn`). The loop is generic over
+/// it, so the plain echo compiles to exactly what it was before TLS existed.
+trait Session {
+    /// Handles one readiness edge.
+    fn serve(&mut self, flags: u32, buf: &mut [u8]) -> io::Result<Next>;
+}
+
+impl Session for Conn {
+    fn serve(&mut self, flags: u32, buf: &mut [u8]) -> io::Result<Next> {
+        Conn::serve(self, flags, buf)
+    }
 }
 
 impl Conn {
@@ -97,7 +112,12 @@ impl Conn {
     }
 }
 
-fn accept_all(listener: &OwnedFd, ep: &sys::Epoll, conns: &mut Vec<Option<Conn>>) {
+fn accept_all<S>(
+    listener: &OwnedFd,
+    ep: &sys::Epoll,
+    conns: &mut Vec<Option<S>>,
+    new: &impl Fn(OwnedFd) -> io::Result<S>,
+) {
     loop {
         let fd = match sys::accept(listener) {
             Ok(fd) => fd,
@@ -121,15 +141,22 @@ fn accept_all(listener: &OwnedFd, ep: &sys::Epoll, conns: &mut Vec<Option<Conn>>
         if slot >= conns.len() {
             conns.resize_with(slot + 1, || None);
         }
-        conns[slot] = Some(Conn {
-            fd,
-            pending: Vec::new(),
-            eof: false,
-        });
+        match new(fd) {
+            Ok(session) => conns[slot] = Some(session),
+            Err(e) => eprintln!("rust_echo: new session: {e}"),
+        }
     }
 }
 
-fn run(port: u16) -> io::Result<()> {
+fn plain(fd: OwnedFd) -> io::Result<Conn> {
+    Ok(Conn {
+        fd,
+        pending: Vec::new(),
+        eof: false,
+    })
+}
+
+fn run<S: Session>(port: u16, new: impl Fn(OwnedFd) -> io::Result<S>) -> io::Result<()> {
     if let Err(e) = sys::raise_nofile_limit(u64::MAX) {
         eprintln!("rust_echo: cannot raise the open-file limit: {e}");
     }
@@ -147,7 +174,7 @@ fn run(port: u16) -> io::Result<()> {
 
     // Indexed by fd number. An event left in this batch for a connection closed earlier in
     // it may reach a new connection that reused the fd: harmless, it finds EAGAIN.
-    let mut conns: Vec<Option<Conn>> = Vec::new();
+    let mut conns: Vec<Option<S>> = Vec::new();
     let mut buf = vec![0u8; READ_CHUNK];
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
     loop {
@@ -155,7 +182,7 @@ fn run(port: u16) -> io::Result<()> {
         for e in &events[..n] {
             let (flags, token) = (e.events, e.u64);
             if token == listener_token {
-                accept_all(&listener, &ep, &mut conns);
+                accept_all(&listener, &ep, &mut conns, &new);
                 continue;
             }
             let Some(slot) = conns.get_mut(token as usize) else {
@@ -172,15 +199,32 @@ fn run(port: u16) -> io::Result<()> {
 }
 
 fn main() {
-    let port = match std::env::args().nth(1).map(|p| p.parse::<u16>()) {
-        Some(Ok(port)) => port,
-        _ => {
-            eprintln!("usage: rust_echo PORT");
-            std::process::exit(2);
-        }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (tls_files, port) = match args.as_slice() {
+        [port] => (None, port),
+        [flag, cert, key, port] if flag == "--tls" => (Some((cert, key)), port),
+        _ => usage(),
     };
-    if let Err(e) = run(port) {
+    let Ok(port) = port.parse::<u16>() else {
+        usage()
+    };
+    let result = match tls_files {
+        None => run(port, plain),
+        Some((cert, key)) => match tls::config(cert, key) {
+            Ok(config) => run(port, move |fd| tls::TlsConn::new(fd, &config)),
+            Err(e) => {
+                eprintln!("rust_echo: {e}");
+                std::process::exit(2);
+            }
+        },
+    };
+    if let Err(e) = result {
         eprintln!("rust_echo: {e}");
         std::process::exit(1);
     }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: rust_echo [--tls CERT KEY] PORT");
+    std::process::exit(2);
 }
