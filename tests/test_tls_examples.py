@@ -23,6 +23,7 @@ import http_server
 import pytest
 import redis_server
 import trustme
+from _tls_support import tls_connect
 from conftest import (
     EXAMPLES,
     WAIT,
@@ -83,27 +84,6 @@ def start_tls(procs, script: str, pki: Pki, *options: str) -> tuple[Proc, int, s
 def assert_still_serving(proc: Proc) -> None:
     assert proc.popen.poll() is None, "".join(proc.stderr)
     assert "Traceback" not in "".join(proc.stderr), "".join(proc.stderr)
-
-
-def tls_connect(
-    port: int,
-    cafile: str,
-    alpn: list[str] | None = None,
-    server_hostname: str = "localhost",
-    version: ssl.TLSVersion | None = None,
-) -> ssl.SSLSocket:
-    """A blocking TLS client socket, handshake done, verifying the server against
-    ``cafile`` (and speaking only ``version``, if given). ``suppress_ragged_eofs=False``:
-    a stream that ends without the server's close_notify raises SSLEOFError instead of
-    looking like a clean end."""
-    context = ssl.create_default_context(cafile=cafile)
-    if version:
-        context.minimum_version = context.maximum_version = version
-    if alpn:
-        context.set_alpn_protocols(alpn)
-    return context.wrap_socket(
-        connect(port), server_hostname=server_hostname, suppress_ragged_eofs=False
-    )
 
 
 def echo_over(sock: socket.socket, payload: bytes, chunk: int = 64 * 1024) -> bytes:
@@ -350,7 +330,7 @@ def test_redis_over_tls_with_redis_benchmark(procs, pki, pipeline):
 def https_get(port: int, pki: Pki, alpn: list[str] | None = None) -> tuple[bytes, str | None]:
     """One ``GET /`` with ``Connection: close`` over TLS: the whole response (up to the
     server's close_notify) and the protocol ALPN chose."""
-    with tls_connect(port, pki.ca, alpn) as sock:
+    with tls_connect(port, pki.ca, alpn=alpn) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         data, end = read_until_end(sock)
         assert end == "eof", end

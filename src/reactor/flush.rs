@@ -70,7 +70,9 @@ impl Reactor {
             self.stats.bytes_out += sent_directly as u64;
             session.last_active = now;
         }
-        let had_bytes = sent_directly > 0 || !state.buffer.is_empty();
+        // Owed until all of it has reached the kernel, which for a TLS session can be a
+        // later flush than the one that emptied the buffer (its records still queued).
+        session.drain_owed |= sent_directly > 0 || !state.buffer.is_empty();
         let mut tls = session.tls.as_deref_mut();
         if let Some(tls) = tls.as_deref_mut() {
             if !state.buffer.is_empty() || tls.wants_write() {
@@ -153,7 +155,10 @@ impl Reactor {
             }
         }
         drop(state);
-        if had_bytes && notify_drained {
+        let Some(session) = session_slot(&mut self.slots, token) else {
+            return;
+        };
+        if std::mem::take(&mut session.drain_owed) && notify_drained {
             self.batch.push(Event::Drained { token });
         }
     }

@@ -92,10 +92,13 @@ impl Reactor {
         if eof {
             session.eof = true;
         }
+        if taken > 0 {
+            // What came off the socket: for a TLS session, its records, handshake too.
+            session.last_active = self.now;
+            self.stats.bytes_in += taken as u64;
+        }
         let end = self.arena.len();
         if end > start {
-            session.last_active = self.now;
-            self.stats.bytes_in += (end - start) as u64;
             self.batch.push(Event::Received {
                 token,
                 range: start..end,

@@ -116,6 +116,7 @@ impl Reactor {
             phase,
             broken: None,
             tls,
+            drain_owed: false,
         });
         self.sessions += 1;
         if origin != Origin::HandedOver {
@@ -190,6 +191,9 @@ pub(super) struct SessionSlot {
     pub(super) broken: Option<io::Error>,
     /// The TLS connection of a TLS session: its plaintext is what the handler sees.
     pub(super) tls: Option<Box<TlsStream>>,
+    /// Bytes were written since the last [`Event::Drained`]: one is owed once they have
+    /// all reached the kernel.
+    pub(super) drain_owed: bool,
 }
 
 /// How far a session has come: only an open one is known to the handler layer.
