@@ -165,3 +165,20 @@ pub fn raise_nofile_limit(want: u64) -> io::Result<u64> {
     }
     Ok(lim.rlim_cur)
 }
+
+/// A socket as rustls writes its records to it: all queued records in one `sendmsg`.
+pub struct RecordWriter<'a>(pub &'a OwnedFd);
+
+impl io::Write for RecordWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        send(self.0, buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        sendv(self.0, bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

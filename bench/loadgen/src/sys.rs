@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use benchsys::{bind, check, loopback, owned, set_int_opt};
-pub use benchsys::{raise_nofile_limit, recv, send, sendv, Epoll};
+pub use benchsys::{raise_nofile_limit, recv, send, Epoll};
 
 /// Edge-triggered interest used for every connection: registered once, never modified.
 pub const INTEREST: u32 =

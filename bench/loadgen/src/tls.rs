@@ -10,7 +10,7 @@
 //! receives through it; the plain path never enters this module. The byte accounting and
 //! the pattern check stay in `Stream`: only plaintext goes in and comes out here.
 
-use std::io::{self, BufRead, IoSlice, Write};
+use std::io::{self, BufRead, Write};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -21,6 +21,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
 use crate::sys;
+use benchsys::RecordWriter;
 
 /// What every TLS connection of a run is opened with.
 pub struct Client {
@@ -81,23 +82,6 @@ pub struct Session {
     pub peer_closed: bool,
 }
 
-/// The socket as rustls writes to it: all queued records in one `sendmsg`.
-struct Socket<'a>(&'a OwnedFd);
-
-impl Write for Socket<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        sys::send(self.0, buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        sys::sendv(self.0, bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 impl Session {
     /// Takes what it can of `plain` for encryption and returns how much: less than all
     /// when rustls's buffer is full (`write_records` makes room), and before the
@@ -113,7 +97,7 @@ impl Session {
     /// left, false when the socket is full (its EPOLLOUT edge brings the caller back).
     pub fn write_records(&mut self, fd: &OwnedFd) -> io::Result<bool> {
         while self.conn.wants_write() {
-            match self.conn.write_tls(&mut Socket(fd)) {
+            match self.conn.write_tls(&mut RecordWriter(fd)) {
                 Ok(_) => {}
                 Err(e) if sys::would_block(&e) => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use benchsys::{bind, check, loopback, owned, set_int_opt};
-pub use benchsys::{raise_nofile_limit, recv, send, sendv, Epoll};
+pub use benchsys::{raise_nofile_limit, recv, send, Epoll};
 
 /// A non-blocking listening socket on 127.0.0.1:`port` (SO_REUSEADDR, backlog 1024, the
 /// same backlog every server in the benchmark uses).

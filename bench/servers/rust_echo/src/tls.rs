@@ -3,7 +3,7 @@
 //! session tickets (every connection is a full handshake), the cipher suite the client
 //! offers (the benchmark's clients offer only TLS_AES_128_GCM_SHA256).
 
-use std::io::{self, IoSlice, Read as _, Write};
+use std::io::{self, Read as _, Write};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
 
 use crate::{sys, Next, Session};
+use benchsys::RecordWriter;
 
 /// The server configuration from PEM files.
 pub fn config(cert: &str, key: &str) -> Result<Arc<ServerConfig>, String> {
@@ -37,23 +38,6 @@ pub struct TlsConn {
     closing: bool,
 }
 
-/// The socket as rustls writes to it: all queued records in one `sendmsg`.
-struct Socket<'a>(&'a OwnedFd);
-
-impl Write for Socket<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        sys::send(self.0, buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        sys::sendv(self.0, bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 impl TlsConn {
     pub fn new(fd: OwnedFd, config: &Arc<ServerConfig>) -> io::Result<TlsConn> {
         let mut tls = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
@@ -70,7 +54,7 @@ impl TlsConn {
     /// Writes queued records; true once none is left.
     fn flush(&mut self) -> io::Result<bool> {
         while self.tls.wants_write() {
-            match self.tls.write_tls(&mut Socket(&self.fd)) {
+            match self.tls.write_tls(&mut RecordWriter(&self.fd)) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
