@@ -12,7 +12,15 @@ pub(super) fn receive_tls(
     ciphertext: &mut [u8],
     arena: &mut crate::buffer::ReadArena,
 ) -> io::Result<usize> {
-    let n = net::recv(fd, ciphertext)?;
+    let n = match net::recv(fd, ciphertext) {
+        Ok(n) => n,
+        Err(err) => {
+            // Plaintext decrypted earlier may wait inside rustls (what followed a
+            // handshake done on a connecting thread), which no edge announces.
+            tls.take_plaintext(arena)?;
+            return Err(err);
+        }
+    };
     if n > 0 {
         tls.receive(&ciphertext[..n], Some(arena))?;
     }

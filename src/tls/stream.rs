@@ -225,6 +225,10 @@ impl TlsStream {
             }
             // Takes up to rustls's buffer limit (64 KiB) at a time, encrypted at once.
             let taken = self.conn.writer().write(buffer.pending())?;
+            if taken == 0 {
+                // Nothing queued and nothing taken: rustls will take no more now.
+                return Ok(true);
+            }
             buffer.consume(taken);
         }
     }
