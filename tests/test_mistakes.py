@@ -89,7 +89,8 @@ def test_coroutine_callbacks_are_refused(endpoint, cls, name):
     with pytest.raises(TypeError, match=rf"{cls.__name__}\.{name}.*not supported") as info:
         endpoint(cls())
     message = str(info.value)
-    assert "coroutine callbacks are not supported (yet)" in message
+    assert "coroutine callbacks are not supported on a Server or Client" in message
+    assert "hamanet.aio.serve" in message
     assert "run_coroutine_threadsafe" in message and f"def {name}(self, session" in message
 
 

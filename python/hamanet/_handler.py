@@ -152,7 +152,7 @@ def _overrides(cls: type, name: str) -> bool:
 
 
 def bound_callbacks(
-    handler: Any, framed: bool | None = None
+    handler: Any, framed: bool | None = None, allow_async: bool = False
 ) -> tuple[Callable[..., Any] | None, ...]:
     """The handler's overridden callbacks as bound methods, None for the rest.
 
@@ -160,7 +160,8 @@ def bound_callbacks(
     Server or Client, or the handler's own ``framing`` attribute); None when the caller
     does not know, in which case only the handler's ``framing`` attribute is considered.
     Raises TypeError for a handler that would fail silently, and warns (HandlerWarning)
-    once per class about methods hamanet never calls.
+    once per class about methods hamanet never calls. ``allow_async`` admits ``async def``
+    callbacks, for a caller that awaits them (``hamanet.aio``).
     """
     _check_is_handler(handler)
     cls = type(handler)
@@ -178,7 +179,7 @@ def bound_callbacks(
     for name in CALLBACK_NAMES:
         if _overrides(cls, name):
             callback = getattr(handler, name)
-            _check_callback(cls, name, callback)
+            _check_callback(cls, name, callback, allow_async)
             callbacks.append(callback)
         else:
             callbacks.append(None)
@@ -245,19 +246,25 @@ def _is_async(callback: Any) -> bool:
     return False
 
 
-def _check_callback(cls: type, name: str, callback: Any) -> None:
+def _check_callback(cls: type, name: str, callback: Any, allow_async: bool = False) -> None:
     where = f"{cls.__name__}.{name}"
     if not callable(callback):
         raise TypeError(f"{where} must be a method {_describe(name)}, not {callback!r}")
-    if _is_async(callback):
+    if allow_async and inspect.isasyncgenfunction(callback):
+        raise TypeError(
+            f"{where} is an async generator function; a callback is a coroutine function "
+            f"(async def without yield) or a plain def {_describe(name)}"
+        )
+    if _is_async(callback) and not allow_async:
         generator = inspect.isasyncgenfunction(callback)
         raise TypeError(
             f"{where} is an async {'generator ' if generator else ''}function: coroutine "
-            "callbacks are not supported (yet). hamanet calls callbacks on its reactor "
-            "thread and would not await it, so its body would never run. Write a plain "
-            f"def {_describe(name)}; do async work elsewhere, e.g. hand it to an asyncio "
-            "loop with asyncio.run_coroutine_threadsafe(coro, loop) and write the answer "
-            "from there (Session.write is safe from any thread)"
+            "callbacks are not supported on a Server or Client, which call callbacks on "
+            "their reactor thread and would not await them (the body would never run). "
+            "Serve inside asyncio with hamanet.aio.serve / hamanet.aio.connect, where they "
+            f"are awaited; or write a plain def {_describe(name)} and hand async work to an "
+            "asyncio loop with asyncio.run_coroutine_threadsafe(coro, loop), writing the "
+            "answer from there (Session.write is safe from any thread)"
         )
     try:
         signature = inspect.signature(callback)

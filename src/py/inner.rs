@@ -112,6 +112,9 @@ pub(super) struct LoopInner {
     pub(super) failure: Mutex<Option<PyErr>>,
     /// The worker pool that runs the handler, if the loop has one (`workers=N`).
     pub(super) pool: Option<Arc<Pool>>,
+    /// The reactor and its sessions between two `drive()` calls, for a loop driven by
+    /// another event loop (`start_driven()`); None otherwise, and during a drive.
+    pub(super) driven: Mutex<Option<super::driven::Driven>>,
 }
 
 impl LoopInner {

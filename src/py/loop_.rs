@@ -15,6 +15,7 @@ use pyo3::types::{PyDict, PyTuple};
 
 use super::callbacks::Callbacks;
 use super::connect;
+use super::driven;
 use super::convert;
 use super::errors::{os_error, LifecycleError};
 use super::inner::{LoopInner, Phase, ReactorSlot};
@@ -79,6 +80,7 @@ impl PyLoop {
                 handler_errors: AtomicU64::new(0),
                 failure: Mutex::new(None),
                 pool,
+                driven: Mutex::new(None),
             }),
         })
     }
@@ -222,6 +224,21 @@ impl PyLoop {
             }
         }
         Ok(timeout.as_secs_f64())
+    }
+
+    /// Starts the loop without a thread of its own, for another event loop to drive:
+    /// returns the epoll fd that loop waits on (readable: call `drive()`).
+    fn start_driven(&self) -> PyResult<i32> {
+        driven::start(&self.inner)
+    }
+
+    /// Serves what is ready, delivering the events to the handler on this thread; returns
+    /// how many seconds may pass before the next call if the epoll fd stays quiet (None:
+    /// until it is readable, or for good once `finished`).
+    fn drive(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        let next = driven::drive(py, &self.inner);
+        self.raise_failure()?;
+        Ok(next)
     }
 
     /// Waits up to `timeout` seconds for the reactor to finish; returns whether it has.

@@ -5,7 +5,8 @@
 //! loop_                         the Loop class: checks arguments, hands the work on
 //! listen stats                  listeners for every reactor; the counters
 //! options connect timer thread  Server/Client options; client connects; scheduled
-//!                               callbacks; the reactor thread's body
+//! driven                        callbacks; the reactor thread's body; a reactor that
+//!                               another event loop drives
 //! pool                          the worker pool: a lane per session, run in order
 //! framing dispatch              the framers (Delimiter, ...); what the handler is told
 //! inner report                  what a Loop and its thread share; logging
@@ -19,6 +20,7 @@ pub mod callbacks;
 mod connect;
 mod convert;
 mod dispatch;
+mod driven;
 pub mod errors;
 pub mod framing;
 mod inner;

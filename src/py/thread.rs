@@ -103,75 +103,7 @@ fn run_attached(
             dispatcher.report.fatal(&err);
             reactor.abort_all(&err);
         }
-        // Read after the wait, so a handler swapped while the reactor slept is the one
-        // that gets this wakeup's events.
-        let callbacks = Arc::clone(&lock(&inner.callbacks));
-        reactor.set_notify_drained(callbacks[Callback::OnSend].is_some());
-        let mut batch = reactor.take_batch();
-        for event in batch.drain(..) {
-            match event {
-                Event::Opened { token, session } => {
-                    if let Some(entry) = dispatcher.open(&session) {
-                        dispatcher.connected(entries.insert(token, entry), &callbacks);
-                    }
-                }
-                Event::Received { token, range } => {
-                    if let Some(entry) = entries.get(token) {
-                        let data = reactor.received(range);
-                        dispatcher.notify(entry, &callbacks, Notice::Received(data));
-                    }
-                }
-                Event::Closed { token, error } => {
-                    if let Some(mut entry) = entries.remove(token) {
-                        dispatcher.notify(&mut entry, &callbacks, Notice::Closed(error.as_ref()));
-                    }
-                    slot.shared.session_closed();
-                }
-                Event::ConnectFailed { session, error } => {
-                    let reason = dispatcher.connect_error(error.as_ref());
-                    dispatcher.connect_failed(&session, reason, &callbacks);
-                    slot.shared.session_closed();
-                }
-                Event::Timer { id } => dispatcher.timer(id),
-                // Nothing was held back: this thread delivers input only while reading.
-                Event::ReadingResumed { .. } => {}
-                // Only with a pool (`StopCloses::Handler`).
-                Event::Stopping { .. } => {}
-                Event::AcceptPaused { error } => dispatcher.accept_paused(&error),
-                Event::Eof { token } => notify(
-                    &mut dispatcher,
-                    &mut entries,
-                    token,
-                    &callbacks,
-                    Notice::Eof,
-                ),
-                Event::Drained { token } => notify(
-                    &mut dispatcher,
-                    &mut entries,
-                    token,
-                    &callbacks,
-                    Notice::Drained,
-                ),
-                Event::PauseWriting { token } => notify(
-                    &mut dispatcher,
-                    &mut entries,
-                    token,
-                    &callbacks,
-                    Notice::PauseWriting,
-                ),
-                Event::ResumeWriting { token } => notify(
-                    &mut dispatcher,
-                    &mut entries,
-                    token,
-                    &callbacks,
-                    Notice::ResumeWriting,
-                ),
-            }
-            if inner.is_forked_copy() {
-                dispatcher.end_forked_child();
-            }
-        }
-        reactor.recycle_batch(batch);
+        deliver(&mut dispatcher, &mut reactor, &mut entries, inner);
         let attached = attached.elapsed();
         slot.times.add(
             turning.saturating_sub(reactor.last_wait()) + attached,
@@ -183,6 +115,86 @@ fn run_attached(
     }
     drop(entries); // attached: the entries hold Python objects
     reactor
+}
+
+/// Hands one turn's events to the handler, attached, in order: what a reactor thread
+/// without a pool does after each turn, and what a driven reactor does after each
+/// `drive()`.
+pub(super) fn deliver(
+    dispatcher: &mut Dispatcher<'_, '_>,
+    reactor: &mut Reactor,
+    entries: &mut TokenTable<Entry>,
+    inner: &LoopInner,
+) {
+    // Read after the wait, so a handler swapped while the reactor slept is the one
+    // that gets this wakeup's events.
+    let callbacks = Arc::clone(&lock(&inner.callbacks));
+    reactor.set_notify_drained(callbacks[Callback::OnSend].is_some());
+    let mut batch = reactor.take_batch();
+    for event in batch.drain(..) {
+        match event {
+            Event::Opened { token, session } => {
+                if let Some(entry) = dispatcher.open(&session) {
+                    dispatcher.connected(entries.insert(token, entry), &callbacks);
+                }
+            }
+            Event::Received { token, range } => {
+                if let Some(entry) = entries.get(token) {
+                    let data = reactor.received(range);
+                    dispatcher.notify(entry, &callbacks, Notice::Received(data));
+                }
+            }
+            Event::Closed { token, error } => {
+                if let Some(mut entry) = entries.remove(token) {
+                    dispatcher.notify(&mut entry, &callbacks, Notice::Closed(error.as_ref()));
+                }
+                reactor.shared().session_closed();
+            }
+            Event::ConnectFailed { session, error } => {
+                let reason = dispatcher.connect_error(error.as_ref());
+                dispatcher.connect_failed(&session, reason, &callbacks);
+                reactor.shared().session_closed();
+            }
+            Event::Timer { id } => dispatcher.timer(id),
+            // Nothing was held back: this thread delivers input only while reading.
+            Event::ReadingResumed { .. } => {}
+            // Only with a pool (`StopCloses::Handler`).
+            Event::Stopping { .. } => {}
+            Event::AcceptPaused { error } => dispatcher.accept_paused(&error),
+            Event::Eof { token } => notify(
+                dispatcher,
+                entries,
+                token,
+                &callbacks,
+                Notice::Eof,
+            ),
+            Event::Drained { token } => notify(
+                dispatcher,
+                entries,
+                token,
+                &callbacks,
+                Notice::Drained,
+            ),
+            Event::PauseWriting { token } => notify(
+                dispatcher,
+                entries,
+                token,
+                &callbacks,
+                Notice::PauseWriting,
+            ),
+            Event::ResumeWriting { token } => notify(
+                dispatcher,
+                entries,
+                token,
+                &callbacks,
+                Notice::ResumeWriting,
+            ),
+        }
+        if inner.is_forked_copy() {
+            dispatcher.end_forked_child();
+        }
+    }
+    reactor.recycle_batch(batch);
 }
 
 fn notify(
@@ -230,7 +242,7 @@ fn run_with_pool(
 
 /// A client session whose registration the stop overtook was never opened; its user
 /// still holds it and gets the one `on_close` every session gets.
-fn close_never_opened(py: Python<'_>, inner: &LoopInner) {
+pub(super) fn close_never_opened(py: Python<'_>, inner: &LoopInner) {
     let never_opened = std::mem::take(&mut *lock(&inner.pending));
     let callbacks = Arc::clone(&lock(&inner.callbacks));
     for (session, own) in never_opened.into_values() {

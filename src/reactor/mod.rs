@@ -359,6 +359,36 @@ impl Reactor {
     /// One wakeup: run queued commands (sends, closes, new sessions), wait for readiness,
     /// serve it (accept, read, flush), then whatever came due.
     pub fn turn(&mut self) -> io::Result<()> {
+        self.turn_waiting(true)
+    }
+
+    /// [`Reactor::turn`] without waiting: serves what is ready now. For a reactor driven
+    /// by another event loop, which waits on [`Reactor::epoll_fd`] itself and calls this
+    /// when it is readable or when [`Reactor::park`] says.
+    pub fn turn_now(&mut self) -> io::Result<()> {
+        self.turn_waiting(false)
+    }
+
+    /// Ends a driven turn: until the next [`Reactor::turn_now`] the reactor counts as
+    /// waiting, so commands other threads queue wake it through the epoll fd. Returns how
+    /// long the driving loop may wait if the fd stays quiet: zero when work was cut short
+    /// by a budget or commands are queued already, else until the next timer, connect or
+    /// idle deadline (None: only readiness will bring work).
+    pub fn park(&mut self) -> Option<Duration> {
+        let commands_queued = self.shared.begin_poll();
+        if commands_queued || !self.again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        self.until_next_deadline()
+    }
+
+    /// The epoll instance's fd: readable when this reactor has readiness to serve (its
+    /// waker included), for an outer event loop to wait on.
+    pub fn epoll_fd(&self) -> std::os::fd::RawFd {
+        self.poller.raw_fd()
+    }
+
+    fn turn_waiting(&mut self, may_wait: bool) -> io::Result<()> {
         self.shared.enter_reactor_thread();
         self.arena.reset();
         self.batch.clear();
@@ -367,7 +397,7 @@ impl Reactor {
         if self.check_stop() {
             return Ok(());
         }
-        self.wait_for_readiness()?;
+        self.wait_for_readiness(may_wait)?;
         self.run_commands();
         self.serve_cut_short();
         for i in 0..self.events.len() {
@@ -382,8 +412,8 @@ impl Reactor {
 
     /// Waits for readiness: not at all when this turn already has work, else until the
     /// next deadline. A command queued meanwhile wakes it.
-    fn wait_for_readiness(&mut self) -> io::Result<()> {
-        let busy = !self.batch.is_empty() || !self.again.is_empty();
+    fn wait_for_readiness(&mut self, may_wait: bool) -> io::Result<()> {
+        let busy = !may_wait || !self.batch.is_empty() || !self.again.is_empty();
         let mut timeout = if busy {
             Some(Duration::ZERO)
         } else {

@@ -1,0 +1,100 @@
+//! A reactor driven by another event loop (asyncio's, for `hamanet.aio`): no thread of
+//! its own. The outer loop waits on the reactor's epoll fd (readable whenever the reactor
+//! has readiness to serve, its waker included) and calls `drive()`, which turns the
+//! reactor without waiting and delivers the batch on the calling thread, attached, as a
+//! reactor thread would; `drive()` then says when to call again if nothing becomes
+//! readable (a timer, a deadline, work cut short by a budget).
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use pyo3::prelude::*;
+
+use super::dispatch::Dispatcher;
+use super::errors::LifecycleError;
+use super::inner::{LoopInner, Phase};
+use super::report::Report;
+use super::sessions::{Entry, TokenTable};
+use super::thread::{close_never_opened, deliver};
+use crate::reactor::Reactor;
+use crate::shared::lock;
+
+/// The reactor of a driven loop and the Python side of its sessions, between drives.
+pub(super) struct Driven {
+    reactor: Reactor,
+    entries: TokenTable<Entry>,
+}
+
+/// Starts the loop without a thread; returns the epoll fd to wait on.
+pub(super) fn start(inner: &LoopInner) -> PyResult<i32> {
+    inner.check_not_forked("start()")?;
+    if inner.reactors.len() != 1 || inner.pool.is_some() {
+        return Err(LifecycleError::new_err(
+            "a loop driven by asyncio runs one reactor and no worker pool: its handlers \
+             run on the asyncio thread (use reactors=1, workers=0)",
+        ));
+    }
+    let mut phase = lock(&inner.phase);
+    if *phase != Phase::Created {
+        return Err(LifecycleError::new_err(
+            "start() was already called (or it was stopped); create a new one",
+        ));
+    }
+    let slot = &inner.reactors[0];
+    let reactor = lock(&slot.reactor)
+        .take()
+        .ok_or_else(|| LifecycleError::new_err("the reactor is gone; create a new one"))?;
+    let fd = reactor.epoll_fd();
+    inner.running_reactors.store(1, Ordering::Relaxed);
+    *lock(&inner.driven) = Some(Driven {
+        reactor,
+        entries: TokenTable::default(),
+    });
+    *phase = Phase::Running;
+    Ok(fd)
+}
+
+/// One driven turn and its delivery; returns the seconds the outer loop may wait before
+/// the next if the epoll fd stays quiet (None: until it is readable). Once the reactor
+/// has finished (after a stop) it winds the loop up and returns None; so does a call made
+/// from inside a callback of this very delivery.
+pub(super) fn drive(py: Python<'_>, inner: &LoopInner) -> Option<f64> {
+    let mut driven = lock(&inner.driven).take()?;
+    let slot = &inner.reactors[0];
+    let mut dispatcher = Dispatcher {
+        py,
+        inner,
+        report: Report::new(py),
+        busy: &slot.busy,
+    };
+    let started = Instant::now();
+    if let Err(err) = driven.reactor.turn_now() {
+        dispatcher.report.fatal(&err);
+        driven.reactor.abort_all(&err);
+    }
+    deliver(&mut dispatcher, &mut driven.reactor, &mut driven.entries, inner);
+    let busy = started.elapsed();
+    slot.times.add(busy, busy);
+    if driven.reactor.is_finished() {
+        wind_up(py, inner, driven);
+        return None;
+    }
+    let next = driven.reactor.park();
+    *lock(&inner.driven) = Some(driven);
+    next.map(|wait| wait.as_secs_f64())
+}
+
+/// What a reactor thread does when it ends: the `on_close` of client sessions that
+/// never opened, the timers dropped, the loop marked finished.
+fn wind_up(py: Python<'_>, inner: &LoopInner, driven: Driven) {
+    let Driven { reactor, entries } = driven;
+    drop(entries); // attached: the entries hold Python objects
+    inner.running_reactors.store(0, Ordering::Relaxed);
+    close_never_opened(py, inner);
+    let timers = std::mem::take(&mut *lock(&inner.timers));
+    drop(timers);
+    let shared = std::sync::Arc::clone(reactor.shared());
+    drop(reactor);
+    drop(shared.close_queue());
+    shared.update_status(|status| status.finished = true);
+}
