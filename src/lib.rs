@@ -54,6 +54,7 @@ fn _hamanet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::tls::PyTlsServerContext>()?;
     m.add_class::<py::tls::PyTlsClientContext>()?;
     m.add_class::<py::tls::PyTlsInfo>()?;
+    m.add_class::<py::stream_buffer::PyStreamBuffer>()?;
     m.add_function(wrap_pyfunction!(py::options::check_framing, m)?)?;
     m.add(
         "SessionClosedError",

@@ -26,6 +26,7 @@ __all__ = [
     "Loop",
     "Session",
     "SessionClosedError",
+    "StreamBuffer",
     "TLSClientContext",
     "TLSError",
     "TLSInfo",
@@ -96,6 +97,16 @@ class TLSClientContext:
         handshake_timeout: float | None = None,
         insecure_skip_verify: bool = False,
     ) -> TLSClientContext: ...
+
+@final
+class StreamBuffer:
+    """The receive buffer of hamanet.aio's streams; the separator search in Rust."""
+
+    def __new__(cls) -> StreamBuffer: ...
+    def feed(self, data: bytes) -> None: ...
+    def __len__(self) -> int: ...
+    def read(self, n: int) -> bytes: ...
+    def find(self, separator: bytes, start: int = 0) -> int: ...
 
 @final
 class TLSInfo:

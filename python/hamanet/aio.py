@@ -21,7 +21,25 @@ from typing import Any, Callable
 from ._hamanet import LifecycleError, Loop, Session, TLSClientContext, TLSServerContext
 from ._handler import CALLBACK_NAMES, Handler, _is_async, bound_callbacks
 
-__all__ = ["Client", "Server", "connect", "serve"]
+__all__ = [
+    "Client",
+    "IncompleteReadError",
+    "LimitOverrunError",
+    "Server",
+    "StreamReader",
+    "StreamWriter",
+    "connect",
+    "open_connection",
+    "run",
+    "serve",
+    "start_server",
+]
+
+# What a stream program takes from asyncio besides the streams themselves, so that one
+# written for asyncio runs with ``import hamanet.aio as asyncio`` as its only change.
+run = asyncio.run
+IncompleteReadError = asyncio.IncompleteReadError
+LimitOverrunError = asyncio.LimitOverrunError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_BACKLOG = 1024
@@ -262,6 +280,11 @@ class Server(_Endpoint):
         return list(self._addresses)
 
     @property
+    def sockets(self) -> list[_ListeningSocket]:
+        """The listeners, as ``asyncio.Server.sockets`` lists them (``getsockname()``)."""
+        return [_ListeningSocket(address) for address in self._addresses]
+
+    @property
     def port(self) -> int:
         """The port of the first address opened."""
         for address in self._addresses:
@@ -288,6 +311,23 @@ class Server(_Endpoint):
             self.close()
             await self.wait_closed()
             raise
+
+
+class _ListeningSocket:
+    """A listener as code written for ``asyncio.Server.sockets`` looks at it."""
+
+    def __init__(self, address: Any) -> None:
+        self._address = address
+        if isinstance(address, tuple):
+            self.family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        else:
+            self.family = socket.AF_UNIX
+
+    def getsockname(self) -> Any:
+        return self._address
+
+    def __repr__(self) -> str:
+        return f"<hamanet listening socket {self._address!r}>"
 
 
 class Client(_Endpoint):
@@ -403,3 +443,6 @@ class _OneSession(Client):
 
     def _closed_one(self) -> None:
         self.close()
+
+
+from ._streams import StreamReader, StreamWriter, open_connection, start_server  # noqa: E402

@@ -72,7 +72,12 @@ pub(super) fn drive(py: Python<'_>, inner: &LoopInner) -> Option<f64> {
         dispatcher.report.fatal(&err);
         driven.reactor.abort_all(&err);
     }
-    deliver(&mut dispatcher, &mut driven.reactor, &mut driven.entries, inner);
+    deliver(
+        &mut dispatcher,
+        &mut driven.reactor,
+        &mut driven.entries,
+        inner,
+    );
     let busy = started.elapsed();
     slot.times.add(busy, busy);
     if driven.reactor.is_finished() {

@@ -15,8 +15,8 @@ use pyo3::types::{PyDict, PyTuple};
 
 use super::callbacks::Callbacks;
 use super::connect;
-use super::driven;
 use super::convert;
+use super::driven;
 use super::errors::{os_error, LifecycleError};
 use super::inner::{LoopInner, Phase, ReactorSlot};
 use super::listen;

@@ -32,6 +32,7 @@ mod report;
 pub mod session;
 mod sessions;
 mod stats;
+pub mod stream_buffer;
 mod thread;
 pub mod timer;
 pub mod tls;

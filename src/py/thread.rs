@@ -161,27 +161,13 @@ pub(super) fn deliver(
             // Only with a pool (`StopCloses::Handler`).
             Event::Stopping { .. } => {}
             Event::AcceptPaused { error } => dispatcher.accept_paused(&error),
-            Event::Eof { token } => notify(
-                dispatcher,
-                entries,
-                token,
-                &callbacks,
-                Notice::Eof,
-            ),
-            Event::Drained { token } => notify(
-                dispatcher,
-                entries,
-                token,
-                &callbacks,
-                Notice::Drained,
-            ),
-            Event::PauseWriting { token } => notify(
-                dispatcher,
-                entries,
-                token,
-                &callbacks,
-                Notice::PauseWriting,
-            ),
+            Event::Eof { token } => notify(dispatcher, entries, token, &callbacks, Notice::Eof),
+            Event::Drained { token } => {
+                notify(dispatcher, entries, token, &callbacks, Notice::Drained)
+            }
+            Event::PauseWriting { token } => {
+                notify(dispatcher, entries, token, &callbacks, Notice::PauseWriting)
+            }
             Event::ResumeWriting { token } => notify(
                 dispatcher,
                 entries,
