@@ -23,7 +23,7 @@ help: ## list the targets
 $(TOOLS): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "maturin>=1.9,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "trustme>=1.1" "ruff>=0.6" "mypy>=1.10"
+	$(PY) -m pip install --quiet "maturin>=1.9,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "trustme>=1.1" "uvloop>=0.19" "ruff>=0.6" "mypy>=1.10"
 	touch $@
 
 setup: $(TOOLS) ## create .venv and install the build and test tools into it
