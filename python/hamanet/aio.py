@@ -73,7 +73,7 @@ class _Driver:
             self._native.stop(0)
             self._finish(exc)
             raise
-        if self._native.finished:
+        if delay is not None and delay < 0:
             self._finish(None)
         elif delay is not None:
             self._timer = self._loop.call_later(delay, self.drive)
@@ -81,7 +81,9 @@ class _Driver:
     def _finish(self, exc: BaseException | None) -> None:
         if self.finished.done():
             return
+        # Before the fd closes: a loop must not watch a number that may be reused.
         self._loop.remove_reader(self._fd)
+        self._native.finish_driven()
         if exc is None:
             self.finished.set_result(None)
         else:

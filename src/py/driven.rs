@@ -54,12 +54,21 @@ pub(super) fn start(inner: &LoopInner) -> PyResult<i32> {
     Ok(fd)
 }
 
-/// One driven turn and its delivery; returns the seconds the outer loop may wait before
-/// the next if the epoll fd stays quiet (None: until it is readable). Once the reactor
-/// has finished (after a stop) it winds the loop up and returns None; so does a call made
-/// from inside a callback of this very delivery.
-pub(super) fn drive(py: Python<'_>, inner: &LoopInner) -> Option<f64> {
-    let mut driven = lock(&inner.driven).take()?;
+/// What a drive says to the outer loop.
+pub(super) enum Next {
+    /// Call again when the epoll fd is readable, or after this many seconds.
+    After(Option<f64>),
+    /// The reactor has finished: stop waiting on its fd, then call `finish_driven()`
+    /// (which closes the fd: a loop must not be left watching a closed number).
+    Finished,
+}
+
+/// One driven turn and its delivery. A call made from inside a callback of this very
+/// delivery does nothing (`After(None)`: the drive in progress decides).
+pub(super) fn drive(py: Python<'_>, inner: &LoopInner) -> Next {
+    let Some(mut driven) = lock(&inner.driven).take() else {
+        return Next::After(None);
+    };
     let slot = &inner.reactors[0];
     let mut dispatcher = Dispatcher {
         py,
@@ -80,19 +89,24 @@ pub(super) fn drive(py: Python<'_>, inner: &LoopInner) -> Option<f64> {
     );
     let busy = started.elapsed();
     slot.times.add(busy, busy);
-    if driven.reactor.is_finished() {
-        wind_up(py, inner, driven);
-        return None;
-    }
-    let next = driven.reactor.park();
+    let finished = driven.reactor.is_finished();
+    let next = if finished {
+        Next::Finished
+    } else {
+        Next::After(driven.reactor.park().map(|wait| wait.as_secs_f64()))
+    };
     *lock(&inner.driven) = Some(driven);
-    next.map(|wait| wait.as_secs_f64())
+    next
 }
 
-/// What a reactor thread does when it ends: the `on_close` of client sessions that
-/// never opened, the timers dropped, the loop marked finished.
-fn wind_up(py: Python<'_>, inner: &LoopInner, driven: Driven) {
-    let Driven { reactor, entries } = driven;
+/// After `Next::Finished`, what a reactor thread does when it ends: the `on_close` of
+/// client sessions that never opened, the timers dropped, the reactor (and its epoll fd)
+/// closed, the loop marked finished.
+pub(super) fn finish(py: Python<'_>, inner: &LoopInner) {
+    let driven = lock(&inner.driven).take();
+    let Some(Driven { reactor, entries }) = driven else {
+        return;
+    };
     drop(entries); // attached: the entries hold Python objects
     inner.running_reactors.store(0, Ordering::Relaxed);
     close_never_opened(py, inner);

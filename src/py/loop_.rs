@@ -234,11 +234,21 @@ impl PyLoop {
 
     /// Serves what is ready, delivering the events to the handler on this thread; returns
     /// how many seconds may pass before the next call if the epoll fd stays quiet (None:
-    /// until it is readable, or for good once `finished`).
+    /// until it is readable), or -1.0 once the reactor has finished: then stop waiting on
+    /// the fd and call `finish_driven()`.
     fn drive(&self, py: Python<'_>) -> PyResult<Option<f64>> {
-        let next = driven::drive(py, &self.inner);
+        let next = match driven::drive(py, &self.inner) {
+            driven::Next::After(wait) => wait,
+            driven::Next::Finished => Some(-1.0),
+        };
         self.raise_failure()?;
         Ok(next)
+    }
+
+    /// Winds a driven loop up once `drive()` said it finished: closes the reactor (and
+    /// its epoll fd) and marks the loop finished.
+    fn finish_driven(&self, py: Python<'_>) {
+        driven::finish(py, &self.inner);
     }
 
     /// Waits up to `timeout` seconds for the reactor to finish; returns whether it has.
