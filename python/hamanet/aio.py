@@ -110,6 +110,10 @@ class _Callbacks:
         self._endpoint = endpoint
 
     def wrap(self, callbacks: tuple[Callable[..., Any] | None, ...]) -> tuple[Any, ...]:
+        if not any(callback is not None and _is_async(callback) for callback in callbacks):
+            # Nothing to await, so nothing to keep in order: the callbacks as they are,
+            # at no cost per call.
+            return callbacks
         return tuple(
             None if callback is None else self._wrap(name, callback)
             for name, callback in zip(CALLBACK_NAMES, callbacks)
