@@ -244,6 +244,7 @@ class StreamWriter:
         self._closed: asyncio.Future[None] = loop.create_future()
         self._drain_waiter: asyncio.Future[None] | None = None
         self._writing_paused = False
+        self._eof_written = False
 
     def __repr__(self) -> str:
         return f"<StreamWriter session={self._session!r} reader={self._reader!r}>"
@@ -253,12 +254,22 @@ class StreamWriter:
         return self._transport
 
     def write(self, data: Any) -> None:
-        self._session.write(data)
+        if self._check_writable():
+            self._session.write(data)
 
     def writelines(self, data: Any) -> None:
-        self._session.writelines(list(data))
+        if self._check_writable():
+            self._session.writelines(list(data))
+
+    def _check_writable(self) -> bool:
+        """As asyncio's transport: a write after write_eof() is a mistake, one after
+        close() is dropped (the connection is going)."""
+        if self._eof_written:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        return not self._session.closing
 
     def write_eof(self) -> None:
+        self._eof_written = True
         self._session.shutdown_write()
 
     def can_write_eof(self) -> bool:
@@ -277,23 +288,33 @@ class StreamWriter:
         return self._transport.get_extra_info(name, default)
 
     async def drain(self) -> None:
-        """Waits until the write buffer is below its low watermark (real backpressure from
-        the Rust write buffer); raises what ended the connection, as asyncio does."""
+        """Waits while the write buffer is above its high watermark, until it falls to the
+        low one (real backpressure from the Rust write buffer); raises what ended the
+        connection, as asyncio does."""
         exc = self._reader.exception()
         if exc is not None:
             raise exc
-        if self._session.closing:
+        session = self._session
+        if session.closing:
             # As asyncio: let a close in progress run, then report the lost connection.
             await asyncio.sleep(0)
             if self._closed.done():
                 raise ConnectionResetError("Connection lost")
-        if not self._writing_paused:
-            return
-        waiter = self._drain_waiter
-        if waiter is None or waiter.done():
-            waiter = asyncio.get_running_loop().create_future()
-            self._drain_waiter = waiter
-        await waiter
+        _low, high, _max = session.get_write_buffer_limits()
+        # The reactor says it paused writing only at its next turn: until then the buffer
+        # itself tells. Each pass lets the loop run that turn (bounded: once it has, the
+        # buffer is either at most `high` or the pause has been reported).
+        for _ in range(100):
+            if self._writing_paused:
+                waiter = self._drain_waiter
+                if waiter is None or waiter.done():
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._drain_waiter = waiter
+                await waiter
+                return
+            if session.write_buffer_size <= high or session.closing:
+                return
+            await asyncio.sleep(0)
 
     # -- told by the session ----------------------------------------------------------------
     def _pause(self) -> None:
@@ -306,8 +327,15 @@ class StreamWriter:
     def _lost(self, exc: BaseException | None) -> None:
         self._writing_paused = False
         self._release_drain(exc or ConnectionResetError("Connection lost"))
-        if not self._closed.done():
+        if self._closed.done():
+            return
+        if exc is None:
             self._closed.set_result(None)
+        else:
+            # As asyncio: wait_closed() raises what ended the connection; retrieved here
+            # so that nobody waiting is not an "exception never retrieved".
+            self._closed.set_exception(exc)
+            self._closed.exception()
 
     def _release_drain(self, exc: BaseException | None) -> None:
         waiter = self._drain_waiter

@@ -125,9 +125,6 @@ class _Callbacks:
 
         def call(session: Session, *args: Any) -> Any:
             order: _Order | None = getattr(session, "_hamanet_order", None)
-            if name == "on_close" and order is not None and order.error is not None:
-                # An async callback of this session raised: that is why it closed.
-                args = (order.error,)
             if order is not None and order.busy:
                 order.queue.append((name, callback, is_async, args))
                 return True  # on_eof: keep the session open until the queued call decides
@@ -145,15 +142,19 @@ class _Callbacks:
         is_async: bool,
         args: tuple[Any, ...],
     ) -> Any:
+        order: _Order | None = getattr(session, "_hamanet_order", None)
+        if name == "on_close" and order is not None and order.error is not None:
+            # An async callback of this session raised: that is why it closed.
+            args = (order.error,)
         if not is_async:
             return callback(session, *args)
-        order: _Order | None = getattr(session, "_hamanet_order", None)
         if order is None:
             order = _Order()
             session._hamanet_order = order
         order.busy = True
         if name != "on_close":
-            session.pause_reading()
+            # Apart from the user's pause_reading(), which this neither sets nor lifts.
+            session._hold_reading()
         task = asyncio.get_running_loop().create_task(callback(session, *args))
         self._endpoint._tasks.add(task)
         task.add_done_callback(lambda done: self._finished(session, name, order, done))
@@ -172,13 +173,17 @@ class _Callbacks:
                 continue
             if name == "on_eof" and not order.busy and not result:
                 session.close()
-        if not order.busy and not session.closing:
-            session.resume_reading()
+        if not order.busy:
+            session._release_reading()
 
     def _settle(self, session: Session, name: str, task: asyncio.Task) -> None:
         order: _Order = session._hamanet_order
         if task.cancelled():
-            self._failed(session, name, order, asyncio.CancelledError())
+            # Cancelled (the loop is ending, say): not the handler's fault, nothing to log;
+            # what the callback would have done is not done, so the session goes.
+            if not session.closed:
+                order.error = order.error or asyncio.CancelledError()
+                session.abort()
             return
         exc = task.exception()
         if exc is not None:
@@ -186,14 +191,14 @@ class _Callbacks:
         elif name == "on_eof" and not task.result():
             session.close()
 
-    @staticmethod
-    def _failed(session: Session, name: str, order: _Order, exc: BaseException) -> None:
-        # As a plain callback's exception: logged, and the session aborted, its on_close
-        # given the exception.
+    def _failed(self, session: Session, name: str, order: _Order, exc: BaseException) -> None:
+        # As a plain callback's exception: logged and counted, and the session aborted,
+        # its on_close given the exception.
+        native = self._endpoint._native
         if name == "on_close" or session.closed:
-            _logger.error("hamanet: %s raised", name, exc_info=exc)
+            native.report_handler_error(name, None, exc)
             return
-        _logger.error("hamanet: %s of session %d raised", name, session.id, exc_info=exc)
+        native.report_handler_error(name, session.id, exc)
         if order.error is None:
             order.error = exc
         session.abort()
@@ -206,12 +211,12 @@ class _Endpoint:
         framing = options.pop("framing", None)
         if framing is None:
             framing = getattr(handler, "framing", None)
-        for name in ("workers", "reactors"):
-            if options.get(name, 0 if name == "workers" else 1) not in (0, 1):
+        for name, only in (("workers", 0), ("reactors", 1)):
+            if options.get(name, only) != only:
                 raise ValueError(
                     f"{name}={options[name]!r}: hamanet.aio runs one reactor on the asyncio "
-                    "thread and no worker pool; run several processes, or use "
-                    "hamanet.Server for threads"
+                    f"thread and no worker pool ({name}={only}); run several processes, or "
+                    "use hamanet.Server for threads"
                 )
         options.setdefault("workers", 0)
         self._native = Loop(type(self).__name__, framing=framing, **options)
@@ -382,20 +387,30 @@ def _opening(callbacks: tuple[Any, ...], closed_one: Callable[[], None]) -> tupl
     close."""
     on_connect, on_close = (callbacks[CALLBACK_NAMES.index(n)] for n in ("on_connect", "on_close"))
 
-    def connected(session: Session) -> None:
-        if on_connect is not None:
-            on_connect(session)
+    def opened(session: Session) -> None:
         outcome = session.__dict__.pop("_hamanet_opened", None)
         if outcome is not None and not outcome.done():
             outcome.set_result(None)
 
+    def connected(session: Session) -> None:
+        if on_connect is not None:
+            on_connect(session)
+        order: _Order | None = getattr(session, "_hamanet_order", None)
+        if order is not None and order.busy:
+            # An async on_connect: connect() returns once it has finished.
+            order.queue.append(("on_connect", opened, False, ()))
+        else:
+            opened(session)
+
     def closed(session: Session, exc: BaseException | None) -> None:
         outcome = session.__dict__.pop("_hamanet_opened", None)
+        if outcome is not None and not outcome.done():
+            # Never opened: connect() raises (or tries the next address).
+            cancelled = ConnectionAbortedError("the connect was cancelled")
+            outcome.set_result(exc if exc is not None else cancelled)
+            return
         try:
-            if outcome is not None and not outcome.done():
-                cancelled = ConnectionAbortedError("the connect was cancelled")
-                outcome.set_result(exc if exc is not None else cancelled)
-            elif on_close is not None:
+            if on_close is not None:
                 on_close(session, exc)
         finally:
             closed_one()
@@ -445,7 +460,15 @@ async def connect(
 
 
 class _OneSession(Client):
-    """The client behind ``connect()``: it ends when its session does."""
+    """The client behind ``connect()``: it ends when its session does, or when the
+    connect fails."""
+
+    async def connect(self, host: str, port: int, **kwargs: Any) -> Session:
+        try:
+            return await super().connect(host, port, **kwargs)
+        except BaseException:
+            self.close()
+            raise
 
     def _closed_one(self) -> None:
         self.close()

@@ -22,6 +22,7 @@ use super::inner::{LoopInner, Phase, ReactorSlot};
 use super::listen;
 use super::options::{loop_options, LoopOptions};
 use super::pool::Pool;
+use super::report::Report;
 use super::session::PySession;
 use super::stats;
 use super::thread::run;
@@ -243,6 +244,30 @@ impl PyLoop {
         };
         self.raise_failure()?;
         Ok(next)
+    }
+
+    /// Reports an exception that handler code raised where hamanet did not call it
+    /// itself (an async callback's task): logged and counted in `handler_errors` as a
+    /// callback's is. Aborting the session is the caller's part.
+    #[pyo3(signature = (callback, session, exc))]
+    fn report_handler_error(
+        &self,
+        py: Python<'_>,
+        callback: &str,
+        session: Option<u64>,
+        exc: Bound<'_, PyAny>,
+    ) {
+        let report = Report::new(py);
+        match session {
+            Some(id) => report.error(callback, id, &PyErr::from_value(exc)),
+            None => report.log(
+                pyo3::intern!(py, "error"),
+                &format!("hamanet: {callback} raised"),
+                Some(exc.unbind()),
+            ),
+        }
+        // Counted after it is reported: whoever sees the count can read the log line.
+        self.inner.handler_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Winds a driven loop up once `drive()` said it finished: closes the reactor (and

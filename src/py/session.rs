@@ -165,6 +165,17 @@ impl PySession {
     }
 
     /// True while `pause_reading()` is in force.
+    /// Holds reading while hamanet.aio awaits this session's async callback: apart from
+    /// the user's `pause_reading()`, which neither this nor its release touches.
+    fn _hold_reading(&self) {
+        self.core.hold_reading();
+    }
+
+    /// Ends `_hold_reading()`: reading goes on unless the user paused it.
+    fn _release_reading(&self) {
+        self.core.release_reading();
+    }
+
     #[getter]
     fn reading_paused(&self) -> bool {
         self.core.state().read_paused

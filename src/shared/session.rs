@@ -287,7 +287,8 @@ impl SessionCore {
         self.state().read_paused = true;
     }
 
-    /// Holds reading while the handler is behind (the worker pool's backlog is full),
+    /// Holds reading while the handler is behind (the worker pool's backlog is full, or
+    /// hamanet.aio awaits an async callback of this session),
     /// apart from the user's `pause_reading()`. Reactor thread.
     pub fn hold_reading(&self) {
         self.state().backlog_full = true;
