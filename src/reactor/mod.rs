@@ -38,6 +38,8 @@ use crate::tls::{TlsFailure, TlsStream};
 mod accept;
 mod close;
 mod connect;
+#[cfg(test)]
+mod driven_tests;
 mod flush;
 mod idle;
 mod read;

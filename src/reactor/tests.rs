@@ -172,7 +172,7 @@ fn ensure_open_files(want: u64) {
 }
 
 /// A reactor listening on a free loopback port.
-fn listening_reactor(config: LoopConfig) -> (Reactor, SocketAddr) {
+pub(super) fn listening_reactor(config: LoopConfig) -> (Reactor, SocketAddr) {
     listening_reactor_with(config, None)
 }
 
