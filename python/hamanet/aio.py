@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import socket
 from typing import Any, Callable
 
+from ._endpoint import (
+    DEFAULT_BACKLOG,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_HOST,
+    DEFAULT_STOP_TIMEOUT,
+)
 from ._hamanet import LifecycleError, Loop, Session, TLSClientContext, TLSServerContext
 from ._handler import CALLBACK_NAMES, Handler, _is_async, bound_callbacks
 
@@ -40,13 +45,6 @@ __all__ = [
 run = asyncio.run
 IncompleteReadError = asyncio.IncompleteReadError
 LimitOverrunError = asyncio.LimitOverrunError
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_BACKLOG = 1024
-DEFAULT_STOP_TIMEOUT = 5.0
-DEFAULT_CONNECT_TIMEOUT = 10.0
-
-_logger = logging.getLogger("hamanet")
 
 
 class _Driver:
