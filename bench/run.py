@@ -91,7 +91,7 @@ def machine() -> str:
 
 
 def progress(i: int, total: int, r, sc) -> str:
-    head = f"[{i}/{total}] {r.scenario:<10} round {r.round} {r.server:<10}"
+    head = f"[{i}/{total}] {r.scenario:<13} round {r.round} {r.server:<11}"
     if not r.ok:
         return f"{head} FAILED: {r.error}"
     if sc.by_throughput:
@@ -362,6 +362,15 @@ def render_markdown(
         "sends close_notify before its FIN and requires the server's close_notify before "
         "its FIN; tls-handshake is a full handshake per connection (no resumption) and its "
         "target is handshakes per server CPU-second, the inverse of its CPU per connection.",
+        "- hamanet inside asyncio (`streams-rr1k`, `streams-lines`, `aio-rr64`): "
+        "`bench/servers/streams_echo.py` is one streams echo program (`reader.read` or "
+        "`reader.readline`, then `writer.write` and `await writer.drain()`) whose servers "
+        "differ only in the module whose `start_server` it calls: asyncio's on uvloop (the "
+        "baseline) and on asyncio, hamanet.aio's on uvloop (hamanet-aio) and on asyncio "
+        "(hamanet-aio-asyncio). streams-lines has the load generator send lines "
+        "(`--lines`: each message ends in its only newline; every byte still verified). "
+        "aio-rr64 is examples/echo_server.py's handler under `hamanet.aio.serve` "
+        "(`bench/servers/aio_echo.py`) against the same handler on hamanet's own thread.",
         "",
     ]
     if notes:

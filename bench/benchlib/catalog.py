@@ -10,8 +10,10 @@ does blocking work per chunk first (a 5 ms sleep, a SHA-256): hamanet on its wor
 (and, for scale, with `workers=0`), asyncio and uvloop with `loop.run_in_executor` on a
 thread pool of the same size. The TLS scenarios (`tls-rr1k`, `tls-stream100k`,
 `tls-handshake`, `redis-tls`, `https`) are their plain twins over TLS 1.3 with fresh
-certificates (`benchlib/tls.py`), on the servers that have a TLS program. uvloop is the
-baseline of every ratio.
+certificates (`benchlib/tls.py`), on the servers that have a TLS program. The asyncio
+integration scenarios (`streams-rr1k`, `streams-lines`, `aio-rr64`) run one streams echo
+program on asyncio's streams and on hamanet.aio's, and hamanet's echo handler under
+`hamanet.aio.serve` against hamanet's own thread. uvloop is the baseline of every ratio.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ REACTORS_ECHO = BENCH / "servers" / "reactors_echo.py"
 UVLOOP_ECHO = BENCH / "servers" / "uvloop_echo.py"
 ASYNCIO_ECHO = BENCH / "servers" / "asyncio_echo.py"
 TLS_ECHO = BENCH / "servers" / "tls_echo.py"
+STREAMS_ECHO = BENCH / "servers" / "streams_echo.py"
+AIO_ECHO = BENCH / "servers" / "aio_echo.py"
 # The applications served over TLS: their servers take `--tls CERT KEY`.
 TLS_APPS = ("tls-echo", "redis-tls", "https")
 # scale: reactors=1, 2, ... up to the CPUs the load generator leaves (at least 2, so a
@@ -67,6 +71,8 @@ class Server:
     note: str = ""
     # The other servers it runs, by application (Scenario.app): (("redis", argv), ...).
     apps: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # Every program of it runs hamanet.aio: left out while the built module has none.
+    aio: bool = False
 
     def available(self) -> bool:
         return self.needs_module is None or importlib.util.find_spec(self.needs_module) is not None
@@ -83,15 +89,25 @@ class Server:
         hamanet's TLS, while the built module has none."""
         if app in TLS_APPS and self.needs_module == "hamanet" and not _hamanet_has_tls():
             return "the built hamanet has no TLSServerContext (rebuild it: make build)"
+        if self.aio and not _hamanet_has_aio():
+            return "the built hamanet has no hamanet.aio (Loop.start_driven; make build)"
         return None
+
+
+def _hamanet_probe(code: str) -> bool:
+    """Asked of the benchmark's Python in a child process: the runner itself never loads
+    the extension module it measures."""
+    return subprocess.run([str(PYTHON), "-c", code], capture_output=True).returncode == 0
 
 
 @functools.cache
 def _hamanet_has_tls() -> bool:
-    """Asked of the benchmark's Python in a child process: the runner itself never loads
-    the extension module it measures."""
-    probe = "import hamanet; hamanet.TLSServerContext"
-    return subprocess.run([str(PYTHON), "-c", probe], capture_output=True).returncode == 0
+    return _hamanet_probe("import hamanet; hamanet.TLSServerContext")
+
+
+@functools.cache
+def _hamanet_has_aio() -> bool:
+    return _hamanet_probe("import hamanet.aio; hamanet.aio.Loop.start_driven")
 
 
 def _tls_missing(mode: str) -> str | None:
@@ -132,6 +148,13 @@ def _logic(loop: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     )
 
 
+def _streams(loop: str, streams: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The streams scenarios' servers: bench/servers/streams_echo.py on `loop` with
+    `streams`' start_server (asyncio's or hamanet.aio's), by echo (read or readline)."""
+    argv = (*_py(STREAMS_ECHO), loop, streams)
+    return (("streams-read", (*argv, "read")), ("streams-lines", (*argv, "lines")))
+
+
 def _hamanet_work(blocking_workers: int, hash_workers: int) -> tuple[tuple[str, ...], ...]:
     """hamanet's work servers: the blocking example (its port comes after `--port`) and
     bench/servers/hash_server.py, each with that many workers."""
@@ -147,12 +170,23 @@ SERVERS = (
         "uvloop",
         _py(UVLOOP_ECHO),
         "uvloop",
-        apps=(*_logic("uvloop"), ("tls-echo", _tls(_py(UVLOOP_ECHO)))),
+        apps=(
+            *_logic("uvloop"),
+            ("tls-echo", _tls(_py(UVLOOP_ECHO))),
+            *_streams("uvloop", "asyncio"),
+            # aio-rr64 compares hamanet with itself; uvloop's protocol echo is the
+            # baseline column every table needs.
+            ("aio-echo", _py(UVLOOP_ECHO)),
+        ),
     ),
     Server(
         "asyncio",
         _py(ASYNCIO_ECHO),
-        apps=(*_logic("asyncio"), ("tls-echo", _tls(_py(ASYNCIO_ECHO)))),
+        apps=(
+            *_logic("asyncio"),
+            ("tls-echo", _tls(_py(ASYNCIO_ECHO))),
+            *_streams("asyncio", "asyncio"),
+        ),
     ),
     Server(
         "rloop",
@@ -179,7 +213,29 @@ SERVERS = (
             *_hamanet_work(BLOCKING_WORKERS, HASH_WORKERS),
             ("serial", (*_py(REACTORS_ECHO), "--reactors", "1")),
             ("scale", (*_py(REACTORS_ECHO), "--reactors", "1")),
+            # aio-rr64's reference: the same handler on hamanet's own reactor thread.
+            ("aio-echo", _py(EXAMPLES / "echo_server.py")),
         ),
+    ),
+    # hamanet.aio: the reactor driven by a uvloop loop (the streams servers, and the echo
+    # handler under hamanet.aio.serve), and the same on asyncio's own loop, for scale:
+    # what the loop underneath costs.
+    Server(
+        "hamanet-aio",
+        None,
+        "hamanet",
+        apps=(*_streams("uvloop", "hamanet"), ("aio-echo", (*_py(AIO_ECHO), "uvloop"))),
+        aio=True,
+        note="hamanet.aio on a uvloop loop (streams-*: hamanet.aio.start_server; aio-rr64: "
+        "hamanet.aio.serve with examples/echo_server.py's handler)",
+    ),
+    Server(
+        "hamanet-aio-asyncio",
+        None,
+        "hamanet",
+        apps=(*_streams("asyncio", "hamanet"), ("aio-echo", (*_py(AIO_ECHO), "asyncio"))),
+        aio=True,
+        note="hamanet.aio as hamanet-aio, on asyncio's own loop instead of uvloop",
     ),
     # The work servers without a pool (workers=0: the reactor thread runs the handler), for
     # scale: what the pool adds. No echo server, so no column in the echo scenarios.
@@ -235,6 +291,9 @@ class Scenario:
     pin_server: bool = True
     # Over TLS (benchlib/tls.py): the clients speak TLS 1.3 and verify the certificate.
     tls: bool = False
+    # The load generator's `--lines`: every message a line ending in its only b"\n", for
+    # servers that echo by readline (bench/loadgen/src/pattern.rs keeps every byte checked).
+    lines: bool = False
 
     @property
     def real_client(self) -> bool:
@@ -263,6 +322,8 @@ class Scenario:
         args = [self.mode, "--conns", str(self.conns), "--size", str(self.size)]
         if self.mode == "rr":
             args += ["--depth", str(self.depth)]
+        if self.lines:
+            args.append("--lines")
         return args
 
     def describe(self) -> str:
@@ -305,6 +366,30 @@ class Scenario:
                 f"the GIL), then echoes it: hamanet with {HASH_WORKERS} workers (hamanet-w0: "
                 f"0), asyncio/uvloop `run_in_executor` on {HASH_WORKERS} threads; the server "
                 "is not pinned to one CPU"
+            )
+        if self.app == "streams-read":
+            return (
+                f"{self.conns} connections, one {self.size // 1024} KiB request at a time "
+                "each, through streams: `bench/servers/streams_echo.py`, per connection "
+                "`reader.read(64 KiB)`, `writer.write`, `await writer.drain()`; the uvloop "
+                "and asyncio columns are `asyncio.start_server` on that loop, hamanet-aio "
+                "the same program with `hamanet.aio.start_server` on uvloop "
+                "(hamanet-aio-asyncio: on asyncio's loop)"
+            )
+        if self.app == "streams-lines":
+            return (
+                f"{self.conns} connections, {self.depth} lines of {self.size} B "
+                f"({self.size - 1} bytes and b'\\n') in flight each (pipelined), through "
+                "streams: `bench/servers/streams_echo.py`, per connection "
+                "`reader.readline()`, `writer.write`, `await writer.drain()`; servers as in "
+                "streams-rr1k"
+            )
+        if self.app == "aio-echo":
+            return (
+                "rr64 with hamanet's echo handler (`examples/echo_server.py`) under "
+                "`hamanet.aio.serve` on a uvloop loop (hamanet-aio; hamanet-aio-asyncio: on "
+                "asyncio's loop), against the same handler on hamanet's own reactor thread "
+                "(hamanet); uvloop is its protocol echo, as in rr64"
             )
         if self.mode == "accept":
             if self.tls:
@@ -410,6 +495,21 @@ SCENARIOS = (
         throughput=True,
         pin_server=False,
     ),
+    # hamanet inside asyncio (issue 13): one streams program on asyncio's streams and on
+    # hamanet.aio's (bench/servers/streams_echo.py), and rr64's handler under
+    # hamanet.aio.serve against hamanet's own thread.
+    Scenario("streams-rr1k", "rr", conns=100, size=1024, app="streams-read", needs=(STREAMS_ECHO,)),
+    Scenario(
+        "streams-lines",
+        "rr",
+        conns=100,
+        size=64,
+        depth=16,
+        app="streams-lines",
+        needs=(STREAMS_ECHO,),
+        lines=True,
+    ),
+    Scenario("aio-rr64", "rr", conns=100, size=64, app="aio-echo", needs=(AIO_ECHO,)),
 )
 
 
@@ -469,6 +569,13 @@ HAMANET_TARGETS = (
     Target("tls-handshake", "per-cpu", 1.5),
     Target("redis-tls", "throughput", 1.0, ahead=True),
     Target("https", "throughput", 1.0, ahead=True),
+    # hamanet inside asyncio (issue 13): the streams echo on hamanet.aio (on uvloop) for at
+    # most 0.6 x the server CPU per message of the same program on uvloop's asyncio
+    # streams; the echo handler driven by the uvloop loop within 1.15 x its CPU per
+    # message on hamanet's own reactor thread.
+    Target("streams-rr1k", "cpu", 0.60, server="hamanet-aio"),
+    Target("streams-lines", "cpu", 0.60, server="hamanet-aio"),
+    Target("aio-rr64", "cpu", 1.15, against="hamanet", server="hamanet-aio"),
 )
 # Each TLS scenario and its plain twin: what TLS costs a server (summary.tls_cost_lines).
 TLS_TWINS = (

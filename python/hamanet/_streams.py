@@ -32,6 +32,7 @@ class StreamReader:
         self._waiter: asyncio.Future[None] | None = None
         self._session: Session | None = None
         self._paused = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         info = ["StreamReader", f"{len(self._buffer)} bytes"]
@@ -94,7 +95,10 @@ class StreamReader:
         if self._paused and self._session is not None:
             self._paused = False
             self._session.resume_reading()
-        self._waiter = asyncio.get_running_loop().create_future()
+        if self._loop is None:
+            # Kept: on CPython 3.11 each get_running_loop() costs a getpid() syscall.
+            self._loop = asyncio.get_running_loop()
+        self._waiter = self._loop.create_future()
         try:
             await self._waiter
         finally:
@@ -240,8 +244,8 @@ class StreamWriter:
         self._session = session
         self._reader = reader
         self._transport = _Transport(session)
-        loop = asyncio.get_running_loop()
-        self._closed: asyncio.Future[None] = loop.create_future()
+        self._loop = asyncio.get_running_loop()
+        self._closed: asyncio.Future[None] = self._loop.create_future()
         self._drain_waiter: asyncio.Future[None] | None = None
         self._writing_paused = False
         self._eof_written = False
@@ -308,7 +312,7 @@ class StreamWriter:
             if self._writing_paused:
                 waiter = self._drain_waiter
                 if waiter is None or waiter.done():
-                    waiter = asyncio.get_running_loop().create_future()
+                    waiter = self._loop.create_future()
                     self._drain_waiter = waiter
                 await waiter
                 return
@@ -413,22 +417,36 @@ async def start_server(
     tls: TLSServerContext | None = None,
     backlog: int = 100,
     reuse_port: bool | None = None,
+    reuse_address: bool | None = None,
+    start_serving: bool = True,
+    ssl: None = None,
     **options: Any,
 ) -> Any:
     """As ``asyncio.start_server``: calls ``client_connected_cb(reader, writer)`` for each
-    client (a coroutine function is run as a task); returns the started server."""
-    from .aio import serve
+    client (a coroutine function is run as a task); returns the server, started unless
+    ``start_serving=False`` (then ``serve_forever()`` or ``start_serving()`` starts it).
+    ``reuse_address`` is accepted for asyncio's sake: hamanet's listeners always set
+    SO_REUSEADDR."""
+    from .aio import Server
 
-    handler = _StreamHandler(limit, client_connected_cb)
-    return await serve(
-        handler,
-        host or "127.0.0.1",
-        port or 0,
-        backlog=backlog,
-        reuse_port=bool(reuse_port),
-        tls=tls,
-        **options,
+    _refuse_ssl(ssl)
+    del reuse_address
+    server = Server(_StreamHandler(limit, client_connected_cb), **options)
+    server.open(
+        port or 0, host or "127.0.0.1", backlog=backlog, reuse_port=bool(reuse_port), tls=tls
     )
+    if start_serving:
+        await server.start_serving()
+    return server
+
+
+def _refuse_ssl(ssl: Any) -> None:
+    if ssl is not None:
+        raise TypeError(
+            "ssl= takes no ssl.SSLContext here: hamanet does TLS in Rust; pass "
+            "tls=hamanet.TLSServerContext(certfile, keyfile) (tls=hamanet.TLSClientContext(...) "
+            "for open_connection) instead"
+        )
 
 
 async def open_connection(
@@ -438,11 +456,13 @@ async def open_connection(
     limit: int = _DEFAULT_LIMIT,
     tls: TLSClientContext | None = None,
     server_hostname: str | None = None,
+    ssl: None = None,
     **options: Any,
 ) -> tuple[StreamReader, StreamWriter]:
     """As ``asyncio.open_connection``: returns ``(reader, writer)`` once connected."""
     from .aio import connect
 
+    _refuse_ssl(ssl)
     session = await connect(
         _StreamHandler(limit, None), host, port, tls=tls, server_hostname=server_hostname, **options
     )

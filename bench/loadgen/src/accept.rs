@@ -39,6 +39,7 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     let mut open = |slot: usize| -> Result<Stream, String> {
         let mut s = Stream::open(
             &ep,
+            &pattern,
             cfg.port,
             next_id,
             slot as u64,

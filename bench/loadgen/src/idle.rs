@@ -38,7 +38,7 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
         // Top up the connects in flight.
         while streams.len() < cfg.conns && streams.len() - echoed < cfg.concurrency {
             let id = streams.len() as u64;
-            let mut s = Stream::open(&ep, cfg.port, id, id, DIAL, None)?;
+            let mut s = Stream::open(&ep, &pattern, cfg.port, id, id, DIAL, None)?;
             s.issued = size;
             s.flush(&pattern)?;
             streams.push(s);

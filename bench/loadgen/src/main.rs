@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! loadgen rr     --port P [--conns 100] [--size 64] [--depth 1] [--warmup 0.5] [--duration 3]
+//!                [--lines]  (every message a line: SIZE-1 bytes without `\n`, then `\n`;
+//!                            SIZE a power of two; for servers that echo by readline)
 //! loadgen accept --port P [--conns 50]  [--size 64] [--warmup 0.5] [--duration 3]
 //! loadgen idle   --port P [--conns 10000] [--size 16] [--hold 1] [--concurrency 100]
 //! common:        [--server-pid PID]  (sample the server's CPU time at the window's edges)
@@ -48,6 +50,8 @@ pub struct Config {
     pub close_check: bool,
     /// `--tls`: every connection speaks TLS with this client configuration.
     pub tls: Option<tls::Client>,
+    /// `--lines` (rr): every message is a line ending in its only `\n` (pattern.rs).
+    pub lines: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<(String, Config), String> {
@@ -67,6 +71,7 @@ fn parse_args(args: &[String]) -> Result<(String, Config), String> {
         server_pid: None,
         close_check: true,
         tls: None,
+        lines: false,
     };
     let mut cafile: Option<String> = None;
     let mut sni = "localhost".to_string();
@@ -74,6 +79,10 @@ fn parse_args(args: &[String]) -> Result<(String, Config), String> {
     while let Some(flag) = it.next() {
         if flag == "--no-close-check" {
             cfg.close_check = false;
+            continue;
+        }
+        if flag == "--lines" {
+            cfg.lines = true;
             continue;
         }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -121,6 +130,9 @@ fn parse_args(args: &[String]) -> Result<(String, Config), String> {
     }
     if cfg.size == 0 || cfg.depth == 0 || cfg.concurrency == 0 {
         return Err("--size, --depth and --concurrency must be at least 1".into());
+    }
+    if cfg.lines && mode != "rr" {
+        return Err("--lines is for the rr mode".into());
     }
     if let Some(cafile) = cafile {
         if mode == "idle" {

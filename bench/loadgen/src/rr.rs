@@ -36,11 +36,23 @@ impl Conn {
 pub fn run(cfg: &Config) -> Result<Report, String> {
     let size = cfg.size as u64;
     let depth = cfg.depth as u64;
-    let pattern = Pattern::new();
+    let pattern = if cfg.lines {
+        Pattern::lines(cfg.size)?
+    } else {
+        Pattern::new()
+    };
     let ep = Epoll::new().map_err(|e| format!("epoll_create: {e}"))?;
     let mut conns = Vec::with_capacity(cfg.conns);
     for i in 0..cfg.conns {
-        let stream = Stream::open(&ep, cfg.port, i as u64, i as u64, DIAL, cfg.tls.as_ref())?;
+        let stream = Stream::open(
+            &ep,
+            &pattern,
+            cfg.port,
+            i as u64,
+            i as u64,
+            DIAL,
+            cfg.tls.as_ref(),
+        )?;
         conns.push(Conn {
             stream,
             in_flight: VecDeque::with_capacity(cfg.depth),

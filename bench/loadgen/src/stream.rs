@@ -45,9 +45,10 @@ pub enum Read {
 impl Stream {
     /// Starts a non-blocking connect to 127.0.0.1:`port` and registers it under `token`;
     /// with `tls`, the connection is a TLS client session (the handshake starts with the
-    /// first flush once connected).
+    /// first flush once connected). Its bytes are `pattern`'s stream for `id`.
     pub fn open(
         ep: &Epoll,
+        pattern: &Pattern,
         port: u16,
         id: u64,
         token: u64,
@@ -76,7 +77,7 @@ impl Stream {
         };
         ep.add(fd.as_raw_fd(), sys::INTEREST, token)
             .map_err(|e| format!("conn {id}: epoll_ctl: {e}"))?;
-        let start = Pattern::start(id);
+        let start = pattern.start(id);
         Ok(Stream {
             fd,
             tls,
