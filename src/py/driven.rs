@@ -27,19 +27,13 @@ pub(super) struct Driven {
 
 /// Starts the loop without a thread; returns the epoll fd to wait on.
 pub(super) fn start(inner: &LoopInner) -> PyResult<i32> {
-    inner.check_not_forked("start()")?;
     if inner.reactors.len() != 1 || inner.pool.is_some() {
         return Err(LifecycleError::new_err(
             "a loop driven by asyncio runs one reactor and no worker pool: its handlers \
              run on the asyncio thread (use reactors=1, workers=0)",
         ));
     }
-    let mut phase = lock(&inner.phase);
-    if *phase != Phase::Created {
-        return Err(LifecycleError::new_err(
-            "start() was already called (or it was stopped); create a new one",
-        ));
-    }
+    let mut phase = inner.claim_start()?;
     let slot = &inner.reactors[0];
     let reactor = lock(&slot.reactor)
         .take()

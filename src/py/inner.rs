@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -150,6 +150,22 @@ impl LoopInner {
         let deadline = Instant::now() + timeout;
         for slot in &self.reactors {
             slot.shared.submit(Command::Stop(deadline));
+        }
+    }
+
+    /// The phase, locked, for `start()` to move to `Running`: refused unless the loop
+    /// is freshly made (started already, stopped, or a forked child's copy).
+    pub(super) fn claim_start(&self) -> PyResult<MutexGuard<'_, Phase>> {
+        self.check_not_forked("start()")?;
+        let phase = lock(&self.phase);
+        match *phase {
+            Phase::Created => Ok(phase),
+            Phase::Running => Err(LifecycleError::new_err(
+                "start() was already called; it runs until stop()",
+            )),
+            Phase::Stopped => Err(LifecycleError::new_err(
+                "cannot start(): it was stopped; create a new one to run again",
+            )),
         }
     }
 

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -25,7 +24,7 @@ use super::pool::Pool;
 use super::report::Report;
 use super::session::PySession;
 use super::stats;
-use super::thread::run;
+use super::thread;
 use super::timer::{schedule, schedule_at, session_core, PyTimerHandle};
 use crate::reactor::{Reactor, StopCloses};
 use crate::shared::{lock, Command};
@@ -154,47 +153,9 @@ impl PyLoop {
         listen::listen_unix(py, &self.inner, path, backlog, tls)
     }
 
-    /// Starts the reactor thread.
+    /// Starts the reactor thread (or threads, and the worker pool).
     fn start(&self) -> PyResult<()> {
-        self.inner.check_not_forked("start()")?;
-        let mut phase = lock(&self.inner.phase);
-        match *phase {
-            Phase::Created => {}
-            Phase::Running => {
-                return Err(LifecycleError::new_err(
-                    "start() was already called; it runs until stop()",
-                ))
-            }
-            Phase::Stopped => {
-                return Err(LifecycleError::new_err(
-                    "cannot start(): it was stopped; create a new one to run again",
-                ))
-            }
-        }
-        if let Some(pool) = &self.inner.pool {
-            pool.start(&self.inner)
-                .map_err(|e| os_error(&e, Some("starting the worker threads")))?;
-        }
-        self.inner
-            .running_reactors
-            .store(self.inner.reactors.len(), Ordering::Relaxed);
-        for (index, slot) in self.inner.reactors.iter().enumerate() {
-            let reactor = lock(&slot.reactor)
-                .take()
-                .ok_or_else(|| LifecycleError::new_err("the reactor is gone; create a new one"))?;
-            let inner = Arc::clone(&self.inner);
-            let name = match self.inner.reactors.len() {
-                1 => "hamanet-reactor".to_owned(),
-                _ => format!("hamanet-reactor-{index}"),
-            };
-            let handle = std::thread::Builder::new()
-                .name(name)
-                .spawn(move || run(reactor, inner, index))
-                .map_err(|e| os_error(&e, Some("starting a reactor thread")))?;
-            *lock(&slot.thread) = Some(handle);
-        }
-        *phase = Phase::Running;
-        Ok(())
+        thread::start(&self.inner)
     }
 
     /// Asks the reactor to stop: stop accepting, flush every session and close it, abort
@@ -257,15 +218,7 @@ impl PyLoop {
         session: Option<u64>,
         exc: Bound<'_, PyAny>,
     ) {
-        let report = Report::new(py);
-        match session {
-            Some(id) => report.error(callback, id, &PyErr::from_value(exc)),
-            None => report.log(
-                pyo3::intern!(py, "error"),
-                &format!("hamanet: {callback} raised"),
-                Some(exc.unbind()),
-            ),
-        }
+        Report::new(py).handler_error(callback, session, exc);
         // Counted after it is reported: whoever sees the count can read the log line.
         self.inner.handler_errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -280,32 +233,7 @@ impl PyLoop {
     /// Re-raises a `KeyboardInterrupt`/`SystemExit` that a handler raised.
     fn wait(&self, py: Python<'_>, timeout: &Bound<'_, PyAny>) -> PyResult<bool> {
         let timeout = convert::seconds(timeout, "timeout")?;
-        if self.inner.is_forked_copy() {
-            return Ok(true); // nothing runs here to wait for
-        }
-        if self.inner.phase() == Phase::Created {
-            return Err(LifecycleError::new_err("cannot wait: call start() first"));
-        }
-        let done = self
-            .inner
-            .wait_until(py, timeout, |status| status.finished)?;
-        if done {
-            // NOTE: never hold a lock across `detach`: a thread holding the GIL could
-            // block on it while this one waits for the GIL, and both would hang.
-            let handles: Vec<_> = (self.inner.reactors.iter())
-                .filter_map(|slot| lock(&slot.thread).take())
-                .collect();
-            for handle in handles {
-                // The thread has set `finished` as its last act; this join is immediate.
-                if py.detach(|| handle.join()).is_err() {
-                    return Err(PyRuntimeError::new_err(
-                        "the hamanet reactor thread panicked, and its sessions were dropped; \
-                         this is a bug in hamanet, please report it with the panic message \
-                         printed above",
-                    ));
-                }
-            }
-        }
+        let done = thread::join(py, &self.inner, timeout)?;
         self.raise_failure()?;
         Ok(done)
     }

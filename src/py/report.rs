@@ -33,6 +33,23 @@ impl<'py> Report<'py> {
         self.log(intern!(py, "error"), &message, Some(exc));
     }
 
+    /// An exception handler code raised: for a session (which the caller aborts), or not.
+    pub(super) fn handler_error(
+        &self,
+        callback: &str,
+        session: Option<u64>,
+        exc: Bound<'py, PyAny>,
+    ) {
+        match session {
+            Some(id) => self.error(callback, id, &PyErr::from_value(exc)),
+            None => self.log(
+                intern!(self.py, "error"),
+                &format!("hamanet: {callback} raised"),
+                Some(exc.unbind()),
+            ),
+        }
+    }
+
     /// A warning, without a traceback.
     pub(super) fn warning(&self, message: &str) {
         self.log(intern!(self.py, "warning"), message, None);

@@ -10,12 +10,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::PyConnectionAbortedError;
+use pyo3::exceptions::{PyConnectionAbortedError, PyRuntimeError};
 use pyo3::prelude::*;
 
 use super::callbacks::Callback;
 use super::dispatch::{Dispatcher, Notice};
-use super::inner::{LoopInner, ReactorSlot};
+use super::errors::{os_error, LifecycleError};
+use super::inner::{LoopInner, Phase, ReactorSlot};
 use super::pool::Pool;
 use super::report::Report;
 use super::sessions::{Entry, TokenTable};
@@ -44,6 +45,65 @@ pub(super) fn name_python_thread(py: Python<'_>, name: &str) {
     if let Err(err) = named {
         err.print(py);
     }
+}
+
+/// Starts a reactor thread for each reactor (and the worker pool, if there is one).
+pub(super) fn start(inner: &Arc<LoopInner>) -> PyResult<()> {
+    let mut phase = inner.claim_start()?;
+    if let Some(pool) = &inner.pool {
+        pool.start(inner)
+            .map_err(|e| os_error(&e, Some("starting the worker threads")))?;
+    }
+    inner
+        .running_reactors
+        .store(inner.reactors.len(), Ordering::Relaxed);
+    for (index, slot) in inner.reactors.iter().enumerate() {
+        let reactor = lock(&slot.reactor)
+            .take()
+            .ok_or_else(|| LifecycleError::new_err("the reactor is gone; create a new one"))?;
+        let thread_inner = Arc::clone(inner);
+        let name = match inner.reactors.len() {
+            1 => "hamanet-reactor".to_owned(),
+            _ => format!("hamanet-reactor-{index}"),
+        };
+        let handle = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run(reactor, thread_inner, index))
+            .map_err(|e| os_error(&e, Some("starting a reactor thread")))?;
+        *lock(&slot.thread) = Some(handle);
+    }
+    *phase = Phase::Running;
+    Ok(())
+}
+
+/// Waits up to `timeout` for the reactor threads to finish, then joins them; returns
+/// whether they have.
+pub(super) fn join(py: Python<'_>, inner: &LoopInner, timeout: Duration) -> PyResult<bool> {
+    if inner.is_forked_copy() {
+        return Ok(true); // nothing runs here to wait for
+    }
+    if inner.phase() == Phase::Created {
+        return Err(LifecycleError::new_err("cannot wait: call start() first"));
+    }
+    let done = inner.wait_until(py, timeout, |status| status.finished)?;
+    if done {
+        // NOTE: never hold a lock across `detach`: a thread holding the GIL could
+        // block on it while this one waits for the GIL, and both would hang.
+        let handles: Vec<_> = (inner.reactors.iter())
+            .filter_map(|slot| lock(&slot.thread).take())
+            .collect();
+        for handle in handles {
+            // The thread has set `finished` as its last act; this join is immediate.
+            if py.detach(|| handle.join()).is_err() {
+                return Err(PyRuntimeError::new_err(
+                    "the hamanet reactor thread panicked, and its sessions were dropped; \
+                     this is a bug in hamanet, please report it with the panic message \
+                     printed above",
+                ));
+            }
+        }
+    }
+    Ok(done)
 }
 
 /// The body of the thread of reactor `index`.
