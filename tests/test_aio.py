@@ -1238,3 +1238,37 @@ def test_aio_ignores_the_suite_wide_defaults(run):
             await close_writer(writer)
 
     run(main)
+
+
+# -- streams: what only hamanet.aio promises ----------------------------------------------------
+def test_a_readline_the_buffer_already_satisfies_does_not_suspend(run):
+    # Both lines come in one write, so one wakeup buffers them: once the first readline
+    # has returned, the second is in the (Rust) buffer and must complete on its first
+    # step, without a trip through the loop.
+    async def main() -> None:
+        steps: list[bytes] = []
+        done = asyncio.Event()
+
+        async def handle(reader: Any, writer: Any) -> None:
+            steps.append(await reader.readline())
+            second = reader.readline()
+            try:
+                second.send(None)
+            except StopIteration as finished:
+                steps.append(finished.value)
+            else:  # it suspended: finish it anyway, and let the assertion say so
+                second.close()
+                steps.append(b"<suspended>")
+            done.set()
+            writer.close()
+
+        server = await aio.start_server(handle, "127.0.0.1", 0)
+        async with server:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"first\nsecond\n")
+            await writer.drain()
+            await asyncio.wait_for(done.wait(), WAIT)
+            assert steps == [b"first\n", b"second\n"]
+            await close_writer(writer)
+
+    run(main)
