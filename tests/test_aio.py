@@ -1272,3 +1272,32 @@ def test_a_readline_the_buffer_already_satisfies_does_not_suspend(run):
             await close_writer(writer)
 
     run(main)
+
+
+def test_the_loop_thread_counts_as_the_reactors_only_during_a_turn(run):
+    # Between turns the asyncio thread runs other code: a threaded hamanet Client made
+    # there later (perhaps at this loop's reused address) must not take it for a
+    # callback of this one and refuse its blocking connect().
+    async def main() -> None:
+        inside: list[bool] = []
+
+        class Record(hamanet.Handler):
+            def on_recv(self, session: Any, data: bytes) -> None:
+                inside.append(server._native.on_handler_thread())
+                session.write(data)
+
+        server = await aio.serve(Record(), "127.0.0.1", 0)
+        async with server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"x")
+            assert await asyncio.wait_for(reader.readexactly(1), WAIT) == b"x"
+            assert inside == [True]
+            assert not server._native.on_handler_thread()
+            await close_writer(writer)
+        with hamanet.Client(hamanet.Handler()) as client:
+            listener = socket.create_server(("127.0.0.1", 0))
+            with listener:
+                session = client.connect("127.0.0.1", listener.getsockname()[1])
+                session.close()
+
+    run(main)

@@ -85,6 +85,7 @@ pub(super) fn drive(py: Python<'_>, inner: &LoopInner) -> Next {
     slot.times.add(busy, busy);
     let finished = driven.reactor.is_finished();
     let next = if finished {
+        driven.reactor.shared().leave_reactor_thread();
         Next::Finished
     } else {
         Next::After(driven.reactor.park().map(|wait| wait.as_secs_f64()))

@@ -372,11 +372,13 @@ impl Reactor {
     }
 
     /// Ends a driven turn: until the next [`Reactor::turn_now`] the reactor counts as
-    /// waiting, so commands other threads queue wake it through the epoll fd. Returns how
+    /// waiting, so commands other threads queue wake it through the epoll fd, and the
+    /// calling thread no longer counts as the reactor's (it runs other code). Returns how
     /// long the driving loop may wait if the fd stays quiet: zero when work was cut short
     /// by a budget or commands are queued already, else until the next timer, connect or
     /// idle deadline (None: only readiness will bring work).
     pub fn park(&mut self) -> Option<Duration> {
+        self.shared.leave_reactor_thread();
         let commands_queued = self.shared.begin_poll();
         if commands_queued || !self.again.is_empty() {
             return Some(Duration::ZERO);

@@ -275,6 +275,17 @@ impl LoopShared {
         REACTOR_OF_THIS_THREAD.with(|current| current.set(Arc::as_ptr(self)));
     }
 
+    /// The calling thread no longer turns this loop's reactor: for a reactor driven by
+    /// another event loop, whose thread goes on to other work between turns (and may
+    /// outlive this loop, whose address a later one may then reuse).
+    pub(crate) fn leave_reactor_thread(&self) {
+        REACTOR_OF_THIS_THREAD.with(|current| {
+            if std::ptr::eq(current.get(), self) {
+                current.set(std::ptr::null());
+            }
+        });
+    }
+
     /// Whether the calling thread turns this loop's reactor (is inside its callbacks).
     pub fn is_turned_by_this_thread(&self) -> bool {
         REACTOR_OF_THIS_THREAD.with(|current| std::ptr::eq(current.get(), self))
