@@ -1283,7 +1283,7 @@ def test_the_loop_thread_counts_as_the_reactors_only_during_a_turn(run):
 
         class Record(hamanet.Handler):
             def on_recv(self, session: Any, data: bytes) -> None:
-                inside.append(server._native.on_handler_thread())
+                inside.append(server._loop.on_handler_thread())
                 session.write(data)
 
         server = await aio.serve(Record(), "127.0.0.1", 0)
@@ -1292,7 +1292,7 @@ def test_the_loop_thread_counts_as_the_reactors_only_during_a_turn(run):
             writer.write(b"x")
             assert await asyncio.wait_for(reader.readexactly(1), WAIT) == b"x"
             assert inside == [True]
-            assert not server._native.on_handler_thread()
+            assert not server._loop.on_handler_thread()
             await close_writer(writer)
         with hamanet.Client(hamanet.Handler()) as client:
             listener = socket.create_server(("127.0.0.1", 0))

@@ -318,19 +318,12 @@ _Endpoint.__init__.__signature__ = inspect.Signature(  # type: ignore[attr-defin
 )
 
 
-class Server(_Endpoint):
-    """A TCP server: ``open()`` one or more addresses, ``start()``, then ``join()``.
+class Listeners:
+    """The listening half of a server, shared by ``hamanet.Server`` and
+    ``hamanet.aio.Server``: the addresses it opens on its native loop ``_loop``."""
 
-    Socket options apply to every accepted session: ``nodelay`` (TCP_NODELAY, on by
-    default), ``keepalive`` (SO_KEEPALIVE), ``recv_buffer``/``send_buffer`` (SO_RCVBUF /
-    SO_SNDBUF in bytes, None for the kernel's defaults).
-    """
-
-    def __init__(self, handler: Handler, **options: Any) -> None:
-        super().__init__(handler, **options)
-        self._addresses: list[tuple[str, int]] = []
-
-    __init__.__signature__ = _Endpoint.__init__.__signature__  # type: ignore[attr-defined]
+    _loop: Loop
+    _addresses: list[Any]
 
     def open(
         self,
@@ -385,6 +378,21 @@ class Server(_Endpoint):
             if isinstance(address, tuple):
                 return address[1]
         raise LifecycleError("the server has no TCP port: call open(port) first")
+
+
+class Server(Listeners, _Endpoint):
+    """A TCP server: ``open()`` one or more addresses, ``start()``, then ``join()``.
+
+    Socket options apply to every accepted session: ``nodelay`` (TCP_NODELAY, on by
+    default), ``keepalive`` (SO_KEEPALIVE), ``recv_buffer``/``send_buffer`` (SO_RCVBUF /
+    SO_SNDBUF in bytes, None for the kernel's defaults).
+    """
+
+    def __init__(self, handler: Handler, **options: Any) -> None:
+        super().__init__(handler, **options)
+        self._addresses = []
+
+    __init__.__signature__ = _Endpoint.__init__.__signature__  # type: ignore[attr-defined]
 
     def serve_forever(self) -> None:
         """start() then join(): runs until stop() or Ctrl-C."""

@@ -22,8 +22,9 @@ from ._endpoint import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_STOP_TIMEOUT,
+    Listeners,
 )
-from ._hamanet import LifecycleError, Loop, Session, TLSClientContext, TLSServerContext
+from ._hamanet import Loop, Session, TLSClientContext, TLSServerContext
 from ._handler import CALLBACK_NAMES, Handler, _is_async, bound_callbacks
 
 __all__ = [
@@ -192,7 +193,7 @@ class _Callbacks:
     def _failed(self, session: Session, name: str, order: _Order, exc: BaseException) -> None:
         # As a plain callback's exception: logged and counted, and the session aborted,
         # its on_close given the exception.
-        native = self._endpoint._native
+        native = self._endpoint._loop
         if name == "on_close" or session.closed:
             native.report_handler_error(name, None, exc)
             return
@@ -217,11 +218,11 @@ class _Endpoint:
                     "use hamanet.Server for threads"
                 )
         options.setdefault("workers", 0)
-        self._native = Loop(type(self).__name__, framing=framing, **options)
+        self._loop = Loop(type(self).__name__, framing=framing, **options)
         self._tasks: set[asyncio.Task[Any]] = set()
         wrapper = _Callbacks(self)
         callbacks = bound_callbacks(handler, framed=framing is not None, allow_async=True)
-        self._native.set_callbacks(self._hook(wrapper.wrap(callbacks)))
+        self._loop.set_callbacks(self._hook(wrapper.wrap(callbacks)))
         self.handler = handler
         self._driver: _Driver | None = None
 
@@ -231,14 +232,14 @@ class _Endpoint:
 
     def _start(self) -> None:
         if self._driver is None:
-            self._driver = _Driver(self._native, asyncio.get_running_loop())
+            self._driver = _Driver(self._loop, asyncio.get_running_loop())
 
     def close(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         """Stops accepting and closes every session (each flushed for up to ``timeout``
         seconds, then aborted); ``await wait_closed()`` for the end."""
         # A command: it wakes the reactor through its epoll fd, or, given inside a
         # callback, is run when the turn that called it ends.
-        self._native.stop(timeout)
+        self._loop.stop(timeout)
 
     async def wait_closed(self) -> None:
         """Waits until every session has closed and its callbacks (tasks too) finished."""
@@ -250,7 +251,7 @@ class _Endpoint:
 
     def stats(self) -> dict[str, int]:
         """The counters of ``hamanet.Server.stats()``."""
-        return self._native.stats()
+        return self._loop.stats()
 
     async def __aenter__(self) -> Any:
         return self
@@ -260,46 +261,17 @@ class _Endpoint:
         await self.wait_closed()
 
 
-class Server(_Endpoint):
+class Server(Listeners, _Endpoint):
     """A hamanet server on the running asyncio loop (see ``serve``)."""
 
     def __init__(self, handler: Handler, **options: Any) -> None:
         super().__init__(handler, **options)
-        self._addresses: list[Any] = []
-
-    def open(
-        self,
-        port: int,
-        host: str = DEFAULT_HOST,
-        *,
-        backlog: int = DEFAULT_BACKLOG,
-        reuse_port: bool = False,
-        dual_stack: bool = False,
-        tls: TLSServerContext | None = None,
-    ) -> tuple[str, int]:
-        """As ``hamanet.Server.open``: binds, listens, returns the bound address."""
-        listen = self._native.listen
-        address = listen(host, port, backlog, bool(reuse_port), bool(dual_stack), tls)[:2]
-        self._addresses.append(address)
-        return address
-
-    @property
-    def addresses(self) -> list[Any]:
-        """Every address opened."""
-        return list(self._addresses)
+        self._addresses = []
 
     @property
     def sockets(self) -> list[_ListeningSocket]:
         """The listeners, as ``asyncio.Server.sockets`` lists them (``getsockname()``)."""
         return [_ListeningSocket(address) for address in self._addresses]
-
-    @property
-    def port(self) -> int:
-        """The port of the first address opened."""
-        for address in self._addresses:
-            if isinstance(address, tuple):
-                return address[1]
-        raise LifecycleError("the server has no TCP port: call open(port) first")
 
     async def start_serving(self) -> None:
         """Starts the reactor on the running loop (``serve`` does this)."""
@@ -307,7 +279,7 @@ class Server(_Endpoint):
 
     def is_serving(self) -> bool:
         """True from the start until close()."""
-        return self._native.phase == "running"
+        return self._loop.phase == "running"
 
     async def serve_forever(self) -> None:
         """Serves until ``close()``, or until this coroutine is cancelled (which closes
@@ -369,7 +341,7 @@ class Client(_Endpoint):
         for *_, address in infos:
             ip = address[0]
             outcome: asyncio.Future[BaseException | None] = loop.create_future()
-            session = self._native.connect_nowait(ip, port, timeout, None, tls, server_hostname)
+            session = self._loop.connect_nowait(ip, port, timeout, None, tls, server_hostname)
             session._hamanet_opened = outcome
             failure = await outcome
             if failure is None:
