@@ -507,8 +507,11 @@ def test_per_session_write_buffer_limits_pause_and_resume_at_the_sessions_values
             self.pump(session)
 
         def pump(self, session):
-            # One 8 KiB write per wakeup (under the 16 KiB of a direct send) until paused.
-            if self.paused_at or self.written >= len(stream):
+            # One 8 KiB write per wakeup (under the 16 KiB of a direct send) until more than
+            # the high mark is buffered: the pause is due from then on. (With a worker pool
+            # on_pause_writing runs on a worker while this pump runs on, so the pump stops at
+            # the mark rather than at the callback, or the size it records races the pump.)
+            if session.write_buffer_size > high or self.written >= len(stream):
                 self.stopped.set()
                 return
             session.write(stream[self.written : self.written + chunk])
@@ -533,6 +536,7 @@ def test_per_session_write_buffer_limits_pause_and_resume_at_the_sessions_values
         peer.settimeout(WAIT)
         peer.connect(("127.0.0.1", server.port))
         wait_until(handler.stopped.is_set, what="the writer to stop")
+        wait_until(lambda: handler.paused_at, what="on_pause_writing")
         settled_stats(server)  # the flush of b"!" is done, and any callback it caused
         assert handler.limits == (low, high, 128 * MiB)
         assert handler.paused_at, f"no on_pause_writing after {handler.written} bytes"
