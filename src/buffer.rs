@@ -130,6 +130,13 @@ impl ReadArena {
         result
     }
 
+    /// Takes the memory away (this turn's bytes with it) and leaves the arena empty; it
+    /// grows again as reads need.
+    pub fn take_memory(&mut self) -> Vec<u8> {
+        self.filled = 0;
+        std::mem::take(&mut self.data)
+    }
+
     /// The bytes in `range`, as filled this turn.
     pub fn get(&self, range: std::ops::Range<usize>) -> &[u8] {
         &self.data[range]

@@ -41,11 +41,19 @@ class Handler:
 
     __slots__ = ()
 
+    #: True: ``on_recv`` gets a read-only ``memoryview`` onto hamanet's receive buffer
+    #: instead of a new ``bytes`` object, so received bytes are never copied. The view is
+    #: lent for the call only and released when it returns (using a kept view raises
+    #: ``ValueError``): parse it, write it (``session.write(data)`` sends it without a
+    #: copy when nothing is buffered), or copy what you keep with ``bytes(data[a:b])``.
+    recv_views: bool = False
+
     def on_connect(self, session: Session) -> None:
         """A connection was accepted (server) or established (client)."""
 
     def on_recv(self, session: Session, data: bytes) -> None:
-        """``data`` is everything read from ``session`` in this wakeup, in order."""
+        """``data`` is everything read from ``session`` in this wakeup, in order (a
+        ``memoryview`` lent for the call if the class sets ``recv_views = True``)."""
 
     def on_send(self, session: Session) -> None:
         """Everything written so far has been handed to the kernel."""
@@ -184,10 +192,33 @@ def bound_callbacks(
         else:
             callbacks.append(None)
     _check_data_callbacks(handler, framed)
+    recv_views = _recv_views(handler, framed, callbacks[CALLBACK_NAMES.index("on_recv")])
     if cls not in _warned:
         _warned.add(cls)
         _warn_unused_methods(handler, framed)
-    return tuple(callbacks)
+    return (*callbacks, recv_views)
+
+
+def _recv_views(handler: Handler, framed: bool | None, on_recv: Any) -> bool:
+    """The handler's ``recv_views``, checked against what it can apply to."""
+    value = getattr(handler, "recv_views", False)
+    name = type(handler).__name__
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}.recv_views must be True or False, not {value!r}")
+    if value and framed:
+        raise TypeError(
+            f"{name}.recv_views is True, but this endpoint frames its sessions, and "
+            "messages (on_message, on_messages) are always bytes: recv_views applies to "
+            "on_recv only; remove it"
+        )
+    if value and on_recv is not None and _is_async(on_recv):
+        raise TypeError(
+            f"{name}.recv_views is True, but {name}.on_recv is async: the view is lent for "
+            "the call only and released when it returns, before the coroutine body runs; "
+            "make on_recv a plain def (it may copy what it needs and start a task), or "
+            "drop recv_views"
+        )
+    return value
 
 
 def _check_is_handler(handler: Any) -> None:

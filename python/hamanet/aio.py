@@ -108,15 +108,25 @@ class _Callbacks:
     def __init__(self, endpoint: _Endpoint) -> None:
         self._endpoint = endpoint
 
-    def wrap(self, callbacks: tuple[Callable[..., Any] | None, ...]) -> tuple[Any, ...]:
+    def wrap(self, bound: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``bound``: what ``bound_callbacks`` made (the callbacks, then ``recv_views``)."""
+        callbacks, recv_views = bound[: len(CALLBACK_NAMES)], bound[len(CALLBACK_NAMES)]
         if not any(callback is not None and _is_async(callback) for callback in callbacks):
             # Nothing to await, so nothing to keep in order: the callbacks as they are,
             # at no cost per call.
-            return callbacks
-        return tuple(
+            return bound
+        if recv_views:
+            raise TypeError(
+                "recv_views = True needs every callback to be a plain def on hamanet.aio: "
+                "an on_recv that arrives while an async callback of its session is pending "
+                "waits for it, and would run after its view was released; drop recv_views "
+                "or make the callbacks plain"
+            )
+        wrapped = tuple(
             None if callback is None else self._wrap(name, callback)
             for name, callback in zip(CALLBACK_NAMES, callbacks)
         )
+        return (*wrapped, recv_views)
 
     def _wrap(self, name: str, callback: Callable[..., Any]) -> Callable[..., Any]:
         is_async = _is_async(callback)

@@ -117,38 +117,49 @@ impl Busy {
 
 /// The handler's callbacks, indexed by [`Callback`] (in [`CALLBACK_NAMES`] order), each
 /// `None` when the handler does not override it, so an unused callback costs nothing per
-/// event.
-pub struct Callbacks([Option<Py<PyAny>>; CALLBACK_NAMES.len()]);
+/// event; and how `on_recv` wants its bytes.
+pub struct Callbacks {
+    callables: [Option<Py<PyAny>>; CALLBACK_NAMES.len()],
+    /// `on_recv` gets a memoryview lent for the call (the handler's `recv_views`), not a
+    /// new `bytes`.
+    pub recv_views: bool,
+}
 
 impl Callbacks {
     /// No callbacks at all (what a loop whose handler was cleared by the GC keeps).
     pub fn none() -> Callbacks {
-        Callbacks(std::array::from_fn(|_| None))
+        Callbacks {
+            callables: std::array::from_fn(|_| None),
+            recv_views: false,
+        }
     }
 
     /// Shows the garbage collector each callable held (they usually reference the
     /// handler, which may reference the Server: a cycle only the GC can free).
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for callback in &self.0 {
+        for callback in &self.callables {
             visit.call(callback)?;
         }
         Ok(())
     }
 
-    /// From a tuple in [`CALLBACK_NAMES`] order, `None` for callbacks not overridden.
+    /// From a tuple in [`CALLBACK_NAMES`] order, `None` for callbacks not overridden,
+    /// followed by the handler's `recv_views` flag (what `hamanet`'s `bound_callbacks`
+    /// makes).
     pub fn from_tuple(callbacks: &Bound<'_, PyTuple>) -> PyResult<Callbacks> {
-        if callbacks.len() != CALLBACK_NAMES.len() {
+        if callbacks.len() != CALLBACK_NAMES.len() + 1 {
             return Err(PyValueError::new_err(format!(
-                "callbacks must be a tuple of {} callables or None: {}",
+                "callbacks must be a tuple of {} callables or None ({}), then recv_views",
                 CALLBACK_NAMES.len(),
                 CALLBACK_NAMES.join(", ")
             )));
         }
         let mut out = Callbacks::none();
-        for (index, slot) in out.0.iter_mut().enumerate() {
+        for (index, slot) in out.callables.iter_mut().enumerate() {
             let item = callbacks.get_item(index)?;
             *slot = (!item.is_none()).then(|| item.unbind());
         }
+        out.recv_views = callbacks.get_item(CALLBACK_NAMES.len())?.is_truthy()?;
         Ok(out)
     }
 }
@@ -160,7 +171,7 @@ impl std::ops::Index<Callback> for Callbacks {
     /// callables live with their timers).
     fn index(&self, which: Callback) -> &Option<Py<PyAny>> {
         const NONE: &Option<Py<PyAny>> = &None;
-        self.0.get(which as usize).unwrap_or(NONE)
+        self.callables.get(which as usize).unwrap_or(NONE)
     }
 }
 

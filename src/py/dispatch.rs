@@ -4,7 +4,7 @@
 //! thread runs the handler: the reactor thread, or a worker of the pool.
 
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use super::inner::LoopInner;
 use super::report::Report;
 use super::session::PySession;
 use super::sessions::Entry;
+use super::view::{Loan, ReceivedBytes};
 use crate::framing::{FrameDecoder, FrameError};
 use crate::shared::{lock, SessionCore};
 
@@ -49,6 +50,10 @@ fn ended_by_peer(py: Python<'_>, err: &PyErr, core: &SessionCore) -> bool {
     state.closed && !state.given_up()
 }
 
+/// Whether the warning about a received view kept past `on_recv` was given (once per
+/// process: it is about how a handler class is written).
+static OUTLIVED_WARNED: AtomicBool = AtomicBool::new(false);
+
 /// Adds one to a counter when dropped.
 struct CountOnDrop<'a>(&'a std::sync::atomic::AtomicU64);
 
@@ -65,9 +70,24 @@ pub(super) struct Dispatcher<'a, 'py> {
     pub(super) report: Report<'py>,
     /// What this thread is running, for `stop()`'s report of a callback that holds it up.
     pub(super) busy: &'a Busy,
+    /// Received bytes lent to `on_recv` that a view still points into: the caller keeps
+    /// their memory for them ([`Dispatcher::take_outlived`]).
+    pub(super) outlived: Vec<Py<ReceivedBytes>>,
 }
 
-impl<'py> Dispatcher<'_, 'py> {
+impl<'a, 'py> Dispatcher<'a, 'py> {
+    /// The handler layer of a thread attached as `py`, busy as `busy` says.
+    pub(super) fn new(py: Python<'py>, inner: &'a LoopInner, busy: &'a Busy) -> Self {
+        Dispatcher {
+            py,
+            inner,
+            report: Report::new(py),
+            busy,
+            outlived: Vec::new(),
+        }
+    }
+
+
     /// The entry of a newly opened session: the `Session` its connect call returned, or a
     /// new one for an accepted connection. None if no `Session` could be made (the
     /// session is then aborted).
@@ -125,8 +145,12 @@ impl<'py> Dispatcher<'_, 'py> {
                 if entry.decoder.is_some() {
                     self.deliver_messages(entry, callbacks, data);
                 } else if let Some(callback) = &callbacks[Callback::OnRecv] {
-                    let data = PyBytes::new(py, data);
-                    self.call(entry, Callback::OnRecv, callback, |s| Ok((s, data)));
+                    if callbacks.recv_views {
+                        self.lend(entry, callback, data);
+                    } else {
+                        let data = PyBytes::new(py, data);
+                        self.call(entry, Callback::OnRecv, callback, |s| Ok((s, data)));
+                    }
                 }
             }
             Notice::Eof => {
@@ -240,6 +264,35 @@ impl<'py> Dispatcher<'_, 'py> {
             "hamanet: accept failed ({error}); accepting pauses and retries every 100 ms \
              until descriptors or memory free up; queued connections wait in the backlog"
         ));
+    }
+
+    /// `on_recv` with `data` lent as a memoryview for the call. A view of it that the
+    /// handler kept is put on the `outlived` list (and warned about, once).
+    fn lend(&mut self, entry: &mut Entry, callback: &Py<PyAny>, data: &[u8]) {
+        let py = self.py;
+        let loan = Loan::new(py, data);
+        let view = match &loan {
+            Ok(loan) => Ok(loan.view().clone()),
+            Err(err) => Err(err.clone_ref(py)),
+        };
+        self.call(entry, Callback::OnRecv, callback, |s| Ok((s, view?)));
+        if let Some(lender) = loan.ok().and_then(Loan::end) {
+            if !OUTLIVED_WARNED.swap(true, Ordering::Relaxed) {
+                self.report.warning(
+                    "hamanet: a view of received bytes outlived on_recv (a slice kept, or an \
+                     array made from it); hamanet keeps the buffer it points into alive until \
+                     it is released, up to a whole turn's reads: copy what you keep, with \
+                     bytes(data[start:end])",
+                );
+            }
+            self.outlived.push(lender);
+        }
+    }
+
+    /// The lenders of received bytes that a view outlived since the last call: their
+    /// memory must be handed to them ([`ReceivedBytes::keep`]) before it is reused.
+    pub(super) fn take_outlived(&mut self) -> Vec<Py<ReceivedBytes>> {
+        std::mem::take(&mut self.outlived)
     }
 
     /// Cuts `data` into messages with the session's decoder and hands them over: all at

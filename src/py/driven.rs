@@ -13,7 +13,6 @@ use pyo3::prelude::*;
 use super::dispatch::Dispatcher;
 use super::errors::LifecycleError;
 use super::inner::{LoopInner, Phase};
-use super::report::Report;
 use super::sessions::{Entry, TokenTable};
 use super::thread::{close_never_opened, deliver};
 use crate::reactor::Reactor;
@@ -64,12 +63,7 @@ pub(super) fn drive(py: Python<'_>, inner: &LoopInner) -> Next {
         return Next::After(None);
     };
     let slot = &inner.reactors[0];
-    let mut dispatcher = Dispatcher {
-        py,
-        inner,
-        report: Report::new(py),
-        busy: &slot.busy,
-    };
+    let mut dispatcher = Dispatcher::new(py, inner, &slot.busy);
     let started = Instant::now();
     if let Err(err) = driven.reactor.turn_now() {
         dispatcher.report.fatal(&err);

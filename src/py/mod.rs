@@ -12,6 +12,7 @@
 //! inner report                  what a Loop and its thread share; logging
 //! sessions                      the open sessions' Python side
 //! session                       the Session class
+//! view                          received bytes lent as memoryviews; write()'s borrowed bytes
 //! tls                           TLS contexts and what a handshake settled
 //! callbacks convert errors      the callback table; Python values in and out; exceptions
 //! ```
@@ -36,3 +37,4 @@ pub mod stream_buffer;
 mod thread;
 pub mod timer;
 pub mod tls;
+mod view;

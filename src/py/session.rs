@@ -5,14 +5,13 @@
 
 use std::sync::Arc;
 
-use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyMemoryView};
 
 use super::convert::{address_object, optional_size, optional_timeout, MAX_SIZE};
 use super::errors::{refused, FramingError};
 use super::tls::PyTlsInfo;
+use super::view::{chunk, Chunk};
 use crate::framing::Framer;
 use crate::shared::{SessionCore, WriteLimits};
 
@@ -36,43 +35,6 @@ impl PySession {
     /// The shared state behind this object.
     pub fn core(&self) -> &Arc<SessionCore> {
         &self.core
-    }
-}
-
-/// A bytes-like argument, borrowed when it is `bytes` and copied otherwise.
-enum Chunk<'py> {
-    Bytes(Bound<'py, PyBytes>),
-    Copied(Vec<u8>),
-}
-
-impl Chunk<'_> {
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            Chunk::Bytes(bytes) => bytes.as_bytes(),
-            Chunk::Copied(vec) => vec,
-        }
-    }
-}
-
-fn chunk<'py>(data: &Bound<'py, PyAny>, method: &str) -> PyResult<Chunk<'py>> {
-    if let Ok(bytes) = data.cast::<PyBytes>() {
-        return Ok(Chunk::Bytes(bytes.clone()));
-    }
-    // The bytes are copied: the caller may mutate a bytearray right after the call.
-    if let Ok(buffer) = PyBuffer::<u8>::get(data) {
-        return Ok(Chunk::Copied(buffer.to_vec(data.py())?));
-    }
-    // Any other buffer (array.array('i'), a memoryview of floats...) is sent as its raw
-    // bytes, as socket.send does: seen through a byte-format memoryview.
-    let as_bytes = PyMemoryView::from(data).and_then(|view| view.call_method1("cast", ("B",)));
-    match as_bytes.and_then(|view| PyBuffer::<u8>::get(&view)?.to_vec(data.py())) {
-        Ok(bytes) => Ok(Chunk::Copied(bytes)),
-        Err(_) => Err(PyTypeError::new_err(format!(
-            "{method}() takes a bytes-like object (bytes, bytearray, memoryview, array: \
-             anything with the buffer protocol), not '{}'; encode text first, e.g. \
-             text.encode()",
-            data.get_type().name()?
-        ))),
     }
 }
 

@@ -20,6 +20,7 @@ use super::inner::{LoopInner, Phase, ReactorSlot};
 use super::pool::Pool;
 use super::report::Report;
 use super::sessions::{Entry, TokenTable};
+use super::view::keep_for;
 use crate::reactor::{Event, Reactor};
 use crate::shared::{lock, LoopShared};
 
@@ -147,12 +148,7 @@ fn run_attached(
         name_python_thread(py, name);
     }
     let mut entries = TokenTable::<Entry>::default();
-    let mut dispatcher = Dispatcher {
-        py,
-        inner,
-        report: Report::new(py),
-        busy: &slot.busy,
-    };
+    let mut dispatcher = Dispatcher::new(py, inner, &slot.busy);
     loop {
         let (turned, turning) = py.detach(|| {
             let started = Instant::now();
@@ -239,6 +235,11 @@ pub(super) fn deliver(
         if inner.is_forked_copy() {
             dispatcher.end_forked_child();
         }
+    }
+    let outlived = dispatcher.take_outlived();
+    if !outlived.is_empty() {
+        // A handler kept a view into this turn's reads: the read memory goes with it.
+        keep_for(outlived, reactor.take_received_memory());
     }
     reactor.recycle_batch(batch);
 }

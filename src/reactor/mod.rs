@@ -343,6 +343,13 @@ impl Reactor {
         self.arena.get(range)
     }
 
+    /// Takes the memory holding this turn's received bytes, for views of them that a
+    /// handler kept; the ranges of this turn's events are void from then on, and the
+    /// next turn reads into new memory.
+    pub fn take_received_memory(&mut self) -> Vec<u8> {
+        self.arena.take_memory()
+    }
+
     /// How long the last turn waited in `epoll_wait` (not busy).
     pub fn last_wait(&self) -> Duration {
         self.last_wait

@@ -12,8 +12,8 @@ use super::Pool;
 use crate::py::callbacks::{Callback, Callbacks};
 use crate::py::dispatch::{framing_failed, Dispatcher, Notice};
 use crate::py::inner::LoopInner;
-use crate::py::report::Report;
 use crate::py::sessions::Entry;
+use crate::py::view::keep_for;
 use crate::shared::lock;
 
 /// At most this many items of one lane run before the worker lets other lanes go first.
@@ -23,12 +23,7 @@ const LANE_TURN: usize = 64;
 pub(super) fn work(pool: &Pool, inner: &Arc<LoopInner>, index: usize) {
     Python::attach(|py| {
         crate::py::thread::name_python_thread(py, &format!("hamanet-worker-{index}"));
-        let mut dispatcher = Dispatcher {
-            py,
-            inner,
-            report: Report::new(py),
-            busy: &pool.busy[index],
-        };
+        let mut dispatcher = Dispatcher::new(py, inner, &pool.busy[index]);
         while let Some(lane) = py.detach(|| pool.next_lane()) {
             run_lane(pool, inner, &mut dispatcher, &lane);
             pool.lane_done();
@@ -154,6 +149,12 @@ fn run(
         Work::Received(data) => {
             if let Some(entry) = entry {
                 dispatcher.notify(entry, callbacks, Notice::Received(&data));
+            }
+            let outlived = dispatcher.take_outlived();
+            if !outlived.is_empty() {
+                // A view of these bytes outlived the callback: they go with it.
+                keep_for(outlived, data);
+                return None;
             }
             return Some(data);
         }
