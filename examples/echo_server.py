@@ -11,9 +11,13 @@ handler does not change: it reads and writes plaintext. To try it, ``python -m t
 localhost signed by it, ``server.pem`` and ``server.key``; then
 ``openssl s_client -connect 127.0.0.1:2826 -CAfile client.pem -servername localhost``.
 
-The fast path is a single ``session.write(data)`` per wakeup: ``data`` is everything read
-from the session in this wakeup, and the reactor sends it after the batch (a write of
-16 KiB or more into an empty buffer is sent at once from ``data`` itself, without a copy).
+The fast path is a single ``session.write(data)`` per wakeup, with no copy of the bytes
+anywhere in user space: ``recv_views = True`` makes ``data`` a read-only memoryview lent
+onto the reactor's receive buffer (everything read from the session in this wakeup) for
+the length of the call. A write of 16 KiB or more into an empty buffer is sent at once
+from that memory; a smaller one is copied into the session's buffer and sent after the
+batch with everything else written in it. Keep nothing of ``data`` past the call: copy
+what must outlive it (``bytes(data[a:b])``).
 
 Push-back: a peer that sends and never reads (or reads more slowly than it sends) would
 otherwise make every echo wait in the session's write buffer, up to the 128 MiB hard cap
@@ -39,6 +43,8 @@ WRITE_LOW = 256 << 10
 
 
 class Echo(hamanet.Handler):
+    recv_views = True  # data is lent, not copied: it is only written back
+
     def on_recv(self, session, data):
         session.write(data)
 
