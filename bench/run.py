@@ -2,10 +2,13 @@
 
     bench/run.sh [--quick] [--rounds N] [--duration S] [--servers a,b] [--scenarios x,y]
 
-Builds the load generator and the plain Rust echo server (release), then for every
-scenario runs every server in turn (A B C A B C ...) for --rounds rounds, each server
-pinned to one core and the load generator (or redis-benchmark, or wrk) to the other
-(except `hash`, whose server may use every CPU). For the echo scenarios the primary figure
+Builds the load generator and the two native echo floors (release: the plain
+`rust_echo` and `native_best`), then for every scenario runs every server in turn
+(A B C A B C ...) for --rounds rounds, each server pinned to one core and the load
+generator (or redis-benchmark, or wrk) to the other (except `hash`, whose server may use
+every CPU). Every run starts a fresh server and warms it up the same way before measuring
+(--warm-pass: the scenario's own load on connections that are then closed). For the echo
+scenarios the primary figure
 is the server's CPU time per message over the measured window; for the real-client
 scenarios (`redis`: redis-benchmark, `http`: wrk, against the example protocol servers)
 and the work scenarios (`blocking`, `hash`: handlers that sleep or hash, on hamanet's
@@ -55,7 +58,19 @@ def parse_args() -> argparse.Namespace:
         help="measured seconds per run (default 3; wrk rounds it to whole seconds, and "
         "redis-benchmark runs 300,000 requests per test per second of it)",
     )
-    p.add_argument("--warmup", type=float, help="seconds of load before measuring (0.5)")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        help="seconds of load on the measured connections before the window opens (0.5; "
+        "--quick 0.3)",
+    )
+    p.add_argument(
+        "--warm-pass",
+        type=float,
+        help="seconds of the warm-up pass before every measured run: the scenario's own "
+        "load on connections of its own, all closed before the measured ones open (0.5; "
+        "--quick 0.3; wrk: at least 1 s; 0: none, servers measured cold)",
+    )
     p.add_argument("--servers", help=f"comma-separated subset of {[s.name for s in SERVERS]}")
     p.add_argument("--scenarios", help=f"comma-separated subset of {[s.name for s in SCENARIOS]}")
     p.add_argument("--no-build", action="store_true", help="use the binaries already built")
@@ -114,6 +129,7 @@ def main() -> int:
         warmup=args.warmup if args.warmup is not None else (0.3 if args.quick else 0.5),
         duration=args.duration or (1.0 if args.quick else 3.0),
         hold=0.5,
+        warm_pass=args.warm_pass if args.warm_pass is not None else (0.3 if args.quick else 0.5),
     )
     servers = pick(SERVERS, args.servers, "server")
     skipped = [s.name for s in servers if not s.available()]
@@ -151,8 +167,8 @@ def main() -> int:
             if unpinned
             else ""
         )
-        + f"; {rounds} round(s), {timing.warmup:g} s warmup + {timing.duration:g} s "
-        "measured per run",
+        + f"; {rounds} round(s); per run {warm_pass_text(timing)}, then {timing.warmup:g} s "
+        f"warmup + {timing.duration:g} s measured",
         flush=True,
     )
 
@@ -185,6 +201,7 @@ def main() -> int:
     echo = any(not sc.by_throughput for sc in scenarios)
     by_throughput = any(sc.by_throughput for sc in scenarios)
     headline = summary.headline_table(grid, scenarios, names) if echo else ""
+    floors = summary.floor_legend(grid, scenarios, names) if echo else ""
     details = summary.detail_table(grid, scenarios, names) if echo else ""
     tp_headline = summary.throughput_table(grid, scenarios, names) if by_throughput else ""
     tp_details = summary.throughput_details(grid, scenarios, names) if by_throughput else ""
@@ -198,6 +215,8 @@ def main() -> int:
             "lower is better; idle10k: server RSS bytes per idle connection)"
         )
         print(headline)
+        if floors:
+            print(f"Native floors: {floors}.")
         print()
         print(details)
     if by_throughput:
@@ -231,7 +250,7 @@ def main() -> int:
         timing,
         elapsed,
         scenarios,
-        (headline, details, tp_headline, tp_details),
+        (headline, floors, details, tp_headline, tp_details),
         targets,
         tls_costs,
         notes,
@@ -244,10 +263,16 @@ def main() -> int:
     return 1 if any(not r.ok for r in results) else 0
 
 
+def warm_pass_text(timing: Timing) -> str:
+    if timing.warm_pass <= 0:
+        return "no warm-up pass (cold servers)"
+    return f"a {timing.warm_pass:g} s warm-up pass (wrk: whole seconds, at least 1)"
+
+
 def render_markdown(
     when, command, rounds, timing, elapsed, scenarios, tables, targets, tls_costs, notes, failures
 ) -> str:
-    headline, details, tp_headline, tp_details = tables
+    headline, floors, details, tp_headline, tp_details = tables
     scenario_lines = "\n".join(f"- `{sc.name}`: {sc.describe()}" for sc in scenarios)
     parts = [
         "# hamanet benchmark: latest results",
@@ -255,8 +280,9 @@ def render_markdown(
         f"- date: {when}",
         f"- machine: {machine()}",
         f"- command: `{command}` (from the repository root; took {elapsed:.0f} s)",
-        f"- {rounds} round(s); each run {timing.warmup:g} s warmup + {timing.duration:g} s "
-        "measured; a fresh server process per run",
+        f"- {rounds} round(s); a fresh server process per run; each run "
+        f"{warm_pass_text(timing)}, then {timing.warmup:g} s warmup + {timing.duration:g} s "
+        "measured",
         "",
         "![chart](latest.png)",
         "",
@@ -270,6 +296,7 @@ def render_markdown(
             "",
             headline,
             "",
+            *([f"Native floors: {floors}.", ""] if floors else []),
         ]
     if tp_headline:
         parts += [
@@ -304,8 +331,20 @@ def render_markdown(
         "",
         "- Echo scenarios: every server echoes every byte to its own connection and closes "
         "on EOF: hamanet (`examples/echo_server.py`, a Python `on_recv` handler), asyncio, "
-        "uvloop and rloop (one `asyncio.Protocol`, `bench/servers/protocol_echo.py`), and a "
-        "plain single-threaded Rust epoll echo with no Python (`bench/servers/rust_echo`).",
+        "uvloop and rloop (one `asyncio.Protocol`, `bench/servers/protocol_echo.py`), and two "
+        "native floors with no Python, both single-threaded edge-triggered epoll in Rust: "
+        "rust-epoll, the plain echo (`bench/servers/rust_echo`: each `recv` echoed by its own "
+        "`send`), and native-best, the best we know (`bench/servers/rust_echo/src/best.rs`: "
+        "a wakeup's input read until the socket is drained into one shared 256 KiB buffer "
+        "and sent straight from it, only the unsent remainder kept per connection).",
+        "- Warm-up, the same for every server: each run starts a fresh server, then a "
+        "warm-up pass runs the scenario's own load (the load generator with the scenario's "
+        "arguments; redis: a redis-benchmark SET/GET run; http: a wrk run of the same "
+        "shape) on connections of its own, which are all closed before the measured run "
+        "connects afresh; idle10k's pass is its first wave of 100 connections. A cold "
+        "server can be slowed for the life of its first connections (asyncio: glibc mmaps "
+        "every 256 KiB read buffer until one has been freed, at its first EOF; "
+        "bench/README.md).",
         "- The server is pinned to one core, the load generator (`bench/loadgen`, one "
         "epoll thread in Rust) to the other, with `taskset`; except in `hash`, where the "
         "server may run on every CPU (the load generator's core too) so that its two "

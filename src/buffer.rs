@@ -4,6 +4,9 @@
 //! allocates nothing per read or per write; both give memory back once they have grown past
 //! what an ordinary message needs, so one large transfer does not pin it forever.
 
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+
 /// Capacity a drained write buffer may keep for the next write; more is given back.
 /// Generous on purpose: freeing a large buffer on the reactor thread lets glibc trim
 /// that thread's heap (`madvise`), and the next large write faults every page back in,
@@ -11,17 +14,54 @@
 /// are not affected: a buffer is only allocated by a first write.
 const WRITE_KEEP: usize = 1024 * 1024;
 
-/// Bytes a session has asked to send and the kernel has not yet taken.
+/// Part of a regular file queued by `sendfile()`: the kernel copies it to the socket
+/// itself, so it takes no memory here beyond the descriptor.
+#[derive(Debug)]
+pub struct FileSegment {
+    /// The file (a duplicate of the caller's descriptor, so the caller may close theirs).
+    pub file: OwnedFd,
+    /// Where the next byte to send is in the file.
+    pub offset: u64,
+    /// Bytes still to send.
+    pub remaining: u64,
+    /// Where in the session's output it goes: after this many bytes of `data` were
+    /// ever appended.
+    at: u64,
+}
+
+impl FileSegment {
+    /// `count` bytes of `file` from `offset`.
+    pub fn new(file: OwnedFd, offset: u64, count: u64) -> FileSegment {
+        FileSegment {
+            file,
+            offset,
+            remaining: count,
+            at: 0,
+        }
+    }
+}
+
+/// What a session has asked to send and the kernel has not yet taken: bytes, and parts of
+/// files queued between them, in the order they were written.
 ///
-/// One contiguous region, `data[head..]`: a write appends at the end, a send consumes from
-/// the front by moving `head`. The consumed prefix is reclaimed when the buffer drains, or
-/// when it has become the larger part, so the buffer never holds more than twice its
-/// pending bytes. No capacity is allocated until the first write, which keeps idle
-/// sessions small.
+/// The bytes are one contiguous region, `data[head..]`: a write appends at the end, a send
+/// consumes from the front by moving `head`. The consumed prefix is reclaimed when the
+/// bytes drain, or when it has become the larger part, so the buffer never holds more than
+/// twice its pending bytes. No capacity is allocated until the first write, which keeps
+/// idle sessions small. A file segment is placed by position in the stream of bytes (how
+/// many had been appended before it), so the bytes in front of it are sent first and those
+/// written after it wait for it.
 #[derive(Default, Debug)]
 pub struct WriteBuffer {
     data: Vec<u8>,
     head: usize,
+    /// Bytes ever appended to `data`, and ever consumed from it: the positions files are
+    /// placed by.
+    appended: u64,
+    consumed: u64,
+    files: VecDeque<FileSegment>,
+    /// The sum of the files' `remaining`.
+    file_bytes: u64,
 }
 
 impl WriteBuffer {
@@ -30,40 +70,85 @@ impl WriteBuffer {
         WriteBuffer::default()
     }
 
-    /// Bytes waiting to be sent.
+    /// Everything waiting to be sent, file bytes too: what the watermarks measure.
     pub fn len(&self) -> usize {
+        self.bytes_len()
+            .saturating_add(usize::try_from(self.file_bytes).unwrap_or(usize::MAX))
+    }
+
+    /// The bytes waiting in memory: what the hard cap measures (a file takes none).
+    pub fn bytes_len(&self) -> usize {
         self.data.len() - self.head
     }
 
     /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.bytes_len() == 0 && self.files.is_empty()
     }
 
-    /// Appends bytes to send after everything already buffered.
+    /// Appends bytes to send after everything already queued.
     pub fn extend(&mut self, bytes: &[u8]) {
         if self.head > 0 && self.head >= self.data.len() / 2 {
             self.compact();
         }
         self.data.extend_from_slice(bytes);
+        self.appended += bytes.len() as u64;
     }
 
-    /// The bytes to hand to the kernel next.
+    /// Queues part of a file to send after everything already queued.
+    pub fn push_file(&mut self, mut segment: FileSegment) {
+        segment.at = self.appended;
+        self.file_bytes += segment.remaining;
+        self.files.push_back(segment);
+    }
+
+    /// The bytes to hand to the kernel next: those before the next file, if one is queued.
     pub fn pending(&self) -> &[u8] {
-        &self.data[self.head..]
+        let before = match self.files.front() {
+            Some(file) => (file.at - self.consumed) as usize,
+            None => self.bytes_len(),
+        };
+        &self.data[self.head..self.head + before]
+    }
+
+    /// The file to send next, when no bytes are in front of it.
+    pub fn next_file(&self) -> Option<&FileSegment> {
+        self.files.front().filter(|file| file.at == self.consumed)
     }
 
     /// Marks `n` bytes from the front as sent.
     pub fn consume(&mut self, n: usize) {
-        debug_assert!(n <= self.len());
+        debug_assert!(n <= self.pending().len());
         self.head += n;
+        self.consumed += n as u64;
         if self.head == self.data.len() {
-            self.clear();
+            self.release_bytes();
+        }
+    }
+
+    /// Marks `n` bytes of the next file as sent.
+    pub fn consume_file(&mut self, n: u64) {
+        let Some(file) = self.files.front_mut() else {
+            return;
+        };
+        debug_assert!(file.at == self.consumed && n <= file.remaining);
+        file.offset += n;
+        file.remaining -= n;
+        self.file_bytes -= n;
+        if file.remaining == 0 {
+            self.files.pop_front();
         }
     }
 
     /// Drops everything, keeping a modest capacity for the next write.
     pub fn clear(&mut self) {
+        self.consumed = self.appended;
+        self.release_bytes();
+        self.files.clear();
+        self.file_bytes = 0;
+    }
+
+    fn release_bytes(&mut self) {
         self.data.clear();
         self.head = 0;
         if self.data.capacity() > WRITE_KEEP {
@@ -183,6 +268,49 @@ mod tests {
         buffer.extend(&vec![0u8; 4 * WRITE_KEEP]);
         buffer.consume(4 * WRITE_KEEP);
         assert_eq!(buffer.data.capacity(), 0);
+    }
+
+    fn segment(count: u64) -> FileSegment {
+        let file = std::fs::File::open("/dev/null").expect("/dev/null");
+        FileSegment::new(file.into(), 0, count)
+    }
+
+    #[test]
+    fn write_buffer_sends_a_file_between_the_bytes_around_it() {
+        let mut buffer = WriteBuffer::new();
+        buffer.extend(b"ab");
+        buffer.push_file(segment(5));
+        buffer.extend(b"cd");
+        buffer.push_file(segment(3));
+        assert_eq!((buffer.len(), buffer.bytes_len()), (12, 4));
+        assert_eq!(buffer.pending(), b"ab", "the bytes before the file only");
+        assert!(buffer.next_file().is_none(), "bytes are in front of the file");
+        buffer.consume(1);
+        assert_eq!(buffer.pending(), b"b");
+        buffer.consume(1);
+        assert_eq!(buffer.pending(), b"");
+        assert_eq!(buffer.next_file().map(|f| f.remaining), Some(5));
+        buffer.consume_file(2);
+        assert_eq!(buffer.next_file().map(|f| (f.offset, f.remaining)), Some((2, 3)));
+        buffer.consume_file(3);
+        assert_eq!(buffer.pending(), b"cd", "the bytes written after the file come next");
+        buffer.consume(2);
+        assert_eq!(buffer.next_file().map(|f| f.remaining), Some(3));
+        assert_eq!(buffer.len(), 3);
+        buffer.consume_file(3);
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn write_buffer_clear_drops_queued_files() {
+        let mut buffer = WriteBuffer::new();
+        buffer.extend(b"xyz");
+        buffer.push_file(segment(7));
+        buffer.clear();
+        assert!(buffer.is_empty());
+        buffer.extend(b"new");
+        assert_eq!(buffer.pending(), b"new");
+        assert!(buffer.next_file().is_none());
     }
 
     #[test]

@@ -33,8 +33,15 @@ REPO = BENCH.parent
 PYTHON = REPO / ".venv" / "bin" / "python"
 LOADGEN_CRATE = BENCH / "loadgen"
 RUST_ECHO_CRATE = BENCH / "servers" / "rust_echo"
-LOADGEN = LOADGEN_CRATE / "target" / "release" / "loadgen"
-RUST_ECHO = RUST_ECHO_CRATE / "target" / "release" / "rust_echo"
+# The bench crates build in the repository's target directory, as `make lint` checks
+# them: rustls and aws-lc (a C build) compile once for all of them.
+CARGO_TARGET_DIR = REPO / "target"
+LOADGEN = CARGO_TARGET_DIR / "release" / "loadgen"
+# The two native floors (bench/servers/rust_echo): the plain echo, one `send` per `recv`,
+# and the best one we know, a wakeup's input gathered into one 256 KiB buffer and sent
+# straight from it (src/best.rs).
+RUST_ECHO = CARGO_TARGET_DIR / "release" / "rust_echo"
+NATIVE_BEST = CARGO_TARGET_DIR / "release" / "native_best"
 EXAMPLES = REPO / "examples"
 REDIS_LOGIC_SERVER = BENCH / "servers" / "redis_logic_server.py"
 HTTP_LOGIC_SERVER = BENCH / "servers" / "http_logic_server.py"
@@ -197,7 +204,24 @@ SERVERS = (
         "peer's FIN, even when eof_received closes the transport, so it is measured without "
         "the close check and its figures are informational",
     ),
-    Server("rust-epoll", (str(RUST_ECHO),), apps=(("tls-echo", _tls((str(RUST_ECHO),))),)),
+    # The native floors: no Python. rust-epoll is the plain echo (one `send` per `recv`,
+    # and the floor of the TLS rows with `--tls`); native-best the best we know (TCP echo
+    # scenarios only).
+    Server(
+        "rust-epoll",
+        (str(RUST_ECHO),),
+        apps=(("tls-echo", _tls((str(RUST_ECHO),))),),
+        note="the plain native floor (`bench/servers/rust_echo`, Rust, no Python): one "
+        "edge-triggered epoll thread, each `recv` (256 KiB buffer) echoed by its own `send`",
+    ),
+    Server(
+        "native-best",
+        (str(NATIVE_BEST),),
+        note="the best native floor (`bench/servers/rust_echo/src/best.rs`, Rust, no Python): "
+        "one edge-triggered epoll thread that reads each wakeup's input until the socket is "
+        "drained into one shared 256 KiB buffer and sends it straight from there, keeping "
+        "only the unsent remainder per connection; TCP echo scenarios only",
+    ),
     Server(
         "hamanet",
         _py(EXAMPLES / "echo_server.py"),

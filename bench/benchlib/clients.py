@@ -9,6 +9,9 @@ holds a 3-byte value; http: `GET /` is a 200 with its whole body).
 
 The server's CPU time is utime + stime (every thread) from /proc/PID/stat, read just
 before the client starts and just after it exits, divided by the requests completed.
+Before it, the warm-up pass (`Timing.warm_pass`, as for the load generator's scenarios):
+a redis-benchmark SET/GET run, or a wrk run of the same shape, whose connections close
+before the measured run's open.
 
 Over TLS (`redis-tls`, `https`) the clients offer one configuration only (benchlib/tls.py:
 OPENSSL_CONF in their environment); redis-benchmark verifies the certificate against the
@@ -117,9 +120,11 @@ def measure_redis(
     tls: TlsFiles | None = None,
 ) -> None:
     tls = tls if scenario.tls else None
-    timeout = 60 + 20 * (timing.warmup + timing.duration)
-    if timing.warmup > 0:
-        warm = max(1000, int(timing.warmup * REDIS_REQUESTS_PER_SECOND))
+    timeout = 60 + 20 * (timing.warm_pass + timing.duration)
+    # The warm-up pass: a SET/GET run sized like the measured one, with its connections
+    # closed before the measured run opens its own.
+    if timing.warm_pass > 0:
+        warm = max(1000, int(timing.warm_pass * REDIS_REQUESTS_PER_SECOND))
         argv = redis_argv(srv.port, scenario, "set,get", warm, tls)
         proc = run_client(argv, cpu, timeout, tls)
         if proc.returncode != 0:
@@ -223,7 +228,14 @@ def measure_wrk(
     tls: TlsFiles | None = None,
 ) -> None:
     tls = tls if scenario.tls else None
-    # wrk takes whole seconds and has no warm-up: the connects are part of the run.
+    # wrk takes whole seconds and has no warm-up of its own: the connects are part of the
+    # run. The warm-up pass is a wrk run of the same shape, at least a second long.
+    if timing.warm_pass > 0:
+        warm = wrk_argv(srv.port, scenario, max(1, round(timing.warm_pass)))
+        proc = run_client(warm, cpu, timeout=60 + timing.warm_pass, tls=tls)
+        if proc.returncode != 0:
+            raise RunError(f"wrk warm-up failed: {_tail(proc.stdout + proc.stderr)}")
+        parse_wrk(proc.stdout)  # its errors fail the run too
     seconds = max(1, round(timing.duration))
     before = cpu_ticks(srv.pid)
     argv = wrk_argv(srv.port, scenario, seconds)

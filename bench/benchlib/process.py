@@ -22,7 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from benchlib.catalog import LOADGEN, LOADGEN_CRATE, REPO, RUST_ECHO_CRATE, Scenario, Server
+from benchlib.catalog import (
+    CARGO_TARGET_DIR,
+    LOADGEN,
+    LOADGEN_CRATE,
+    REPO,
+    RUST_ECHO_CRATE,
+    Scenario,
+    Server,
+)
 from benchlib.tls import TlsFiles
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -42,9 +50,14 @@ class RunError(Exception):
 
 @dataclass
 class Timing:
+    # Seconds of load on the measured connections before the window opens (in-run).
     warmup: float
     duration: float
     hold: float
+    # The warm-up pass before every measured run (`warm_up`): seconds of the scenario's
+    # own load on connections of their own, all closed before the measured ones connect.
+    # 0: none, every server measured cold, as it starts.
+    warm_pass: float = 0.0
 
 
 @dataclass
@@ -76,8 +89,9 @@ class RunResult:
 
 
 def build_crates() -> None:
-    """Release builds of the load generator and the plain Rust echo server, each in its
-    own target directory under bench/ (ignored by the repository's `target/` rule)."""
+    """Release builds of the load generator and the native echo servers (`rust_echo` and
+    `native_best`), in the repository's target directory as `make lint` checks them
+    (rustls and aws-lc compile once for every crate there)."""
     for crate in (LOADGEN_CRATE, RUST_ECHO_CRATE):
         cmd = [
             "cargo",
@@ -86,6 +100,8 @@ def build_crates() -> None:
             "--quiet",
             "--manifest-path",
             str(crate / "Cargo.toml"),
+            "--target-dir",
+            str(CARGO_TARGET_DIR),
         ]
         print(f"$ {' '.join(cmd)}", flush=True)
         subprocess.run(cmd, check=True, cwd=REPO)
@@ -268,10 +284,12 @@ def measure(
         if scenario.tls and tls is not None:
             common += ["--tls", str(tls.ca)]
         if scenario.mode in DRIVERS:
+            # The real clients warm the server up with a short run of their own first.
             DRIVERS[scenario.mode](srv, scenario, timing, load_cpu, res, tls)
         elif scenario.mode == "idle":
             _measure_idle(srv, scenario, timing, load_cpu, common, res)
         else:
+            warm_up(scenario, timing, load_cpu, common)
             _measure_load(scenario, timing, load_cpu, common, res)
         if not srv.alive():
             raise RunError(f"{server.name} died during the run (exit {srv.proc.returncode})")
@@ -310,6 +328,34 @@ def _settled_fds(pid: int, before: int, settle: float, slack: int = FD_SLACK) ->
         time.sleep(0.05)
 
 
+def warm_up(scenario: Scenario, timing: Timing, cpu: int, common: list[str]) -> None:
+    """The warm-up pass, the same for every server: the scenario's own load (its mode,
+    connections, size, depth, lines and TLS) for `timing.warm_pass` seconds, with every
+    byte verified, then every connection closed (the load generator sends FIN and waits
+    for the server to close each one). The measured run then connects afresh to a server
+    that has already accepted, served and closed a batch of the same shape.
+
+    A server measured on the first connections it ever serves can be slowed for their
+    whole life: asyncio's selector transport reads with `sock.recv(256 KiB)`, and until a
+    256 KiB buffer has once been freed (which happens at the first EOF it reads) glibc
+    serves every such allocation with mmap, so each read costs an mmap, a page fault, an
+    mremap and a munmap (bench/README.md, "Warm-up")."""
+    if timing.warm_pass <= 0:
+        return
+    args = [
+        *scenario.loadgen_args(),
+        *common,
+        "--warmup",
+        "0",
+        "--duration",
+        str(timing.warm_pass),
+    ]
+    try:
+        run_loadgen(args, cpu, timeout=timing.warm_pass + 60)
+    except RunError as e:
+        raise RunError(f"warm-up pass: {e}") from e
+
+
 def _measure_load(
     scenario: Scenario, timing: Timing, cpu: int, common: list[str], res: RunResult
 ) -> None:
@@ -343,8 +389,10 @@ def _measure_idle(
     common: list[str],
     res: RunResult,
 ) -> None:
-    # A first small wave pays every one-time cost (code paths, arenas, caches) before the
-    # baseline is read, so the growth measured is what each further connection costs.
+    # idle10k's warm-up pass, whatever --warm-pass says (the baseline needs it): a first
+    # small wave, 100 connections that echo once and close, pays every one-time cost
+    # (code paths, arenas, caches, asyncio's first EOF) before the baseline is read, so
+    # the growth measured is what each further connection costs.
     run_loadgen(
         ["idle", "--conns", "100", "--size", str(scenario.size), "--hold", "0", *common],
         cpu,

@@ -161,6 +161,23 @@ def headline_table(
     return _table(["scenario", *names], rows)
 
 
+# The native floors' columns, explained under the echo table.
+FLOORS = {
+    "rust-epoll": "the plain native floor (Rust, epoll, one `send` per `recv`)",
+    "native-best": "the best native floor (Rust, epoll, a wakeup's input read until drained "
+    "into one 256 KiB buffer and sent straight from it)",
+}
+
+
+def floor_legend(
+    grid: dict[tuple[str, str], Cell], scenarios: Sequence[Scenario], servers: Sequence[str]
+) -> str:
+    """What the native floor columns of the echo table are, for those that ran."""
+    echo = [sc for sc in scenarios if not sc.by_throughput]
+    shown = [n for n in servers_in(grid, echo, servers) if n in FLOORS]
+    return "; ".join(f"{n} is {FLOORS[n]}" for n in shown)
+
+
 # The columns every detail table ends with.
 _TAIL_HEADER = ["p50 us", "p99 us", "peak RSS MiB", "ok runs"]
 

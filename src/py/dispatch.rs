@@ -87,7 +87,6 @@ impl<'a, 'py> Dispatcher<'a, 'py> {
         }
     }
 
-
     /// The entry of a newly opened session: the `Session` its connect call returned, or a
     /// new one for an accepted connection. None if no `Session` could be made (the
     /// session is then aborted).

@@ -3,17 +3,20 @@
 //! Every method is safe from any Python thread: it touches only the session's shared
 //! state and queues the session for the reactor, which does the actual I/O.
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use super::convert::{address_object, optional_size, optional_timeout, MAX_SIZE};
 use super::errors::{refused, FramingError};
 use super::tls::PyTlsInfo;
 use super::view::{chunk, Chunk};
+use crate::buffer::FileSegment;
 use crate::framing::Framer;
 use crate::shared::{SessionCore, WriteLimits};
+use crate::sys;
 
 /// One TCP connection. Users never construct it; handlers receive it.
 ///
@@ -78,6 +81,29 @@ impl PySession {
         self.core
             .write_all(&pieces.iter().map(Chunk::as_slice).collect::<Vec<_>>())
             .map_err(|r| refused(r, "writelines", self.core.id))
+    }
+
+    /// Queues `count` bytes of the regular file `file` (a binary file object, or a
+    /// descriptor number) from `offset` (all that follows it when `count` is None), to be
+    /// sent after everything written before and before anything written after, by the
+    /// kernel (`sendfile(2)`): the bytes never enter Python or the write buffer. They
+    /// count toward the watermarks (`write_buffer_size`, `on_pause_writing`), not the hard
+    /// cap; `on_send` comes once they are sent. The file is duplicated, so the caller may
+    /// close it at once. Returns the count queued. A file truncated meanwhile ends the
+    /// session with an error, since the peer was promised those bytes.
+    #[pyo3(signature = (file, offset = 0, count = None))]
+    fn sendfile(
+        &self,
+        file: &Bound<'_, PyAny>,
+        offset: i128,
+        count: Option<i128>,
+    ) -> PyResult<u64> {
+        let segment = file_segment(file, offset, count)?;
+        let count = segment.remaining;
+        self.core
+            .send_file(segment)
+            .map_err(|r| refused(r, "sendfile", self.core.id))?;
+        Ok(count)
     }
 
     /// Sends everything buffered, then closes (FIN). `on_close(session, None)` follows.
@@ -233,4 +259,61 @@ impl PySession {
             self.core.id, self.core.peer, shown
         )
     }
+}
+
+/// The part of `file` that `sendfile(file, offset, count)` asks for, checked.
+fn file_segment(
+    file: &Bound<'_, PyAny>,
+    offset: i128,
+    count: Option<i128>,
+) -> PyResult<FileSegment> {
+    let fd: i32 = if let Ok(fd) = file.extract::<i32>() {
+        fd
+    } else if file.hasattr("fileno")? {
+        file.call_method0("fileno")?.extract()?
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "sendfile() takes a file opened in binary mode (open(path, 'rb')) or a \
+             descriptor number, not '{}'",
+            file.get_type().name()?
+        )));
+    };
+    let owned = sys::file::duplicate(fd).map_err(PyErr::from)?;
+    let size = match sys::file::regular_size(owned.as_fd())? {
+        Ok(size) => size,
+        Err(kind) => {
+            return Err(PyValueError::new_err(format!(
+                "sendfile() needs a regular file, and fd {fd} is {kind}: read it and write() \
+                 the bytes instead"
+            )))
+        }
+    };
+    let offset = size_arg(offset, "offset")?;
+    if offset > size {
+        return Err(PyValueError::new_err(format!(
+            "sendfile() offset {offset} is past the end of the file ({size} bytes)"
+        )));
+    }
+    let count = match count {
+        None => size - offset,
+        Some(count) => {
+            let count = size_arg(count, "count")?;
+            if count > size - offset {
+                return Err(PyValueError::new_err(format!(
+                    "sendfile() count {count} is more than the file holds after offset \
+                     {offset} ({} bytes of {size})",
+                    size - offset
+                )));
+            }
+            count
+        }
+    };
+    Ok(FileSegment::new(owned, offset, count))
+}
+
+/// A non-negative integer argument of `sendfile()`.
+fn size_arg(value: i128, name: &str) -> PyResult<u64> {
+    u64::try_from(value).map_err(|_| {
+        PyValueError::new_err(format!("sendfile() {name} must be 0 or more, not {value}"))
+    })
 }

@@ -178,7 +178,8 @@ pub(super) fn chunk<'py>(data: &Bound<'py, PyAny>, method: &str) -> PyResult<Chu
     let buffer = PyBuffer::<u8>::get(data).or_else(|_| {
         // Any other buffer (array.array('i'), a memoryview of floats...) is sent as its
         // raw bytes, as socket.send does: seen through a byte-format memoryview.
-        let as_bytes = PyMemoryView::from(data)?.call_method1(intern!(data.py(), "cast"), ("B",))?;
+        let as_bytes =
+            PyMemoryView::from(data)?.call_method1(intern!(data.py(), "cast"), ("B",))?;
         PyBuffer::<u8>::get(&as_bytes)
     });
     match buffer {

@@ -1,7 +1,11 @@
 //! Flushing: one send per session per turn, watermarks, and the close, abort and
 //! half-close requests that wait for an empty buffer.
 
+use std::os::fd::BorrowedFd;
+
 use super::*;
+use crate::buffer::WriteBuffer;
+use crate::sys;
 
 impl Reactor {
     /// Sends what the session has buffered (one send), then acts on its close, abort or
@@ -90,13 +94,12 @@ impl Reactor {
             }
         } else if !state.buffer.is_empty() && !std::mem::take(&mut state.kernel_full) {
             self.stats.sends += 1;
-            match net::send(fd, state.buffer.pending()) {
+            match send_queued(fd, &mut state.buffer) {
+                Ok(0) => {}
                 Ok(n) => {
-                    state.buffer.consume(n);
-                    self.stats.bytes_out += n as u64;
+                    self.stats.bytes_out += n;
                     session.last_active = now;
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                 Err(err) => {
                     drop(state);
                     self.fail(token, err);
@@ -167,6 +170,53 @@ impl Reactor {
         if let Some(session) = self.session(token) {
             session.core.state().close_requested = true;
             self.flush(token);
+        }
+    }
+}
+
+/// Most of a file one `sendfile` call is asked for: the socket's buffer bounds a call
+/// anyway, unless it has grown huge, and other sessions wait meanwhile.
+const SENDFILE_CALL_MAX: usize = 16 * 1024 * 1024;
+
+/// Sends the buffer's bytes and files in order, until it is empty or the kernel takes no
+/// more; returns the bytes sent. Without files that is one send, as before files existed.
+fn send_queued(fd: BorrowedFd<'_>, buffer: &mut WriteBuffer) -> io::Result<u64> {
+    let mut sent = 0;
+    loop {
+        let (asked, result) = if let Some(file) = buffer.next_file() {
+            let asked = usize::try_from(file.remaining)
+                .unwrap_or(usize::MAX)
+                .min(SENDFILE_CALL_MAX);
+            let result = match sys::file::sendfile(fd, file.file.as_fd(), file.offset, asked) {
+                Ok(0) => Err(sys::file::truncated(file.remaining)),
+                Ok(n) => {
+                    buffer.consume_file(n as u64);
+                    Ok(n)
+                }
+                Err(err) => Err(err),
+            };
+            (asked, result)
+        } else {
+            let pending = buffer.pending();
+            if pending.is_empty() {
+                return Ok(sent);
+            }
+            let asked = pending.len();
+            (
+                asked,
+                net::send(fd, pending).inspect(|&n| buffer.consume(n)),
+            )
+        };
+        match result {
+            Ok(n) => {
+                sent += n as u64;
+                if n < asked {
+                    // The kernel's buffer is full: EPOLLOUT will report room.
+                    return Ok(sent);
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(sent),
+            Err(err) => return Err(err),
         }
     }
 }

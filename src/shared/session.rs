@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use super::{lock, Command, IdleTimeout, LoopShared, WriteLimits};
-use crate::buffer::WriteBuffer;
+use crate::buffer::{FileSegment, WriteBuffer};
 use crate::sys::address::Address;
 use crate::sys::epoll::Token;
 use crate::tls::TlsInfo;
@@ -234,7 +234,8 @@ impl SessionCore {
         if let Some(refusal) = state.write_refusal() {
             return Err(refusal);
         }
-        let buffered = state.buffer.len();
+        // The cap is on memory: files queued by `send_file` count only toward the marks.
+        let buffered = state.buffer.bytes_len();
         if size > state.limits.max.saturating_sub(buffered) {
             return Err(Refusal::Full {
                 buffered,
@@ -274,6 +275,27 @@ impl SessionCore {
         for piece in pieces {
             state.buffer.extend(piece);
         }
+        state.writes += 1;
+        if !self.queue(state) {
+            return Err(Refusal::Closed);
+        }
+        Ok(())
+    }
+
+    /// Queues part of a regular file, to be sent after everything written before and
+    /// before anything written after. Safe from any thread.
+    pub fn send_file(self: &Arc<Self>, segment: FileSegment) -> Result<(), Refusal> {
+        if self.shared.is_forked_copy() {
+            return Err(Refusal::Closed);
+        }
+        let mut state = self.state();
+        if let Some(refusal) = state.write_refusal() {
+            return Err(refusal);
+        }
+        if segment.remaining == 0 {
+            return Ok(());
+        }
+        state.buffer.push_file(segment);
         state.writes += 1;
         if !self.queue(state) {
             return Err(Refusal::Closed);

@@ -3,5 +3,6 @@
 
 pub mod address;
 pub mod epoll;
+pub mod file;
 pub mod fork;
 pub mod net;

@@ -8,7 +8,7 @@
 //! no new edge, and past 16 KiB rustls refuses more ciphertext.
 
 use std::io::{self, Read, Write};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,10 +17,12 @@ use rustls::{ClientConnection, Connection, ServerConnection};
 
 use super::{ClientContext, ServerContext, TlsFailure};
 use crate::buffer::{ReadArena, WriteBuffer};
-use crate::sys::net;
+use crate::sys::{file, net};
 
 /// How many of the peer's first bytes are kept, to name a peer that does not speak TLS.
 const FIRST_BYTES: usize = 8;
+/// A file queued on a TLS session is read this much at a time: one full TLS record.
+const FILE_CHUNK: usize = 16 * 1024;
 
 /// Where a handshake stands after a step of [`TlsStream::handshake_step`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,12 +226,30 @@ impl TlsStream {
                 return Ok(true);
             }
             // Takes up to rustls's buffer limit (64 KiB) at a time, encrypted at once.
-            let taken = self.conn.writer().write(buffer.pending())?;
+            let taken = match buffer.next_file() {
+                // A file's bytes must be encrypted too: read, not sent by the kernel.
+                Some(file) => {
+                    let mut chunk = [0u8; FILE_CHUNK];
+                    let want =
+                        usize::try_from(file.remaining).map_or(FILE_CHUNK, |r| r.min(FILE_CHUNK));
+                    let read = file::read_at(file.file.as_fd(), &mut chunk[..want], file.offset)?;
+                    if read == 0 {
+                        return Err(file::truncated(file.remaining));
+                    }
+                    let taken = self.conn.writer().write(&chunk[..read])?;
+                    buffer.consume_file(taken as u64);
+                    taken
+                }
+                None => {
+                    let taken = self.conn.writer().write(buffer.pending())?;
+                    buffer.consume(taken);
+                    taken
+                }
+            };
             if taken == 0 {
                 // Nothing queued and nothing taken: rustls will take no more now.
                 return Ok(true);
             }
-            buffer.consume(taken);
         }
     }
 
