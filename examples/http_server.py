@@ -1,7 +1,7 @@
 """An HTTP/1.1 server: ``GET /`` answers ``Hello, World!``, keep-alive and pipelining.
 
     .venv/bin/python examples/http_server.py [PORT] [--head-timeout S] [--keepalive-timeout S]
-                                             [--tls CERT KEY]
+                                             [--tls CERT KEY] [--root DIR]
 
 Binds 127.0.0.1 (port 8080 by default) and runs until Ctrl-C or SIGTERM. Try it with
 ``curl -i http://127.0.0.1:8080/`` or ``wrk -c 100 http://127.0.0.1:8080/``. The protocol
@@ -24,6 +24,15 @@ and two deadlines, so that no client holds a connection without using it:
 Whichever deadline comes first applies. ``new_server()`` builds the server with its
 handler wired to it (the head deadline needs the server's timers).
 
+With ``--root DIR`` it serves the files under DIR instead of ``Hello, World!``: ``GET``
+and ``HEAD`` of a path (``/`` is ``/index.html``) answer with its Content-Type and
+Content-Length, and the body goes out with ``session.sendfile``: the kernel copies it from
+the page cache to the socket, and the bytes never enter Python. Paths outside DIR (``..``,
+percent-encoded or not, and symbolic links that lead out) are 404, as are missing files
+and anything not a regular file. A large file counts toward the write buffer's watermark,
+so the flow control below also stops reading a client that pipelines requests for files
+faster than it reads them.
+
 With ``--tls CERT KEY`` (PEM files) it serves HTTPS, advertising ALPN ``http/1.1``; the
 handler is the same (TLS sits under the session: deadlines and flow control see
 plaintext). To try it, ``python -m trustme`` (``pip install trustme``) writes a test CA,
@@ -45,7 +54,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:  # imported from elsewhere (tests, benchmarks): find protocols/
     sys.path.insert(0, _HERE)
 
-from protocols.http import HttpConnection  # noqa: E402
+from protocols.http import HttpConnection, StaticFiles  # noqa: E402
 
 HEAD_TIMEOUT = 10.0  # seconds for a request's head (and, after it, for its body)
 KEEPALIVE_TIMEOUT = 30.0  # seconds without traffic before an idle connection is closed
@@ -62,9 +71,11 @@ class HttpHandler(hamanet.Handler):
         self,
         head_timeout: float | None = HEAD_TIMEOUT,
         keepalive_timeout: float | None = KEEPALIVE_TIMEOUT,
+        root: str | None = None,
     ) -> None:
         self.head_timeout = head_timeout
         self.keepalive_timeout = keepalive_timeout
+        self.files = StaticFiles(root) if root is not None else None
         self.server: hamanet.Server | None = None
 
     def on_connect(self, session):
@@ -73,16 +84,25 @@ class HttpHandler(hamanet.Handler):
                 "HttpHandler.server is not set: the head deadline needs the server's "
                 "timers (build the server with new_server(), or set handler.server)"
             )
-        session.http = HttpConnection(self.head_timeout)
+        session.http = HttpConnection(self.head_timeout, files=self.files)
         session.deadline_timer = None  # the TimerHandle of the head deadline, when armed
         if self.keepalive_timeout is not None:
             session.set_idle_timeout(self.keepalive_timeout)
 
     def on_recv(self, session, data):
         http = session.http
-        response, close = http.feed(data)
-        if response:
-            session.write(response)
+        if self.files is None:
+            response, close = http.feed(data)
+            if response:
+                session.write(response)
+        else:
+            parts, close = http.feed_parts(data)
+            for part in parts:
+                if isinstance(part, bytes):
+                    session.write(part)
+                else:
+                    with part:  # sendfile() keeps a descriptor of its own
+                        session.sendfile(part)
         if close:
             session.close()  # after the response is flushed: FIN
         elif http.deadline is not None and session.deadline_timer is None:
@@ -124,11 +144,12 @@ class HttpHandler(hamanet.Handler):
 def new_server(
     head_timeout: float | None = HEAD_TIMEOUT,
     keepalive_timeout: float | None = KEEPALIVE_TIMEOUT,
+    root: str | None = None,
     **options,
 ) -> hamanet.Server:
     """A Server (``options`` as for ``hamanet.Server``) running an ``HttpHandler`` wired
-    to it; ``open()`` and start it."""
-    handler = HttpHandler(head_timeout, keepalive_timeout)
+    to it, serving the files under ``root`` if given; ``open()`` and start it."""
+    handler = HttpHandler(head_timeout, keepalive_timeout, root)
     server = hamanet.Server(handler, **options)
     handler.server = server
     return server
@@ -166,6 +187,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tls", nargs=2, metavar=("CERT", "KEY"), help="serve HTTPS with this certificate and key"
     )
+    parser.add_argument(
+        "--root",
+        metavar="DIR",
+        help="serve the files under DIR (GET and HEAD; / is /index.html) with sendfile",
+    )
     return parser.parse_args(argv)
 
 
@@ -174,7 +200,7 @@ def main() -> None:
     tls = None
     if args.tls:
         tls = hamanet.TLSServerContext(*args.tls, alpn_protocols=["http/1.1"])
-    server = new_server(args.head_timeout, args.keepalive_timeout)
+    server = new_server(args.head_timeout, args.keepalive_timeout, args.root)
     server.open(args.port, tls=tls)
     # SIGTERM stops as cleanly as Ctrl-C: join() stops the server, then lets SystemExit out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))

@@ -36,10 +36,14 @@ After a response that closes, ``feed`` discards everything and returns ``(b"", T
 
 from __future__ import annotations
 
+import mimetypes
+import os
+import stat
 import time
-from typing import Callable
+import urllib.parse
+from typing import BinaryIO, Callable
 
-__all__ = ["BODY", "MAX_BODY", "MAX_HEAD", "HttpConnection"]
+__all__ = ["BODY", "MAX_BODY", "MAX_HEAD", "HttpConnection", "StaticFiles"]
 
 BODY = b"Hello, World!\n"
 MAX_HEAD = 8192  # bytes of request line + headers + the blank line
@@ -97,10 +101,16 @@ _RESPONSES = {
 }
 _ERROR_CLOSE = {status: _RESPONSES[(status, _CLOSE, False)] for status in _REASONS}
 
+# What a request head comes to: (response, close, body bytes to skip, route), where route
+# is (target, connection mode, head_only) for a GET or HEAD whose answer depends on the
+# target (a StaticFiles root answers it anew), None when the response is final.
+_Parsed = tuple[bytes, bool, int, "tuple[bytes, int, bool] | None"]
+
+
 # Parsing a head is a pure function of its bytes, and real clients repeat the same head
 # (wrk sends one head over and over), so results are memoised in a small bounded table
 # (emptied when full, so a peer sending many different heads only costs speed).
-_CACHE: dict[bytes, tuple[bytes, bool, int]] = {}
+_CACHE: dict[bytes, _Parsed] = {}
 _CACHE_MAX = 1024
 _CACHEABLE_HEAD = 512  # only short heads are memoised
 
@@ -113,15 +123,15 @@ class _Bad(Exception):
         self.status = status
 
 
-def _parse(head: bytes) -> tuple[bytes, bool, int]:
-    """One request head (without the final CRLFCRLF) -> (response, close, body bytes to skip)."""
+def _parse(head: bytes) -> _Parsed:
+    """One request head (without the final CRLFCRLF) -> what it comes to (see _Parsed)."""
     try:
         return _parse_or_raise(head)
     except _Bad as bad:
-        return _ERROR_CLOSE[bad.status], True, 0
+        return _ERROR_CLOSE[bad.status], True, 0, None
 
 
-def _parse_or_raise(head: bytes) -> tuple[bytes, bool, int]:
+def _parse_or_raise(head: bytes) -> _Parsed:
     if head.translate(None, _HEAD_OK):
         raise _Bad(400)  # a control character
     lines = head.split(b"\r\n")
@@ -195,9 +205,73 @@ def _parse_or_raise(head: bytes) -> tuple[bytes, bool, int]:
     elif method == b"HEAD":
         head_only = True
     else:
-        return _RESPONSES[(405, mode, False)], mode == _CLOSE, skip
+        return _RESPONSES[(405, mode, False)], mode == _CLOSE, skip, None
     status = 200 if target == b"/" or target.startswith(b"/?") else 404
-    return _RESPONSES[(status, mode, head_only)], mode == _CLOSE, skip
+    return _RESPONSES[(status, mode, head_only)], mode == _CLOSE, skip, (target, mode, head_only)
+
+
+class StaticFiles:
+    """Answers GET and HEAD with the files under ``root`` (``/`` is ``/index.html``): a
+    head (Content-Type, Content-Length) followed by the open file, for the transport to
+    send with ``sendfile``; 404 for anything missing, not a regular file, or outside the
+    root: ``..`` segments, percent-encoded or not, a target that is not a path from the
+    root, and symbolic links that resolve outside it are all refused the same way.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.realpath(root)
+        if not os.path.isdir(self.root):
+            raise NotADirectoryError(f"the root to serve, {root!r}, is not a directory")
+
+    def path_of(self, target: bytes) -> str | None:
+        """The file ``target`` names under the root, or None if it names none there."""
+        path = urllib.parse.unquote_to_bytes(target.partition(b"?")[0])
+        if not path.startswith(b"/") or b"\0" in path or b"\\" in path:
+            return None
+        segments = [s for s in path.split(b"/") if s not in (b"", b".")]
+        if b".." in segments:
+            return None
+        relative = os.fsdecode(b"/".join(segments)) or "index.html"
+        candidate = os.path.realpath(os.path.join(self.root, relative))
+        if os.path.isdir(candidate):
+            candidate = os.path.join(candidate, "index.html")
+        if os.path.commonpath((self.root, candidate)) != self.root:
+            return None  # a symbolic link out of the root
+        return candidate
+
+    def respond(self, target: bytes, mode: int, head_only: bool) -> list[bytes | BinaryIO]:
+        """The response to a GET (HEAD: ``head_only``) of ``target``: bytes, then the open
+        file (which the caller closes once queued) unless it is a HEAD or a 404."""
+        path = self.path_of(target)
+        file = None
+        if path is not None:
+            try:
+                file = open(path, "rb")  # noqa: SIM115 (the transport closes it)
+            except OSError:
+                pass
+        size = None
+        if file is not None:
+            info = os.fstat(file.fileno())
+            if stat.S_ISREG(info.st_mode):
+                size = info.st_size
+            else:
+                file.close()
+        if file is None or size is None:
+            return [_RESPONSES[(404, mode, head_only)]]
+        kind = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        head = b"".join(
+            (
+                b"HTTP/1.1 200 OK\r\n",
+                b"Content-Type: %s\r\n" % kind.encode(),
+                b"Content-Length: %d\r\n" % size,
+                _CONNECTION_LINE[mode],
+                b"\r\n",
+            )
+        )
+        if head_only:
+            file.close()
+            return [head]
+        return [head, file]
 
 
 class HttpConnection:
@@ -209,13 +283,24 @@ class HttpConnection:
     deadline still set, sends what it returns, and closes.
     """
 
-    __slots__ = ("_blank", "_buffer", "_clock", "_done", "_head_timeout", "_skip", "deadline")
+    __slots__ = (
+        "_blank",
+        "_buffer",
+        "_clock",
+        "_done",
+        "_files",
+        "_head_timeout",
+        "_skip",
+        "deadline",
+    )
 
     def __init__(
         self,
         head_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        files: StaticFiles | None = None,
     ) -> None:
+        self._files = files  # GET and HEAD answered from these files, with feed_parts()
         self._buffer = b""  # an incomplete head, always shorter than MAX_HEAD
         self._skip = 0  # request body bytes still to be consumed
         self._done = False  # a closing response was produced: ignore the rest
@@ -247,8 +332,20 @@ class HttpConnection:
 
     def feed(self, data: bytes) -> tuple[bytes, bool]:
         """Consumes ``data``; returns (responses to every complete request, close after)."""
+        responses, close = self._feed(data)
+        if len(responses) == 1:
+            return responses[0], close  # type: ignore[return-value]
+        return b"".join(responses), close  # type: ignore[arg-type]
+
+    def feed_parts(self, data: bytes) -> tuple[list[bytes | BinaryIO], bool]:
+        """``feed`` for a connection that serves files: the responses as bytes and open
+        files in order, for the transport to write and ``sendfile`` (closing each file
+        once queued), and whether to close after them."""
+        return self._feed(data)
+
+    def _feed(self, data: bytes) -> tuple[list[bytes | BinaryIO], bool]:
         if self._done:
-            return b"", True
+            return [], True
         buffer = self._buffer + data if self._buffer else bytes(data)
         size = len(buffer)
         pos = 0
@@ -258,7 +355,8 @@ class HttpConnection:
             self._skip -= pos
             finished = not self._skip
         blank = self._blank
-        responses: list[bytes] = []
+        responses: list[bytes | BinaryIO] = []
+        files = self._files
         close = False
         cache = _CACHE
         while pos < size:
@@ -284,8 +382,11 @@ class HttpConnection:
                     if len(cache) >= _CACHE_MAX:
                         cache.clear()  # bounded, and heals after a burst of odd heads
                     cache[head] = result
-            response, close, skip = result
-            responses.append(response)
+            response, close, skip, route = result
+            if files is not None and route is not None:
+                responses.extend(files.respond(*route))
+            else:
+                responses.append(response)
             blank = False
             if close:
                 break
@@ -306,6 +407,4 @@ class HttpConnection:
                     self.deadline = None  # idle, between requests
                 elif self.deadline is None or finished or responses:
                     self.deadline = self._clock() + self._head_timeout
-        if len(responses) == 1:
-            return responses[0], close
-        return b"".join(responses), close
+        return responses, close
