@@ -36,6 +36,7 @@ After a response that closes, ``feed`` discards everything and returns ``(b"", T
 
 from __future__ import annotations
 
+import contextlib
 import mimetypes
 import os
 import stat
@@ -245,19 +246,14 @@ class StaticFiles:
         path = self.path_of(target)
         file = None
         if path is not None:
-            try:
+            with contextlib.suppress(OSError):
                 file = open(path, "rb")  # noqa: SIM115 (the transport closes it)
-            except OSError:
-                pass
-        size = None
-        if file is not None:
-            info = os.fstat(file.fileno())
-            if stat.S_ISREG(info.st_mode):
-                size = info.st_size
-            else:
-                file.close()
-        if file is None or size is None:
+        if file is not None and not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            file.close()
+            file = None
+        if file is None or path is None:
             return [_RESPONSES[(404, mode, head_only)]]
+        size = os.fstat(file.fileno()).st_size
         kind = mimetypes.guess_type(path)[0] or "application/octet-stream"
         head = b"".join(
             (
