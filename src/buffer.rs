@@ -284,16 +284,26 @@ mod tests {
         buffer.push_file(segment(3));
         assert_eq!((buffer.len(), buffer.bytes_len()), (12, 4));
         assert_eq!(buffer.pending(), b"ab", "the bytes before the file only");
-        assert!(buffer.next_file().is_none(), "bytes are in front of the file");
+        assert!(
+            buffer.next_file().is_none(),
+            "bytes are in front of the file"
+        );
         buffer.consume(1);
         assert_eq!(buffer.pending(), b"b");
         buffer.consume(1);
         assert_eq!(buffer.pending(), b"");
         assert_eq!(buffer.next_file().map(|f| f.remaining), Some(5));
         buffer.consume_file(2);
-        assert_eq!(buffer.next_file().map(|f| (f.offset, f.remaining)), Some((2, 3)));
+        assert_eq!(
+            buffer.next_file().map(|f| (f.offset, f.remaining)),
+            Some((2, 3))
+        );
         buffer.consume_file(3);
-        assert_eq!(buffer.pending(), b"cd", "the bytes written after the file come next");
+        assert_eq!(
+            buffer.pending(),
+            b"cd",
+            "the bytes written after the file come next"
+        );
         buffer.consume(2);
         assert_eq!(buffer.next_file().map(|f| f.remaining), Some(3));
         assert_eq!(buffer.len(), 3);

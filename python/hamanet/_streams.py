@@ -354,6 +354,8 @@ class StreamWriter:
 class _StreamHandler(Handler):
     """The session callbacks behind a pair of streams."""
 
+    recv_views = True  # on_recv only copies the bytes on, into the reader's buffer
+
     def __init__(
         self,
         limit: int,
@@ -375,6 +377,7 @@ class _StreamHandler(Handler):
                 task.add_done_callback(_log_failure)
 
     def on_recv(self, session: Session, data: bytes) -> None:
+        # A lent view (recv_views): the bytes are copied once, into the reader's buffer.
         session._hamanet_streams[0].feed_data(data)
 
     def on_eof(self, session: Session) -> bool:

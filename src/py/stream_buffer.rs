@@ -7,6 +7,8 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use super::view::chunk;
+
 /// Received bytes waiting to be read. Reads take from the front; the consumed front is
 /// dropped in one move once it is larger than what is left, so a long stream of small
 /// reads costs no quadratic shuffling.
@@ -45,9 +47,11 @@ impl PyStreamBuffer {
         PyStreamBuffer::default()
     }
 
-    /// Appends received bytes.
-    fn feed(&mut self, data: &[u8]) {
-        self.data.extend_from_slice(data);
+    /// Appends received bytes: any bytes-like object, a view lent by `recv_views` too
+    /// (copied here once, straight from the reactor's buffer).
+    fn feed(&mut self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.data.extend_from_slice(chunk(data, "feed")?.as_slice());
+        Ok(())
     }
 
     fn __len__(&self) -> usize {
