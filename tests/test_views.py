@@ -136,6 +136,14 @@ def exchange(sock: socket.socket, message: bytes, answer_size: int) -> bytes:
     return recv_exactly(sock, answer_size)
 
 
+def byte_counters(endpoint: hamanet.Server | hamanet.Client) -> tuple[int, int]:
+    """``(bytes_in, bytes_out)`` from ``stats()``, after asking for a wakeup (which
+    publishes the counters): poll it."""
+    endpoint.call_soon_threadsafe(lambda: None)
+    stats = endpoint.stats()
+    return stats["bytes_in"], stats["bytes_out"]
+
+
 def request_writable_buffer(obj: Any) -> None:
     """``PyObject_GetBuffer(obj, &view, PyBUF_WRITABLE)``: what a C extension that means to
     write into ``obj`` asks for. Raises what the exporter raises (AssertionError if granted)."""
@@ -295,6 +303,39 @@ def test_a_kept_view_is_released_and_its_obj_lends_nothing_after_the_call(serve,
     view.release()  # releasing again is harmless
     with pytest.raises(BufferError, match=LENT_ONLY):
         memoryview(obj)
+
+
+def test_writing_a_kept_view_after_the_call_raises_value_error(serve):
+    """Writing the view kept from an earlier call is using it: ValueError, as for any other
+    use (and as socket.send gives for a released memoryview), not a TypeError saying that
+    write() takes no memoryview and the caller should encode text."""
+    kept: list[memoryview] = []
+    outcomes: dict[str, tuple[type, str]] = {}
+
+    class Writer(hamanet.Handler):
+        recv_views = True
+
+        def on_recv(self, session, data):
+            if not kept:
+                kept.append(data)
+            else:
+                for name, call in (
+                    ("write", lambda: session.write(kept[0])),
+                    ("writelines", lambda: session.writelines([kept[0]])),
+                ):
+                    try:
+                        call()
+                    except Exception as exc:
+                        outcomes[name] = (type(exc), str(exc))
+            session.write(b"+")
+
+    server = serve(Writer())
+    with connect(server.port) as sock:
+        assert exchange(sock, b"first", 1) == b"+"
+        assert exchange(sock, b"second", 1) == b"+"  # nothing of the kept view before it
+    assert sorted(outcomes) == ["write", "writelines"]
+    for name, (kind, message) in outcomes.items():
+        assert kind is ValueError and "released" in message, (name, kind, message)
 
 
 def test_the_view_refuses_writes_and_writable_buffer_requests(serve, mode):
@@ -561,6 +602,9 @@ def test_a_32_mib_echo_of_views_on_several_sessions_is_byte_exact(serve, mode):
         types, eager = set(handler.types), list(handler.eager)
     assert got == want  # what the server received, hashed from the views
     assert types == {memoryview}
+    total = sum(map(len, payloads))
+    # Bytes sent straight from a view count as sent, as those sent from the buffer do.
+    wait_until(lambda: byte_counters(server) == (total, total), what="bytes_in == bytes_out")
     if server.stats()["workers"] == 0:
         # The echo went at least partly straight from the views to the kernel (not
         # only through the write buffer): that path is what this test checked.
@@ -686,7 +730,8 @@ def test_write_takes_other_buffers_as_they_are_at_the_call(serve, mode):
         as_view[:] = b"\xff" * size
         expected.extend(original[1:])
         numbers = array.array("i", range(size // 4))
-        session.write(numbers)
+        # The stub lists bytes, bytearray and memoryview; write() takes any buffer.
+        session.write(numbers)  # type: ignore[arg-type]
         expected.extend(numbers.tobytes())
         numbers[0] = -1
         numbers.append(7)

@@ -19,7 +19,7 @@ use super::inner::LoopInner;
 use super::report::Report;
 use super::session::PySession;
 use super::sessions::Entry;
-use super::view::{Loan, ReceivedBytes};
+use super::view::{Loan, ReceivedBytes, Returned};
 use crate::framing::{FrameDecoder, FrameError};
 use crate::shared::{lock, SessionCore};
 
@@ -73,6 +73,8 @@ pub(super) struct Dispatcher<'a, 'py> {
     /// Received bytes lent to `on_recv` that a view still points into: the caller keeps
     /// their memory for them ([`Dispatcher::take_outlived`]).
     pub(super) outlived: Vec<Py<ReceivedBytes>>,
+    /// A lender no one refers to any more, for the next loan.
+    spare_lender: Option<Py<ReceivedBytes>>,
 }
 
 impl<'a, 'py> Dispatcher<'a, 'py> {
@@ -84,6 +86,7 @@ impl<'a, 'py> Dispatcher<'a, 'py> {
             report: Report::new(py),
             busy,
             outlived: Vec::new(),
+            spare_lender: None,
         }
     }
 
@@ -269,13 +272,16 @@ impl<'a, 'py> Dispatcher<'a, 'py> {
     /// handler kept is put on the `outlived` list (and warned about, once).
     fn lend(&mut self, entry: &mut Entry, callback: &Py<PyAny>, data: &[u8]) {
         let py = self.py;
-        let loan = Loan::new(py, data);
+        let loan = Loan::new(py, data, self.spare_lender.take());
         let view = match &loan {
             Ok(loan) => Ok(loan.view().clone()),
             Err(err) => Err(err.clone_ref(py)),
         };
         self.call(entry, Callback::OnRecv, callback, |s| Ok((s, view?)));
-        if let Some(lender) = loan.ok().and_then(Loan::end) {
+        let returned = loan.map(Loan::end);
+        if let Ok(Returned::Spare(lender)) = returned {
+            self.spare_lender = Some(lender);
+        } else if let Ok(Returned::Outlived(lender)) = returned {
             if !OUTLIVED_WARNED.swap(true, Ordering::Relaxed) {
                 self.report.warning(
                     "hamanet: a view of received bytes outlived on_recv (a slice kept, or an \

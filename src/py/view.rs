@@ -24,9 +24,10 @@ use pyo3::types::{PyBytes, PyMemoryView};
 #[pyclass(module = "hamanet._hamanet", name = "ReceivedBytes", frozen)]
 pub struct ReceivedBytes {
     /// The address of the first byte, as an integer: the memory is the reactor's (or a
-    /// worker's) and outlives every export, as [`Loan`] and `keep` arrange.
-    start: usize,
-    len: usize,
+    /// worker's) and outlives every export, as [`Loan`] and [`keep_for`] arrange. Set
+    /// anew when a lender nobody else holds is reused for the next loan.
+    start: AtomicUsize,
+    len: AtomicUsize,
     /// Whether new views may be made: only during the callback.
     lendable: AtomicBool,
     /// Views exported and not yet released.
@@ -43,7 +44,9 @@ pub(super) fn keep_for(lenders: Vec<Py<ReceivedBytes>>, memory: Vec<u8>) {
         let lender = lender.get();
         debug_assert!({
             let range = memory.as_ptr_range();
-            range.start as usize <= lender.start && lender.start + lender.len <= range.end as usize
+            let start = lender.start.load(Ordering::Relaxed);
+            let end = start + lender.len.load(Ordering::Relaxed);
+            range.start as usize <= start && end <= range.end as usize
         });
         let _ = lender.kept.set(Arc::clone(&memory));
     }
@@ -77,8 +80,8 @@ impl ReceivedBytes {
             ffi::PyBuffer_FillInfo(
                 view,
                 slf.as_ptr(),
-                this.start as *mut c_void,
-                this.len as ffi::Py_ssize_t,
+                this.start.load(Ordering::Relaxed) as *mut c_void,
+                this.len.load(Ordering::Relaxed) as ffi::Py_ssize_t,
                 1,
                 flags,
             )
@@ -95,7 +98,10 @@ impl ReceivedBytes {
     }
 
     fn __repr__(&self) -> String {
-        format!("<hamanet received bytes, {} bytes>", self.len)
+        format!(
+            "<hamanet received bytes, {} bytes>",
+            self.len.load(Ordering::Relaxed)
+        )
     }
 }
 
@@ -105,20 +111,45 @@ pub(super) struct Loan<'py> {
     view: Bound<'py, PyMemoryView>,
 }
 
+/// What became of a loan's lender once the view was taken back.
+pub(super) enum Returned {
+    /// A view derived from it is still alive: its memory must be kept ([`keep_for`]).
+    Outlived(Py<ReceivedBytes>),
+    /// Nothing refers to it any more: it may serve the next loan.
+    Spare(Py<ReceivedBytes>),
+    /// Something holds the lender itself (`data.obj`): it lends nothing more.
+    Held,
+}
+
 impl<'py> Loan<'py> {
     /// A read-only memoryview onto `data`, which must stay untouched until [`Loan::end`]
-    /// (or, if that returns the lender, for as long as the lender lives).
-    pub(super) fn new(py: Python<'py>, data: &[u8]) -> PyResult<Loan<'py>> {
-        let lender = Bound::new(
-            py,
-            ReceivedBytes {
-                start: data.as_ptr() as usize,
-                len: data.len(),
-                lendable: AtomicBool::new(true),
-                exports: AtomicUsize::new(0),
-                kept: OnceLock::new(),
-            },
-        )?;
+    /// (or, if that says `Outlived`, for as long as the lender lives). `spare`: a lender
+    /// a previous loan returned, reused to save an allocation.
+    pub(super) fn new(
+        py: Python<'py>,
+        data: &[u8],
+        spare: Option<Py<ReceivedBytes>>,
+    ) -> PyResult<Loan<'py>> {
+        let lender = match spare {
+            Some(spare) => {
+                let spare = spare.into_bound(py);
+                let this = spare.get();
+                this.start.store(data.as_ptr() as usize, Ordering::Relaxed);
+                this.len.store(data.len(), Ordering::Relaxed);
+                this.lendable.store(true, Ordering::Release);
+                spare
+            }
+            None => Bound::new(
+                py,
+                ReceivedBytes {
+                    start: AtomicUsize::new(data.as_ptr() as usize),
+                    len: AtomicUsize::new(data.len()),
+                    lendable: AtomicBool::new(true),
+                    exports: AtomicUsize::new(0),
+                    kept: OnceLock::new(),
+                },
+            )?,
+        };
         let view = PyMemoryView::from(lender.as_any())?;
         Ok(Loan { lender, view })
     }
@@ -129,18 +160,50 @@ impl<'py> Loan<'py> {
     }
 
     /// Takes the view back: it is released, so a handler that kept it gets ValueError
-    /// on its next use. Returns the lender if a view derived from it is still alive; its
-    /// memory must then be kept for it.
-    pub(super) fn end(self) -> Option<Py<ReceivedBytes>> {
+    /// on its next use, and says what became of the lender.
+    pub(super) fn end(self) -> Returned {
         let py = self.view.py();
         let lender = self.lender.get();
         lender.lendable.store(false, Ordering::Release);
-        // Fails (BufferError) only while the view has exports of its own, a numpy array
-        // made from it, say: the count below sees those as well.
-        let _ = self.view.call_method0(intern!(py, "release"));
+        // The view is ours alone and is the lender's only export: nobody kept anything,
+        // and dropping it releases it, without the cost of a call to `release()`.
+        if !(sole_reference(self.view.as_any()) && lender.exports.load(Ordering::Acquire) == 1)
+        {
+            // Fails (BufferError) only while the view has exports of its own, a numpy
+            // array made from it, say: the count below sees those as well.
+            let _ = self.view.call_method0(intern!(py, "release"));
+        }
         drop(self.view);
-        (lender.exports.load(Ordering::Acquire) > 0).then(|| self.lender.unbind())
+        if lender.exports.load(Ordering::Acquire) > 0 {
+            Returned::Outlived(self.lender.unbind())
+        } else if sole_reference(self.lender.as_any()) {
+            Returned::Spare(self.lender.unbind())
+        } else {
+            Returned::Held
+        }
     }
+}
+
+/// Whether `object` is referred to by its `Bound` alone. On a free-threaded build a
+/// reference count read from one thread is not exact, so there it always says no (the
+/// callers then take the slower, always-correct path).
+fn sole_reference(object: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: `object` is a live object (the `Bound` holds a reference), and where the
+    // GIL exists and is held its reference count is exact and cannot change under us.
+    refcounts_exact(object.py()) && unsafe { ffi::Py_REFCNT(object.as_ptr()) == 1 }
+}
+
+/// Whether this interpreter's reference counts are exact while the GIL is held: not on a
+/// free-threaded build (Py_GIL_DISABLED), whose counts other threads change without it.
+/// Asked once; an interpreter that cannot say is taken to be free-threaded.
+fn refcounts_exact(py: Python<'_>) -> bool {
+    static EXACT: OnceLock<bool> = OnceLock::new();
+    *EXACT.get_or_init(|| {
+        py.import("sysconfig")
+            .and_then(|sysconfig| sysconfig.call_method1("get_config_var", ("Py_GIL_DISABLED",)))
+            .and_then(|value| value.is_truthy())
+            .is_ok_and(|free_threaded| !free_threaded)
+    })
 }
 
 /// A bytes-like argument of `write()` and its kin, borrowed for the length of the call.
