@@ -79,6 +79,14 @@ def sparse_file(path: Path, size: int, marks: dict[int, bytes]) -> None:
             file.write(mark)
 
 
+def unused_fd() -> int:
+    """A descriptor number this process has not open (well above every open one)."""
+    number = max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1000
+    with pytest.raises(OSError):
+        os.fstat(number)
+    return number
+
+
 def assert_same(got: bytes, expected: bytes) -> None:
     """Equal, or a short message: where the first difference is (not a diff of MiBs)."""
     if got == expected:
@@ -116,6 +124,26 @@ def tls_read_until_end(sock: ssl.SSLSocket, limit: int = 64 * MiB) -> tuple[byte
             return bytes(chunks), "close_notify"
         chunks.extend(chunk)
     raise AssertionError("peer sent more than the limit without ending the stream")
+
+
+def read_until_end_or_stall(sock: socket.socket, stall: float = 5.0) -> tuple[bytes, str]:
+    """``read_until_end``, or (what came, "stalled") if nothing comes for ``stall`` s."""
+    sock.settimeout(stall)
+    try:
+        chunks = bytearray()
+        for _ in range(100_000):
+            try:
+                chunk = sock.recv(1 << 20)
+            except ConnectionResetError:
+                return bytes(chunks), "reset"
+            except (TimeoutError, socket.timeout):
+                return bytes(chunks), "stalled"
+            if not chunk:
+                return bytes(chunks), "eof"
+            chunks.extend(chunk)
+        raise AssertionError("peer sent too much without ending the stream")
+    finally:
+        sock.settimeout(WAIT)
 
 
 class Scripted(Recorder):
@@ -398,11 +426,8 @@ def test_sendfile_refuses_what_is_not_a_regular_file_or_not_in_it(serve, tmp_pat
         closed.close()
         with pytest.raises(ValueError, match="closed file"):
             session.sendfile(closed)
-        spare = os.open(path, os.O_RDONLY)
-        os.close(spare)
-        with pytest.raises(OSError) as info:
-            session.sendfile(spare)  # a descriptor number that names nothing
-        assert info.value.errno == errno.EBADF
+        with pytest.raises(OSError):
+            session.sendfile(unused_fd())  # a descriptor number that names nothing
 
         # Nothing was queued, no descriptor kept, and the session works as before.
         assert session.write_buffer_size == 0
@@ -413,6 +438,19 @@ def test_sendfile_refuses_what_is_not_a_regular_file_or_not_in_it(serve, tmp_pat
             assert session.sendfile(file, 10, 990) == 990
         assert recv_exactly(sock, 990) == data[10:]
         assert not session.closing
+
+
+def test_a_bad_descriptor_raises_an_oserror_with_its_errno(serve, tmp_path):
+    """Like every OSError hamanet raises (src/py/errors.rs): errno set, so callers can test
+    ``exc.errno == errno.EBADF`` as with the socket module."""
+    recorder = Recorder()
+    server = serve(recorder)
+    with connect(server.port):
+        (session,) = recorder.wait_sessions(1)
+        with pytest.raises(OSError) as info:
+            session.sendfile(unused_fd())
+    assert info.value.errno == errno.EBADF, repr(info.value)
+    assert info.value.strerror, repr(info.value)
 
 
 def test_sendfile_on_a_closing_or_closed_session_raises_like_write(serve, tmp_path):
@@ -619,8 +657,10 @@ def test_close_sends_the_whole_file_then_fin(serve, tmp_path):
     sock = slow_peer(server.port)
     with sock:
         (session,) = recorder.wait_sessions(1)
-        wait_until(lambda: "pause" in recorder.kinds(session.id), what="on_pause_writing")
-        assert session.closing and not session.closed  # waiting for the file to go
+        recorder.result(session.id)
+        # The peer does not read: most of the file waits, and the session with it.
+        assert session.write_buffer_size > len(data) - KERNEL_SLACK
+        assert session.closing and not session.closed
         got, end = read_until_end(sock)
     assert end == "eof"
     assert_same(got, data)
@@ -639,7 +679,8 @@ def test_abort_drops_the_queued_file_and_its_descriptor(serve, tmp_path):
         (session,) = recorder.wait_sessions(1)
         with open(path, "rb") as file:
             assert session.sendfile(file) == size
-        assert open_fds() == fds + 2  # the peer's socket, and the queued file's duplicate
+        # Both ends of the connection, and the queued file's duplicate.
+        assert open_fds() == fds + 3
         wait_until(lambda: "pause" in recorder.kinds(session.id), what="on_pause_writing")
         session.abort()
         got, end = read_until_end(sock)
@@ -665,7 +706,7 @@ def test_descriptors_are_released_once_sent(serve, tmp_path):
             for _ in range(20):
                 session.sendfile(file)
         assert_same(recv_exactly(sock, 20 * len(data)), data * 20)
-        wait_until(lambda: open_fds() == fds + 1, what="the 20 duplicates closed")
+        wait_until(lambda: open_fds() == fds + 2, what="the 20 duplicates closed")
     recorder.wait_closed(session.id)
 
 
@@ -689,7 +730,14 @@ def test_a_file_truncated_while_being_sent_ends_the_session_naming_it(serve, tmp
         # Less than new_size has left: the server sends up to new_size, then finds the end.
         assert session.write_buffer_size > size - new_size
         os.truncate(path, new_size)
-        got, _end = read_until_end(sock)
+        got, end = read_until_end_or_stall(sock)
+        if end == "stalled":
+            pytest.fail(
+                f"the session stalled after sending {len(got)} bytes (the file's new end): "
+                f"write_buffer_size={session.write_buffer_size}, closed={session.closed}, "
+                f"on_close={recorder.closes.get(session.id)}; it should end with an error",
+                pytrace=False,
+            )
     (exc,) = recorder.wait_closed(session.id)
     assert isinstance(exc, OSError), repr(exc)
     assert f"ended {size - new_size} bytes short" in str(exc), str(exc)

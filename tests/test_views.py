@@ -2,18 +2,20 @@
 
 Covered: what the view is (a read-only, one-dimensional memoryview holding exactly the bytes
 received, in order) and that a plain handler still gets bytes; that the view is released
-when on_recv returns (a kept view raises ValueError, a new view of its ``obj`` BufferError)
-and never writable (TypeError from Python, BufferError for a C-level writable request);
-that a view derived from it and kept (a slice, ``memoryview(data)``, a view of ``data.obj``,
-a strided one, a cast) still holds the bytes originally received after many more reads on
-that session and others, after the server stopped, and after on_recv raised, with one
-WARNING per process (checked in a fresh interpreter, so independent of test order);
-``write(view)``, ``write(view[a:b])`` and ``writelines`` of views, byte-exact through a
-32 MiB echo on several sessions at once (sha256 both ways), behind bytes already buffered,
-relayed to another session (on another reactor with reactors=2), and over TLS; that
-``write()`` still sends the bytes a bytearray, memoryview or array held at the call whatever
-the caller does next; the setup errors, each by name; ``hamanet.aio``; a worker pool, two
-reactors, and client sessions (``hamanet.Client``, and a per-connection handler).
+when on_recv returns (a kept view raises ValueError, also when written; a new view of its
+``obj`` raises BufferError) and is never writable (TypeError from Python, BufferError for a
+C-level writable request); that views derived from it and kept (a slice,
+``memoryview(data)``, a view of ``data.obj``, a strided one, a cast, an export of the view
+itself) still hold the bytes originally received after many more reads on that session and
+others, after the server stopped, and after on_recv raised, with one WARNING per process
+(checked in a fresh interpreter, so independent of test order); ``write(view)``,
+``write(view[a:b])`` and ``writelines`` of views, byte-exact through a 32 MiB echo on
+several sessions at once (sha256 both ways), behind bytes already buffered, relayed to
+another session (on another reactor with reactors=2), and over TLS; that ``write()`` and
+``writelines()`` still send the bytes a bytearray, memoryview or array held when they got
+it, whatever the caller does next; the setup errors, each by name; ``hamanet.aio``; a
+worker pool, two reactors, and client sessions (``hamanet.Client``, and a per-connection
+handler).
 
 The "modes" run on the suite's defaults, on a pool of 2 workers and on 2 reactors, whatever
 HAMANET_TEST_WORKERS / HAMANET_TEST_REACTORS say (an explicit option wins over those).
@@ -29,6 +31,7 @@ import gc
 import hashlib
 import io
 import json
+import pickle
 import random
 import socket
 import subprocess
@@ -401,6 +404,9 @@ class SliceKeeper(hamanet.Handler):
                 "obj": memoryview(data.obj),
                 "strided": data[1::3],
                 "cast": data.cast("c"),
+                # An export of the lent view itself: hamanet's release() of it then fails
+                # (the view stays usable), and the bytes must be kept all the same.
+                "exported": pickle.PickleBuffer(data),
             }
             with self.lock:
                 self.kept.extend((session.id, offset, k, v) for k, v in derived.items())

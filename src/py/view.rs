@@ -167,8 +167,7 @@ impl<'py> Loan<'py> {
         lender.lendable.store(false, Ordering::Release);
         // The view is ours alone and is the lender's only export: nobody kept anything,
         // and dropping it releases it, without the cost of a call to `release()`.
-        if !(sole_reference(self.view.as_any()) && lender.exports.load(Ordering::Acquire) == 1)
-        {
+        if !(sole_reference(self.view.as_any()) && lender.exports.load(Ordering::Acquire) == 1) {
             // Fails (BufferError) only while the view has exports of its own, a numpy
             // array made from it, say: the count below sees those as well.
             let _ = self.view.call_method0(intern!(py, "release"));
