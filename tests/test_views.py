@@ -308,6 +308,38 @@ def test_a_kept_view_is_released_and_its_obj_lends_nothing_after_the_call(serve,
         memoryview(obj)
 
 
+def test_a_kept_obj_lends_nothing_in_any_later_call(serve, mode):
+    """Holding ``data.obj`` past the call (and nothing else): it is never the object a later
+    view is lent from, in that session or another, and lends no view itself, while calls
+    that keep nothing go on (and hamanet may reuse what they leave)."""
+    held: list[Any] = []
+    outcomes: list[tuple[str, str]] = []
+
+    class Holder(hamanet.Handler):
+        recv_views = True
+
+        def on_recv(self, session, data):
+            if not held:
+                held.append(data.obj)
+            else:
+                try:
+                    lent = bytes(memoryview(held[0]))
+                except BufferError:
+                    lent = b""
+                outcomes.append(("same" if data.obj is held[0] else "other", repr(lent)))
+            session.write(bytes(data))
+
+    server = serve(Holder(), **mode)
+    with connect(server.port) as one, connect(server.port) as two:
+        for round_ in range(20):
+            for sock in (one, two):
+                message = b"%d" % round_
+                assert exchange(sock, message, len(message)) == message
+    assert len(outcomes) == 39
+    assert set(outcomes) == {("other", "b''")}
+    assert repr(held[0]).endswith(" 1 bytes>")
+
+
 def test_writing_a_kept_view_after_the_call_raises_value_error(serve):
     """Writing the view kept from an earlier call is using it: ValueError, as for any other
     use (and as socket.send gives for a released memoryview), not a TypeError saying that

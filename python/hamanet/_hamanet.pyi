@@ -4,12 +4,12 @@ from collections.abc import Iterable
 from os import PathLike
 from typing import Any, Callable, Protocol, final
 
-from typing_extensions import disjoint_base
+from typing_extensions import Buffer, disjoint_base
 
 class _HasFileno(Protocol):
     def fileno(self) -> int: ...
 
-_BytesLike = bytes | bytearray | memoryview
+_BytesLike = Buffer
 _FileLike = int | _HasFileno
 _Address = tuple[str, int] | tuple[str, int, int, int]
 _Callback = Callable[..., Any] | None

@@ -76,7 +76,9 @@ impl PySession {
     fn writelines(&self, chunks: &Bound<'_, PyAny>) -> PyResult<()> {
         let pieces = chunks
             .try_iter()?
-            .map(|item| chunk(&item?, "writelines"))
+            // Each is copied as it comes (bytes excepted): taking the next may run
+            // Python code (a generator) that changes or resizes an earlier one.
+            .map(|item| chunk(&item?, "writelines").map(Chunk::detached))
             .collect::<PyResult<Vec<_>>>()?;
         self.core
             .write_all(&pieces.iter().map(Chunk::as_slice).collect::<Vec<_>>())

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyBufferError, PyTypeError};
+use pyo3::exceptions::{PyBufferError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -215,6 +215,16 @@ pub(super) enum Chunk<'py> {
 }
 
 impl Chunk<'_> {
+    /// The chunk, copied unless it is `bytes` (immutable): for a caller that runs Python
+    /// code before it is done with the chunk (the next step of an iterator), which could
+    /// change a borrowed buffer's bytes, or need to resize it.
+    pub(super) fn detached(self) -> Self {
+        match self {
+            Chunk::Borrowed(buffer) => Chunk::Copied(Chunk::Borrowed(buffer).as_slice().to_vec()),
+            other => other,
+        }
+    }
+
     pub(super) fn as_slice(&self) -> &[u8] {
         match self {
             Chunk::Bytes(bytes) => bytes.as_bytes(),
@@ -237,13 +247,19 @@ pub(super) fn chunk<'py>(data: &Bound<'py, PyAny>, method: &str) -> PyResult<Chu
     if let Ok(bytes) = data.cast::<PyBytes>() {
         return Ok(Chunk::Bytes(bytes.clone()));
     }
-    let buffer = PyBuffer::<u8>::get(data).or_else(|_| {
-        // Any other buffer (array.array('i'), a memoryview of floats...) is sent as its
-        // raw bytes, as socket.send does: seen through a byte-format memoryview.
-        let as_bytes =
-            PyMemoryView::from(data)?.call_method1(intern!(data.py(), "cast"), ("B",))?;
-        PyBuffer::<u8>::get(&as_bytes)
-    });
+    let buffer = match PyBuffer::<u8>::get(data) {
+        // A released memoryview (one kept past its on_recv, say): ValueError, as from
+        // socket.send, not the TypeError below.
+        Err(err) if err.is_instance_of::<PyValueError>(data.py()) => return Err(err),
+        Err(_) => {
+            // Any other buffer (array.array('i'), a memoryview of floats...) is sent as
+            // its raw bytes, as socket.send does: seen through a byte-format memoryview.
+            PyMemoryView::from(data)
+                .and_then(|view| view.call_method1(intern!(data.py(), "cast"), ("B",)))
+                .and_then(|as_bytes| PyBuffer::<u8>::get(&as_bytes))
+        }
+        ok => ok,
+    };
     match buffer {
         Ok(buffer) if buffer.is_c_contiguous() => Ok(Chunk::Borrowed(buffer)),
         Ok(buffer) => Ok(Chunk::Copied(buffer.to_vec(data.py())?)),
