@@ -1,7 +1,7 @@
 """What a cold server costs: each server, freshly started, serves a batch of connections
 (cold), then a second batch of the same shape (warm), and the two are compared.
 
-    .venv/bin/python bench/coldwarm.py [--servers asyncio,uvloop,hamanet] [--scenario rr64]
+    .venv/bin/python bench/coldwarm.py [--servers NAME,...] [--scenario rr64]
                                        [--trials 3] [--warmup 0.5] [--duration 3]
 
 The runner's method otherwise: the server pinned to one core, the load generator to the
@@ -10,8 +10,10 @@ edges of its measured window. The two batches are two load generator runs with t
 scenario's arguments (`bench/loadgen rr --conns 100 --size 64` for rr64), back to back
 on one server process; the first connections of the second are opened after the first
 batch's are all closed. Each trial starts every server afresh, servers interleaved.
-Prints every run, then medians over the trials. Builds the load generator and the native
-echoes first, as bench/run.sh does (`--no-build`: use those already built).
+The servers default to asyncio, uvloop, hamanet, rust-epoll and native-best (any echo
+server of the catalog may be named). Prints every run, then medians over the trials.
+Builds the load generator and the native echoes first, as bench/run.sh does
+(`--no-build`: use those already built).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def main() -> int:
             srv = ServerProcess(server, free_port(), str(cpus.server), server.argv)
             try:
                 srv.wait_ready()
+                got = {}  # kept only when both batches ran, so the trials pair up
                 for batch in ("cold", "warm"):
                     out = run_loadgen(
                         [
@@ -82,29 +85,36 @@ def main() -> int:
                     )
                     rate = float(out["msgs_per_s"])
                     cpu = out["server_cpu_ticks"] / CLK_TCK * 1e6 / int(out["messages"])
-                    figures.setdefault((server.name, batch), []).append((rate, cpu))
+                    got[batch] = (rate, cpu)
                     print(
                         f"trial {trial} {server.name:<12} {batch}: {rate:>10,.0f} msgs/s "
                         f"{cpu:7.2f} CPU-us/msg",
                         flush=True,
                     )
+                for batch, figure in got.items():
+                    figures.setdefault((server.name, batch), []).append(figure)
             except RunError as e:
                 print(f"trial {trial} {server.name}: FAILED: {e}", flush=True)
             finally:
                 srv.stop()
                 srv.discard_log()
-    print(f"\n{scenario.name}, medians of {args.trials} trial(s):")
+    print(
+        f"\n{scenario.name}, medians of {args.trials} trial(s) (cold/warm: the median of "
+        "the per-trial ratios):"
+    )
     print(
         "| server | cold msgs/s | warm msgs/s | cold CPU-us/msg | warm CPU-us/msg | cold/warm CPU |"
     )
     print("|---|---|---|---|---|---|")
     for server in servers:
-        cold, warm = figures.get((server.name, "cold")), figures.get((server.name, "warm"))
-        if not cold or not warm:
+        cold, warm = figures.get((server.name, "cold"), []), figures.get((server.name, "warm"), [])
+        pairs = list(zip(cold, warm))
+        if not pairs:
             continue
         rc, rw = (statistics.median(r for r, _ in runs) for runs in (cold, warm))
         cc, cw = (statistics.median(c for _, c in runs) for runs in (cold, warm))
-        print(f"| {server.name} | {rc:,.0f} | {rw:,.0f} | {cc:.2f} | {cw:.2f} | {cc / cw:.2f} |")
+        ratio = statistics.median(c / w for (_, c), (_, w) in pairs)
+        print(f"| {server.name} | {rc:,.0f} | {rw:,.0f} | {cc:.2f} | {cw:.2f} | {ratio:.2f} |")
     return 0
 
 

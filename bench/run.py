@@ -8,8 +8,8 @@ Builds the load generator and the two native echo floors (release: the plain
 generator (or redis-benchmark, or wrk) to the other (except `hash`, whose server may use
 every CPU). Every run starts a fresh server and warms it up the same way before measuring
 (--warm-pass: the scenario's own load on connections that are then closed). For the echo
-scenarios the primary figure
-is the server's CPU time per message over the measured window; for the real-client
+scenarios the primary figure is the server's CPU time per message over the measured
+window; for the real-client
 scenarios (`redis`: redis-benchmark, `http`: wrk, against the example protocol servers)
 and the work scenarios (`blocking`, `hash`: handlers that sleep or hash, on hamanet's
 worker pool and on asyncio/uvloop's run_in_executor) it is THROUGHPUT, requests per
@@ -342,9 +342,8 @@ def render_markdown(
         "arguments; redis: a redis-benchmark SET/GET run; http: a wrk run of the same "
         "shape) on connections of its own, which are all closed before the measured run "
         "connects afresh; idle10k's pass is its first wave of 100 connections. A cold "
-        "server can be slowed for the life of its first connections (asyncio: glibc mmaps "
-        "every 256 KiB read buffer until one has been freed, at its first EOF; "
-        "bench/README.md).",
+        "server can be slowed until a first connection has closed (asyncio: until its "
+        "first EOF, glibc mmaps every 256 KiB read buffer; bench/README.md).",
         "- The server is pinned to one core, the load generator (`bench/loadgen`, one "
         "epoll thread in Rust) to the other, with `taskset`; except in `hash`, where the "
         "server may run on every CPU (the load generator's core too) so that its two "
@@ -370,16 +369,17 @@ def render_markdown(
         "wrk) is pinned to the load core. Server CPU is read from `/proc/PID/stat` just "
         "before the client starts and after it exits (so it includes the clients' "
         "connects), divided by the requests completed.",
-        "- redis: one warmup run (`-t set,get`) first, then `-t ping,set,get -P 16 -c 50 -n N "
-        "--csv`; requests/s is the mean of its four tests' rates; p50/p99 are the medians "
-        "of its per-test percentiles. An error reply or a dropped connection makes "
-        "redis-benchmark exit non-zero, which fails the run, and so does a missing test "
-        "or a wrong reply to a GET/PING of our own afterwards.",
-        "- http: `wrk -t1 -c100 -dDs --latency`, keep-alive, no warmup; any non-2xx/3xx "
-        "response or socket error (connect, read, write, timeout) that wrk reports fails "
-        "the run, and so does anything but a 200 with its whole body for a `GET /` of our "
-        "own afterwards. wrk is a single thread here: its own speed can cap requests/s, so "
-        "read that ratio together with the CPU per request one.",
+        "- redis: the warm-up pass is a run of `-t set,get`, then `-t ping,set,get -P 16 "
+        "-c 50 -n N --csv`; requests/s is the mean of its four tests' rates; p50/p99 are "
+        "the medians of its per-test percentiles. An error reply or a dropped connection "
+        "makes redis-benchmark exit non-zero, which fails the run, and so does a missing "
+        "test or a wrong reply to a GET/PING of our own afterwards.",
+        "- http: `wrk -t1 -c100 -dDs --latency`, keep-alive, after a warm-up pass of the "
+        "same shape (whole seconds, at least one); any non-2xx/3xx response or socket "
+        "error (connect, read, write, timeout) that wrk reports fails the run, and so does "
+        "anything but a 200 with its whole body for a `GET /` of our own afterwards. wrk "
+        "is a single thread here: its own speed can cap requests/s, so read that ratio "
+        "together with the CPU per request one.",
         "- Work in the handler (`blocking`, `hash`): the load generator in `rr` mode, every "
         "echoed byte verified, against handlers that first sleep 5 ms (`blocking`) or "
         "compute SHA-256 (`hash`) per chunk received. hamanet runs them on its worker pool "

@@ -292,7 +292,8 @@ REDIS_BENCHMARK = "redis-benchmark"
 WRK = "wrk"
 # redis-benchmark runs a fixed number of requests, not a duration: this many per test
 # (PING_INLINE, PING_MBULK, SET, GET) per second of --duration, about one second of work
-# per test for the example servers here. The warmup is a SET/GET run sized the same way.
+# per test for the example servers here. The warm-up pass is a SET/GET run sized the same
+# way, per second of --warm-pass.
 REDIS_REQUESTS_PER_SECOND = 300_000
 
 

@@ -128,7 +128,9 @@ def measure_redis(
         argv = redis_argv(srv.port, scenario, "set,get", warm, tls)
         proc = run_client(argv, cpu, timeout, tls)
         if proc.returncode != 0:
-            raise RunError(f"redis-benchmark warmup failed: {_tail(proc.stdout + proc.stderr)}")
+            raise RunError(
+                f"redis-benchmark warm-up pass failed: {_tail(proc.stdout + proc.stderr)}"
+            )
     requests = max(1000, int(timing.duration * REDIS_REQUESTS_PER_SECOND))
     argv = redis_argv(srv.port, scenario, "ping,set,get", requests, tls)
     before, started = cpu_ticks(srv.pid), time.monotonic()
@@ -234,7 +236,7 @@ def measure_wrk(
         warm = wrk_argv(srv.port, scenario, max(1, round(timing.warm_pass)))
         proc = run_client(warm, cpu, timeout=60 + timing.warm_pass, tls=tls)
         if proc.returncode != 0:
-            raise RunError(f"wrk warm-up failed: {_tail(proc.stdout + proc.stderr)}")
+            raise RunError(f"wrk warm-up pass failed: {_tail(proc.stdout + proc.stderr)}")
         parse_wrk(proc.stdout)  # its errors fail the run too
     seconds = max(1, round(timing.duration))
     before = cpu_ticks(srv.pid)

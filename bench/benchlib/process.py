@@ -3,6 +3,9 @@ and the server's figures read from /proc. A scenario whose server may do work in
 (`Scenario.pin_server` False: `hash`) leaves the server free to run on every CPU, the
 load generator's too; the load generator stays pinned.
 
+Before it, the warm-up pass (`warm_up`): the scenario's own load on connections of its
+own, all closed before the measured ones open, the same for every server.
+
 The load generator samples the server's CPU time (utime + stime from /proc/PID/stat,
 every thread) itself, at the instants its measured window opens and closes, so the CPU
 time and the message count cover exactly the same interval.
@@ -335,11 +338,11 @@ def warm_up(scenario: Scenario, timing: Timing, cpu: int, common: list[str]) -> 
     for the server to close each one). The measured run then connects afresh to a server
     that has already accepted, served and closed a batch of the same shape.
 
-    A server measured on the first connections it ever serves can be slowed for their
-    whole life: asyncio's selector transport reads with `sock.recv(256 KiB)`, and until a
-    256 KiB buffer has once been freed (which happens at the first EOF it reads) glibc
-    serves every such allocation with mmap, so each read costs an mmap, a page fault, an
-    mremap and a munmap (bench/README.md, "Warm-up")."""
+    A server measured on the first connections it ever serves can be slowed until one of
+    them closes: asyncio's selector transport reads with `sock.recv(256 KiB)`, and until
+    a 256 KiB buffer has once been freed whole (which happens at the first EOF it reads)
+    glibc serves every such allocation with mmap, so each read costs an mmap, an mremap,
+    a munmap and two page faults (bench/README.md, "Warm-up")."""
     if timing.warm_pass <= 0:
         return
     args = [

@@ -153,7 +153,7 @@ def headline_table(
         row = [sc.name]
         for name in names:
             cell = grid[(sc.name, name)]
-            if sc.mode == "idle" and not (cell.runs and not cell.ok_runs):
+            if sc.mode == "idle" and cell.value is not None:
                 row.append(_fmt(cell.value, ",.0f") + " B")
             else:
                 row.append(_cell_text(cell, cell.ratio))
