@@ -35,6 +35,7 @@ from conftest import (
     read_until_end,
     recv_exactly,
     recv_until_eof,
+    reset_close,
     wait_fds_back_to,
     wait_until,
 )
@@ -51,7 +52,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 # -- files ---------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _block(seed: int) -> bytes:
     return pattern(seed, MiB)
 
@@ -391,7 +392,9 @@ def test_sendfile_refuses_what_is_not_a_regular_file_or_not_in_it(serve, tmp_pat
 
         read_end, write_end = os.pipe()
         try:
-            with pytest.raises(ValueError, match=rf"needs a regular file, and fd {read_end} is a "):
+            with pytest.raises(
+                ValueError, match=rf"needs a regular file open for reading, and fd {read_end} is a "
+            ):
                 session.sendfile(read_end)
             with pytest.raises(ValueError, match=rf"fd {write_end} is a pipe"):
                 session.sendfile(write_end)
@@ -451,6 +454,23 @@ def test_a_bad_descriptor_raises_an_oserror_with_its_errno(serve, tmp_path):
             session.sendfile(unused_fd())
     assert info.value.errno == errno.EBADF, repr(info.value)
     assert info.value.strerror, repr(info.value)
+
+
+def test_a_file_open_only_for_writing_is_refused_at_the_call(serve, tmp_path):
+    """sendfile(2) cannot read a descriptor opened O_WRONLY: refused when queued, like a
+    pipe or a directory, not accepted and then the connection killed with EBADF."""
+    path = tmp_path / "file.bin"
+    make_file(path, 1000)
+    recorder = Recorder(echo=True)
+    server = serve(recorder)
+    with connect(server.port) as sock:
+        (session,) = recorder.wait_sessions(1)
+        with open(path, "ab") as file, pytest.raises((ValueError, OSError)):
+            session.sendfile(file)
+        assert session.write_buffer_size == 0
+        sock.sendall(b"still here")
+        assert recv_exactly(sock, 10) == b"still here"
+    assert recorder.wait_closed(session.id) == [None]
 
 
 def test_sendfile_on_a_closing_or_closed_session_raises_like_write(serve, tmp_path):
@@ -536,9 +556,8 @@ def test_file_bytes_count_toward_the_watermarks_but_not_the_cap(serve, tmp_path)
         queued["size"] = session.write_buffer_size
 
     recorder = Scripted(script)
-    server = serve(
-        recorder, max_write_buffer=cap, write_high=64 * KiB, write_low=16 * KiB, send_buffer=16 * KiB
-    )
+    limits = {"max_write_buffer": cap, "write_high": 64 * KiB, "write_low": 16 * KiB}
+    server = serve(recorder, send_buffer=16 * KiB, **limits)
     sock = slow_peer(server.port)
     try:
         (session,) = recorder.wait_sessions(1)
@@ -622,9 +641,9 @@ def test_on_send_comes_once_the_file_is_all_sent(serve, tmp_path):
             super().on_send(session)
 
     def script(session):
-        session.write(b"x" * 10)
         with open(path, "rb") as file:
             session.sendfile(file)
+        session.write(b"x" * 10)  # behind the file: not handed to the kernel before it
 
     recorder = Watcher(script)
     server = serve(recorder, send_buffer=16 * KiB)
@@ -633,7 +652,7 @@ def test_on_send_comes_once_the_file_is_all_sent(serve, tmp_path):
         (session,) = recorder.wait_sessions(1)
         wait_until(lambda: "pause" in recorder.kinds(session.id), what="on_pause_writing")
         assert sends == []
-        assert_same(recv_exactly(sock, 10 + len(data)), b"x" * 10 + data)
+        assert_same(recv_exactly(sock, len(data) + 10), data + b"x" * 10)
         wait_until(lambda: sends, what="on_send")
         assert sends == [0]
         sock.sendall(b"more")  # traffic on, but nothing more written: no second on_send
@@ -689,9 +708,27 @@ def test_abort_drops_the_queued_file_and_its_descriptor(serve, tmp_path):
         recorder.wait_closed(session.id)
     finally:
         sock.close()
-    assert session.write_buffer_size == 0
-    del session
+    assert session.write_buffer_size == 0  # the session object stays, its file went
     wait_fds_back_to(fds)  # the server's socket and the file's descriptor are both gone
+
+
+def test_a_peer_reset_drops_the_queued_file_and_its_descriptor(serve, tmp_path):
+    path = tmp_path / "sparse.bin"
+    sparse_file(path, 64 * MiB, {})
+    recorder = Scripted(lambda session: None)
+    server = serve(recorder, send_buffer=16 * KiB)
+    fds = open_fds()
+    sock = slow_peer(server.port)
+    (session,) = recorder.wait_sessions(1)
+    with open(path, "rb") as file:
+        session.sendfile(file)
+        session.sendfile(file, 5, 1000)
+    wait_until(lambda: "pause" in recorder.kinds(session.id), what="on_pause_writing")
+    reset_close(sock)
+    (exc,) = recorder.wait_closed(session.id)
+    assert isinstance(exc, ConnectionError), repr(exc)
+    assert session.write_buffer_size == 0
+    wait_fds_back_to(fds)
 
 
 def test_descriptors_are_released_once_sent(serve, tmp_path):
@@ -713,7 +750,7 @@ def test_descriptors_are_released_once_sent(serve, tmp_path):
 # == 4. a file truncated while it is sent ========================================================
 def test_a_file_truncated_while_being_sent_ends_the_session_naming_it(serve, tmp_path):
     path = tmp_path / "file.bin"
-    size, new_size = 16 * MiB, 6 * MiB
+    size, new_size = 16 * MiB, 6 * MiB + 4321  # not on a page: the end comes mid-call
     data = make_file(path, size, seed=14)
 
     def script(session):
@@ -745,6 +782,43 @@ def test_a_file_truncated_while_being_sent_ends_the_session_naming_it(serve, tmp
     assert session.closed
     assert len(got) <= new_size
     assert_same(got, data[: len(got)])
+
+
+def test_a_file_truncated_as_it_is_queued_ends_the_session(serve, tmp_path):
+    """Queued in answer to a request, then truncated in the same callback before anything
+    is sent: the first sendfile(2) sends what is left (5,000 bytes, far less than the
+    socket has room for) and the session must then end, naming the rest as missing,
+    rather than wait for room it already has. workers=0: the callback runs on the reactor,
+    so nothing is sent before the truncate."""
+    path = tmp_path / "file.bin"
+    size, new_size = 4 * MiB, 5000
+    data = make_file(path, size, seed=25)
+
+    class Truncator(Recorder):
+        def on_recv(self, session, data):
+            super().on_recv(session, data)
+            with open(path, "rb") as file:
+                session.sendfile(file)
+            os.truncate(path, new_size)
+
+    recorder = Truncator()
+    server = serve(recorder, workers=0)
+    with connect(server.port) as sock:
+        (session,) = recorder.wait_sessions(1)
+        sock.sendall(b"go")
+        got, end = read_until_end_or_stall(sock)
+        if end == "stalled":
+            pytest.fail(
+                f"the session stalled after sending {len(got)} bytes (the file's new end): "
+                f"write_buffer_size={session.write_buffer_size}, closed={session.closed}, "
+                f"on_close={recorder.closes.get(session.id)}; it should end with an error",
+                pytrace=False,
+            )
+    (exc,) = recorder.wait_closed(session.id)
+    assert isinstance(exc, OSError), repr(exc)
+    assert f"ended {size - new_size} bytes short" in str(exc), str(exc)
+    assert_same(got, data[: len(got)])
+    assert len(got) <= new_size
 
 
 def test_a_file_truncated_before_its_turn_ends_the_session(serve, tmp_path):
@@ -890,9 +964,7 @@ def test_tls_client_session_sends_a_file(client_factory, pki, tmp_path):
         client_side = Recorder()
         client = client_factory(client_side)
         context = hamanet.TLSClientContext(pki.ca)
-        session = client.connect(
-            "127.0.0.1", peer.port, tls=context, server_hostname="localhost"
-        )
+        session = client.connect("127.0.0.1", peer.port, tls=context, server_hostname="localhost")
         with open(path, "rb") as file:
             assert session.sendfile(file) == len(data)
         session.write(b"<end>")
@@ -936,7 +1008,7 @@ def test_many_sessions_request_parts_of_files_at_once(serve, tmp_path, options):
     data = make_file(path, 2 * MiB + 333, seed=23)
     server = serve(FileServer(path), **options)
 
-    def one_client(index: int) -> bytes:
+    def one_client(index: int) -> int:
         requests = [(index * 1000, 50_000 + index), (0, len(data)), (len(data) - index - 1, 1)]
         sent, expected = requests_and_answer(data, requests)
         with connect(server.port) as sock:
@@ -961,4 +1033,3 @@ def test_pipelined_requests_answered_in_order_a_byte_at_a_time(serve, tmp_path):
             sock.sendall(sent[byte : byte + 3])
         got = recv_until_eof(sock)
     assert_same(got, expected)
-

@@ -49,6 +49,7 @@ __all__ = ["BODY", "MAX_BODY", "MAX_HEAD", "HttpConnection", "StaticFiles"]
 BODY = b"Hello, World!\n"
 MAX_HEAD = 8192  # bytes of request line + headers + the blank line
 MAX_BODY = 1 << 20  # largest Content-Length accepted (and skipped)
+SMALL_FILE = 64 * 1024  # StaticFiles: files up to this size are sent from memory
 
 # RFC 9110 token characters (method and header names); `translate(None, _TCHAR)` deletes
 # them, so a non-empty result means a bad character.
@@ -235,25 +236,29 @@ class StaticFiles:
         relative = os.fsdecode(b"/".join(segments)) or "index.html"
         candidate = os.path.realpath(os.path.join(self.root, relative))
         if os.path.isdir(candidate):
-            candidate = os.path.join(candidate, "index.html")
+            candidate = os.path.realpath(os.path.join(candidate, "index.html"))
         if os.path.commonpath((self.root, candidate)) != self.root:
             return None  # a symbolic link out of the root
         return candidate
 
     def respond(self, target: bytes, mode: int, head_only: bool) -> list[bytes | BinaryIO]:
-        """The response to a GET (HEAD: ``head_only``) of ``target``: bytes, then the open
-        file (which the caller closes once queued) unless it is a HEAD or a 404."""
+        """The response to a GET (HEAD: ``head_only``) of ``target``: bytes, then (for a
+        GET of a file over SMALL_FILE bytes) the open file, which the caller closes once
+        queued. A small file's bytes come in the response itself: copying them costs less
+        than a sendfile, and a pipeline of many small requests holds no descriptors."""
         path = self.path_of(target)
-        file = None
+        fd = -1
         if path is not None:
             with contextlib.suppress(OSError):
-                file = open(path, "rb")  # noqa: SIM115 (the transport closes it)
-        if file is not None and not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            file.close()
-            file = None
-        if file is None or path is None:
+                # Non-blocking: opening a FIFO would otherwise wait for a writer.
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd >= 0 and not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            fd = -1
+        if fd < 0 or path is None:
             return [_RESPONSES[(404, mode, head_only)]]
-        size = os.fstat(file.fileno()).st_size
+        file = os.fdopen(fd, "rb")
+        size = os.fstat(fd).st_size
         kind = mimetypes.guess_type(path)[0] or "application/octet-stream"
         head = b"".join(
             (
@@ -264,9 +269,12 @@ class StaticFiles:
                 b"\r\n",
             )
         )
-        if head_only:
-            file.close()
-            return [head]
+        if head_only or size <= SMALL_FILE:
+            with file:
+                body = b"" if head_only else file.read(size)
+            if len(body) < (0 if head_only else size):
+                return [_ERROR_CLOSE[404]]  # truncated under us: no promise can be kept
+            return [head + body]
         return [head, file]
 
 

@@ -10,7 +10,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use super::convert::{address_object, optional_size, optional_timeout, MAX_SIZE};
-use super::errors::{refused, FramingError};
+use super::errors::{os_error, refused, FramingError};
 use super::tls::PyTlsInfo;
 use super::view::{chunk, Chunk};
 use crate::buffer::FileSegment;
@@ -280,13 +280,14 @@ fn file_segment(
             file.get_type().name()?
         )));
     };
-    let owned = sys::file::duplicate(fd).map_err(PyErr::from)?;
-    let size = match sys::file::regular_size(owned.as_fd())? {
+    let owned = sys::file::duplicate(fd).map_err(|err| os_error(&err, Some("sendfile()")))?;
+    let readable = sys::file::readable_size(owned.as_fd());
+    let size = match readable.map_err(|err| os_error(&err, Some("sendfile()")))? {
         Ok(size) => size,
         Err(kind) => {
             return Err(PyValueError::new_err(format!(
-                "sendfile() needs a regular file, and fd {fd} is {kind}: read it and write() \
-                 the bytes instead"
+                "sendfile() needs a regular file open for reading, and fd {fd} is {kind}: \
+                 open it with open(path, 'rb'), or read it and write() the bytes"
             )))
         }
     };

@@ -183,6 +183,7 @@ const SENDFILE_CALL_MAX: usize = 16 * 1024 * 1024;
 fn send_queued(fd: BorrowedFd<'_>, buffer: &mut WriteBuffer) -> io::Result<u64> {
     let mut sent = 0;
     loop {
+        let is_file = buffer.next_file().is_some();
         let (asked, result) = if let Some(file) = buffer.next_file() {
             let asked = usize::try_from(file.remaining)
                 .unwrap_or(usize::MAX)
@@ -208,13 +209,14 @@ fn send_queued(fd: BorrowedFd<'_>, buffer: &mut WriteBuffer) -> io::Result<u64> 
             )
         };
         match result {
-            Ok(n) => {
+            // A short send means the kernel's buffer is full (EPOLLOUT will report room);
+            // a short sendfile may instead mean the file ended early, which only the next
+            // call tells (0, not EAGAIN), so a file is asked again.
+            Ok(n) if n < asked && !is_file => {
                 sent += n as u64;
-                if n < asked {
-                    // The kernel's buffer is full: EPOLLOUT will report room.
-                    return Ok(sent);
-                }
+                return Ok(sent);
             }
+            Ok(n) => sent += n as u64,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(sent),
             Err(err) => return Err(err),
         }

@@ -3,7 +3,7 @@
 //! TLS session, whose bytes must be encrypted on the way).
 
 use std::io;
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 
@@ -20,18 +20,30 @@ pub fn duplicate(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(copy) })
 }
 
-/// What kind of file `fd` is, and its size if it is a regular file.
-pub fn regular_size(fd: BorrowedFd<'_>) -> io::Result<Result<u64, &'static str>> {
+/// The size of `fd` if it is a regular file open for reading, else what it is instead.
+pub fn readable_size(fd: BorrowedFd<'_>) -> io::Result<Result<u64, &'static str>> {
     let stat = nix::sys::stat::fstat(fd)?;
-    Ok(match stat.st_mode & libc::S_IFMT {
-        libc::S_IFREG => Ok(stat.st_size as u64),
-        libc::S_IFDIR => Err("a directory"),
-        libc::S_IFIFO => Err("a pipe"),
-        libc::S_IFSOCK => Err("a socket"),
-        libc::S_IFCHR => Err("a character device"),
-        libc::S_IFBLK => Err("a block device"),
-        _ => Err("not a regular file"),
-    })
+    let kind = match stat.st_mode & libc::S_IFMT {
+        libc::S_IFREG => None,
+        libc::S_IFDIR => Some("a directory"),
+        libc::S_IFIFO => Some("a pipe"),
+        libc::S_IFSOCK => Some("a socket"),
+        libc::S_IFCHR => Some("a character device"),
+        libc::S_IFBLK => Some("a block device"),
+        _ => Some("not a regular file"),
+    };
+    if let Some(kind) = kind {
+        return Ok(Err(kind));
+    }
+    // SAFETY: F_GETFL only reads the descriptor's flags; `fd` is open (borrowed).
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_ACCMODE == libc::O_WRONLY {
+        return Ok(Err("open for writing only"));
+    }
+    Ok(Ok(stat.st_size as u64))
 }
 
 /// Sends up to `count` bytes of `file` from `offset` to the socket `out`, without the
