@@ -10,7 +10,8 @@
 //! most [`ARENA_LIMIT`]; a session (or listener) cut short is re-queued and served next
 //! turn without waiting for a new edge, which edge-triggered epoll would never send.
 //!
-//! This file holds the types and the turn itself; each phase of a turn lives beside it:
+//! This file holds the reactor and the turn itself; its configuration is in `config`, its
+//! events in `event`, and each phase of a turn lives beside it:
 //! `slots` (the slot table and its generations), `accept` (listeners), `refusal` (peers
 //! over `max_connections`), `connect` (connects the reactor finishes), `tls` (handshakes,
 //! and a TLS session's reads and sends), `read`, `flush`, `close` (releasing a session),
@@ -27,19 +28,20 @@ use std::time::{Duration, Instant};
 use crate::buffer::ReadArena;
 use crate::shared::{
     Adoption, Arrival, Command, IdleTimeout, Listener, LoopShared, Placement, SessionCore, Stats,
-    WriteLimits,
 };
 use crate::sys::address::{self, Address};
 use crate::sys::epoll::{Events, Poller, Readiness, Token, Waker};
-use crate::sys::net::{self, SocketOptions};
+use crate::sys::net;
 use crate::timers::TimerQueue;
 use crate::tls::{TlsFailure, TlsStream};
 
 mod accept;
 mod close;
+mod config;
 mod connect;
 #[cfg(test)]
 mod driven_tests;
+mod event;
 mod flush;
 mod idle;
 mod read;
@@ -51,6 +53,9 @@ mod tests;
 mod tls;
 #[cfg(test)]
 mod tls_tests;
+
+pub use config::{LoopConfig, Siblings, StopCloses};
+pub use event::Event;
 
 use accept::remove_unix_socket_file;
 use close::{discard_input, CloseKind};
@@ -82,142 +87,6 @@ const REFUSALS_LINGERING_MAX: usize = 256;
 /// Idle sessions are looked for at a quarter of the shortest idle timeout, within these.
 const IDLE_SWEEP_MIN: Duration = Duration::from_millis(10);
 const IDLE_SWEEP_MAX: Duration = Duration::from_secs(1);
-
-/// What a loop is configured with.
-#[derive(Clone, Debug, Default)]
-pub struct LoopConfig {
-    /// Socket options for listeners and sessions.
-    pub options: SocketOptions,
-    /// Each new session's write-buffer limits.
-    pub limits: WriteLimits,
-    /// Close a session after this long without traffic (`None`: never).
-    pub idle_timeout: Option<Duration>,
-    /// Accept at most this many sessions at once; more are accepted and closed at once.
-    pub max_connections: Option<usize>,
-    /// Sessions open in every reactor made with (a clone of) this configuration: what
-    /// `max_connections` limits when one loop has several reactors.
-    pub open_sessions: Arc<AtomicUsize>,
-    /// The reactors made with (a clone of) this configuration, over which connections
-    /// accepted from a shared listener are spread.
-    pub siblings: Arc<Siblings>,
-    /// Who closes the sessions when the reactor stops.
-    pub stop_closes: StopCloses,
-}
-
-/// Who closes the sessions when the reactor stops (before its deadline; at the deadline
-/// the reactor aborts what is left either way).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum StopCloses {
-    /// The reactor: it flushes each session and closes it.
-    #[default]
-    Reactor,
-    /// The handler layer, told by [`Event::Stopping`]: a worker pool closes each session
-    /// once its handler has been given the input queued before the stop, so that what it
-    /// writes in reply is still sent.
-    Handler,
-}
-
-/// The reactors of one loop, for spreading accepted sessions over them.
-#[derive(Debug, Default)]
-pub struct Siblings {
-    reactors: std::sync::OnceLock<Vec<Arc<LoopShared>>>,
-    next: AtomicUsize,
-}
-
-impl Siblings {
-    /// Names the loop's reactors (once, after they are all made).
-    pub fn set(&self, reactors: Vec<Arc<LoopShared>>) {
-        let _ = self.reactors.set(reactors);
-    }
-
-    /// The reactor that should own the next accepted session, each in turn; None when
-    /// that is `me` (or the loop has one reactor).
-    fn next_owner(&self, me: &Arc<LoopShared>) -> Option<&Arc<LoopShared>> {
-        let reactors = self.reactors.get().filter(|all| all.len() > 1)?;
-        let next = self.next.fetch_add(1, Ordering::Relaxed);
-        let owner = &reactors[next % reactors.len()];
-        (!Arc::ptr_eq(owner, me)).then_some(owner)
-    }
-}
-
-/// What happened to a session during a turn, in the order it happened.
-#[derive(Debug)]
-pub enum Event {
-    /// A connection was accepted, or a connected client socket was adopted.
-    Opened {
-        /// The session's token.
-        token: Token,
-        /// The session, for the handler layer to wrap.
-        session: Arc<SessionCore>,
-    },
-    /// Bytes arrived: everything this session read this turn, in order.
-    Received {
-        /// The session's token.
-        token: Token,
-        /// Where the bytes are in [`Reactor::received`].
-        range: Range<usize>,
-    },
-    /// The peer sent FIN. The session stays open until something closes it.
-    Eof {
-        /// The session's token.
-        token: Token,
-    },
-    /// The write buffer drained to the kernel (reported when asked for, see
-    /// [`Reactor::set_notify_drained`]).
-    Drained {
-        /// The session's token.
-        token: Token,
-    },
-    /// The write buffer rose above its high watermark (after the reactor sent what it
-    /// could).
-    PauseWriting {
-        /// The session's token.
-        token: Token,
-    },
-    /// The write buffer fell to its low watermark after a `PauseWriting`.
-    ResumeWriting {
-        /// The session's token.
-        token: Token,
-    },
-    /// Reading resumed (`resume_reading()`, or a held backlog released): input that a
-    /// handler layer held back while reading was paused may go now.
-    ReadingResumed {
-        /// The session's token.
-        token: Token,
-    },
-    /// The reactor is stopping and leaves closing this session to the handler layer
-    /// ([`StopCloses::Handler`]).
-    Stopping {
-        /// The session's token.
-        token: Token,
-    },
-    /// A connect that never completed ended: refused, timed out, or cancelled by
-    /// `close()`/`abort()`/stop (`error` is `None`). The session was never opened.
-    ConnectFailed {
-        /// The session, which the handler layer knows only by its core.
-        session: Arc<SessionCore>,
-        /// Why, unless the user cancelled it.
-        error: Option<io::Error>,
-    },
-    /// The session is closed and its slot freed; `error` is `None` for a clean close.
-    Closed {
-        /// The session's token.
-        token: Token,
-        /// Why it closed, if not cleanly.
-        error: Option<io::Error>,
-    },
-    /// A timer (or a `call_soon_threadsafe`) is due.
-    Timer {
-        /// The id it was scheduled with.
-        id: u64,
-    },
-    /// Accepting paused: the process ran out of file descriptors or memory. Reported once
-    /// per episode (until an accept succeeds again).
-    AcceptPaused {
-        /// What accept said.
-        error: io::Error,
-    },
-}
 
 /// The epoll reactor.
 pub struct Reactor {
