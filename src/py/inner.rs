@@ -212,11 +212,13 @@ impl LoopInner {
     pub(super) fn status(&self) -> LoopStatus {
         let mut total = LoopStatus {
             sessions: 0,
+            endpoints: 0,
             finished: true,
         };
         for slot in &self.reactors {
             let status = slot.shared.status();
             total.sessions += status.sessions;
+            total.endpoints += status.endpoints;
             total.finished &= status.finished;
         }
         total

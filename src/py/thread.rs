@@ -221,6 +221,12 @@ pub(super) fn deliver(
             // Only with a pool (`StopCloses::Handler`).
             Event::Stopping { .. } => {}
             Event::AcceptPaused { error } => dispatcher.accept_paused(&error),
+            // Datagram endpoints: not yet delivered to Python.
+            Event::EndpointOpened { .. }
+            | Event::Datagrams { .. }
+            | Event::DatagramFailed { .. }
+            | Event::EndpointStopping { .. } => {}
+            Event::EndpointClosed { .. } => reactor.shared().endpoint_closed(),
             Event::Eof { token } => notify(dispatcher, entries, token, &callbacks, Notice::Eof),
             Event::Drained { token } => {
                 notify(dispatcher, entries, token, &callbacks, Notice::Drained)

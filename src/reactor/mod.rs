@@ -6,8 +6,9 @@
 //! then accepts and reads everything that became ready. The batch it leaves behind is
 //! handed to the handlers in one go; nothing in this module knows about Python.
 //!
-//! Fairness: a session reads at most [`READ_BUDGET`] bytes per turn and the whole turn at
-//! most [`ARENA_LIMIT`]; a session (or listener) cut short is re-queued and served next
+//! Fairness: a session reads at most [`READ_BUDGET`] bytes per turn (a datagram endpoint
+//! as much, or [`DATAGRAM_BUDGET`] datagrams) and the whole turn at most [`ARENA_LIMIT`];
+//! a session (or endpoint, or listener) cut short is re-queued and served next
 //! turn without waiting for a new edge, which edge-triggered epoll would never send.
 //!
 //! This file holds the reactor and the turn itself; its configuration is in `config`, its
@@ -15,6 +16,7 @@
 //! `slots` (the slot table and its generations), `accept` (listeners), `refusal` (peers
 //! over `max_connections`), `connect` (connects the reactor finishes), `tls` (handshakes,
 //! and a TLS session's reads and sends), `read`, `flush`, `close` (releasing a session),
+//! `datagram` (UDP endpoints: recvmmsg, sendmmsg, their close),
 //! `idle` (the idle timeout) and `stop`.
 
 use std::collections::VecDeque;
@@ -30,6 +32,7 @@ use crate::shared::{
     Adoption, Arrival, Command, IdleTimeout, Listener, LoopShared, Placement, SessionCore, Stats,
 };
 use crate::sys::address::{self, Address};
+use crate::sys::datagram::Received;
 use crate::sys::epoll::{Events, Poller, Readiness, Token, Waker};
 use crate::sys::net;
 use crate::timers::TimerQueue;
@@ -39,6 +42,9 @@ mod accept;
 mod close;
 mod config;
 mod connect;
+mod datagram;
+#[cfg(test)]
+mod datagram_tests;
 #[cfg(test)]
 mod driven_tests;
 mod event;
@@ -55,10 +61,12 @@ mod tls;
 mod tls_tests;
 
 pub use config::{LoopConfig, Siblings, StopCloses};
-pub use event::Event;
+pub use datagram::DATAGRAM_BUDGET;
+pub use event::{DatagramFailure, Event, ReceivedDatagram};
 
 use accept::remove_unix_socket_file;
 use close::{discard_input, CloseKind};
+use datagram::{endpoint_slot, DatagramSlot};
 use idle::IdleSweep;
 use slots::{forget_open_session, Origin, Phase, SessionSlot, Slot};
 use tls::receive_tls;
@@ -97,6 +105,10 @@ pub struct Reactor {
     slots: Vec<Slot>,
     vacant: Vec<u32>,
     arena: ReadArena,
+    /// The turn's datagrams, their bytes in the arena.
+    datagrams: Vec<ReceivedDatagram>,
+    /// What one `recvmmsg` reported, before it joins `datagrams`.
+    recv_scratch: Vec<Received>,
     scratch: Vec<u8>,
     batch: Vec<Event>,
     commands: Vec<Command>,
@@ -104,6 +116,7 @@ pub struct Reactor {
     again: Vec<Token>,
     turn: u64,
     sessions: usize,
+    endpoints: usize,
     notify_drained: bool,
     stop_deadline: Option<Instant>,
     accept_paused_until: Option<Instant>,
@@ -156,12 +169,15 @@ impl Reactor {
             slots: Vec::new(),
             vacant: Vec::new(),
             arena: ReadArena::with_capacity(64 * 1024),
+            datagrams: Vec::new(),
+            recv_scratch: Vec::new(),
             scratch: vec![0; SCRATCH_SIZE],
             batch: Vec::new(),
             commands: Vec::new(),
             again: Vec::new(),
             turn: 0,
             sessions: 0,
+            endpoints: 0,
             notify_drained: false,
             stop_deadline: None,
             accept_paused_until: None,
@@ -264,6 +280,7 @@ impl Reactor {
     fn turn_waiting(&mut self, may_wait: bool) -> io::Result<()> {
         self.shared.enter_reactor_thread();
         self.arena.reset();
+        self.datagrams.clear();
         self.batch.clear();
         self.turn += 1;
         self.run_commands();
@@ -313,6 +330,9 @@ impl Reactor {
             if let Some(session) = session_slot(&mut self.slots, token) {
                 session.requeued = false;
                 self.read(token, false);
+            } else if let Some(endpoint) = endpoint_slot(&mut self.slots, token) {
+                endpoint.requeued = false;
+                self.read_endpoint(token, false);
             } else if let Some(Slot::Listener { .. }) = self.slots.get(token.slot()) {
                 self.accept_ready(token);
             }
@@ -357,6 +377,7 @@ impl Reactor {
             Some(slot) if slot.generation() != token.generation() => {}
             Some(Slot::Listener { .. }) => self.accept_ready(token),
             Some(Slot::Refused { .. }) => self.discard_refused(token),
+            Some(Slot::Datagram(_)) => self.endpoint_ready(token, readiness),
             // A connect in progress reports its end as writable, or as an error.
             Some(Slot::Session(session))
                 if session.phase == Phase::Connecting
@@ -410,6 +431,13 @@ impl Reactor {
                         }
                     }
                 }
+                Command::AttendEndpoint(core) => {
+                    let token = core.token();
+                    if self.is_endpoint(token, &core) {
+                        self.flush_endpoint(token);
+                    }
+                }
+                Command::Bind(binding) => self.register_endpoint(binding),
                 Command::Listen(listener) => self.add_listener(listener),
                 Command::Stop(deadline) => self.begin_stop(deadline),
                 Command::Timer(id, when) => self.timers.insert(id, when),

@@ -81,7 +81,10 @@ pub fn bind(addr: SocketAddr, options: &DatagramOptions) -> io::Result<OwnedFd> 
 /// the peer's datagrams are received, and an ICMP error about what was sent to it comes
 /// back as the error of a later call (`ECONNREFUSED` for a port nobody listens on).
 pub fn connect(fd: BorrowedFd<'_>, peer: SocketAddr) -> io::Result<()> {
-    Ok(socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(peer))?)
+    Ok(socket::connect(
+        fd.as_raw_fd(),
+        &SockaddrStorage::from(peer),
+    )?)
 }
 
 /// The IP address and port of a socket address, if it is one.

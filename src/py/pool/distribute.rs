@@ -59,6 +59,15 @@ impl Pool {
                     self.push(lane.as_ref().unwrap_or(&self.loop_lane), Work::Timer(id));
                     continue;
                 }
+                // Datagram endpoints: not yet delivered to Python.
+                Event::EndpointOpened { .. }
+                | Event::Datagrams { .. }
+                | Event::DatagramFailed { .. }
+                | Event::EndpointStopping { .. } => continue,
+                Event::EndpointClosed { .. } => {
+                    reactor.shared().endpoint_closed();
+                    continue;
+                }
                 Event::AcceptPaused { error } => {
                     self.push(&self.loop_lane, Work::AcceptPaused(error));
                     continue;
