@@ -40,13 +40,13 @@ impl PySession {
 }
 
 /// A bytes-like argument, borrowed when it is `bytes` and copied otherwise.
-enum Chunk<'py> {
+pub(super) enum Chunk<'py> {
     Bytes(Bound<'py, PyBytes>),
     Copied(Vec<u8>),
 }
 
 impl Chunk<'_> {
-    fn as_slice(&self) -> &[u8] {
+    pub(super) fn as_slice(&self) -> &[u8] {
         match self {
             Chunk::Bytes(bytes) => bytes.as_bytes(),
             Chunk::Copied(vec) => vec,
@@ -54,7 +54,8 @@ impl Chunk<'_> {
     }
 }
 
-fn chunk<'py>(data: &Bound<'py, PyAny>, method: &str) -> PyResult<Chunk<'py>> {
+/// `data` as bytes, or a `TypeError` naming `method` that says what to pass.
+pub(super) fn chunk<'py>(data: &Bound<'py, PyAny>, method: &str) -> PyResult<Chunk<'py>> {
     if let Ok(bytes) = data.cast::<PyBytes>() {
         return Ok(Chunk::Bytes(bytes.clone()));
     }
