@@ -414,7 +414,7 @@ def _warn_unused_methods(handler: Handler, framed: bool | None) -> None:
                 continue
         if meant == "on_recv" and framed:
             meant = "on_messages"
-        alternatives = (meant,)
+        alternatives: tuple[str, ...] = (meant,)
         for group in (_DATA_CALLBACKS, _DATAGRAM_CALLBACKS):
             if meant in group:
                 alternatives = group
