@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::{PyList, PyString, PyTuple};
 
 use super::connect::resolve;
 use super::convert::{self, address_object, repr, type_name};
@@ -205,7 +205,16 @@ fn destination(
             repr(addr)
         )));
     }
-    let host = convert::host(&tuple.get_item(0)?)?;
+    let host_item = tuple.get_item(0)?;
+    // An IP literal, as the callbacks give addresses, parses without a copy or a lookup.
+    let literal = host_item
+        .cast::<PyString>()
+        .ok()
+        .and_then(|text| text.to_str().ok()?.parse::<IpAddr>().ok());
+    let host = match literal {
+        Some(_) => String::new(),
+        None => convert::host(&host_item)?,
+    };
     let port = convert::port(&tuple.get_item(1)?)?;
     if port == 0 {
         return Err(PyValueError::new_err(format!(
@@ -222,14 +231,15 @@ fn destination(
     } else {
         (0, 0)
     };
-    let candidates = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => resolve(py, &host, port)?,
+    let candidates = match literal {
+        Some(ip) => vec![SocketAddr::new(ip, port)],
+        None => resolve(py, &host, port)?,
     };
     let reachable = candidates
         .iter()
         .find_map(|&candidate| reach(core, candidate));
     let Some(mut to) = reachable else {
+        let host = literal.map_or(host, |ip| ip.to_string());
         return Err(PyValueError::new_err(unreachable_family(
             core,
             &host,

@@ -259,3 +259,66 @@ fn close_sends_the_queue_first_and_stop_closes_endpoints() {
         "nothing left open: the reactor finished"
     );
 }
+
+#[test]
+fn eagain_keeps_the_rest_queued_and_room_to_send_resumes_it() {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    // Loopback UDP hardly ever says EAGAIN (a datagram's buffer is freed as it is sent),
+    // but a Unix datagram socket does once its peer's queue is full: the same path.
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let (ours, theirs) =
+        socketpair(AddressFamily::Unix, SockType::Datagram, None, flags).expect("socketpair");
+    let mut reactor = Reactor::new(LoopConfig::default()).expect("reactor");
+    let named = "127.0.0.1:9".parse().expect("addr");
+    let core = DatagramCore::new(
+        Arc::clone(reactor.shared()),
+        (named, Some(named)),
+        DatagramLimits::DEFAULT,
+        false,
+    );
+    assert!(reactor.shared().bind(Binding {
+        core: Arc::clone(&core),
+        fd: ours,
+    }));
+    reactor.turn_now().expect("turn");
+    let total = 500;
+    for i in 0..total {
+        core.send(&payload(i), None).expect("queued");
+    }
+    reactor.turn_now().expect("turn");
+    let left = core.queued().0;
+    assert!(
+        left > 0 && left < total,
+        "EAGAIN kept the rest queued ({left} left)"
+    );
+    let sent_before = reactor.stats.datagrams_out;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    let deadline = Instant::now() + WAIT;
+    while got.len() < total {
+        assert!(
+            Instant::now() < deadline,
+            "stalled at {} datagrams",
+            got.len()
+        );
+        // The peer reads what it holds; room to send is reported, the queue goes on.
+        while let Ok(n) = net::recv(theirs.as_fd(), &mut buf) {
+            got.push(buf[..n].to_vec());
+        }
+        reactor.turn_now().expect("turn");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        reactor.stats.datagrams_out > sent_before,
+        "resumed on writability"
+    );
+    assert_eq!(
+        got,
+        (0..total).map(payload).collect::<Vec<_>>(),
+        "all, in order"
+    );
+    assert_eq!(
+        reactor.stats.datagrams_dropped, 0,
+        "a full kernel buffer drops nothing"
+    );
+}
