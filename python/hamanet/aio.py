@@ -17,15 +17,14 @@ import collections
 import socket
 from typing import Any, Callable
 
-from ._endpoint import (
+from ._datagram import DatagramEndpoints, connect_udp
+from ._defaults import (
     DEFAULT_BACKLOG,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_STOP_TIMEOUT,
-    DatagramEndpoints,
-    Listeners,
-    connect_udp,
 )
+from ._endpoint import Listeners
 from ._hamanet import Loop, Session, TLSClientContext, TLSServerContext
 from ._handler import CALLBACK_NAMES, Handler, _is_async, bound_callbacks
 
