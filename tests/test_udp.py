@@ -290,6 +290,32 @@ def test_icmp_port_unreachable_on_a_connected_endpoint(client_factory):
     assert client.stats()["datagram_errors"] >= 1
 
 
+def test_an_endpoints_errors_reach_no_other_endpoint_or_session(serve, client_factory):
+    """ICMP errors flood one connected endpoint; another endpoint and a TCP session of the
+    same client, on the same reactor, go on as if nothing happened."""
+    from conftest import Echo, Recorder
+
+    failing, healthy, sessions = Collector(), Collector(echo=True), Recorder()
+    tcp = serve(Echo())
+    client = client_factory(sessions, reactors=1)
+    refused = client.connect_udp("127.0.0.1", closed_port(), handler=failing)
+    echo = client.open_udp(0, handler=healthy)
+    session = client.connect("127.0.0.1", tcp.port)
+    with udp_socket() as peer:
+        for i in range(20):
+            refused.send(b"x")
+            peer.sendto(pattern(i), echo.local_addr)
+            session.write(pattern(i))
+            assert peer.recvfrom(100)[0] == pattern(i)
+            time.sleep(0.01)  # each ICMP error its own wakeup
+        failing.wait_errors(2)
+    wait_until(lambda: len(sessions.received(session.id)) == 20 * 64, what="the TCP echo")
+    assert sessions.received(session.id) == b"".join(pattern(i) for i in range(20))
+    assert not healthy.errors and not sessions.closes
+    assert all(isinstance(exc, ConnectionRefusedError) for exc in failing.errors)
+    assert not (refused.closing or echo.closing or session.closing)
+
+
 def test_without_on_datagram_error_the_first_error_is_logged_once(client_factory, caplog):
     class Quiet(hamanet.Handler):
         def on_datagrams(self, endpoint, datagrams):
