@@ -46,6 +46,7 @@ fn _hamanet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<py::loop_::PyLoop>()?;
     m.add_class::<py::session::PySession>()?;
+    m.add_class::<py::datagram::PyDatagramEndpoint>()?;
     m.add_class::<py::timer::PyTimerHandle>()?;
     m.add_class::<py::framing::PyFraming>()?;
     m.add_class::<py::framing::PyDelimiter>()?;
@@ -70,10 +71,24 @@ fn _hamanet(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "WriteBufferFullError",
         py.get_type::<py::errors::WriteBufferFullError>(),
     )?;
+    m.add(
+        "DatagramQueueFullError",
+        py.get_type::<py::errors::DatagramQueueFullError>(),
+    )?;
+    m.add(
+        "DatagramTruncatedError",
+        py.get_type::<py::errors::DatagramTruncatedError>(),
+    )?;
+    m.add(
+        "EndpointClosedError",
+        py.get_type::<py::errors::EndpointClosedError>(),
+    )?;
 
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("READ_BUDGET", reactor::READ_BUDGET)?;
     m.add("OPTIONS", py::options::defaults(py)?)?;
+    m.add("UDP_OPTIONS", py::options::udp_defaults(py)?)?;
+    m.add("DATAGRAM_BUDGET", reactor::DATAGRAM_BUDGET)?;
     m.add("MAX_MESSAGE", framing::MAX_MESSAGE)?;
     m.add("DEFAULT_MAX_LINE", framing::DEFAULT_MAX_LINE)?;
     m.add("DEFAULT_MAX_MESSAGE", framing::DEFAULT_MAX_MESSAGE)?;

@@ -1,4 +1,4 @@
-"""hamanet: fast, trustworthy TCP networking for Python on Linux.
+"""hamanet: fast, trustworthy TCP and UDP networking for Python on Linux.
 
 An edge-triggered epoll reactor in Rust owns the sockets and buffers, releases the GIL
 while it waits and does I/O, and calls your ``Handler`` with everything each wakeup read.
@@ -14,6 +14,10 @@ if not sys.platform.startswith("linux"):
 from . import framing
 from ._endpoint import Client, Server
 from ._hamanet import (
+    DatagramEndpoint,
+    DatagramQueueFullError,
+    DatagramTruncatedError,
+    EndpointClosedError,
     FramingError,
     LifecycleError,
     Session,
@@ -30,6 +34,10 @@ from ._handler import Handler, HandlerWarning
 
 __all__ = [
     "Client",
+    "DatagramEndpoint",
+    "DatagramQueueFullError",
+    "DatagramTruncatedError",
+    "EndpointClosedError",
     "FramingError",
     "Handler",
     "HandlerWarning",

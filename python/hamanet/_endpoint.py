@@ -12,6 +12,13 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable
 
+from ._datagram import DatagramEndpoints, connect_udp
+from ._defaults import (
+    DEFAULT_BACKLOG,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_HOST,
+    DEFAULT_STOP_TIMEOUT,
+)
 from ._hamanet import (
     OPTIONS,
     LifecycleError,
@@ -23,10 +30,6 @@ from ._hamanet import (
 )
 from ._handler import Handler, _is_async, bound_callbacks
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_BACKLOG = 1024
-DEFAULT_STOP_TIMEOUT = 5.0
-DEFAULT_CONNECT_TIMEOUT = 10.0
 #: A wait without a timeout: the native waits handle signals (Ctrl-C) every 50 ms
 #: themselves, so one call can wait as long as it takes.
 _FOREVER = 1e9
@@ -225,7 +228,8 @@ class _Endpoint:
         if busy is None:
             return  # it finished meanwhile
         name, session, seconds = busy
-        whose = f" of session {session}" if session else ""
+        kind = "datagram endpoint" if name.startswith("on_datagram") else "session"
+        whose = f" of {kind} {session}" if session else ""
         _logger.warning(
             "hamanet: %s is waiting for %s%s, which has been running for %.1f s; a "
             "callback cannot be interrupted, so the reactor stops once it returns",
@@ -380,7 +384,7 @@ class Listeners:
         raise LifecycleError("the server has no TCP port: call open(port) first")
 
 
-class Server(Listeners, _Endpoint):
+class Server(Listeners, DatagramEndpoints, _Endpoint):
     """A TCP server: ``open()`` one or more addresses, ``start()``, then ``join()``.
 
     Socket options apply to every accepted session: ``nodelay`` (TCP_NODELAY, on by
@@ -400,16 +404,19 @@ class Server(Listeners, _Endpoint):
         self.join()
 
 
-class Client(_Endpoint):
-    """A TCP client: ``connect()`` returns a Session; callbacks go to the handler.
+class Client(DatagramEndpoints, _Endpoint):
+    """A TCP client: ``connect()`` returns a Session; callbacks go to the handler. Also
+    datagram endpoints: ``open_udp()`` and ``connect_udp()``.
 
-    The reactor starts with the first connect() or scheduled callback. ``join()`` waits
-    until every session of this client has closed; ``stop()`` closes them all and ends
-    the reactor.
+    The reactor starts with the first connect(), endpoint or scheduled callback. ``join()``
+    waits until every session and endpoint of this client has closed; ``stop()`` closes
+    them all and ends the reactor.
     """
 
     def _start_on_demand(self) -> None:
         self._ensure_started()
+
+    connect_udp = connect_udp
 
     def connect(
         self,
@@ -458,8 +465,9 @@ class Client(_Endpoint):
                 self._track(True)
 
     def join(self, timeout: float | None = None) -> bool:
-        """Blocks until every session of this client has closed (or the client stopped),
-        or ``timeout`` seconds. Returns whether that happened. Ctrl-C interrupts it."""
+        """Blocks until every session and datagram endpoint of this client has closed (or
+        the client stopped), or ``timeout`` seconds. Returns whether that happened. Ctrl-C
+        interrupts it."""
         if self._loop.phase == "created":
             return True
         self._refuse_on_handler_thread("join()")

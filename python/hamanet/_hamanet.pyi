@@ -16,12 +16,18 @@ _Callback = Callable[..., Any] | None
 
 __all__ = [
     "CALLBACK_NAMES",
+    "DATAGRAM_BUDGET",
     "DEFAULT_MAX_LINE",
     "DEFAULT_MAX_MESSAGE",
     "MAX_MESSAGE",
     "OPTIONS",
     "READ_BUDGET",
+    "UDP_OPTIONS",
+    "DatagramEndpoint",
+    "DatagramQueueFullError",
+    "DatagramTruncatedError",
     "Delimiter",
+    "EndpointClosedError",
     "FixedSize",
     "Framing",
     "FramingError",
@@ -42,9 +48,12 @@ __all__ = [
 ]
 __version__: str
 READ_BUDGET: int
+DATAGRAM_BUDGET: int
 CALLBACK_NAMES: tuple[str, ...]
 #: ``(name, default)`` of every Server/Client option.
 OPTIONS: tuple[tuple[str, Any], ...]
+#: ``(name, default)`` of every open_udp/connect_udp option.
+UDP_OPTIONS: tuple[tuple[str, Any], ...]
 MAX_MESSAGE: int
 DEFAULT_MAX_LINE: int
 DEFAULT_MAX_MESSAGE: int
@@ -60,6 +69,20 @@ class FramingError(ValueError):
 
 class WriteBufferFullError(BufferError):
     """A write would take the session's buffer past max_write_buffer; nothing was written."""
+
+class DatagramQueueFullError(BufferError):
+    """A datagram endpoint's send queue is full; the datagram was not queued."""
+
+class DatagramTruncatedError(OSError):
+    """A received datagram was longer than max_datagram_size and was truncated."""
+
+    addr: _Address | None
+    size: int
+    data: bytes
+    max_datagram_size: int
+
+class EndpointClosedError(ConnectionError):
+    """The datagram endpoint is closed and cannot send."""
 
 class TLSError(OSError):
     """A TLS handshake or session failed, or a context could not be made from its files."""
@@ -230,6 +253,39 @@ class Session:
     def __setattr__(self, name: str, value: Any) -> None: ...
 
 @final
+class DatagramEndpoint:
+    """One UDP socket; open_udp/connect_udp return it, datagram callbacks receive it."""
+
+    def sendto(self, data: _BytesLike, addr: _Address | None) -> None: ...
+    def send(self, data: _BytesLike) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    @property
+    def reading_paused(self) -> bool: ...
+    @property
+    def id(self) -> int: ...
+    @property
+    def local_addr(self) -> _Address: ...
+    @property
+    def peer_addr(self) -> _Address | None: ...
+    @property
+    def max_datagram_size(self) -> int: ...
+    @property
+    def send_queue_limits(self) -> tuple[int, int]: ...
+    @property
+    def send_queue_size(self) -> int: ...
+    @property
+    def send_queue_bytes(self) -> int: ...
+    @property
+    def closing(self) -> bool: ...
+    @property
+    def closed(self) -> bool: ...
+    def __getattr__(self, name: str) -> Any: ...
+    def __setattr__(self, name: str, value: Any) -> None: ...
+
+@final
 class Loop:
     """A reactor thread and its handler's callbacks (used by Server and Client)."""
 
@@ -247,6 +303,21 @@ class Loop:
     def listen_unix(
         self, path: str | PathLike[str], backlog: int, tls: TLSServerContext | None = None
     ) -> str: ...
+    def open_udp(
+        self,
+        host: str,
+        port: int,
+        callbacks: tuple[_Callback, ...] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> DatagramEndpoint: ...
+    def connect_udp(
+        self,
+        host: str,
+        port: int,
+        local_addr: tuple[str, int] | None = None,
+        callbacks: tuple[_Callback, ...] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> DatagramEndpoint: ...
     def connect_unix(
         self,
         path: str | PathLike[str],

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .framing import Framing
 
 if TYPE_CHECKING:
-    from ._hamanet import Session
+    from ._hamanet import DatagramEndpoint, Session
 
 # The reactor takes the callbacks as a tuple in this order; it defines the order.
 from ._hamanet import CALLBACK_NAMES
@@ -36,7 +36,8 @@ class Handler:
     Every callback runs on the reactor thread, one wakeup's worth of events under a single
     acquisition of the GIL, so a callback should return quickly. A callback that raises is
     logged on the ``hamanet`` logger with its traceback, and only that session is aborted;
-    its ``on_close`` receives the exception.
+    its ``on_close`` receives the exception. A datagram callback that raises is logged and
+    its endpoint stays open (it serves every peer at once).
     """
 
     __slots__ = ()
@@ -82,6 +83,29 @@ class Handler:
         """With framing: every message this wakeup completed, in order; one call however
         many. Overriding it takes precedence over ``on_message``."""
 
+    def on_datagrams(self, endpoint: DatagramEndpoint, datagrams: list[tuple[bytes, Any]]) -> None:
+        """Every datagram ``endpoint`` received in this wakeup, in order, as ``(data,
+        addr)`` pairs (``addr`` as ``recvfrom`` gives it: ``(host, port)``, or ``(host,
+        port, flowinfo, scope_id)`` for IPv6); one call however many. Only whole
+        datagrams: a truncated one goes to ``on_datagram_error``. Overriding it takes
+        precedence over ``on_datagram``."""
+
+    def on_datagram(self, endpoint: DatagramEndpoint, data: bytes, addr: Any) -> None:
+        """One whole datagram, in order (when ``on_datagrams`` is not overridden)."""
+
+    def on_datagram_error(self, endpoint: DatagramEndpoint, exc: OSError) -> None:
+        """Something went wrong for ``endpoint``, which stays open: an ICMP error on a
+        connected endpoint (``ConnectionRefusedError`` when nobody listens at the peer's
+        port), a datagram the kernel would not send (``exc.addr`` its destination), or a
+        ``hamanet.DatagramTruncatedError`` for a datagram longer than
+        ``max_datagram_size`` (``exc.data`` the part kept, ``exc.size`` its size). Without
+        this callback the first error of an endpoint is logged as a warning."""
+
+    def on_datagram_close(self, endpoint: DatagramEndpoint, exc: BaseException | None) -> None:
+        """The endpoint is closed, once: ``exc`` is None (after ``close()``, ``abort()``
+        or the stop), or the ``TimeoutError`` of a stop whose deadline came before its
+        queued datagrams were sent."""
+
 
 # How the reactor calls each callback (after the bound ``self``).
 _PARAMETERS = {
@@ -94,10 +118,16 @@ _PARAMETERS = {
     "on_resume_writing": ("session",),
     "on_message": ("session", "message"),
     "on_messages": ("session", "messages"),
+    "on_datagrams": ("endpoint", "datagrams"),
+    "on_datagram": ("endpoint", "data", "addr"),
+    "on_datagram_error": ("endpoint", "exc"),
+    "on_datagram_close": ("endpoint", "exc"),
 }
 assert set(_PARAMETERS) == set(CALLBACK_NAMES)
 
 _DATA_CALLBACKS = ("on_recv", "on_message", "on_messages")
+_DATAGRAM_CALLBACKS = ("on_datagrams", "on_datagram")
+_DATAGRAM_NAMES = (*_DATAGRAM_CALLBACKS, "on_datagram_error", "on_datagram_close")
 
 # Callback names of other libraries, which hamanet never calls, and hamanet's equivalent.
 _FOREIGN_NAMES = {
@@ -110,6 +140,9 @@ _FOREIGN_NAMES = {
     "connection_lost": ("asyncio", "on_close"),
     "pause_writing": ("asyncio", "on_pause_writing"),
     "resume_writing": ("asyncio", "on_resume_writing"),
+    # asyncio.DatagramProtocol
+    "datagram_received": ("asyncio", "on_datagram"),
+    "error_received": ("asyncio", "on_datagram_error"),
     # Twisted's Protocol
     "connectionMade": ("Twisted", "on_connect"),
     "dataReceived": ("Twisted", "on_recv"),
@@ -143,6 +176,9 @@ _GUESSES = {
     "on_frames": "on_messages",
     "on_lines": "on_messages",
     "on_packets": "on_messages",
+    "on_datagram_received": "on_datagram",
+    "on_datagrams_received": "on_datagrams",
+    "on_udp": "on_datagrams",
 }
 
 # Handler classes already checked for the warnings (they are emitted once per class).
@@ -238,7 +274,15 @@ def _check_is_handler(handler: Any) -> None:
         renames = ", ".join(
             f"{n} -> {_describe(_FOREIGN_NAMES[n][1])}"
             for n in foreign
-            if n in ("data_received", "connection_made", "connection_lost", "eof_received")
+            if n
+            in (
+                "data_received",
+                "connection_made",
+                "connection_lost",
+                "eof_received",
+                "datagram_received",
+                "error_received",
+            )
             or _FOREIGN_NAMES[n][0] == "Twisted"
         )
         raise TypeError(
@@ -281,6 +325,15 @@ def _check_callback(cls: type, name: str, callback: Any, allow_async: bool = Fal
     where = f"{cls.__name__}.{name}"
     if not callable(callback):
         raise TypeError(f"{where} must be a method {_describe(name)}, not {callback!r}")
+    if name in _DATAGRAM_NAMES and _is_async(callback):
+        raise TypeError(
+            f"{where} is an async function: datagram callbacks are plain functions (hamanet "
+            "would not await it, and a datagram burst would start a task per call). Write a "
+            f"plain def {_describe(name)} and start the async work yourself (under "
+            "hamanet.aio, asyncio.get_running_loop().create_task(...); elsewhere "
+            "asyncio.run_coroutine_threadsafe(coro, loop)); endpoint.sendto is safe from "
+            "any thread"
+        )
     if allow_async and inspect.isasyncgenfunction(callback):
         raise TypeError(
             f"{where} is an async generator function; a callback is a coroutine function "
@@ -392,7 +445,10 @@ def _warn_unused_methods(handler: Handler, framed: bool | None) -> None:
                 continue
         if meant == "on_recv" and framed:
             meant = "on_messages"
-        alternatives = _DATA_CALLBACKS if meant in _DATA_CALLBACKS else (meant,)
+        alternatives: tuple[str, ...] = (meant,)
+        for group in (_DATA_CALLBACKS, _DATAGRAM_CALLBACKS):
+            if meant in group:
+                alternatives = group
         if any(_overrides(cls, alternative) for alternative in alternatives):
             continue  # a helper the real callback calls, or a class written for both
         warnings.warn(

@@ -17,13 +17,14 @@ import collections
 import socket
 from typing import Any, Callable
 
-from ._endpoint import (
+from ._datagram import DatagramEndpoints, connect_udp
+from ._defaults import (
     DEFAULT_BACKLOG,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_STOP_TIMEOUT,
-    Listeners,
 )
+from ._endpoint import Listeners
 from ._hamanet import Loop, Session, TLSClientContext, TLSServerContext
 from ._handler import CALLBACK_NAMES, Handler, _is_async, bound_callbacks
 
@@ -271,8 +272,11 @@ class _Endpoint:
         await self.wait_closed()
 
 
-class Server(Listeners, _Endpoint):
-    """A hamanet server on the running asyncio loop (see ``serve``)."""
+class Server(Listeners, DatagramEndpoints, _Endpoint):
+    """A hamanet server on the running asyncio loop (see ``serve``); ``open_udp()`` adds
+    datagram endpoints, whose callbacks run on the asyncio thread too."""
+
+    _async_callbacks = True
 
     def __init__(self, handler: Handler, **options: Any) -> None:
         super().__init__(handler, **options)
@@ -321,8 +325,15 @@ class _ListeningSocket:
         return f"<hamanet listening socket {self._address!r}>"
 
 
-class Client(_Endpoint):
-    """hamanet client sessions on the running asyncio loop."""
+class Client(DatagramEndpoints, _Endpoint):
+    """hamanet client sessions (and datagram endpoints: ``open_udp()``,
+    ``connect_udp()``, from a coroutine) on the running asyncio loop."""
+
+    _async_callbacks = True
+    connect_udp = connect_udp
+
+    def _start_on_demand(self) -> None:
+        self._start()
 
     def _hook(self, callbacks: tuple[Any, ...]) -> tuple[Any, ...]:
         return _opening(callbacks, self._closed_one)

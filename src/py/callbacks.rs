@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 /// The names of the handler callbacks, in the order `Loop` receives them.
-pub const CALLBACK_NAMES: [&str; 9] = [
+pub const CALLBACK_NAMES: [&str; 13] = [
     "on_connect",
     "on_recv",
     "on_send",
@@ -21,6 +21,10 @@ pub const CALLBACK_NAMES: [&str; 9] = [
     "on_resume_writing",
     "on_message",
     "on_messages",
+    "on_datagrams",
+    "on_datagram",
+    "on_datagram_error",
+    "on_datagram_close",
 ];
 
 /// A handler callback, numbered as in [`CALLBACK_NAMES`], or a timer's.
@@ -36,13 +40,17 @@ pub enum Callback {
     OnResumeWriting,
     OnMessage,
     OnMessages,
+    OnDatagrams,
+    OnDatagram,
+    OnDatagramError,
+    OnDatagramClose,
     Timer,
     /// A `run_in_worker` job.
     Job,
 }
 
 impl Callback {
-    const ALL: [Callback; 11] = [
+    const ALL: [Callback; 15] = [
         Callback::OnConnect,
         Callback::OnRecv,
         Callback::OnSend,
@@ -52,6 +60,10 @@ impl Callback {
         Callback::OnResumeWriting,
         Callback::OnMessage,
         Callback::OnMessages,
+        Callback::OnDatagrams,
+        Callback::OnDatagram,
+        Callback::OnDatagramError,
+        Callback::OnDatagramClose,
         Callback::Timer,
         Callback::Job,
     ];

@@ -55,7 +55,7 @@ fn ended_by_peer(py: Python<'_>, err: &PyErr, core: &SessionCore) -> bool {
 static OUTLIVED_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Adds one to a counter when dropped.
-struct CountOnDrop<'a>(&'a std::sync::atomic::AtomicU64);
+pub(super) struct CountOnDrop<'a>(pub(super) &'a std::sync::atomic::AtomicU64);
 
 impl Drop for CountOnDrop<'_> {
     fn drop(&mut self) {

@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use super::dispatch::Dispatcher;
 use super::errors::LifecycleError;
 use super::inner::{LoopInner, Phase};
-use super::sessions::{Entry, TokenTable};
+use super::sessions::Known;
 use super::thread::{close_never_opened, deliver};
 use crate::reactor::Reactor;
 use crate::shared::lock;
@@ -21,7 +21,7 @@ use crate::shared::lock;
 /// The reactor of a driven loop and the Python side of its sessions, between drives.
 pub(super) struct Driven {
     reactor: Reactor,
-    entries: TokenTable<Entry>,
+    known: Known,
 }
 
 /// Starts the loop without a thread; returns the epoll fd to wait on.
@@ -41,7 +41,7 @@ pub(super) fn start(inner: &LoopInner) -> PyResult<i32> {
     inner.running_reactors.store(1, Ordering::Relaxed);
     *lock(&inner.driven) = Some(Driven {
         reactor,
-        entries: TokenTable::default(),
+        known: Known::default(),
     });
     *phase = Phase::Running;
     Ok(fd)
@@ -72,7 +72,7 @@ pub(super) fn drive(py: Python<'_>, inner: &LoopInner) -> Next {
     deliver(
         &mut dispatcher,
         &mut driven.reactor,
-        &mut driven.entries,
+        &mut driven.known,
         inner,
     );
     let busy = started.elapsed();
@@ -93,10 +93,10 @@ pub(super) fn drive(py: Python<'_>, inner: &LoopInner) -> Next {
 /// closed, the loop marked finished.
 pub(super) fn finish(py: Python<'_>, inner: &LoopInner) {
     let driven = lock(&inner.driven).take();
-    let Some(Driven { reactor, entries }) = driven else {
+    let Some(Driven { reactor, known }) = driven else {
         return;
     };
-    drop(entries); // attached: the entries hold Python objects
+    drop(known); // attached: the entries hold Python objects
     inner.running_reactors.store(0, Ordering::Relaxed);
     close_never_opened(py, inner);
     let timers = std::mem::take(&mut *lock(&inner.timers));

@@ -10,7 +10,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyBufferError, PyConnectionError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::shared::Refusal;
+use crate::shared::{DatagramRefusal, Refusal};
 use crate::sys::address::ResolveError;
 use crate::tls::TlsFailure;
 
@@ -33,6 +33,29 @@ create_exception!(
     PyValueError,
     "A session's byte stream broke its framing (a message over max_length, a bad length \
      header), or a payload cannot be sent as one message; the session is closed."
+);
+create_exception!(
+    hamanet,
+    DatagramQueueFullError,
+    PyBufferError,
+    "A datagram endpoint's send queue is full (max_send_queue datagrams or \
+     max_send_queue_bytes bytes): the kernel is not taking datagrams as fast as they are \
+     sent. The datagram was not queued."
+);
+create_exception!(
+    hamanet,
+    DatagramTruncatedError,
+    PyOSError,
+    "A datagram arrived longer than the endpoint's max_datagram_size and the kernel kept \
+     only its first max_datagram_size bytes (`data`); `size` is how long it was, `addr` who \
+     sent it. Passed to on_datagram_error, never delivered as if whole."
+);
+create_exception!(
+    hamanet,
+    EndpointClosedError,
+    PyConnectionError,
+    "The datagram endpoint is closed (close() or abort() was called, or its server or \
+     client stopped) and cannot send."
 );
 create_exception!(
     hamanet,
@@ -136,6 +159,51 @@ pub fn refused(refusal: Refusal, what: &str, id: u64) -> PyErr {
         }
     };
     SessionClosedError::new_err(message)
+}
+
+/// The exception for a datagram endpoint `id` refusing `what` (`sendto`, `send`).
+pub fn datagram_refused(refusal: DatagramRefusal, what: &str, id: u64) -> PyErr {
+    match refusal {
+        DatagramRefusal::Closed => EndpointClosedError::new_err(format!(
+            "cannot {what}(): datagram endpoint {id} is closed (close() or abort() was \
+             called, or its server or client stopped); check endpoint.closing first"
+        )),
+        DatagramRefusal::Full {
+            queued,
+            queued_bytes,
+            size,
+            limits,
+        } => {
+            let full = if queued >= limits.max_queue {
+                format!("holds {queued} datagrams already, its max_send_queue",)
+            } else {
+                format!(
+                    "holds {queued_bytes} bytes already and this datagram of {size} would \
+                     pass its max_send_queue_bytes of {}",
+                    limits.max_queue_bytes
+                )
+            };
+            DatagramQueueFullError::new_err(format!(
+                "cannot {what}(): the send queue of datagram endpoint {id} {full}; the \
+                 datagram was not queued. The kernel is taking datagrams slower than they \
+                 are sent: send less at a time (the queue goes out at the end of each \
+                 wakeup), drop or retry later, or open the endpoint with a larger \
+                 max_send_queue / max_send_queue_bytes"
+            ))
+        }
+        DatagramRefusal::TooLarge { size, max } => PyOSError::new_err((
+            libc::EMSGSIZE,
+            format!(
+                "cannot {what}() a datagram of {size} bytes: a UDP datagram to that address \
+                 carries at most {max} bytes; split it (or use a stream)"
+            ),
+        )),
+        DatagramRefusal::NoDestination => PyValueError::new_err(format!(
+            "cannot {what}() without an address: datagram endpoint {id} is not connected; \
+             use sendto(data, (host, port)), or Client.connect_udp() for an endpoint with \
+             a fixed peer"
+        )),
+    }
 }
 
 fn strerror(err: &io::Error, code: i32) -> String {

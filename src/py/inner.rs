@@ -15,7 +15,7 @@ use pyo3::types::PyTuple;
 use super::callbacks::{Busy, Callbacks};
 use super::errors::LifecycleError;
 use super::pool::Pool;
-use super::sessions::PendingSession;
+use super::sessions::{PendingEndpoint, PendingSession};
 use crate::framing::Framer;
 use crate::reactor::{LoopConfig, Reactor};
 use crate::shared::{lock, Command, LoopShared, LoopStatus};
@@ -101,6 +101,9 @@ pub(super) struct LoopInner {
     /// Client sessions whose Python object exists (returned by `connect`) but whose
     /// `Opened` event has not been delivered yet.
     pub(super) pending: Mutex<HashMap<u64, PendingSession>>,
+    /// Datagram endpoints whose Python object exists (returned by `open_udp`) but whose
+    /// registration has not been delivered yet.
+    pub(super) pending_endpoints: Mutex<HashMap<u64, PendingEndpoint>>,
     /// Scheduled callbacks and their arguments, by timer id.
     pub(super) timers: Mutex<HashMap<u64, ScheduledCall>>,
     pub(super) next_timer: AtomicU64,
@@ -212,11 +215,13 @@ impl LoopInner {
     pub(super) fn status(&self) -> LoopStatus {
         let mut total = LoopStatus {
             sessions: 0,
+            endpoints: 0,
             finished: true,
         };
         for slot in &self.reactors {
             let status = slot.shared.status();
             total.sessions += status.sessions;
+            total.endpoints += status.endpoints;
             total.finished &= status.finished;
         }
         total

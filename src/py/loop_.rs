@@ -12,9 +12,11 @@ use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
+use super::bind;
 use super::callbacks::Callbacks;
 use super::connect;
 use super::convert;
+use super::datagram::PyDatagramEndpoint;
 use super::driven;
 use super::errors::{os_error, LifecycleError};
 use super::inner::{LoopInner, Phase, ReactorSlot};
@@ -74,6 +76,7 @@ impl PyLoop {
 
                 callbacks: Mutex::new(Arc::new(Callbacks::none())),
                 pending: Mutex::new(HashMap::new()),
+                pending_endpoints: Mutex::new(HashMap::new()),
                 timers: Mutex::new(HashMap::new()),
                 next_timer: AtomicU64::new(1),
                 framer,
@@ -151,6 +154,36 @@ impl PyLoop {
         tls: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         listen::listen_unix(py, &self.inner, path, backlog, tls)
+    }
+
+    /// Binds a datagram (UDP) endpoint to `host:port` on one of the reactors; `callbacks`,
+    /// if given, are its own handler's. `options` are those of `UDP_OPTIONS`.
+    #[pyo3(signature = (host, port, callbacks=None, options=None))]
+    fn open_udp(
+        &self,
+        py: Python<'_>,
+        host: &Bound<'_, PyAny>,
+        port: &Bound<'_, PyAny>,
+        callbacks: Option<&Bound<'_, PyTuple>>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyDatagramEndpoint>> {
+        bind::open_udp(py, &self.inner, (host, port), callbacks, options)
+    }
+
+    /// A datagram endpoint connected to `host:port` (bound to `local_addr`, or any).
+    #[pyo3(signature = (host, port, local_addr=None, callbacks=None, options=None))]
+    #[allow(clippy::too_many_arguments)] // the Python signature
+    fn connect_udp(
+        &self,
+        py: Python<'_>,
+        host: &Bound<'_, PyAny>,
+        port: &Bound<'_, PyAny>,
+        local_addr: Option<&Bound<'_, PyAny>>,
+        callbacks: Option<&Bound<'_, PyTuple>>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyDatagramEndpoint>> {
+        let address = (host, port);
+        bind::connect_udp(py, &self.inner, address, local_addr, callbacks, options)
     }
 
     /// Starts the reactor thread (or threads, and the worker pool).
@@ -238,7 +271,8 @@ impl PyLoop {
         Ok(done)
     }
 
-    /// Waits up to `timeout` seconds until no session is open (or the loop finished).
+    /// Waits up to `timeout` seconds until no session or endpoint is open (or the loop
+    /// finished).
     /// Re-raises a `KeyboardInterrupt`/`SystemExit` that a handler raised.
     fn wait_idle(&self, py: Python<'_>, timeout: &Bound<'_, PyAny>) -> PyResult<bool> {
         let timeout = convert::seconds(timeout, "timeout")?;
@@ -246,7 +280,7 @@ impl PyLoop {
             return Ok(true);
         }
         let idle = self.inner.wait_until(py, timeout, |status| {
-            status.sessions == 0 || status.finished
+            (status.sessions == 0 && status.endpoints == 0) || status.finished
         })?;
         self.raise_failure()?;
         Ok(idle)

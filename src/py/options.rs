@@ -1,4 +1,5 @@
-//! A `Server`'s or `Client`'s options: their names, defaults and checks, in one place.
+//! A `Server`'s or `Client`'s options, and a datagram endpoint's: their names, defaults
+//! and checks, in one place.
 //! `hamanet`'s Python classes take them as `**options` and pass them on untouched; their
 //! signatures (for `help()`) are built from [`OPTIONS`].
 
@@ -12,7 +13,8 @@ use super::convert::{optional_size, optional_timeout, repr, size, C_INT_MAX, MAX
 use super::framing::PyFraming;
 use crate::framing::Framer;
 use crate::reactor::LoopConfig;
-use crate::shared::WriteLimits;
+use crate::shared::{DatagramLimits, WriteLimits};
+use crate::sys::datagram::DatagramOptions;
 use crate::sys::net::SocketOptions;
 
 /// Every option, in the order `help()` lists them.
@@ -101,7 +103,13 @@ pub fn loop_options(owner: &str, options: Option<&Bound<'_, PyDict>>) -> PyResul
         for name in options.keys() {
             let name: String = name.extract()?;
             if !OPTIONS.contains(&name.as_str()) {
-                return Err(unknown_option(options.py(), owner, &name));
+                if UDP_OPTIONS.contains(&name.as_str()) {
+                    return Err(PyTypeError::new_err(format!(
+                        "{owner}() got the option {name:?}, which belongs to datagram \
+                         endpoints: pass it to open_udp() or connect_udp()"
+                    )));
+                }
+                return Err(unknown_option(options.py(), owner, &name, &OPTIONS));
             }
         }
     }
@@ -175,10 +183,93 @@ pub fn loop_options(owner: &str, options: Option<&Bound<'_, PyDict>>) -> PyResul
     })
 }
 
-fn unknown_option(py: Python<'_>, owner: &str, name: &str) -> PyErr {
+/// Every option of `open_udp` and `connect_udp`, in the order `help()` lists them.
+pub const UDP_OPTIONS: [&str; 8] = [
+    "max_datagram_size",
+    "max_send_queue",
+    "max_send_queue_bytes",
+    "recv_buffer",
+    "send_buffer",
+    "reuse_port",
+    "dual_stack",
+    "broadcast",
+];
+
+/// `(name, default)` for every option, for the Python methods' signatures.
+pub fn udp_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+    let limits = DatagramLimits::DEFAULT;
+    let none = py.None().into_bound(py);
+    let no = false.into_pyobject(py)?.to_owned().into_any();
+    let values: [Bound<'_, PyAny>; 8] = [
+        limits.max_datagram_size.into_pyobject(py)?.into_any(),
+        limits.max_queue.into_pyobject(py)?.into_any(),
+        limits.max_queue_bytes.into_pyobject(py)?.into_any(),
+        none.clone(),
+        none,
+        no.clone(),
+        no.clone(),
+        no,
+    ];
+    let pairs = UDP_OPTIONS
+        .iter()
+        .zip(values)
+        .map(|(name, value)| PyTuple::new(py, [PyString::new(py, name).into_any(), value]))
+        .collect::<PyResult<Vec<_>>>()?;
+    PyTuple::new(py, pairs)
+}
+
+/// What an endpoint's options configure.
+pub(super) struct EndpointOptions {
+    pub(super) limits: DatagramLimits,
+    pub(super) socket: DatagramOptions,
+}
+
+/// Checks `options` (as given to `method`); what is not given takes its default.
+pub(super) fn endpoint_options(
+    method: &str,
+    options: Option<&Bound<'_, PyDict>>,
+) -> PyResult<EndpointOptions> {
+    let get = |name: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
+        options.map_or(Ok(None), |options| options.get_item(name))
+    };
+    if let Some(options) = options {
+        for name in options.keys() {
+            let name: String = name.extract()?;
+            if !UDP_OPTIONS.contains(&name.as_str()) {
+                return Err(unknown_option(options.py(), method, &name, &UDP_OPTIONS));
+            }
+        }
+    }
+    let mut limits = DatagramLimits::DEFAULT;
+    if let Some(value) = get("max_datagram_size")? {
+        limits.max_datagram_size = size(&value, "max_datagram_size", 1..=65_535)?;
+    }
+    if let Some(value) = get("max_send_queue")? {
+        limits.max_queue = size(&value, "max_send_queue", 1..=MAX_SIZE)?;
+    }
+    if let Some(value) = get("max_send_queue_bytes")? {
+        limits.max_queue_bytes = size(&value, "max_send_queue_bytes", 1..=MAX_SIZE)?;
+    }
+    let kernel_size = |name| -> PyResult<Option<usize>> {
+        get(name)?.map_or(Ok(None), |value| optional_size(&value, name, 1..=C_INT_MAX))
+    };
+    let flag = |name| -> PyResult<bool> { get(name)?.map_or(Ok(false), |v| v.is_truthy()) };
+    let socket = DatagramOptions {
+        recv_buffer: kernel_size("recv_buffer")?,
+        send_buffer: kernel_size("send_buffer")?,
+        reuse_port: flag("reuse_port")?,
+        dual_stack: flag("dual_stack")?,
+        broadcast: flag("broadcast")?,
+    };
+    Ok(EndpointOptions { limits, socket })
+}
+
+/// A `TypeError` for an option `name` that `owner` does not have among `known`, naming
+/// the closest one.
+pub(super) fn unknown_option(py: Python<'_>, owner: &str, name: &str, known: &[&str]) -> PyErr {
     let close = py
         .import("difflib")
-        .and_then(|difflib| difflib.call_method1("get_close_matches", (name, OPTIONS, 1)))
+        .and_then(|difflib| difflib.call_method1("get_close_matches", (name, known, 1)))
         .and_then(|matches| matches.get_item(0))
         .and_then(|best| best.extract::<String>());
     let quoted = |text: &str| repr(PyString::new(py, text).as_any());
@@ -189,7 +280,7 @@ fn unknown_option(py: Python<'_>, owner: &str, name: &str) -> PyErr {
     PyTypeError::new_err(format!(
         "{owner}() got an unknown option {}{hint} (options: {})",
         quoted(name),
-        OPTIONS.join(", ")
+        known.join(", ")
     ))
 }
 

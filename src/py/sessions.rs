@@ -1,11 +1,13 @@
-//! The Python side of the open sessions: each one's `Session` object, own callbacks, the
-//! error a callback raised, and framing state; and a table that finds them by token.
+//! The Python side of the open sessions and datagram endpoints: each session's `Session`
+//! object, own callbacks, the error a callback raised, and framing state; each endpoint's
+//! `DatagramEndpoint`; and a table that finds them by token.
 
 use std::sync::Arc;
 
 use pyo3::prelude::*;
 
 use super::callbacks::Callbacks;
+use super::datagram::PyDatagramEndpoint;
 use super::session::PySession;
 use crate::framing::FrameDecoder;
 use crate::sys::epoll::Token;
@@ -25,6 +27,27 @@ pub(super) struct Entry {
 
 /// A session returned by a connect call and not yet opened, with its own callbacks.
 pub type PendingSession = (Py<PySession>, Option<Arc<Callbacks>>);
+
+/// One datagram endpoint's Python object and what the handler layer remembers about it.
+pub(super) struct EndpointEntry {
+    pub(super) endpoint: Py<PyDatagramEndpoint>,
+    /// The endpoint's own handler (`open_udp(handler=...)`), in place of the loop's.
+    pub(super) callbacks: Option<Arc<Callbacks>>,
+    /// An error was logged because the handler has no `on_datagram_error` (once per
+    /// endpoint: later ones are only counted).
+    pub(super) unhandled_logged: bool,
+}
+
+/// An endpoint returned by `open_udp`/`connect_udp` and not yet registered by its reactor.
+pub type PendingEndpoint = (Py<PyDatagramEndpoint>, Option<Arc<Callbacks>>);
+
+/// What one thread that delivers a reactor's events knows: its open sessions and
+/// endpoints, by token (slots are shared, so a token finds at most one of them).
+#[derive(Default)]
+pub(super) struct Known {
+    pub(super) sessions: TokenTable<Entry>,
+    pub(super) endpoints: TokenTable<EndpointEntry>,
+}
 
 /// Values kept per open session, indexed like the reactor's slots; a token of a slot's
 /// earlier session finds nothing.

@@ -17,7 +17,8 @@ pub(super) fn loop_stats<'py>(py: Python<'py>, inner: &LoopInner) -> PyResult<Bo
     for slot in &inner.reactors {
         let stats = slot.shared.stats();
         let (busy, attached) = slot.times.read();
-        let one = stats_dict(py, &stats, slot.shared.status().sessions)?;
+        let status = slot.shared.status();
+        let one = stats_dict(py, &stats, (status.sessions, status.endpoints))?;
         one.set_item("busy_us", busy / 1000)?;
         one.set_item("attached_us", attached / 1000)?;
         each.append(one)?;
@@ -25,7 +26,8 @@ pub(super) fn loop_stats<'py>(py: Python<'py>, inner: &LoopInner) -> PyResult<Bo
         busy_ns += busy;
         attached_ns += attached;
     }
-    let dict = stats_dict(py, &total, inner.status().sessions)?;
+    let status = inner.status();
+    let dict = stats_dict(py, &total, (status.sessions, status.endpoints))?;
     dict.set_item("busy_us", busy_ns / 1000)?;
     dict.set_item("attached_us", attached_ns / 1000)?;
     dict.set_item(
@@ -50,7 +52,7 @@ pub(super) fn loop_stats<'py>(py: Python<'py>, inner: &LoopInner) -> PyResult<Bo
 fn stats_dict<'py>(
     py: Python<'py>,
     stats: &Stats,
-    sessions_open: usize,
+    (sessions_open, endpoints_open): (usize, usize),
 ) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     dict.set_item("sessions_open", sessions_open)?;
@@ -68,5 +70,15 @@ fn stats_dict<'py>(
     dict.set_item("calls_soon", stats.calls_soon)?;
     dict.set_item("tls_handshakes", stats.tls_handshakes)?;
     dict.set_item("tls_failures", stats.tls_failures)?;
+    dict.set_item("endpoints_open", endpoints_open)?;
+    dict.set_item("datagrams_in", stats.datagrams_in)?;
+    dict.set_item("datagram_bytes_in", stats.datagram_bytes_in)?;
+    dict.set_item("datagrams_out", stats.datagrams_out)?;
+    dict.set_item("datagram_bytes_out", stats.datagram_bytes_out)?;
+    dict.set_item("datagrams_truncated", stats.datagrams_truncated)?;
+    dict.set_item("datagrams_dropped", stats.datagrams_dropped)?;
+    dict.set_item("datagram_errors", stats.datagram_errors)?;
+    dict.set_item("datagram_recv_calls", stats.datagram_recv_calls)?;
+    dict.set_item("datagram_send_calls", stats.datagram_send_calls)?;
     Ok(dict)
 }

@@ -19,7 +19,7 @@ use super::errors::{os_error, LifecycleError};
 use super::inner::{LoopInner, Phase, ReactorSlot};
 use super::pool::Pool;
 use super::report::Report;
-use super::sessions::{Entry, TokenTable};
+use super::sessions::{Entry, Known, TokenTable};
 use super::view::keep_for;
 use crate::reactor::{Event, Reactor};
 use crate::shared::{lock, LoopShared};
@@ -147,7 +147,7 @@ fn run_attached(
     if let Some(name) = std::thread::current().name() {
         name_python_thread(py, name);
     }
-    let mut entries = TokenTable::<Entry>::default();
+    let mut known = Known::default();
     let mut dispatcher = Dispatcher::new(py, inner, &slot.busy);
     loop {
         let (turned, turning) = py.detach(|| {
@@ -159,7 +159,7 @@ fn run_attached(
             dispatcher.report.fatal(&err);
             reactor.abort_all(&err);
         }
-        deliver(&mut dispatcher, &mut reactor, &mut entries, inner);
+        deliver(&mut dispatcher, &mut reactor, &mut known, inner);
         let attached = attached.elapsed();
         slot.times.add(
             turning.saturating_sub(reactor.last_wait()) + attached,
@@ -169,7 +169,7 @@ fn run_attached(
             break;
         }
     }
-    drop(entries); // attached: the entries hold Python objects
+    drop(known); // attached: the entries hold Python objects
     reactor
 }
 
@@ -179,9 +179,10 @@ fn run_attached(
 pub(super) fn deliver(
     dispatcher: &mut Dispatcher<'_, '_>,
     reactor: &mut Reactor,
-    entries: &mut TokenTable<Entry>,
+    known: &mut Known,
     inner: &LoopInner,
 ) {
+    let entries = &mut known.sessions;
     // Read after the wait, so a handler swapped while the reactor slept is the one
     // that gets this wakeup's events.
     let callbacks = Arc::clone(&lock(&inner.callbacks));
@@ -217,6 +218,30 @@ pub(super) fn deliver(
             // Only with a pool (`StopCloses::Handler`).
             Event::Stopping { .. } => {}
             Event::AcceptPaused { error } => dispatcher.accept_paused(&error),
+            Event::EndpointOpened { token, endpoint } => {
+                if let Some(entry) = dispatcher.endpoint_opened(&endpoint) {
+                    known.endpoints.insert(token, entry);
+                }
+            }
+            Event::Datagrams { token, datagrams } => {
+                if let Some(entry) = known.endpoints.get(token) {
+                    let (bytes, items) = reactor.datagrams(datagrams);
+                    dispatcher.datagrams(entry, &callbacks, bytes, items);
+                }
+            }
+            Event::DatagramFailed { token, failure } => {
+                if let Some(entry) = known.endpoints.get(token) {
+                    dispatcher.datagram_failed(entry, &callbacks, &failure);
+                }
+            }
+            Event::EndpointClosed { token, error } => {
+                if let Some(mut entry) = known.endpoints.remove(token) {
+                    dispatcher.endpoint_closed(&mut entry, &callbacks, error.as_ref());
+                }
+                reactor.shared().endpoint_closed();
+            }
+            // Only with a pool (`StopCloses::Handler`).
+            Event::EndpointStopping { .. } => {}
             Event::Eof { token } => notify(dispatcher, entries, token, &callbacks, Notice::Eof),
             Event::Drained { token } => {
                 notify(dispatcher, entries, token, &callbacks, Notice::Drained)
@@ -288,10 +313,20 @@ fn run_with_pool(
 }
 
 /// A client session whose registration the stop overtook was never opened; its user
-/// still holds it and gets the one `on_close` every session gets.
+/// still holds it and gets the one `on_close` every session gets. So does a datagram
+/// endpoint (its `on_datagram_close(endpoint, None)`: the stop closed it).
 pub(super) fn close_never_opened(py: Python<'_>, inner: &LoopInner) {
     let never_opened = std::mem::take(&mut *lock(&inner.pending));
+    let never_bound = std::mem::take(&mut *lock(&inner.pending_endpoints));
     let callbacks = Arc::clone(&lock(&inner.callbacks));
+    for (endpoint, own) in never_bound.into_values() {
+        let callbacks = own.as_deref().unwrap_or(&callbacks);
+        if let Some(callback) = &callbacks[Callback::OnDatagramClose] {
+            if let Err(err) = callback.call1(py, (endpoint, py.None())) {
+                err.print(py);
+            }
+        }
+    }
     for (session, own) in never_opened.into_values() {
         let callbacks = own.as_deref().unwrap_or(&callbacks);
         if let Some(callback) = &callbacks[Callback::OnClose] {

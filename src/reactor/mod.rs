@@ -6,14 +6,17 @@
 //! then accepts and reads everything that became ready. The batch it leaves behind is
 //! handed to the handlers in one go; nothing in this module knows about Python.
 //!
-//! Fairness: a session reads at most [`READ_BUDGET`] bytes per turn and the whole turn at
-//! most [`ARENA_LIMIT`]; a session (or listener) cut short is re-queued and served next
+//! Fairness: a session reads at most [`READ_BUDGET`] bytes per turn (a datagram endpoint
+//! as much, or [`DATAGRAM_BUDGET`] datagrams) and the whole turn at most [`ARENA_LIMIT`];
+//! a session (or endpoint, or listener) cut short is re-queued and served next
 //! turn without waiting for a new edge, which edge-triggered epoll would never send.
 //!
-//! This file holds the types and the turn itself; each phase of a turn lives beside it:
+//! This file holds the reactor and the turn itself; its configuration is in `config`, its
+//! events in `event`, and each phase of a turn lives beside it:
 //! `slots` (the slot table and its generations), `accept` (listeners), `refusal` (peers
 //! over `max_connections`), `connect` (connects the reactor finishes), `tls` (handshakes,
 //! and a TLS session's reads and sends), `read`, `flush`, `close` (releasing a session),
+//! `datagram` (UDP endpoints: recvmmsg, sendmmsg, their close),
 //! `idle` (the idle timeout) and `stop`.
 
 use std::collections::VecDeque;
@@ -27,19 +30,24 @@ use std::time::{Duration, Instant};
 use crate::buffer::ReadArena;
 use crate::shared::{
     Adoption, Arrival, Command, IdleTimeout, Listener, LoopShared, Placement, SessionCore, Stats,
-    WriteLimits,
 };
 use crate::sys::address::{self, Address};
+use crate::sys::datagram::Received;
 use crate::sys::epoll::{Events, Poller, Readiness, Token, Waker};
-use crate::sys::net::{self, SocketOptions};
+use crate::sys::net;
 use crate::timers::TimerQueue;
 use crate::tls::{TlsFailure, TlsStream};
 
 mod accept;
 mod close;
+mod config;
 mod connect;
+mod datagram;
+#[cfg(test)]
+mod datagram_tests;
 #[cfg(test)]
 mod driven_tests;
+mod event;
 mod flush;
 mod idle;
 mod read;
@@ -52,8 +60,13 @@ mod tls;
 #[cfg(test)]
 mod tls_tests;
 
+pub use config::{LoopConfig, Siblings, StopCloses};
+pub use datagram::DATAGRAM_BUDGET;
+pub use event::{DatagramFailure, Event, ReceivedDatagram};
+
 use accept::remove_unix_socket_file;
 use close::{discard_input, CloseKind};
+use datagram::{endpoint_slot, DatagramSlot};
 use idle::IdleSweep;
 use slots::{forget_open_session, Origin, Phase, SessionSlot, Slot};
 use tls::receive_tls;
@@ -83,142 +96,6 @@ const REFUSALS_LINGERING_MAX: usize = 256;
 const IDLE_SWEEP_MIN: Duration = Duration::from_millis(10);
 const IDLE_SWEEP_MAX: Duration = Duration::from_secs(1);
 
-/// What a loop is configured with.
-#[derive(Clone, Debug, Default)]
-pub struct LoopConfig {
-    /// Socket options for listeners and sessions.
-    pub options: SocketOptions,
-    /// Each new session's write-buffer limits.
-    pub limits: WriteLimits,
-    /// Close a session after this long without traffic (`None`: never).
-    pub idle_timeout: Option<Duration>,
-    /// Accept at most this many sessions at once; more are accepted and closed at once.
-    pub max_connections: Option<usize>,
-    /// Sessions open in every reactor made with (a clone of) this configuration: what
-    /// `max_connections` limits when one loop has several reactors.
-    pub open_sessions: Arc<AtomicUsize>,
-    /// The reactors made with (a clone of) this configuration, over which connections
-    /// accepted from a shared listener are spread.
-    pub siblings: Arc<Siblings>,
-    /// Who closes the sessions when the reactor stops.
-    pub stop_closes: StopCloses,
-}
-
-/// Who closes the sessions when the reactor stops (before its deadline; at the deadline
-/// the reactor aborts what is left either way).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum StopCloses {
-    /// The reactor: it flushes each session and closes it.
-    #[default]
-    Reactor,
-    /// The handler layer, told by [`Event::Stopping`]: a worker pool closes each session
-    /// once its handler has been given the input queued before the stop, so that what it
-    /// writes in reply is still sent.
-    Handler,
-}
-
-/// The reactors of one loop, for spreading accepted sessions over them.
-#[derive(Debug, Default)]
-pub struct Siblings {
-    reactors: std::sync::OnceLock<Vec<Arc<LoopShared>>>,
-    next: AtomicUsize,
-}
-
-impl Siblings {
-    /// Names the loop's reactors (once, after they are all made).
-    pub fn set(&self, reactors: Vec<Arc<LoopShared>>) {
-        let _ = self.reactors.set(reactors);
-    }
-
-    /// The reactor that should own the next accepted session, each in turn; None when
-    /// that is `me` (or the loop has one reactor).
-    fn next_owner(&self, me: &Arc<LoopShared>) -> Option<&Arc<LoopShared>> {
-        let reactors = self.reactors.get().filter(|all| all.len() > 1)?;
-        let next = self.next.fetch_add(1, Ordering::Relaxed);
-        let owner = &reactors[next % reactors.len()];
-        (!Arc::ptr_eq(owner, me)).then_some(owner)
-    }
-}
-
-/// What happened to a session during a turn, in the order it happened.
-#[derive(Debug)]
-pub enum Event {
-    /// A connection was accepted, or a connected client socket was adopted.
-    Opened {
-        /// The session's token.
-        token: Token,
-        /// The session, for the handler layer to wrap.
-        session: Arc<SessionCore>,
-    },
-    /// Bytes arrived: everything this session read this turn, in order.
-    Received {
-        /// The session's token.
-        token: Token,
-        /// Where the bytes are in [`Reactor::received`].
-        range: Range<usize>,
-    },
-    /// The peer sent FIN. The session stays open until something closes it.
-    Eof {
-        /// The session's token.
-        token: Token,
-    },
-    /// The write buffer drained to the kernel (reported when asked for, see
-    /// [`Reactor::set_notify_drained`]).
-    Drained {
-        /// The session's token.
-        token: Token,
-    },
-    /// The write buffer rose above its high watermark (after the reactor sent what it
-    /// could).
-    PauseWriting {
-        /// The session's token.
-        token: Token,
-    },
-    /// The write buffer fell to its low watermark after a `PauseWriting`.
-    ResumeWriting {
-        /// The session's token.
-        token: Token,
-    },
-    /// Reading resumed (`resume_reading()`, or a held backlog released): input that a
-    /// handler layer held back while reading was paused may go now.
-    ReadingResumed {
-        /// The session's token.
-        token: Token,
-    },
-    /// The reactor is stopping and leaves closing this session to the handler layer
-    /// ([`StopCloses::Handler`]).
-    Stopping {
-        /// The session's token.
-        token: Token,
-    },
-    /// A connect that never completed ended: refused, timed out, or cancelled by
-    /// `close()`/`abort()`/stop (`error` is `None`). The session was never opened.
-    ConnectFailed {
-        /// The session, which the handler layer knows only by its core.
-        session: Arc<SessionCore>,
-        /// Why, unless the user cancelled it.
-        error: Option<io::Error>,
-    },
-    /// The session is closed and its slot freed; `error` is `None` for a clean close.
-    Closed {
-        /// The session's token.
-        token: Token,
-        /// Why it closed, if not cleanly.
-        error: Option<io::Error>,
-    },
-    /// A timer (or a `call_soon_threadsafe`) is due.
-    Timer {
-        /// The id it was scheduled with.
-        id: u64,
-    },
-    /// Accepting paused: the process ran out of file descriptors or memory. Reported once
-    /// per episode (until an accept succeeds again).
-    AcceptPaused {
-        /// What accept said.
-        error: io::Error,
-    },
-}
-
 /// The epoll reactor.
 pub struct Reactor {
     poller: Poller,
@@ -228,6 +105,10 @@ pub struct Reactor {
     slots: Vec<Slot>,
     vacant: Vec<u32>,
     arena: ReadArena,
+    /// The turn's datagrams, their bytes in the arena.
+    datagrams: Vec<ReceivedDatagram>,
+    /// What one `recvmmsg` reported, before it joins `datagrams`.
+    recv_scratch: Vec<Received>,
     scratch: Vec<u8>,
     batch: Vec<Event>,
     commands: Vec<Command>,
@@ -235,6 +116,7 @@ pub struct Reactor {
     again: Vec<Token>,
     turn: u64,
     sessions: usize,
+    endpoints: usize,
     notify_drained: bool,
     stop_deadline: Option<Instant>,
     accept_paused_until: Option<Instant>,
@@ -287,12 +169,15 @@ impl Reactor {
             slots: Vec::new(),
             vacant: Vec::new(),
             arena: ReadArena::with_capacity(64 * 1024),
+            datagrams: Vec::new(),
+            recv_scratch: Vec::new(),
             scratch: vec![0; SCRATCH_SIZE],
             batch: Vec::new(),
             commands: Vec::new(),
             again: Vec::new(),
             turn: 0,
             sessions: 0,
+            endpoints: 0,
             notify_drained: false,
             stop_deadline: None,
             accept_paused_until: None,
@@ -402,6 +287,7 @@ impl Reactor {
     fn turn_waiting(&mut self, may_wait: bool) -> io::Result<()> {
         self.shared.enter_reactor_thread();
         self.arena.reset();
+        self.datagrams.clear();
         self.batch.clear();
         self.turn += 1;
         self.run_commands();
@@ -451,6 +337,9 @@ impl Reactor {
             if let Some(session) = session_slot(&mut self.slots, token) {
                 session.requeued = false;
                 self.read(token, false);
+            } else if let Some(endpoint) = endpoint_slot(&mut self.slots, token) {
+                endpoint.requeued = false;
+                self.read_endpoint(token, false);
             } else if let Some(Slot::Listener { .. }) = self.slots.get(token.slot()) {
                 self.accept_ready(token);
             }
@@ -495,6 +384,7 @@ impl Reactor {
             Some(slot) if slot.generation() != token.generation() => {}
             Some(Slot::Listener { .. }) => self.accept_ready(token),
             Some(Slot::Refused { .. }) => self.discard_refused(token),
+            Some(Slot::Datagram(_)) => self.endpoint_ready(token, readiness),
             // A connect in progress reports its end as writable, or as an error.
             Some(Slot::Session(session))
                 if session.phase == Phase::Connecting
@@ -548,6 +438,13 @@ impl Reactor {
                         }
                     }
                 }
+                Command::AttendEndpoint(core) => {
+                    let token = core.token();
+                    if self.is_endpoint(token, &core) {
+                        self.flush_endpoint(token);
+                    }
+                }
+                Command::Bind(binding) => self.register_endpoint(binding),
                 Command::Listen(listener) => self.add_listener(listener),
                 Command::Stop(deadline) => self.begin_stop(deadline),
                 Command::Timer(id, when) => self.timers.insert(id, when),

@@ -223,6 +223,8 @@ pub(super) enum Slot {
         discarded: usize,
     },
     Session(SessionSlot),
+    /// A datagram (UDP) endpoint.
+    Datagram(DatagramSlot),
 }
 
 /// Where a session socket came from, which decides when it counts as open.
@@ -245,6 +247,7 @@ impl Slot {
             | Slot::Listener { generation, .. }
             | Slot::Refused { generation, .. } => *generation,
             Slot::Session(session) => session.generation,
+            Slot::Datagram(endpoint) => endpoint.generation,
         }
     }
 }

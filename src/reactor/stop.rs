@@ -1,5 +1,5 @@
-//! Stopping: listeners closed, sessions flushed and closed, what is left aborted at the
-//! deadline; and the ends that skip all that (never started, a fatal error).
+//! Stopping: listeners closed, sessions and datagram endpoints flushed and closed, what is
+//! left aborted at the deadline; and the ends that skip all that (never started, a fatal error).
 
 use super::*;
 
@@ -20,6 +20,10 @@ impl Reactor {
             let error = io::Error::new(error.kind(), error.to_string());
             self.release(token, CloseKind::Abortive, Some(error));
         }
+        for token in self.endpoint_tokens() {
+            let error = io::Error::new(error.kind(), error.to_string());
+            self.release_endpoint(token, Some(error));
+        }
         self.finish();
     }
 
@@ -34,6 +38,9 @@ impl Reactor {
         self.close_refusals();
         for token in self.session_tokens() {
             self.close_for_stop(token);
+        }
+        for token in self.endpoint_tokens() {
+            self.close_endpoint_for_stop(token);
         }
     }
 
@@ -66,7 +73,9 @@ impl Reactor {
         let Some(deadline) = self.stop_deadline else {
             return false;
         };
-        if self.sessions > 0 && Instant::now() >= deadline {
+        let open = self.sessions + self.endpoints;
+        if open > 0 && Instant::now() >= deadline {
+            self.close_endpoints_at_deadline();
             for token in self.session_tokens() {
                 if self.config.stop_closes == StopCloses::Handler && self.nothing_to_send(token) {
                     // Its handler has not closed it yet (a callback still runs, or input
@@ -83,7 +92,7 @@ impl Reactor {
                 self.release(token, CloseKind::Abortive, Some(error));
             }
         }
-        if self.sessions == 0 && !self.finished {
+        if self.sessions == 0 && self.endpoints == 0 && !self.finished {
             self.finish();
         }
         self.finished
@@ -100,6 +109,10 @@ impl Reactor {
                     if arrival == Arrival::HandedOver {
                         forget_open_session(&self.config.open_sessions);
                     }
+                }
+                Command::Bind(binding) => {
+                    binding.core.state().mark_closed();
+                    self.shared.endpoint_closed();
                 }
                 Command::Listen(listener) => remove_unix_socket_file(listener.fd, listener.addr),
                 _ => {}

@@ -53,6 +53,11 @@ pub(super) fn echo_reactor_with(
                     | Event::AcceptPaused { .. }
                     | Event::ReadingResumed { .. }
                     | Event::Stopping { .. } => {}
+                    Event::EndpointOpened { .. }
+                    | Event::Datagrams { .. }
+                    | Event::DatagramFailed { .. }
+                    | Event::EndpointStopping { .. }
+                    | Event::EndpointClosed { .. } => unreachable!("no endpoints here"),
                     Event::Closed { token, error } => {
                         sessions[token.slot()] = None;
                         reactor.shared().session_closed();

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{lock, SessionCore};
+use super::{lock, DatagramCore, SessionCore};
 use crate::sys::address::Address;
 use crate::sys::epoll::Waker;
 use crate::sys::fork::{close_epoll_copy, Epoch};
@@ -26,6 +26,11 @@ pub enum Command {
     Attend(Arc<SessionCore>),
     /// Register a socket that arrives from elsewhere as a session.
     Adopt(Adoption),
+    /// The datagram endpoint wants the reactor's attention: datagrams to send, a close or
+    /// abort request, reading resumed.
+    AttendEndpoint(Arc<DatagramCore>),
+    /// Register a bound (and perhaps connected) UDP socket as a datagram endpoint.
+    Bind(Binding),
     /// Start accepting on a listening socket.
     Listen(Listener),
     /// Stop: close listeners, flush and close every session, abort what is left at the
@@ -50,6 +55,15 @@ pub struct Adoption {
     pub arrival: Arrival,
     /// Its TLS connection, handshaking or done, for a TLS session.
     pub tls: Option<Box<TlsStream>>,
+}
+
+/// A UDP socket handed to a reactor as a datagram endpoint.
+#[derive(Debug)]
+pub struct Binding {
+    /// The endpoint it becomes.
+    pub core: Arc<DatagramCore>,
+    /// The bound socket.
+    pub fd: OwnedFd,
 }
 
 /// A listening socket handed to a reactor, and what its sessions get.
@@ -118,6 +132,25 @@ pub struct Stats {
     /// TLS sessions that failed: a handshake refused or timed out, a protocol error, a
     /// stream truncated without `close_notify`.
     pub tls_failures: u64,
+    /// Datagrams received (whole or truncated).
+    pub datagrams_in: u64,
+    /// Bytes of them kept (of a truncated one, what its slot held).
+    pub datagram_bytes_in: u64,
+    /// Datagrams handed to the kernel.
+    pub datagrams_out: u64,
+    /// Bytes of them.
+    pub datagram_bytes_out: u64,
+    /// Datagrams received longer than the endpoint's `max_datagram_size`, cut by the kernel.
+    pub datagrams_truncated: u64,
+    /// Datagrams that were not sent: refused for a full send queue, failed in the kernel,
+    /// or queued when their endpoint was aborted.
+    pub datagrams_dropped: u64,
+    /// Errors reported to datagram handlers (an ICMP error, a failed send).
+    pub datagram_errors: u64,
+    /// `recvmmsg` calls: `datagrams_in` per call is the batching on the receiving side.
+    pub datagram_recv_calls: u64,
+    /// `sendmmsg` calls: `datagrams_out` per call is the batching on the sending side.
+    pub datagram_send_calls: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -135,6 +168,15 @@ impl std::ops::AddAssign for Stats {
         self.calls_soon += other.calls_soon;
         self.tls_handshakes += other.tls_handshakes;
         self.tls_failures += other.tls_failures;
+        self.datagrams_in += other.datagrams_in;
+        self.datagram_bytes_in += other.datagram_bytes_in;
+        self.datagrams_out += other.datagrams_out;
+        self.datagram_bytes_out += other.datagram_bytes_out;
+        self.datagrams_truncated += other.datagrams_truncated;
+        self.datagrams_dropped += other.datagrams_dropped;
+        self.datagram_errors += other.datagram_errors;
+        self.datagram_recv_calls += other.datagram_recv_calls;
+        self.datagram_send_calls += other.datagram_send_calls;
     }
 }
 
@@ -143,6 +185,8 @@ impl std::ops::AddAssign for Stats {
 pub struct LoopStatus {
     /// Sessions accepted or adopted whose `Event::Closed` has not been delivered yet.
     pub sessions: usize,
+    /// Datagram endpoints bound whose `Event::EndpointClosed` has not been delivered yet.
+    pub endpoints: usize,
     /// The reactor thread has returned.
     pub finished: bool,
 }
@@ -270,6 +314,26 @@ impl LoopShared {
         accepted
     }
 
+    /// Queues a UDP socket for this reactor to register as a datagram endpoint, counted as
+    /// open at once. Returns false if the reactor has stopped (the socket is dropped).
+    pub fn bind(&self, binding: Binding) -> bool {
+        self.update_status(|status| status.endpoints += 1);
+        let accepted = self.submit(Command::Bind(binding));
+        if !accepted {
+            self.endpoint_closed();
+        }
+        accepted
+    }
+
+    /// A datagram endpoint stops counting as open: its `Event::EndpointClosed` has been
+    /// delivered, or it was never registered.
+    pub fn endpoint_closed(&self) {
+        self.update_status(|status| {
+            debug_assert!(status.endpoints > 0, "more endpoints closed than opened");
+            status.endpoints = status.endpoints.saturating_sub(1);
+        });
+    }
+
     /// Marks the calling thread as the one that turns this loop's reactor.
     pub(crate) fn enter_reactor_thread(self: &Arc<Self>) {
         REACTOR_OF_THIS_THREAD.with(|current| current.set(Arc::as_ptr(self)));
@@ -352,16 +416,16 @@ impl LoopShared {
     pub(crate) fn update_status(&self, update: impl FnOnce(&mut LoopStatus)) {
         let mut status = lock(&self.status);
         update(&mut status);
-        // Waiters only wait for "no sessions" or "finished": waking them on every open
+        // Waiters only wait for "nothing open" or "finished": waking them on every open
         // and close would cost a futex call and a context switch per connection.
-        if status.sessions == 0 || status.finished {
+        if (status.sessions == 0 && status.endpoints == 0) || status.finished {
             self.status_changed.notify_all();
         }
     }
 
     /// Blocks until `done(status)` holds or `timeout` passes; returns whether it holds.
-    /// Waiters are woken only when no session is open or the loop has finished, so `done`
-    /// must become true only in one of those states.
+    /// Waiters are woken only when no session or endpoint is open or the loop has
+    /// finished, so `done` must become true only in one of those states.
     pub fn wait_for(&self, timeout: Duration, done: impl Fn(&LoopStatus) -> bool) -> bool {
         let guard = lock(&self.status);
         let (guard, _) = self

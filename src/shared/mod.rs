@@ -1,15 +1,19 @@
-//! What other threads touch: a session's shared core and state, the loop's command queue,
-//! its counters and status. The reactor owns the sockets; everything here is what it shares,
+//! What other threads touch: a session's and a datagram endpoint's shared core and state,
+//! the loop's command queue, its counters and status. The reactor owns the sockets; everything here is what it shares,
 //! each piece behind a short lock that is never held while Python runs or the reactor waits.
 
+mod datagram;
 mod limits;
 mod loop_;
 mod session;
 
 use std::sync::{Mutex, MutexGuard};
 
+pub use datagram::{DatagramCore, DatagramLimits, DatagramRefusal, DatagramState, Outgoing};
 pub use limits::{IdleTimeout, LimitsError, WriteLimits};
-pub use loop_::{Adoption, Arrival, Command, Listener, LoopShared, LoopStatus, Placement, Stats};
+pub use loop_::{
+    Adoption, Arrival, Binding, Command, Listener, LoopShared, LoopStatus, Placement, Stats,
+};
 pub use session::{Refusal, SessionCore, SessionState};
 
 /// Locks `mutex`, ignoring poisoning: every critical section in this crate is a few

@@ -159,7 +159,13 @@ impl std::fmt::Debug for SessionCore {
 /// caller's bytes, they save a copy that costs more than the syscall saved by coalescing.
 const EAGER_SEND_MIN: usize = 16 * 1024;
 
-static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A new id for a session or a datagram endpoint: one numbering for both, so an id in a
+/// log line names one thing.
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 impl SessionCore {
     /// A new session of the loop behind `shared`.
@@ -170,7 +176,7 @@ impl SessionCore {
         limits: WriteLimits,
     ) -> Arc<SessionCore> {
         Arc::new(SessionCore {
-            id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
+            id: next_id(),
             peer,
             local,
             token: AtomicU64::new(u64::MAX),

@@ -112,6 +112,11 @@ const STREAM_INTEREST: EpollFlags = EpollFlags::EPOLLIN
     .union(EpollFlags::EPOLLRDHUP)
     .union(EpollFlags::EPOLLET);
 
+/// A datagram socket is watched for reading only, and for room to send only while a send
+/// waits for it ([`Poller::watch_endpoint`]): UDP wakes its writers each time a sent
+/// datagram's buffer is freed, so a standing `EPOLLOUT` would cost a wakeup per send.
+const ENDPOINT_INTEREST: EpollFlags = EpollFlags::EPOLLIN.union(EpollFlags::EPOLLET);
+
 /// Listeners and the waker only ever need read readiness.
 const READ_INTEREST: EpollFlags = EpollFlags::EPOLLIN.union(EpollFlags::EPOLLET);
 
@@ -138,6 +143,32 @@ impl Poller {
         Ok(self
             .epoll
             .add(fd, EpollEvent::new(STREAM_INTEREST, token.0))?)
+    }
+
+    /// Registers a datagram socket for edge-triggered read readiness.
+    pub fn add_endpoint(&self, fd: BorrowedFd<'_>, token: Token) -> io::Result<()> {
+        Ok(self
+            .epoll
+            .add(fd, EpollEvent::new(ENDPOINT_INTEREST, token.0))?)
+    }
+
+    /// Watches a datagram socket registered with [`Poller::add_endpoint`] for room to send
+    /// too (`writable`), or again for reading only. A socket that has room already when
+    /// it is watched is reported at once: no edge is lost between a refused send and this.
+    pub fn watch_endpoint(
+        &self,
+        fd: BorrowedFd<'_>,
+        token: Token,
+        writable: bool,
+    ) -> io::Result<()> {
+        let interest = if writable {
+            ENDPOINT_INTEREST.union(EpollFlags::EPOLLOUT)
+        } else {
+            ENDPOINT_INTEREST
+        };
+        Ok(self
+            .epoll
+            .modify(fd, &mut EpollEvent::new(interest, token.0))?)
     }
 
     /// Registers a listening socket or an eventfd for edge-triggered read readiness.

@@ -48,7 +48,7 @@ impl Default for SocketOptions {
     }
 }
 
-fn family_of(addr: &SocketAddr) -> AddressFamily {
+pub(super) fn family_of(addr: &SocketAddr) -> AddressFamily {
     match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -60,7 +60,7 @@ fn new_stream_socket(family: AddressFamily) -> io::Result<OwnedFd> {
     Ok(socket::socket(family, SockType::Stream, flags, None)?)
 }
 
-fn buffer_size(bytes: usize) -> io::Result<usize> {
+pub(super) fn buffer_size(bytes: usize) -> io::Result<usize> {
     // The kernel doubles the value and caps it at net.core.{r,w}mem_max; reject only what
     // cannot be passed as a C int at all.
     if bytes == 0 || bytes > i32::MAX as usize / 2 {

@@ -5,12 +5,12 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::lane::{Lane, Queue, Work};
+use super::lane::{Lane, Queue, Work, DATAGRAM_OVERHEAD};
 use super::Pool;
 use crate::framing::FrameDecoder;
 use crate::py::inner::LoopInner;
 use crate::py::sessions::TokenTable;
-use crate::reactor::{Event, Reactor, READ_BUDGET};
+use crate::reactor::{Event, Reactor, ReceivedDatagram, DATAGRAM_BUDGET, READ_BUDGET};
 use crate::shared::lock;
 
 /// Received-bytes buffers kept for reuse: a buffer freed by a worker and allocated again by
@@ -43,7 +43,7 @@ impl Pool {
                 }
                 Event::Closed { token, error } => {
                     match lanes.remove(token) {
-                        Some(lane) => self.push(&lane, Work::Closed(lane.core.clone(), error)),
+                        Some(lane) => self.push(&lane, Work::Closed(lane.session(), error)),
                         // Never entered (no `Session` could be made): nothing to tell.
                         None => reactor.shared().session_closed(),
                     }
@@ -59,6 +59,30 @@ impl Pool {
                     self.push(lane.as_ref().unwrap_or(&self.loop_lane), Work::Timer(id));
                     continue;
                 }
+                Event::EndpointOpened { token, endpoint } => {
+                    let lane = lanes.insert(token, Lane::for_endpoint(Arc::clone(&endpoint)));
+                    self.push(lane, Work::EndpointOpened(endpoint));
+                    continue;
+                }
+                Event::Datagrams { token, datagrams } => {
+                    if let Some(lane) = lanes.get(token) {
+                        let (bytes, items) = reactor.datagrams(datagrams);
+                        self.push_datagrams(lane, bytes, items);
+                    }
+                    continue;
+                }
+                Event::EndpointClosed { token, error } => {
+                    match lanes.remove(token) {
+                        Some(lane) => {
+                            let work = Work::EndpointClosed(lane.datagram_endpoint(), error);
+                            self.push(&lane, work);
+                        }
+                        None => reactor.shared().endpoint_closed(),
+                    }
+                    continue;
+                }
+                Event::DatagramFailed { token, failure } => (token, Work::DatagramFailed(failure)),
+                Event::EndpointStopping { token } => (token, Work::Stop),
                 Event::AcceptPaused { error } => {
                     self.push(&self.loop_lane, Work::AcceptPaused(error));
                     continue;
@@ -109,12 +133,41 @@ impl Pool {
         self.schedule(lane, queue);
     }
 
-    /// Holds the session's reading while more than the backlog waits for its handler.
+    /// Queues a wakeup's datagrams (their bytes copied out of the arena), with the
+    /// datagrams queued before them if those wait still (one `on_datagrams` for both, up
+    /// to a turn's budget), and holds the endpoint's reading past the backlog.
+    fn push_datagrams(&self, lane: &Arc<Lane>, bytes: &[u8], items: &[ReceivedDatagram]) {
+        let size: usize = items.iter().map(|item| item.range.len()).sum();
+        let mut queue = lock(&lane.queue);
+        queue.bytes += size + items.len() * DATAGRAM_OVERHEAD;
+        match queue.items.back_mut() {
+            Some(Work::Datagrams {
+                data,
+                items: waiting,
+            }) if waiting.len() + items.len() <= DATAGRAM_BUDGET
+                && data.len() + size <= READ_BUDGET =>
+            {
+                copy_datagrams(data, waiting, bytes, items);
+            }
+            _ => {
+                let mut data = lock(&self.spare).pop().unwrap_or_default();
+                let mut own = Vec::with_capacity(items.len());
+                copy_datagrams(&mut data, &mut own, bytes, items);
+                queue.items.push_back(Work::Datagrams { data, items: own });
+                self.queued.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.hold_past_backlog(lane, &mut queue);
+        self.schedule(lane, queue);
+    }
+
+    /// Holds the session's (or endpoint's) reading while more than the backlog waits for
+    /// its handler.
     fn hold_past_backlog(&self, lane: &Lane, queue: &mut Queue) {
         if queue.bytes > self.backlog && !queue.holding {
-            if let Some(core) = &lane.core {
+            if let Some(reader) = &lane.reader {
                 queue.holding = true;
-                core.hold_reading();
+                reader.hold();
             }
         }
     }
@@ -165,10 +218,10 @@ impl Pool {
         if let Err(err) = result {
             queue.items.push_back(Work::FramingFailed(err));
             self.queued.fetch_add(1, Ordering::Relaxed);
-            if let Some(core) = &lane.core {
+            if let Some(reader) = &lane.reader {
                 queue.holding = true;
                 queue.framing_failed = true;
-                core.hold_reading();
+                reader.hold();
             }
         }
         self.hold_past_backlog(lane, &mut queue);
@@ -176,5 +229,23 @@ impl Pool {
         if let Some(buffer) = unused {
             self.recycle(buffer);
         }
+    }
+}
+
+/// Appends the datagrams `items` (whose ranges index `bytes`) to `data` and `into`, each
+/// item's range rebased onto `data`.
+fn copy_datagrams(
+    data: &mut Vec<u8>,
+    into: &mut Vec<ReceivedDatagram>,
+    bytes: &[u8],
+    items: &[ReceivedDatagram],
+) {
+    for item in items {
+        let start = data.len();
+        data.extend_from_slice(&bytes[item.range.clone()]);
+        into.push(ReceivedDatagram {
+            range: start..data.len(),
+            ..item.clone()
+        });
     }
 }

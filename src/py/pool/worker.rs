@@ -12,7 +12,7 @@ use super::Pool;
 use crate::py::callbacks::{Callback, Callbacks};
 use crate::py::dispatch::{framing_failed, Dispatcher, Notice};
 use crate::py::inner::LoopInner;
-use crate::py::sessions::Entry;
+use crate::py::sessions::{EndpointEntry, Entry};
 use crate::py::view::keep_for;
 use crate::shared::lock;
 
@@ -35,6 +35,7 @@ pub(super) fn work(pool: &Pool, inner: &Arc<LoopInner>, index: usize) {
 fn run_lane(pool: &Pool, inner: &LoopInner, dispatcher: &mut Dispatcher<'_, '_>, lane: &Arc<Lane>) {
     let callbacks = Arc::clone(&lock(&inner.callbacks));
     let mut entry = lock(&lane.entry).take();
+    let mut endpoint = lock(&lane.endpoint).take();
     let mut ran = 0;
     loop {
         let work = {
@@ -49,6 +50,7 @@ fn run_lane(pool: &Pool, inner: &LoopInner, dispatcher: &mut Dispatcher<'_, '_>,
                 None => {
                     // The entry goes back before the lane can be scheduled again.
                     *lock(&lane.entry) = entry.take();
+                    *lock(&lane.endpoint) = endpoint.take();
                     queue.scheduled = false;
                     if ran >= LANE_TURN && !queue.items.is_empty() {
                         // Its turn is over: other lanes first, then the rest of it.
@@ -60,12 +62,10 @@ fn run_lane(pool: &Pool, inner: &LoopInner, dispatcher: &mut Dispatcher<'_, '_>,
         };
         pool.queued.fetch_sub(1, Ordering::Relaxed);
         ran += 1;
-        let received = match &work {
-            Work::Received(data) | Work::Messages { data, .. } => data.len(),
-            _ => 0,
-        };
+        let received = work.input_size();
         if work.owed() || !pool.discarding.load(Ordering::Relaxed) {
-            if let Some(buffer) = run(dispatcher, &callbacks, &mut entry, work) {
+            let entries = (&mut entry, &mut endpoint);
+            if let Some(buffer) = run(dispatcher, &callbacks, entries, work) {
                 pool.recycle(buffer);
             }
         } else if let Work::Job { future, .. } = work {
@@ -91,8 +91,8 @@ fn release_backlog(pool: &Pool, lane: &Lane, handled: usize) {
     if queue.holding && !queue.framing_failed && queue.bytes <= pool.backlog / 2 {
         queue.holding = false;
         drop(queue);
-        if let Some(core) = &lane.core {
-            core.release_reading();
+        if let Some(reader) = &lane.reader {
+            reader.release();
         }
     }
 }
@@ -101,10 +101,35 @@ fn release_backlog(pool: &Pool, lane: &Lane, handled: usize) {
 fn run(
     dispatcher: &mut Dispatcher<'_, '_>,
     callbacks: &Callbacks,
-    entry: &mut Option<Entry>,
+    (entry, endpoint): (&mut Option<Entry>, &mut Option<EndpointEntry>),
     work: Work,
 ) -> Option<Vec<u8>> {
     let notice = match work {
+        Work::EndpointOpened(core) => {
+            *endpoint = dispatcher.endpoint_opened(&core);
+            return None;
+        }
+        Work::Datagrams { data, items } => {
+            if let Some(endpoint) = endpoint {
+                dispatcher.datagrams(endpoint, callbacks, &data, &items);
+            }
+            return Some(data);
+        }
+        Work::DatagramFailed(failure) => {
+            if let Some(endpoint) = endpoint {
+                dispatcher.datagram_failed(endpoint, callbacks, &failure);
+            }
+            return None;
+        }
+        Work::EndpointClosed(core, error) => {
+            if let Some(mut closed) = endpoint.take() {
+                dispatcher.endpoint_closed(&mut closed, callbacks, error.as_ref());
+            }
+            if let Some(core) = core {
+                core.shared().endpoint_closed();
+            }
+            return None;
+        }
         Work::Opened(session) => {
             *entry = dispatcher.open(&session);
             if let Some(entry) = entry {
@@ -162,6 +187,9 @@ fn run(
         Work::Stop => {
             if let Some(entry) = entry {
                 entry.session.get().core().close();
+            }
+            if let Some(endpoint) = endpoint {
+                endpoint.endpoint.get().core().close();
             }
             return None;
         }
