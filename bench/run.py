@@ -13,8 +13,10 @@ window; for the real-client
 scenarios (`redis`: redis-benchmark, `http`: wrk, against the example protocol servers)
 and the work scenarios (`blocking`, `hash`: handlers that sleep or hash, on hamanet's
 worker pool and on asyncio/uvloop's run_in_executor) it is THROUGHPUT, requests per
-second, with CPU per request beside it. The report gives medians of per-round ratios
-against uvloop. Prints the tables, writes bench/results/latest.md and
+second, with CPU per request beside it; for the static-file scenario (`static10m`: the
+load generator fetching a 10 MiB file over keep-alive HTTP, every body byte checked) it is
+the server's CPU time per MiB sent, with MiB/s beside it. The report gives medians of
+per-round ratios against uvloop. Prints the tables, writes bench/results/latest.md and
 bench/results/latest.png. Exits 1 if any run failed (a wrong byte, an error reply, a
 dropped connection, a crash or a hang), after writing the report that lists it.
 """
@@ -30,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import summary, tls
+from benchlib import static, summary, tls
 from benchlib.catalog import (
     BASELINE,
     BENCH,
@@ -109,6 +111,11 @@ def progress(i: int, total: int, r, sc) -> str:
     head = f"[{i}/{total}] {r.scenario:<13} round {r.round} {r.server:<11}"
     if not r.ok:
         return f"{head} FAILED: {r.error}"
+    if sc.by_byte:
+        return (
+            f"{head} {r.cpu_us_per_mib:8.1f} CPU-us/MiB {r.mib_per_s:8,.0f} MiB/s "
+            f"{r.msgs_per_s:6.1f} requests/s p50 {r.p50_us:8,.0f} us p99 {r.p99_us:8,.0f} us"
+        )
     if sc.by_throughput:
         return (
             f"{head} {r.msgs_per_s:11,.0f} requests/s {r.cpu_us_per_msg:8.3f} CPU-us/request "
@@ -152,6 +159,12 @@ def main() -> int:
     tls_files, tls_dir = tls.make_files() if any(sc.tls for sc in scenarios) else (None, None)
     if tls_files is not None:
         print(f"TLS certificates for this run in {tls_files.directory}", flush=True)
+    # The static-file scenario's file: fresh random bytes, deleted when the run ends.
+    static_files, static_dir = (
+        static.make_files() if any(sc.by_byte for sc in scenarios) else (None, None)
+    )
+    if static_files is not None:
+        print(f"static10m's file for this run: {static_files.file}", flush=True)
 
     if not args.no_build:
         build_crates()
@@ -190,7 +203,7 @@ def main() -> int:
     for sc in scenarios:
         for round_no in range(1, rounds + 1):
             for server in serving(sc):
-                r = measure(server, sc, round_no, timing, cpus, tls_files)
+                r = measure(server, sc, round_no, timing, cpus, tls_files, static_files)
                 results.append(r)
                 print(progress(len(results), total, r, sc), flush=True)
     elapsed = time.monotonic() - started
@@ -198,13 +211,17 @@ def main() -> int:
     names = [s.name for s in servers]
     grid = summary.cells(results, scenarios, names)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    echo = any(not sc.by_throughput for sc in scenarios)
+    echo = any(sc.by_message for sc in scenarios)
     by_throughput = any(sc.by_throughput for sc in scenarios)
+    by_byte = any(sc.by_byte for sc in scenarios)
     headline = summary.headline_table(grid, scenarios, names) if echo else ""
     floors = summary.floor_legend(grid, scenarios, names) if echo else ""
     details = summary.detail_table(grid, scenarios, names) if echo else ""
     tp_headline = summary.throughput_table(grid, scenarios, names) if by_throughput else ""
     tp_details = summary.throughput_details(grid, scenarios, names) if by_throughput else ""
+    st_headline = summary.static_table(grid, scenarios, names) if by_byte else ""
+    st_details = summary.static_details(grid, scenarios, names) if by_byte else ""
+    st_sends = summary.static_send_lines(results)
     targets = summary.target_lines(results, grid)
     tls_costs = summary.tls_cost_lines(grid, scenarios, names)
     failures = summary.failure_lines(results)
@@ -229,6 +246,14 @@ def main() -> int:
         print(tp_headline)
         print()
         print(tp_details)
+    if by_byte:
+        print()
+        print(f"Static files: {STATIC_TITLE} (medians of per-round ratios)")
+        print(st_headline)
+        print()
+        print(st_details)
+        if st_sends:
+            print(f"\n{STATIC_SENDS_TITLE}:\n" + "\n".join(st_sends))
     if targets:
         print("\nhamanet against its targets:\n" + "\n".join(targets))
     if tls_costs:
@@ -250,7 +275,7 @@ def main() -> int:
         timing,
         elapsed,
         scenarios,
-        (headline, floors, details, tp_headline, tp_details),
+        (headline, floors, details, tp_headline, tp_details, st_headline, st_details, st_sends),
         targets,
         tls_costs,
         notes,
@@ -259,8 +284,19 @@ def main() -> int:
     (args.out / "latest.md").write_text(md)
     if tls_dir is not None:
         tls_dir.cleanup()
+    if static_dir is not None:
+        static_dir.cleanup()
     print(f"\nwrote {args.out / 'latest.md'} and {args.out / 'latest.png'} ({elapsed:.0f} s)")
     return 1 if any(not r.ok for r in results) else 0
+
+
+STATIC_TITLE = (
+    f"server CPU per MiB sent as a ratio to {BASELINE} (LOWER is better), and MiB/s "
+    "(higher is better)"
+)
+STATIC_SENDS_TITLE = (
+    "How bench/servers/static_server.py sent the bodies (counted by the server, all runs)"
+)
 
 
 def warm_pass_text(timing: Timing) -> str:
@@ -272,7 +308,7 @@ def warm_pass_text(timing: Timing) -> str:
 def render_markdown(
     when, command, rounds, timing, elapsed, scenarios, tables, targets, tls_costs, notes, failures
 ) -> str:
-    headline, floors, details, tp_headline, tp_details = tables
+    headline, floors, details, tp_headline, tp_details, st_headline, st_details, st_sends = tables
     scenario_lines = "\n".join(f"- `{sc.name}`: {sc.describe()}" for sc in scenarios)
     parts = [
         "# hamanet benchmark: latest results",
@@ -313,6 +349,19 @@ def render_markdown(
             tp_headline,
             "",
         ]
+    if st_headline:
+        parts += [
+            f"## Static files: {STATIC_TITLE}",
+            "",
+            "The load generator fetches a 10 MiB file over keep-alive HTTP and checks every "
+            "body byte; the servers send it with sendfile (hamanet `session.sendfile`, "
+            "asyncio `loop.sendfile`, native-best `sendfile(2)`) except uvloop, which has no "
+            "`loop.sendfile` and reads and writes it. Median of per-round ratios.",
+            "",
+            st_headline,
+            "",
+            *([f"{STATIC_SENDS_TITLE}:", "", *st_sends, ""] if st_sends else []),
+        ]
     if targets:
         parts += ["## hamanet against its targets", "", *targets, ""]
     if tls_costs:
@@ -322,6 +371,8 @@ def render_markdown(
         parts += [details, ""]
     if tp_details:
         parts += [tp_details, ""]
+    if st_details:
+        parts += [st_details, ""]
     parts += [
         "## Scenarios",
         "",
@@ -410,6 +461,20 @@ def render_markdown(
         "(`--lines`: each message ends in its only newline; every byte still verified). "
         "aio-rr64 is examples/echo_server.py's handler under `hamanet.aio.serve` "
         "(`bench/servers/aio_echo.py`) against the same handler on hamanet's own thread.",
+        "- Static files (`static10m`): a 10 MiB file of random bytes, made for the run in a "
+        "temporary directory (so in the page cache for every server), fetched by the load "
+        "generator's `http-get` mode: 4 keep-alive connections, one GET at a time each; "
+        "every response must be a keep-alive 200 whose Content-Length is the file's size "
+        "and whose body equals the file byte for byte. hamanet runs "
+        "`examples/http_server.py --root DIR` as it is (`session.sendfile`); asyncio and "
+        "uvloop run the same protocol code (`HttpConnection(files=StaticFiles(DIR))`, "
+        "`feed_parts`) in `bench/servers/static_server.py`, which sends each body with "
+        "`await loop.sendfile(transport, file, 0, size)`: os.sendfile on asyncio; uvloop "
+        "raises NotImplementedError (it does not implement loop.sendfile), so the server "
+        "then reads the file (os.pread, 256 KiB) and writes it (transport.write), waiting "
+        "while writing is paused; native-best is `native_static` (Rust, epoll, "
+        "sendfile(2)). Server CPU (every thread, sampled by the load generator at the "
+        "window's edges) is divided by the body bytes received in the window.",
         "",
     ]
     if notes:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: echo servers side by side under the native load generator, and the example
-# Redis and HTTP servers under redis-benchmark and wrk (left out when not installed).
+# Redis and HTTP servers under redis-benchmark and wrk (left out when not installed), and a
+# 10 MiB static file over HTTP (static10m: sendfile against uvloop).
 # Assumes `make build` has set up .venv with hamanet; installs the peer loops it compares
 # against (uvloop, rloop when it installs), matplotlib for the chart and trustme for the
 # TLS scenarios' certificates (made fresh per run). Arguments go to bench/run.py (--quick,

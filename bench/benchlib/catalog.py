@@ -13,7 +13,12 @@ thread pool of the same size. The TLS scenarios (`tls-rr1k`, `tls-stream100k`,
 certificates (`benchlib/tls.py`), on the servers that have a TLS program. The asyncio
 integration scenarios (`streams-rr1k`, `streams-lines`, `aio-rr64`) run one streams echo
 program on asyncio's streams and on hamanet.aio's, and hamanet's echo handler under
-`hamanet.aio.serve` against hamanet's own thread. uvloop is the baseline of every ratio.
+`hamanet.aio.serve` against hamanet's own thread. The static-file scenario (`static10m`)
+has the load generator fetch a 10 MiB file over keep-alive HTTP and check every body byte:
+hamanet's HTTP example with `--root` (`session.sendfile`), asyncio and uvloop running the
+same protocol code with `loop.sendfile` (bench/servers/static_server.py), and a native
+sendfile server; its figure is server CPU per MiB sent. uvloop is the baseline of every
+ratio.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchlib.static import FILE_SIZE, ROOT_ARG
 from benchlib.tls import CERT_ARG, KEY_ARG
 
 BENCH = Path(__file__).resolve().parent.parent
@@ -42,6 +48,9 @@ LOADGEN = CARGO_TARGET_DIR / "release" / "loadgen"
 # straight from it (src/best.rs).
 RUST_ECHO = CARGO_TARGET_DIR / "release" / "rust_echo"
 NATIVE_BEST = CARGO_TARGET_DIR / "release" / "native_best"
+# The native floor of static10m (bench/servers/rust_echo/src/static_files.rs): sendfile(2)
+# for every body, in the native-best column of that scenario.
+NATIVE_STATIC = CARGO_TARGET_DIR / "release" / "native_static"
 EXAMPLES = REPO / "examples"
 REDIS_LOGIC_SERVER = BENCH / "servers" / "redis_logic_server.py"
 HTTP_LOGIC_SERVER = BENCH / "servers" / "http_logic_server.py"
@@ -54,6 +63,9 @@ ASYNCIO_ECHO = BENCH / "servers" / "asyncio_echo.py"
 TLS_ECHO = BENCH / "servers" / "tls_echo.py"
 STREAMS_ECHO = BENCH / "servers" / "streams_echo.py"
 AIO_ECHO = BENCH / "servers" / "aio_echo.py"
+STATIC_SERVER = BENCH / "servers" / "static_server.py"
+HTTP_EXAMPLE = EXAMPLES / "http_server.py"
+HTTP_PROTOCOL = EXAMPLES / "protocols" / "http.py"
 # The applications served over TLS: their servers take `--tls CERT KEY`.
 TLS_APPS = ("tls-echo", "redis-tls", "https")
 # scale: reactors=1, 2, ... up to the CPUs the load generator leaves (at least 2, so a
@@ -98,6 +110,8 @@ class Server:
             return "the built hamanet has no TLSServerContext (rebuild it: make build)"
         if self.aio and not _hamanet_has_aio():
             return "the built hamanet has no hamanet.aio (Loop.start_driven; make build)"
+        if app == "static" and self.needs_module == "hamanet" and not _hamanet_has_sendfile():
+            return "the built hamanet has no Session.sendfile (rebuild it: make build)"
         return None
 
 
@@ -115,6 +129,11 @@ def _hamanet_has_tls() -> bool:
 @functools.cache
 def _hamanet_has_aio() -> bool:
     return _hamanet_probe("import hamanet.aio; hamanet.aio.Loop.start_driven")
+
+
+@functools.cache
+def _hamanet_has_sendfile() -> bool:
+    return _hamanet_probe("import hamanet; hamanet.Session.sendfile")
 
 
 def _tls_missing(mode: str) -> str | None:
@@ -155,6 +174,13 @@ def _logic(loop: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     )
 
 
+def _static(loop: str) -> tuple[str, tuple[str, ...]]:
+    """static10m's server on an asyncio-compatible loop: the HTTP example's static files
+    with `loop.sendfile` (bench/servers/static_server.py); the directory is filled in
+    when the server starts."""
+    return ("static", (*_py(STATIC_SERVER), loop, "--root", ROOT_ARG))
+
+
 def _streams(loop: str, streams: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """The streams scenarios' servers: bench/servers/streams_echo.py on `loop` with
     `streams`' start_server (asyncio's or hamanet.aio's), by echo (read or readline)."""
@@ -179,6 +205,7 @@ SERVERS = (
         "uvloop",
         apps=(
             *_logic("uvloop"),
+            _static("uvloop"),
             ("tls-echo", _tls(_py(UVLOOP_ECHO))),
             *_streams("uvloop", "asyncio"),
             # aio-rr64 compares hamanet with itself; uvloop's protocol echo is the
@@ -191,6 +218,7 @@ SERVERS = (
         _py(ASYNCIO_ECHO),
         apps=(
             *_logic("asyncio"),
+            _static("asyncio"),
             ("tls-echo", _tls(_py(ASYNCIO_ECHO))),
             *_streams("asyncio", "asyncio"),
         ),
@@ -217,10 +245,13 @@ SERVERS = (
     Server(
         "native-best",
         (str(NATIVE_BEST),),
+        apps=(("static", (str(NATIVE_STATIC), "--root", ROOT_ARG)),),
         note="the best native floor (`bench/servers/rust_echo/src/best.rs`, Rust, no Python): "
         "one edge-triggered epoll thread that reads each wakeup's input until the socket is "
         "drained into one shared 256 KiB buffer and sends it straight from there, keeping "
-        "only the unsent remainder per connection; TCP echo scenarios only",
+        "only the unsent remainder per connection; TCP echo scenarios only, and in "
+        "static10m `native_static` (`bench/servers/rust_echo/src/static_files.rs`): the same "
+        "kind of loop serving the file over HTTP/1.1 keep-alive, each body by sendfile(2)",
     ),
     Server(
         "hamanet",
@@ -229,6 +260,8 @@ SERVERS = (
         apps=(
             ("redis", _py(EXAMPLES / "redis_server.py")),
             ("http", _py(EXAMPLES / "http_server.py")),
+            # static10m: the HTTP example as it is, serving the run's directory.
+            ("static", (*_py(HTTP_EXAMPLE), "--root", ROOT_ARG)),
             # TLS: the echo handler of examples/echo_server.py with session_tickets=0
             # (bench/servers/tls_echo.py); the protocol examples as they are.
             ("tls-echo", _tls(_py(TLS_ECHO))),
@@ -290,6 +323,9 @@ SERVERS = (
 # Real-client scenarios: the client drives the load and checks the replies itself.
 REDIS_BENCHMARK = "redis-benchmark"
 WRK = "wrk"
+# The load generator's HTTP client mode (static10m): keep-alive GETs of one file, every
+# body byte checked against it.
+HTTP_GET = "http-get"
 # redis-benchmark runs a fixed number of requests, not a duration: this many per test
 # (PING_INLINE, PING_MBULK, SET, GET) per second of --duration, about one second of work
 # per test for the example servers here. The warm-up pass is a SET/GET run sized the same
@@ -300,12 +336,12 @@ REDIS_REQUESTS_PER_SECOND = 300_000
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    mode: str  # the load generator's mode: rr, accept or idle
+    mode: str  # the load generator's mode (rr, accept, idle, http-get), or the real client
     conns: int
     size: int
     depth: int = 1
     unit: str = "msg"  # what one counted "message" is, for the table
-    # What the servers serve: echo, redis, http, blocking or hash (Server.argv_for).
+    # What the servers serve: echo, redis, http, static, blocking, hash, ... (Server.argv_for).
     app: str = "echo"
     needs: tuple[Path, ...] = ()  # files the scenario's servers need (else it is skipped)
     # The headline figure is THROUGHPUT (requests/s as a ratio to uvloop, higher is better)
@@ -331,6 +367,17 @@ class Scenario:
         beside it: the real-client scenarios and those that say so (`throughput`)."""
         return self.throughput or self.real_client
 
+    @property
+    def by_byte(self) -> bool:
+        """Reported by server CPU per MiB sent (lower is better), with MiB/s beside it:
+        the static-file scenario (the load generator's `http-get` mode)."""
+        return self.mode == HTTP_GET
+
+    @property
+    def by_message(self) -> bool:
+        """Reported by server CPU per message (the echo table): every other scenario."""
+        return not (self.by_throughput or self.by_byte)
+
     def missing(self) -> str | None:
         """Why this scenario cannot run here (a client not installed, a file not there)."""
         if self.real_client and shutil.which(self.mode) is None:
@@ -344,6 +391,10 @@ class Scenario:
         return f"{', '.join(absent)} not found" if absent else None
 
     def loadgen_args(self) -> list[str]:
+        """The load generator's arguments for this scenario's shape (static10m: the file's
+        path and `--expect-file` come from the run, `StaticFiles.loadgen_args`)."""
+        if self.mode == HTTP_GET:
+            return [self.mode, "--conns", str(self.conns), "--depth", str(self.depth)]
         args = [self.mode, "--conns", str(self.conns), "--size", str(self.size)]
         if self.mode == "rr":
             args += ["--depth", str(self.depth)]
@@ -375,6 +426,20 @@ class Scenario:
             return (
                 f"wrk -t1 -c{self.conns} (keep-alive) GET / against the HTTP example "
                 "(`examples/protocols/http.py`): requests/s as wrk reports it"
+            )
+        if self.mode == HTTP_GET:
+            return (
+                f"the load generator's `http-get`: {self.conns} keep-alive connections, "
+                f"{self.depth} GET at a time each, of a {self.size // (1024 * 1024)} MiB file "
+                "of random bytes made for the run; every response a 200 whose Content-Length "
+                "and every body byte are checked against the file. hamanet: "
+                "`examples/http_server.py --root DIR` (`session.sendfile`); asyncio and "
+                "uvloop: the same protocol code (`HttpConnection(files=StaticFiles(DIR))`, "
+                "`feed_parts`) with `await loop.sendfile(transport, file, 0, size)` "
+                "(`bench/servers/static_server.py`): os.sendfile on asyncio; uvloop has no "
+                "loop.sendfile (NotImplementedError), so its bodies are read (os.pread, "
+                "256 KiB) and written (transport.write); native-best: `native_static`, "
+                "sendfile(2) from Rust. The figure is server CPU per MiB of body sent"
             )
         if self.app == "blocking":
             return (
@@ -535,6 +600,18 @@ SCENARIOS = (
         lines=True,
     ),
     Scenario("aio-rr64", "rr", conns=100, size=64, app="aio-echo", needs=(AIO_ECHO,)),
+    # A 10 MiB file over keep-alive HTTP, every body byte checked: zero-copy sendfile
+    # (hamanet's session.sendfile, asyncio's loop.sendfile, a native server) against
+    # uvloop, which has no loop.sendfile and reads and writes the file instead.
+    Scenario(
+        "static10m",
+        HTTP_GET,
+        conns=4,
+        size=FILE_SIZE,
+        unit="MiB",
+        app="static",
+        needs=(HTTP_EXAMPLE, HTTP_PROTOCOL, STATIC_SERVER),
+    ),
 )
 
 
@@ -601,6 +678,8 @@ HAMANET_TARGETS = (
     Target("streams-rr1k", "cpu", 0.60, server="hamanet-aio"),
     Target("streams-lines", "cpu", 0.60, server="hamanet-aio"),
     Target("aio-rr64", "cpu", 1.15, against="hamanet", server="hamanet-aio"),
+    # Static files (session.sendfile): server CPU per MiB sent at most 0.8 x uvloop's.
+    Target("static10m", "cpu", 0.80),
 )
 # Each TLS scenario and its plain twin: what TLS costs a server (summary.tls_cost_lines).
 TLS_TWINS = (

@@ -34,9 +34,11 @@ from benchlib.catalog import (
     Scenario,
     Server,
 )
+from benchlib.static import StaticFiles
 from benchlib.tls import TlsFiles
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+MIB = 1024 * 1024
 READY_TIMEOUT = 20.0  # a server that has not printed its ready line by then failed
 STOP_TIMEOUT = 5.0  # SIGTERM, then SIGKILL
 # A server's report about itself at exit (bench/servers/reactors_echo.py).
@@ -77,6 +79,11 @@ class RunResult:
     cpu_us_per_msg: float | None = None
     peak_rss_kb: int = 0
     idle_bytes_per_conn: float | None = None
+    # static10m (reported per byte): body bytes received in the measured window, server
+    # CPU-us per MiB of them, and MiB/s.
+    body_bytes: int = 0
+    cpu_us_per_mib: float | None = None
+    mib_per_s: float = 0.0
     leaked_fds: int = 0  # server fds still open after every client had closed
     server_output: list[str] = field(default_factory=list)
     # What a server reported about itself at exit (a `hamanet-stats {json}` line).
@@ -92,9 +99,10 @@ class RunResult:
 
 
 def build_crates() -> None:
-    """Release builds of the load generator and the native echo servers (`rust_echo` and
-    `native_best`), in the repository's target directory as `make lint` checks them
-    (rustls and aws-lc compile once for every crate there)."""
+    """Release builds of the load generator and the native servers (the echoes
+    `rust_echo` and `native_best`, and `native_static`, static10m's sendfile server), in
+    the repository's target directory as `make lint` checks them (rustls and aws-lc
+    compile once for every crate there)."""
     for crate in (LOADGEN_CRATE, RUST_ECHO_CRATE):
         cmd = [
             "cargo",
@@ -263,9 +271,11 @@ def measure(
     timing: Timing,
     cpus: Cpus,
     tls: TlsFiles | None = None,
+    static: StaticFiles | None = None,
 ) -> RunResult:
     """Starts `server` (its program for the scenario's application), drives `scenario` at
-    it once, stops it. A TLS scenario needs `tls`, the run's certificates."""
+    it once, stops it. A TLS scenario needs `tls`, the run's certificates; the static-file
+    scenario `static`, the run's file."""
     from benchlib.clients import DRIVERS  # it builds on this module
 
     res = RunResult(server.name, scenario.name, round_no)
@@ -277,6 +287,10 @@ def measure(
         if tls is None:
             raise ValueError(f"{scenario.name} needs the run's TLS certificates")
         argv = tls.substitute(argv)
+    if scenario.by_byte:
+        if static is None:
+            raise ValueError(f"{scenario.name} needs the run's static file")
+        argv = static.substitute(argv)
     srv = ServerProcess(server, free_port(), cpus.for_server(scenario), argv)
     try:
         srv.wait_ready()
@@ -286,6 +300,8 @@ def measure(
             common.append("--no-close-check")
         if scenario.tls and tls is not None:
             common += ["--tls", str(tls.ca)]
+        if scenario.by_byte and static is not None:
+            common += static.loadgen_args()
         if scenario.mode in DRIVERS:
             # The real clients warm the server up with a short run of their own first.
             DRIVERS[scenario.mode](srv, scenario, timing, load_cpu, res, tls)
@@ -382,6 +398,13 @@ def _measure_load(
     if ticks is None:
         raise RunError("the load generator could not sample the server's CPU time")
     res.cpu_us_per_msg = ticks / CLK_TCK * 1e6 / res.messages
+    if scenario.by_byte:
+        # Per byte: the body bytes that arrived in the window, not whole requests only.
+        res.body_bytes = int(out["body_bytes"])
+        if res.body_bytes == 0:
+            raise RunError("no body byte arrived in the measured window")
+        res.mib_per_s = res.body_bytes / MIB / res.seconds
+        res.cpu_us_per_mib = ticks / CLK_TCK * 1e6 / (res.body_bytes / MIB)
 
 
 def _measure_idle(

@@ -4,7 +4,9 @@ markdown file and the chart.
 Two kinds of ratio: server CPU per message (echo scenarios; lower is better) and, for the
 scenarios reported by throughput (`Scenario.by_throughput`: the real clients
 redis-benchmark and wrk, and the work scenarios `blocking` and `hash`), requests per second
-(THROUGHPUT; higher is better), with their CPU per request ratio beside it.
+(THROUGHPUT; higher is better), with their CPU per request ratio beside it; and for the
+static-file scenario (`Scenario.by_byte`: static10m), server CPU per MiB sent (lower is
+better), with MiB/s beside it.
 
 Ratios are taken within a round (each server against the uvloop run of the same round,
 minutes apart at most) and only then the median across rounds, because this machine's
@@ -33,14 +35,24 @@ from benchlib.process import RunResult
 
 
 def metric(r: RunResult) -> float | None:
-    """Server CPU-us per message (or request), or RSS bytes per idle connection: the
-    primary figure of the echo scenarios, and the CPU figure of the throughput ones."""
-    return r.idle_bytes_per_conn if r.idle_bytes_per_conn is not None else r.cpu_us_per_msg
+    """Server CPU-us per message (or request), RSS bytes per idle connection, or CPU-us per
+    MiB sent (static10m): the primary figure of the echo and static-file scenarios, and the
+    CPU figure of the throughput ones."""
+    if r.idle_bytes_per_conn is not None:
+        return r.idle_bytes_per_conn
+    if r.cpu_us_per_mib is not None:
+        return r.cpu_us_per_mib
+    return r.cpu_us_per_msg
 
 
 def throughput(r: RunResult) -> float | None:
     """Requests per second: the primary figure of the throughput scenarios."""
     return r.msgs_per_s or None
+
+
+def mib_rate(r: RunResult) -> float | None:
+    """MiB of body per second: the throughput beside static10m's CPU per MiB."""
+    return r.mib_per_s or None
 
 
 def per_cpu_second(r: RunResult) -> float | None:
@@ -67,7 +79,8 @@ class Cell:
 
     runs: list[RunResult]
     ratios: list[float]  # per round, against the baseline's run of the same round
-    # Throughput scenarios: requests/s per round against the baseline (higher is better).
+    # Throughput scenarios: requests/s per round against the baseline (higher is better);
+    # static10m: MiB/s.
     throughput_ratios: list[float] = field(default_factory=list)
 
     @property
@@ -117,8 +130,10 @@ def cells(
         (sc.name, name): Cell(
             [r for r in results if r.scenario == sc.name and r.server == name],
             per_round_ratios(results, sc.name, name, BASELINE),
-            per_round_ratios(results, sc.name, name, BASELINE, throughput)
-            if sc.by_throughput
+            per_round_ratios(
+                results, sc.name, name, BASELINE, throughput if sc.by_throughput else mib_rate
+            )
+            if not sc.by_message
             else [],
         )
         for sc in scenarios
@@ -146,7 +161,7 @@ def headline_table(
     grid: dict[tuple[str, str], Cell], scenarios: Sequence[Scenario], servers: Sequence[str]
 ) -> str:
     """Ratio to uvloop per echo scenario and server; idle10k in bytes per connection."""
-    echo = [sc for sc in scenarios if not sc.by_throughput]
+    echo = [sc for sc in scenarios if sc.by_message]
     names = servers_in(grid, echo, servers)
     rows = []
     for sc in echo:
@@ -173,7 +188,7 @@ def floor_legend(
     grid: dict[tuple[str, str], Cell], scenarios: Sequence[Scenario], servers: Sequence[str]
 ) -> str:
     """What the native floor columns of the echo table are, for those that ran."""
-    echo = [sc for sc in scenarios if not sc.by_throughput]
+    echo = [sc for sc in scenarios if sc.by_message]
     shown = [n for n in servers_in(grid, echo, servers) if n in FLOORS]
     return "; ".join(f"{n} is {FLOORS[n]}" for n in shown)
 
@@ -196,16 +211,29 @@ def _cells_that_ran(
     grid: dict[tuple[str, str], Cell],
     scenarios: Sequence[Scenario],
     servers: Sequence[str],
-    by_throughput: bool,
+    which: Callable[[Scenario], bool],
 ) -> Iterator[tuple[Scenario, str, Cell]]:
-    """(scenario, server, cell) for every run cell of the echo or the throughput scenarios."""
+    """(scenario, server, cell) for every run cell of the scenarios `which` picks (the echo,
+    throughput or static-file ones)."""
     for sc in scenarios:
-        if sc.by_throughput != by_throughput:
+        if not which(sc):
             continue
         for name in servers:
             cell = grid[(sc.name, name)]
             if cell.runs:
                 yield sc, name, cell
+
+
+def _is_by_message(sc: Scenario) -> bool:
+    return sc.by_message
+
+
+def _is_by_throughput(sc: Scenario) -> bool:
+    return sc.by_throughput
+
+
+def _is_by_byte(sc: Scenario) -> bool:
+    return sc.by_byte
 
 
 def detail_table(
@@ -220,7 +248,7 @@ def detail_table(
             _fmt(cell.med("msgs_per_s"), ",.0f"),
             *_tail_cells(cell),
         ]
-        for sc, name, cell in _cells_that_ran(grid, scenarios, servers, by_throughput=False)
+        for sc, name, cell in _cells_that_ran(grid, scenarios, servers, _is_by_message)
     ]
     header = [
         "scenario",
@@ -271,7 +299,7 @@ def throughput_table(
 def throughput_details(
     grid: dict[tuple[str, str], Cell], scenarios: Sequence[Scenario], servers: Sequence[str]
 ) -> str:
-    ran = list(_cells_that_ran(grid, scenarios, servers, by_throughput=True))
+    ran = list(_cells_that_ran(grid, scenarios, servers, _is_by_throughput))
     # redis-benchmark's per-test rates, when it ran.
     redis = any(sc.mode == REDIS_BENCHMARK for sc, _, _ in ran)
     rows = []
@@ -309,6 +337,72 @@ def throughput_details(
         *_TAIL_HEADER,
     ]
     return _table(header, rows)
+
+
+def static_table(
+    grid: dict[tuple[str, str], Cell], scenarios: Sequence[Scenario], servers: Sequence[str]
+) -> str:
+    """Per static-file scenario: server CPU per MiB sent (lower is better) and MiB/s
+    (higher is better), both as ratios to uvloop."""
+    static = [sc for sc in scenarios if sc.by_byte]
+    names = servers_in(grid, static, servers)
+    rows = []
+    for sc in static:
+        rows.append(
+            [sc.name, "CPU per MiB (lower is better)"]
+            + [_cell_text(grid[(sc.name, n)], grid[(sc.name, n)].ratio) for n in names]
+        )
+        rows.append(
+            [sc.name, "MiB/s (higher is better)"]
+            + [_cell_text(grid[(sc.name, n)], grid[(sc.name, n)].throughput_ratio) for n in names]
+        )
+    return _table(["scenario", f"ratio to {BASELINE}", *names], rows)
+
+
+def static_details(
+    grid: dict[tuple[str, str], Cell], scenarios: Sequence[Scenario], servers: Sequence[str]
+) -> str:
+    rows = [
+        [
+            sc.name,
+            name,
+            _fmt(cell.value, ",.0f"),
+            _fmt(cell.ratio),
+            _fmt(cell.med("mib_per_s"), ",.0f"),
+            _fmt(cell.throughput_ratio),
+            _fmt(cell.med("msgs_per_s"), ",.1f"),
+            *_tail_cells(cell),
+        ]
+        for sc, name, cell in _cells_that_ran(grid, scenarios, servers, _is_by_byte)
+    ]
+    header = [
+        "scenario",
+        "server",
+        "CPU-us/MiB",
+        "CPU vs uvloop (lower is better)",
+        "MiB/s",
+        "MiB/s vs uvloop",
+        "requests/s",
+        *_TAIL_HEADER,
+    ]
+    return _table(header, rows)
+
+
+def static_send_lines(results: list[RunResult]) -> list[str]:
+    """How bench/servers/static_server.py sent the file bodies, as it counted them itself
+    (its `hamanet-stats` line at exit), summed over the runs: through `loop.sendfile`, or
+    by reading and writing after `loop.sendfile` raised NotImplementedError (uvloop)."""
+    totals: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        if r.ok and "bodies_sendfile" in r.server_stats:
+            got = totals.setdefault((r.scenario, r.server), [0.0, 0.0])
+            got[0] += r.server_stats["bodies_sendfile"]
+            got[1] += r.server_stats.get("bodies_fallback", 0)
+    return [
+        f"- {scenario} {server}: {sendfile:,.0f} bodies through loop.sendfile, "
+        f"{fallback:,.0f} read and written after loop.sendfile raised NotImplementedError"
+        for (scenario, server), (sendfile, fallback) in totals.items()
+    ]
 
 
 def target_lines(results: list[RunResult], grid: dict[tuple[str, str], Cell]) -> list[str]:
@@ -446,6 +540,19 @@ def failure_lines(results: list[RunResult]) -> list[str]:
     return lines
 
 
+def _left_panel_subject(scenarios: Sequence[Scenario]) -> str:
+    """What the lower-is-better panel shows: echo servers, static files, or both."""
+    kinds = [
+        kind
+        for kind, present in (
+            ("Echo servers", any(sc.by_message for sc in scenarios)),
+            ("static files", any(sc.by_byte for sc in scenarios)),
+        )
+        if present
+    ]
+    return " and ".join(kinds).capitalize()
+
+
 def chart(
     path: Path,
     grid: dict[tuple[str, str], Cell],
@@ -460,6 +567,8 @@ def chart(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # The static-file scenario shares the left panel: its ratio is CPU per MiB, also
+    # lower is better.
     echo = [sc for sc in scenarios if not sc.by_throughput]
     echo = [sc for sc in echo if any(grid[(sc.name, n)].runs for n in servers)]
     by_throughput = [sc for sc in scenarios if sc.by_throughput]
@@ -471,8 +580,9 @@ def chart(
                 echo,
                 servers_in(grid, echo, servers),
                 lambda cell: cell.ratio,
-                f"server CPU per message vs {BASELINE}\n(idle10k: RSS per connection)",
-                f"Echo servers vs {BASELINE}: lower is better",
+                f"server CPU per message vs {BASELINE}\n(idle10k: RSS per connection; "
+                "static10m: CPU per MiB)",
+                f"{_left_panel_subject(echo)} vs {BASELINE}: lower is better",
             )
         )
     if by_throughput:

@@ -8,6 +8,9 @@
 //!                            SIZE a power of two; for servers that echo by readline)
 //! loadgen accept --port P [--conns 50]  [--size 64] [--warmup 0.5] [--duration 3]
 //! loadgen idle   --port P [--conns 10000] [--size 16] [--hold 1] [--concurrency 100]
+//! loadgen http-get --port P --expect-file FILE [--path /] [--conns 4] [--depth 1]
+//!                [--warmup 0.5] [--duration 3]  (keep-alive GETs of PATH; every response a
+//!                200 whose Content-Length and body must equal FILE's; see http_get.rs)
 //! common:        [--server-pid PID]  (sample the server's CPU time at the window's edges)
 //!                [--no-close-check]  (close without waiting for the server's FIN after ours)
 //!                [--tls CAFILE [--sni NAME]]  (rr and accept: TLS 1.3 to the server, its
@@ -16,10 +19,12 @@
 //! ```
 //!
 //! Prints one JSON line with the results and exits 0, or prints `LOADGEN FAILURE: ...` on
-//! stderr and exits 1 at the first wrong byte, short read, reset, failed connect or stall.
+//! stderr and exits 1 at the first wrong byte, short read, reset, failed connect or stall
+//! (http-get: also a response that is not a keep-alive 200 of the file's length).
 //! Every run stops by itself: each phase has a deadline.
 
 mod accept;
+mod http_get;
 mod idle;
 mod pattern;
 mod report;
@@ -52,13 +57,17 @@ pub struct Config {
     pub tls: Option<tls::Client>,
     /// `--lines` (rr): every message is a line ending in its only `\n` (pattern.rs).
     pub lines: bool,
+    /// `--path` (http-get): the request target.
+    pub path: String,
+    /// `--expect-file` (http-get): what every response body must be, byte for byte.
+    pub expect_file: Option<String>,
 }
 
 fn parse_args(args: &[String]) -> Result<(String, Config), String> {
     let mode = args
         .first()
         .cloned()
-        .ok_or("missing mode: rr, accept or idle")?;
+        .ok_or("missing mode: rr, accept, idle or http-get")?;
     let mut cfg = Config {
         port: 0,
         conns: 0,
@@ -72,6 +81,8 @@ fn parse_args(args: &[String]) -> Result<(String, Config), String> {
         close_check: true,
         tls: None,
         lines: false,
+        path: "/".to_string(),
+        expect_file: None,
     };
     let mut cafile: Option<String> = None;
     let mut sni = "localhost".to_string();
@@ -112,6 +123,8 @@ fn parse_args(args: &[String]) -> Result<(String, Config), String> {
             "--hold" => cfg.hold = secs()?,
             "--tls" => cafile = Some(value.clone()),
             "--sni" => sni = value.clone(),
+            "--path" => cfg.path = value.clone(),
+            "--expect-file" => cfg.expect_file = Some(value.clone()),
             "--server-pid" => {
                 cfg.server_pid = Some(value.parse().map_err(|_| format!("bad pid {value}"))?)
             }
@@ -122,6 +135,7 @@ fn parse_args(args: &[String]) -> Result<(String, Config), String> {
         cfg.conns = match mode.as_str() {
             "accept" => 50,
             "idle" => 10_000,
+            "http-get" => 4,
             _ => 100,
         };
     }
@@ -134,8 +148,21 @@ fn parse_args(args: &[String]) -> Result<(String, Config), String> {
     if cfg.lines && mode != "rr" {
         return Err("--lines is for the rr mode".into());
     }
+    if mode == "http-get" {
+        if cfg.expect_file.is_none() {
+            return Err("http-get needs --expect-file FILE".into());
+        }
+        if !cfg.path.starts_with('/') || cfg.path.contains(|c: char| c.is_whitespace()) {
+            return Err(format!(
+                "--path {:?}: an absolute path without spaces",
+                cfg.path
+            ));
+        }
+    } else if cfg.expect_file.is_some() {
+        return Err("--expect-file is for the http-get mode".into());
+    }
     if let Some(cafile) = cafile {
-        if mode == "idle" {
+        if mode == "idle" || mode == "http-get" {
             return Err("--tls is for the rr and accept modes".into());
         }
         cfg.tls = Some(tls::Client::new(&cafile, &sni)?);
@@ -158,7 +185,12 @@ fn run() -> Result<String, String> {
         "rr" => rr::run(&cfg)?,
         "accept" => accept::run(&cfg)?,
         "idle" => idle::run(&cfg)?,
-        other => return Err(format!("unknown mode {other}: use rr, accept or idle")),
+        "http-get" => http_get::run(&cfg)?,
+        other => {
+            return Err(format!(
+                "unknown mode {other}: use rr, accept, idle or http-get"
+            ))
+        }
     };
     Ok(report.to_json())
 }
