@@ -182,3 +182,146 @@ impl io::Write for RecordWriter<'_> {
         Ok(())
     }
 }
+
+/// A non-blocking UDP socket bound to 127.0.0.1:`port` (0: the kernel picks one) and, with
+/// `peer`, connected to 127.0.0.1:`peer` (then only that peer's datagrams arrive, and an
+/// ICMP port unreachable surfaces as ECONNREFUSED on the next call).
+pub fn udp_loopback(port: u16, peer: Option<u16>) -> io::Result<OwnedFd> {
+    // SAFETY: socket takes no pointers.
+    let fd = owned(check(unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?);
+    bind(fd.as_raw_fd(), &loopback(1, port))?;
+    if let Some(peer) = peer {
+        let addr = loopback(1, peer);
+        // SAFETY: `addr` is a valid sockaddr_in and the length passed is its size.
+        check(unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                &addr as *const libc::sockaddr_in as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        })?;
+    }
+    Ok(fd)
+}
+
+/// Room for a batch of datagrams moved by one `recvmmsg` or `sendmmsg`: `count` slots of
+/// `slot` bytes each, with each slot's length and peer address. The kernel's pointers are
+/// built afresh for every call, so a `Datagrams` may move freely between calls.
+pub struct Datagrams {
+    bufs: Vec<u8>,
+    slot: usize,
+    lens: Vec<usize>,
+    addrs: Vec<libc::sockaddr_in>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl Datagrams {
+    pub fn new(count: usize, slot: usize) -> Self {
+        Datagrams {
+            bufs: vec![0; count * slot],
+            slot,
+            lens: vec![0; count],
+            addrs: vec![loopback(1, 0); count],
+            iovs: Vec::with_capacity(count),
+            // SAFETY: an all-zero mmsghdr is valid (no buffers, no name, no control data).
+            hdrs: vec![unsafe { std::mem::zeroed() }; count],
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Datagram `i` as received (or as filled in for sending).
+    pub fn get(&self, i: usize) -> &[u8] {
+        &self.bufs[i * self.slot..i * self.slot + self.lens[i]]
+    }
+
+    /// The whole of slot `i`, to fill in a datagram of `len` bytes (`set_len`).
+    pub fn slot_mut(&mut self, i: usize) -> &mut [u8] {
+        &mut self.bufs[i * self.slot..(i + 1) * self.slot]
+    }
+
+    pub fn set_len(&mut self, i: usize, len: usize) {
+        self.lens[i] = len.min(self.slot);
+    }
+
+    /// Points the headers of slots `from..to` at their buffers (each `lens[i]` long, or the
+    /// whole slot with `whole`) and, with `named`, at their addresses.
+    fn prepare(&mut self, from: usize, to: usize, whole: bool, named: bool) {
+        self.iovs.clear();
+        for i in from..to {
+            let len = if whole { self.slot } else { self.lens[i] };
+            self.iovs.push(libc::iovec {
+                // SAFETY: `i * slot` is within `bufs` (i < count, bufs is count * slot).
+                iov_base: unsafe { self.bufs.as_mut_ptr().add(i * self.slot) } as *mut _,
+                iov_len: len,
+            });
+        }
+        for (k, i) in (from..to).enumerate() {
+            let h = &mut self.hdrs[k];
+            h.msg_len = 0;
+            h.msg_hdr.msg_iov = &mut self.iovs[k];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+            if named {
+                h.msg_hdr.msg_name = &mut self.addrs[i] as *mut libc::sockaddr_in as *mut _;
+                h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as _;
+            } else {
+                h.msg_hdr.msg_name = std::ptr::null_mut();
+                h.msg_hdr.msg_namelen = 0;
+            }
+        }
+    }
+
+    /// One `recvmmsg` into every slot (with the senders' addresses when `named`): the
+    /// number of datagrams received; a datagram longer than a slot is cut to it, its
+    /// length then the slot's. WouldBlock when none is waiting.
+    pub fn recv(&mut self, fd: &OwnedFd, named: bool) -> io::Result<usize> {
+        let count = self.count();
+        self.prepare(0, count, true, named);
+        // SAFETY: every header points at a live iovec of a live slot of `bufs` and, when
+        // named, at a live sockaddr_in of its size; none of them moves during the call.
+        let n = check(unsafe {
+            libc::recvmmsg(
+                fd.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                count as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        })? as usize;
+        for i in 0..n {
+            self.lens[i] = (self.hdrs[i].msg_len as usize).min(self.slot);
+        }
+        Ok(n)
+    }
+
+    /// One `sendmmsg` of slots `from..to` (to their addresses when `named`, as `recv` left
+    /// them; else on a connected socket): the number the kernel took, from `from` on.
+    pub fn send(&mut self, fd: &OwnedFd, from: usize, to: usize, named: bool) -> io::Result<usize> {
+        if from >= to {
+            return Ok(0);
+        }
+        self.prepare(from, to, false, named);
+        // SAFETY: as in `recv`; the kernel only reads the buffers and addresses.
+        let n = check(unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                (to - from) as libc::c_uint,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        })?;
+        Ok(n as usize)
+    }
+}
