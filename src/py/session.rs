@@ -154,7 +154,6 @@ impl PySession {
         self.core.resume_reading();
     }
 
-    /// True while `pause_reading()` is in force.
     /// Holds reading while hamanet.aio awaits this session's async callback: apart from
     /// the user's `pause_reading()`, which neither this nor its release touches.
     fn _hold_reading(&self) {
@@ -166,6 +165,7 @@ impl PySession {
         self.core.release_reading();
     }
 
+    /// True while `pause_reading()` is in force.
     #[getter]
     fn reading_paused(&self) -> bool {
         self.core.state().read_paused
