@@ -183,8 +183,7 @@ const SENDFILE_CALL_MAX: usize = 16 * 1024 * 1024;
 fn send_queued(fd: BorrowedFd<'_>, buffer: &mut WriteBuffer) -> io::Result<u64> {
     let mut sent = 0;
     loop {
-        let is_file = buffer.next_file().is_some();
-        let (asked, result) = if let Some(file) = buffer.next_file() {
+        let (is_file, asked, result) = if let Some(file) = buffer.next_file() {
             let asked = usize::try_from(file.remaining)
                 .unwrap_or(usize::MAX)
                 .min(SENDFILE_CALL_MAX);
@@ -196,17 +195,15 @@ fn send_queued(fd: BorrowedFd<'_>, buffer: &mut WriteBuffer) -> io::Result<u64> 
                 }
                 Err(err) => Err(err),
             };
-            (asked, result)
+            (true, asked, result)
         } else {
             let pending = buffer.pending();
             if pending.is_empty() {
                 return Ok(sent);
             }
             let asked = pending.len();
-            (
-                asked,
-                net::send(fd, pending).inspect(|&n| buffer.consume(n)),
-            )
+            let result = net::send(fd, pending).inspect(|&n| buffer.consume(n));
+            (false, asked, result)
         };
         match result {
             // A short send means the kernel's buffer is full (EPOLLOUT will report room);

@@ -11,6 +11,11 @@
 //! loadgen http-get --port P --expect-file FILE [--path /] [--conns 4] [--depth 1]
 //!                [--warmup 0.5] [--duration 3]  (keep-alive GETs of PATH; every response a
 //!                200 whose Content-Length and body must equal FILE's; see http_get.rs)
+//! loadgen udp  --port P [--conns 8] [--size 64] [--depth 32] [--warmup 0.5] [--duration 3]
+//!                [--loss-timeout 0.2] [--max-loss 0.01]  (UDP sockets, DEPTH datagrams in
+//!                flight each, every echoed byte checked; a datagram not echoed within the
+//!                timeout is counted lost and replaced; more than MAX-LOSS of those sent
+//!                lost fails the run; see udp.rs)
 //! common:        [--server-pid PID]  (sample the server's CPU time at the window's edges)
 //!                [--no-close-check]  (close without waiting for the server's FIN after ours)
 //!                [--tls CAFILE [--sni NAME]]  (rr and accept: TLS 1.3 to the server, its
@@ -32,6 +37,7 @@ mod rr;
 mod stream;
 mod sys;
 mod tls;
+mod udp;
 mod window;
 
 use std::time::Duration;
@@ -61,13 +67,17 @@ pub struct Config {
     pub path: String,
     /// `--expect-file` (http-get): what every response body must be, byte for byte.
     pub expect_file: Option<String>,
+    /// `--loss-timeout` (udp): a datagram not echoed within it is counted lost.
+    pub loss_timeout: Duration,
+    /// `--max-loss` (udp): the share of datagrams sent that may be lost.
+    pub max_loss: f64,
 }
 
 fn parse_args(args: &[String]) -> Result<(String, Config), String> {
     let mode = args
         .first()
         .cloned()
-        .ok_or("missing mode: rr, accept, idle or http-get")?;
+        .ok_or("missing mode: rr, accept, idle, http-get or udp")?;
     let mut cfg = Config {
         port: 0,
         conns: 0,
@@ -83,7 +93,10 @@ fn parse_args(args: &[String]) -> Result<(String, Config), String> {
         lines: false,
         path: "/".to_string(),
         expect_file: None,
+        loss_timeout: Duration::from_millis(200),
+        max_loss: 0.01,
     };
+    let mut depth_given = false;
     let mut cafile: Option<String> = None;
     let mut sni = "localhost".to_string();
     let mut it = args[1..].iter();
@@ -116,7 +129,18 @@ fn parse_args(args: &[String]) -> Result<(String, Config), String> {
             "--port" => cfg.port = value.parse().map_err(|_| format!("bad port {value}"))?,
             "--conns" => cfg.conns = int()?,
             "--size" => cfg.size = int()?,
-            "--depth" => cfg.depth = int()?,
+            "--depth" => {
+                cfg.depth = int()?;
+                depth_given = true;
+            }
+            "--loss-timeout" => cfg.loss_timeout = secs()?,
+            "--max-loss" => {
+                cfg.max_loss = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| (0.0..=1.0).contains(x))
+                    .ok_or(format!("--max-loss: not a fraction (0..1): {value}"))?
+            }
             "--concurrency" => cfg.concurrency = int()?,
             "--warmup" => cfg.warmup = secs()?,
             "--duration" => cfg.duration = secs()?,
@@ -136,8 +160,12 @@ fn parse_args(args: &[String]) -> Result<(String, Config), String> {
             "accept" => 50,
             "idle" => 10_000,
             "http-get" => 4,
+            "udp" => 8,
             _ => 100,
         };
+    }
+    if mode == "udp" && !depth_given {
+        cfg.depth = 32;
     }
     if cfg.port == 0 {
         return Err("--port is required".into());
@@ -162,7 +190,7 @@ fn parse_args(args: &[String]) -> Result<(String, Config), String> {
         return Err("--expect-file is for the http-get mode".into());
     }
     if let Some(cafile) = cafile {
-        if mode == "idle" || mode == "http-get" {
+        if mode == "idle" || mode == "http-get" || mode == "udp" {
             return Err("--tls is for the rr and accept modes".into());
         }
         cfg.tls = Some(tls::Client::new(&cafile, &sni)?);
@@ -186,9 +214,10 @@ fn run() -> Result<String, String> {
         "accept" => accept::run(&cfg)?,
         "idle" => idle::run(&cfg)?,
         "http-get" => http_get::run(&cfg)?,
+        "udp" => udp::run(&cfg)?,
         other => {
             return Err(format!(
-                "unknown mode {other}: use rr, accept, idle or http-get"
+                "unknown mode {other}: use rr, accept, idle, http-get or udp"
             ))
         }
     };
