@@ -222,6 +222,7 @@ def main() -> int:
     st_headline = summary.static_table(grid, scenarios, names) if by_byte else ""
     st_details = summary.static_details(grid, scenarios, names) if by_byte else ""
     st_sends = summary.static_send_lines(results)
+    udp_losses = summary.udp_loss_lines(results)
     targets = summary.target_lines(results, grid)
     tls_costs = summary.tls_cost_lines(grid, scenarios, names)
     failures = summary.failure_lines(results)
@@ -236,6 +237,8 @@ def main() -> int:
             print(f"Native floors: {floors}.")
         print()
         print(details)
+        if udp_losses:
+            print(f"\n{summary.UDP_LOSS_TITLE}:\n" + "\n".join(udp_losses))
     if by_throughput:
         print()
         print(
@@ -275,7 +278,17 @@ def main() -> int:
         timing,
         elapsed,
         scenarios,
-        (headline, floors, details, tp_headline, tp_details, st_headline, st_details, st_sends),
+        (
+            headline,
+            floors,
+            details,
+            tp_headline,
+            tp_details,
+            st_headline,
+            st_details,
+            st_sends,
+            udp_losses,
+        ),
         targets,
         tls_costs,
         notes,
@@ -308,7 +321,17 @@ def warm_pass_text(timing: Timing) -> str:
 def render_markdown(
     when, command, rounds, timing, elapsed, scenarios, tables, targets, tls_costs, notes, failures
 ) -> str:
-    headline, floors, details, tp_headline, tp_details, st_headline, st_details, st_sends = tables
+    (
+        headline,
+        floors,
+        details,
+        tp_headline,
+        tp_details,
+        st_headline,
+        st_details,
+        st_sends,
+        udp_losses,
+    ) = tables
     scenario_lines = "\n".join(f"- `{sc.name}`: {sc.describe()}" for sc in scenarios)
     parts = [
         "# hamanet benchmark: latest results",
@@ -333,6 +356,7 @@ def render_markdown(
             headline,
             "",
             *([f"Native floors: {floors}.", ""] if floors else []),
+            *([f"{summary.UDP_LOSS_TITLE}:", "", *udp_losses, ""] if udp_losses else []),
         ]
     if tp_headline:
         parts += [
@@ -475,6 +499,20 @@ def render_markdown(
         "while writing is paused; native-best is `native_static` (Rust, epoll, "
         "sendfile(2)). Server CPU (every thread, sampled by the load generator at the "
         "window's edges) is divided by the body bytes received in the window.",
+        "- UDP (`udp64`): the load generator's `udp` mode: 8 UDP sockets connected to the "
+        "server, 16 datagrams of 64 B in flight each, each datagram its sequence number and "
+        "then the socket's byte pattern at an offset fixed by that number, so every echoed "
+        "byte is checked (a wrong length, byte or number, or a datagram echoed twice, fails "
+        "the run). A datagram not echoed within 0.2 s is counted lost and replaced by a new "
+        "one (the count in flight stays constant); more than 1% of those sent lost fails the "
+        "run. hamanet runs `examples/udp_echo.py` as it is (recvmmsg, one `on_datagrams` "
+        "call per wakeup with every datagram read, `endpoint.sendto` each, sent with "
+        "sendmmsg after the call); asyncio and uvloop a `DatagramProtocol` on "
+        "`loop.create_datagram_endpoint` whose `datagram_received` calls "
+        "`transport.sendto(data, addr)` (`bench/servers/udp_echo_asyncio.py`: one recvfrom, "
+        "one Python call and one sendto per datagram); native-best `native_udp` (Rust, "
+        "recvmmsg, then sendmmsg of the batch). Server CPU is divided by the datagrams "
+        "echoed (and verified) in the window.",
         "",
     ]
     if notes:

@@ -51,6 +51,9 @@ NATIVE_BEST = CARGO_TARGET_DIR / "release" / "native_best"
 # The native floor of static10m (bench/servers/rust_echo/src/static_files.rs): sendfile(2)
 # for every body, in the native-best column of that scenario.
 NATIVE_STATIC = CARGO_TARGET_DIR / "release" / "native_static"
+# The native floor of udp64 (bench/servers/rust_echo/src/udp.rs): recvmmsg, then sendmmsg
+# of the same batch back to its senders, in the native-best column of that scenario.
+NATIVE_UDP = CARGO_TARGET_DIR / "release" / "native_udp"
 EXAMPLES = REPO / "examples"
 REDIS_LOGIC_SERVER = BENCH / "servers" / "redis_logic_server.py"
 HTTP_LOGIC_SERVER = BENCH / "servers" / "http_logic_server.py"
@@ -66,6 +69,9 @@ AIO_ECHO = BENCH / "servers" / "aio_echo.py"
 STATIC_SERVER = BENCH / "servers" / "static_server.py"
 HTTP_EXAMPLE = EXAMPLES / "http_server.py"
 HTTP_PROTOCOL = EXAMPLES / "protocols" / "http.py"
+# udp64: hamanet's UDP example as it is, and a DatagramProtocol echo on asyncio/uvloop.
+UDP_EXAMPLE = EXAMPLES / "udp_echo.py"
+UDP_ECHO_ASYNCIO = BENCH / "servers" / "udp_echo_asyncio.py"
 # The applications served over TLS: their servers take `--tls CERT KEY`.
 TLS_APPS = ("tls-echo", "redis-tls", "https")
 # scale: reactors=1, 2, ... up to the CPUs the load generator leaves (at least 2, so a
@@ -112,6 +118,8 @@ class Server:
             return "the built hamanet has no hamanet.aio (Loop.start_driven; make build)"
         if app == "static" and self.needs_module == "hamanet" and not _hamanet_has_sendfile():
             return "the built hamanet has no Session.sendfile (rebuild it: make build)"
+        if app == "udp" and self.needs_module == "hamanet" and not _hamanet_has_udp():
+            return "the built hamanet has no Server.open_udp (rebuild it: make build)"
         return None
 
 
@@ -134,6 +142,11 @@ def _hamanet_has_aio() -> bool:
 @functools.cache
 def _hamanet_has_sendfile() -> bool:
     return _hamanet_probe("import hamanet; hamanet.Session.sendfile")
+
+
+@functools.cache
+def _hamanet_has_udp() -> bool:
+    return _hamanet_probe("import hamanet; hamanet.Server.open_udp")
 
 
 def _tls_missing(mode: str) -> str | None:
@@ -181,6 +194,12 @@ def _static(loop: str) -> tuple[str, tuple[str, ...]]:
     return ("static", (*_py(STATIC_SERVER), loop, "--root", ROOT_ARG))
 
 
+def _udp(loop: str) -> tuple[str, tuple[str, ...]]:
+    """udp64's server on an asyncio-compatible loop: a DatagramProtocol echo
+    (bench/servers/udp_echo_asyncio.py)."""
+    return ("udp", (*_py(UDP_ECHO_ASYNCIO), loop))
+
+
 def _streams(loop: str, streams: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """The streams scenarios' servers: bench/servers/streams_echo.py on `loop` with
     `streams`' start_server (asyncio's or hamanet.aio's), by echo (read or readline)."""
@@ -206,6 +225,7 @@ SERVERS = (
         apps=(
             *_logic("uvloop"),
             _static("uvloop"),
+            _udp("uvloop"),
             ("tls-echo", _tls(_py(UVLOOP_ECHO))),
             *_streams("uvloop", "asyncio"),
             # aio-rr64 compares hamanet with itself; uvloop's protocol echo is the
@@ -219,6 +239,7 @@ SERVERS = (
         apps=(
             *_logic("asyncio"),
             _static("asyncio"),
+            _udp("asyncio"),
             ("tls-echo", _tls(_py(ASYNCIO_ECHO))),
             *_streams("asyncio", "asyncio"),
         ),
@@ -245,13 +266,19 @@ SERVERS = (
     Server(
         "native-best",
         (str(NATIVE_BEST),),
-        apps=(("static", (str(NATIVE_STATIC), "--root", ROOT_ARG)),),
+        apps=(
+            ("static", (str(NATIVE_STATIC), "--root", ROOT_ARG)),
+            ("udp", (str(NATIVE_UDP),)),
+        ),
         note="the best native floor (`bench/servers/rust_echo/src/best.rs`, Rust, no Python): "
         "one edge-triggered epoll thread that reads each wakeup's input until the socket is "
         "drained into one shared 256 KiB buffer and sends it straight from there, keeping "
         "only the unsent remainder per connection; TCP echo scenarios only, and in "
         "static10m `native_static` (`bench/servers/rust_echo/src/static_files.rs`): the same "
-        "kind of loop serving the file over HTTP/1.1 keep-alive, each body by sendfile(2)",
+        "kind of loop serving the file over HTTP/1.1 keep-alive, each body by sendfile(2); in "
+        "udp64 `native_udp` (`bench/servers/rust_echo/src/udp.rs`): one UDP socket, each "
+        "wakeup's datagrams read with recvmmsg (64 a call) and sent back with one sendmmsg "
+        "per batch",
     ),
     Server(
         "hamanet",
@@ -262,6 +289,8 @@ SERVERS = (
             ("http", _py(EXAMPLES / "http_server.py")),
             # static10m: the HTTP example as it is, serving the run's directory.
             ("static", (*_py(HTTP_EXAMPLE), "--root", ROOT_ARG)),
+            # udp64: the UDP example as it is (on_datagrams, endpoint.sendto).
+            ("udp", _py(UDP_EXAMPLE)),
             # TLS: the echo handler of examples/echo_server.py with session_tickets=0
             # (bench/servers/tls_echo.py); the protocol examples as they are.
             ("tls-echo", _tls(_py(TLS_ECHO))),
@@ -336,7 +365,8 @@ REDIS_REQUESTS_PER_SECOND = 300_000
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    mode: str  # the load generator's mode (rr, accept, idle, http-get), or the real client
+    # The load generator's mode (rr, accept, idle, http-get, udp), or the real client.
+    mode: str
     conns: int
     size: int
     depth: int = 1
@@ -396,7 +426,7 @@ class Scenario:
         if self.mode == HTTP_GET:
             return [self.mode, "--conns", str(self.conns), "--depth", str(self.depth)]
         args = [self.mode, "--conns", str(self.conns), "--size", str(self.size)]
-        if self.mode == "rr":
+        if self.mode in ("rr", "udp"):
             args += ["--depth", str(self.depth)]
         if self.lines:
             args.append("--lines")
@@ -440,6 +470,17 @@ class Scenario:
                 "loop.sendfile (NotImplementedError), so its bodies are read (os.pread, "
                 "256 KiB) and written (transport.write); native-best: `native_static`, "
                 "sendfile(2) from Rust. The figure is server CPU per MiB of body sent"
+            )
+        if self.mode == "udp":
+            return (
+                f"{self.conns} UDP sockets, {self.depth} datagrams of {self.size} B in flight "
+                f"each ({self.conns * self.depth} in all); every echoed byte checked, a "
+                "datagram not echoed within 0.2 s counted lost and replaced (more than 1% "
+                "lost fails the run). hamanet: `examples/udp_echo.py` (recvmmsg, one "
+                "`on_datagrams` call per wakeup, sendmmsg); asyncio and uvloop: a "
+                "`DatagramProtocol` (`bench/servers/udp_echo_asyncio.py`: one recvfrom, one "
+                "`datagram_received` and one sendto per datagram); native-best: `native_udp` "
+                "(Rust, recvmmsg/sendmmsg). The figure is server CPU per datagram echoed"
             )
         if self.app == "blocking":
             return (
@@ -612,6 +653,20 @@ SCENARIOS = (
         app="static",
         needs=(HTTP_EXAMPLE, HTTP_PROTOCOL, STATIC_SERVER),
     ),
+    # 64-byte datagram echo, many in flight: hamanet's recvmmsg/on_datagrams/sendmmsg
+    # against a DatagramProtocol on asyncio and uvloop. 8 x 16 = 128 in flight: at 256 the
+    # server's default receive buffer (rmem_default, 208 KiB; a 64 B loopback datagram
+    # costs about 1 KiB of it) overflows whenever a server falls behind (bench/README.md).
+    Scenario(
+        "udp64",
+        "udp",
+        conns=8,
+        size=64,
+        depth=16,
+        unit="datagram",
+        app="udp",
+        needs=(UDP_EXAMPLE, UDP_ECHO_ASYNCIO),
+    ),
 )
 
 
@@ -680,6 +735,9 @@ HAMANET_TARGETS = (
     Target("aio-rr64", "cpu", 1.15, against="hamanet", server="hamanet-aio"),
     # Static files (session.sendfile): server CPU per MiB sent at most 0.8 x uvloop's.
     Target("static10m", "cpu", 0.80),
+    # UDP (recvmmsg/sendmmsg, one handler call per wakeup): server CPU per datagram at
+    # most 0.5 x uvloop's DatagramProtocol (a recvfrom, a sendto, a Python call each).
+    Target("udp64", "cpu", 0.50),
 )
 # Each TLS scenario and its plain twin: what TLS costs a server (summary.tls_cost_lines).
 TLS_TWINS = (

@@ -84,6 +84,12 @@ class RunResult:
     body_bytes: int = 0
     cpu_us_per_mib: float | None = None
     mib_per_s: float = 0.0
+    # udp64: datagrams the load generator sent (whole run: warmup, window and drain), those
+    # not echoed within its loss timeout (lost, then replaced), and those of them echoed
+    # after it (late).
+    datagrams_sent: int = 0
+    datagrams_lost: int = 0
+    datagrams_late: int = 0
     leaked_fds: int = 0  # server fds still open after every client had closed
     server_output: list[str] = field(default_factory=list)
     # What a server reported about itself at exit (a `hamanet-stats {json}` line).
@@ -100,7 +106,8 @@ class RunResult:
 
 def build_crates() -> None:
     """Release builds of the load generator and the native servers (the echoes
-    `rust_echo` and `native_best`, and `native_static`, static10m's sendfile server), in
+    `rust_echo` and `native_best`, `native_static`, static10m's sendfile server, and
+    `native_udp`, udp64's recvmmsg/sendmmsg echo), in
     the repository's target directory as `make lint` checks them (rustls and aws-lc
     compile once for every crate there)."""
     for crate in (LOADGEN_CRATE, RUST_ECHO_CRATE):
@@ -394,6 +401,10 @@ def _measure_load(
     res.p99_us = float(out["p99_us"])
     if res.messages == 0:
         raise RunError("no message completed in the measured window")
+    if "datagrams_sent" in out:
+        res.datagrams_sent = int(out["datagrams_sent"])
+        res.datagrams_lost = int(out["datagrams_lost"])
+        res.datagrams_late = int(out["datagrams_late"])
     ticks = out.get("server_cpu_ticks")
     if ticks is None:
         raise RunError("the load generator could not sample the server's CPU time")

@@ -180,7 +180,8 @@ def headline_table(
 FLOORS = {
     "rust-epoll": "the plain native floor (Rust, epoll, one `send` per `recv`)",
     "native-best": "the best native floor (Rust, epoll, a wakeup's input read until drained "
-    "into one 256 KiB buffer and sent straight from it)",
+    "into one 256 KiB buffer and sent straight from it; udp64: recvmmsg, then sendmmsg of "
+    "the same batch)",
 }
 
 
@@ -402,6 +403,26 @@ def static_send_lines(results: list[RunResult]) -> list[str]:
         f"- {scenario} {server}: {sendfile:,.0f} bodies through loop.sendfile, "
         f"{fallback:,.0f} read and written after loop.sendfile raised NotImplementedError"
         for (scenario, server), (sendfile, fallback) in totals.items()
+    ]
+
+
+UDP_LOSS_TITLE = "UDP datagrams lost (not echoed within the load generator's timeout; all runs)"
+
+
+def udp_loss_lines(results: list[RunResult]) -> list[str]:
+    """Per UDP scenario and server, summed over the runs that passed: datagrams sent, lost
+    (not echoed within the loss timeout, then replaced) and late (echoed after it)."""
+    totals: dict[tuple[str, str], list[int]] = {}
+    for r in results:
+        if r.ok and r.datagrams_sent:
+            got = totals.setdefault((r.scenario, r.server), [0, 0, 0])
+            got[0] += r.datagrams_sent
+            got[1] += r.datagrams_lost
+            got[2] += r.datagrams_late
+    return [
+        f"- {scenario} {server}: {lost:,} of {sent:,} lost ({lost / sent:.3%}), "
+        f"{late:,} of them echoed late"
+        for (scenario, server), (sent, lost, late) in totals.items()
     ]
 
 
