@@ -25,10 +25,16 @@ use crate::reactor::{DatagramFailure, ReceivedDatagram};
 use crate::shared::{lock, DatagramCore};
 use crate::sys::address::Address;
 
-/// The Python address of each sender, made once for a run of datagrams from one peer.
+/// Peers whose Python address one batch keeps, to give each its one tuple.
+const SENDERS_KEPT: usize = 16;
+
+/// The Python address of each sender, made once per batch for each of its first
+/// [`SENDERS_KEPT`] peers: a server's batch usually comes from a few peers in turn
+/// (clients with several in flight), and the tuple and its host string cost more than the
+/// datagram's own `bytes`.
 struct Senders<'py> {
     py: Python<'py>,
-    last: Option<(SocketAddr, Bound<'py, PyAny>)>,
+    known: Vec<(SocketAddr, Bound<'py, PyAny>)>,
 }
 
 impl<'py> Senders<'py> {
@@ -36,13 +42,13 @@ impl<'py> Senders<'py> {
         let Some(from) = from else {
             return Ok(self.py.None().into_bound(self.py));
         };
-        if let Some((addr, object)) = &self.last {
-            if *addr == from {
-                return Ok(object.clone());
-            }
+        if let Some((_, object)) = self.known.iter().find(|(addr, _)| *addr == from) {
+            return Ok(object.clone());
         }
         let object = address_object(self.py, &Address::Inet(from))?;
-        self.last = Some((from, object.clone()));
+        if self.known.len() < SENDERS_KEPT {
+            self.known.push((from, object.clone()));
+        }
         Ok(object)
     }
 }
@@ -75,7 +81,10 @@ impl<'py> Dispatcher<'_, 'py> {
         }
         let own = entry.callbacks.clone();
         let callbacks = own.as_deref().unwrap_or(loop_callbacks);
-        let mut senders = Senders { py, last: None };
+        let mut senders = Senders {
+            py,
+            known: Vec::new(),
+        };
         let made = (|| -> PyResult<_> {
             let mut whole = Vec::with_capacity(items.len());
             let mut truncated = Vec::new();
