@@ -24,9 +24,9 @@ pub struct FileSegment {
     pub offset: u64,
     /// Bytes still to send.
     pub remaining: u64,
-    /// Where in the session's output it goes: after this many bytes of `data` were
-    /// ever appended.
-    at: u64,
+    /// Bytes of the buffer to send before this file: those written between the previous
+    /// file (or the front) and it.
+    ahead: usize,
 }
 
 impl FileSegment {
@@ -36,9 +36,19 @@ impl FileSegment {
             file,
             offset,
             remaining: count,
-            at: 0,
+            ahead: 0,
         }
     }
+}
+
+/// The files queued in a write buffer, in order.
+#[derive(Debug, Default)]
+struct FileQueue {
+    segments: VecDeque<FileSegment>,
+    /// Bytes written since the last file was queued: the next file's `ahead`.
+    after_last: usize,
+    /// The sum of the segments' `remaining`.
+    bytes: u64,
 }
 
 /// What a session has asked to send and the kernel has not yet taken: bytes, and parts of
@@ -48,20 +58,15 @@ impl FileSegment {
 /// consumes from the front by moving `head`. The consumed prefix is reclaimed when the
 /// bytes drain, or when it has become the larger part, so the buffer never holds more than
 /// twice its pending bytes. No capacity is allocated until the first write, which keeps
-/// idle sessions small. A file segment is placed by position in the stream of bytes (how
-/// many had been appended before it), so the bytes in front of it are sent first and those
-/// written after it wait for it.
+/// idle sessions small. A file is placed by how many bytes go before it, so the bytes in
+/// front of it are sent first and those written after it wait for it; the file queue is
+/// allocated by the first file and freed when the last is sent, so a session that sends
+/// no file pays one pointer for it.
 #[derive(Default, Debug)]
 pub struct WriteBuffer {
     data: Vec<u8>,
     head: usize,
-    /// Bytes ever appended to `data`, and ever consumed from it: the positions files are
-    /// placed by.
-    appended: u64,
-    consumed: u64,
-    files: VecDeque<FileSegment>,
-    /// The sum of the files' `remaining`.
-    file_bytes: u64,
+    files: Option<Box<FileQueue>>,
 }
 
 impl WriteBuffer {
@@ -72,8 +77,9 @@ impl WriteBuffer {
 
     /// Everything waiting to be sent, file bytes too: what the watermarks measure.
     pub fn len(&self) -> usize {
+        let file_bytes = self.files.as_ref().map_or(0, |files| files.bytes);
         self.bytes_len()
-            .saturating_add(usize::try_from(self.file_bytes).unwrap_or(usize::MAX))
+            .saturating_add(usize::try_from(file_bytes).unwrap_or(usize::MAX))
     }
 
     /// The bytes waiting in memory: what the hard cap measures (a file takes none).
@@ -83,7 +89,7 @@ impl WriteBuffer {
 
     /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
-        self.bytes_len() == 0 && self.files.is_empty()
+        self.bytes_len() == 0 && self.files.is_none()
     }
 
     /// Appends bytes to send after everything already queued.
@@ -92,20 +98,29 @@ impl WriteBuffer {
             self.compact();
         }
         self.data.extend_from_slice(bytes);
-        self.appended += bytes.len() as u64;
+        if let Some(files) = self.files.as_mut() {
+            files.after_last += bytes.len();
+        }
     }
 
     /// Queues part of a file to send after everything already queued.
     pub fn push_file(&mut self, mut segment: FileSegment) {
-        segment.at = self.appended;
-        self.file_bytes += segment.remaining;
-        self.files.push_back(segment);
+        let bytes_len = self.bytes_len();
+        let files = self.files.get_or_insert_with(|| {
+            Box::new(FileQueue {
+                after_last: bytes_len,
+                ..FileQueue::default()
+            })
+        });
+        segment.ahead = std::mem::take(&mut files.after_last);
+        files.bytes += segment.remaining;
+        files.segments.push_back(segment);
     }
 
     /// The bytes to hand to the kernel next: those before the next file, if one is queued.
     pub fn pending(&self) -> &[u8] {
-        let before = match self.files.front() {
-            Some(file) => (file.at - self.consumed) as usize,
+        let before = match self.front_file() {
+            Some(file) => file.ahead,
             None => self.bytes_len(),
         };
         &self.data[self.head..self.head + before]
@@ -113,14 +128,20 @@ impl WriteBuffer {
 
     /// The file to send next, when no bytes are in front of it.
     pub fn next_file(&self) -> Option<&FileSegment> {
-        self.files.front().filter(|file| file.at == self.consumed)
+        self.front_file().filter(|file| file.ahead == 0)
+    }
+
+    fn front_file(&self) -> Option<&FileSegment> {
+        self.files.as_ref().and_then(|files| files.segments.front())
     }
 
     /// Marks `n` bytes from the front as sent.
     pub fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.pending().len());
         self.head += n;
-        self.consumed += n as u64;
+        if let Some(front) = self.files.as_mut().and_then(|f| f.segments.front_mut()) {
+            front.ahead -= n;
+        }
         if self.head == self.data.len() {
             self.release_bytes();
         }
@@ -128,24 +149,28 @@ impl WriteBuffer {
 
     /// Marks `n` bytes of the next file as sent.
     pub fn consume_file(&mut self, n: u64) {
-        let Some(file) = self.files.front_mut() else {
+        let Some(files) = self.files.as_mut() else {
             return;
         };
-        debug_assert!(file.at == self.consumed && n <= file.remaining);
+        let Some(file) = files.segments.front_mut() else {
+            return;
+        };
+        debug_assert!(file.ahead == 0 && n <= file.remaining);
         file.offset += n;
         file.remaining -= n;
-        self.file_bytes -= n;
+        files.bytes -= n;
         if file.remaining == 0 {
-            self.files.pop_front();
+            files.segments.pop_front();
+            if files.segments.is_empty() {
+                self.files = None;
+            }
         }
     }
 
     /// Drops everything, keeping a modest capacity for the next write.
     pub fn clear(&mut self) {
-        self.consumed = self.appended;
         self.release_bytes();
-        self.files.clear();
-        self.file_bytes = 0;
+        self.files = None;
     }
 
     fn release_bytes(&mut self) {
