@@ -139,8 +139,9 @@ pub struct SessionCore {
     fd: AtomicI32,
     state: Mutex<SessionState>,
     shared: Arc<LoopShared>,
-    /// What the TLS handshake settled, once it has (never, for a plain session).
-    tls: OnceLock<TlsInfo>,
+    /// What the TLS handshake settled, once it has (never, for a plain session). Boxed: a
+    /// plain session pays a pointer for it, not the whole record.
+    tls: OnceLock<Box<TlsInfo>>,
 }
 
 impl std::fmt::Debug for SessionCore {
@@ -192,12 +193,12 @@ impl SessionCore {
 
     /// What the TLS handshake settled: `None` for a plain session, or until it is done.
     pub fn tls(&self) -> Option<&TlsInfo> {
-        self.tls.get()
+        self.tls.get().map(|info| &**info)
     }
 
     /// Records what the handshake settled (the reactor, once, when it completes).
     pub(crate) fn set_tls(&self, info: TlsInfo) {
-        let _ = self.tls.set(info);
+        let _ = self.tls.set(Box::new(info));
     }
 
     /// The loop this session belongs to.
