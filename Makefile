@@ -23,7 +23,7 @@ help: ## list the targets
 $(TOOLS): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "maturin>=1.9,<2" "pytest>=8" "pytest-timeout>=2.3" "pytest-xdist>=3.5" "hypothesis>=6" "trustme>=1.1" "uvloop>=0.19" "ruff>=0.6" "mypy>=1.10"
+	$(PY) -m pip install --quiet "maturin>=1.9,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "trustme>=1.1" "uvloop>=0.19" "ruff>=0.6" "mypy>=1.10"
 	touch $@
 
 setup: $(TOOLS) ## create .venv and install the build and test tools into it
@@ -45,12 +45,8 @@ test-rust: $(TOOLS) ## the Rust core's tests
 test-python: build ## the Python surface's tests
 	$(PY) -m pytest
 
-# The reruns go two test processes at a time (pytest-xdist), one per core of a small CI
-# machine: the suite's tests are independent (own ports, own servers, in-process counters).
-RERUN := $(PY) -m pytest -q -p no:cacheprovider -n 2
-
 test-debug: build ## pytest again under CPython's debug allocator (memory errors, other timings)
-	PYTHONMALLOC=debug $(RERUN)
+	PYTHONMALLOC=debug $(PY) -m pytest -p no:cacheprovider
 
 # Files the reactor and pool settings cannot reach, left out of test-threads: hamanet.aio
 # runs one reactor and no pool whatever is asked, and the TLS examples run as programs,
@@ -59,9 +55,9 @@ THREADS_SKIP := --ignore=tests/test_aio.py --ignore=tests/test_aio_streams.py \
 	--ignore=tests/test_tls_examples.py
 
 test-threads: build ## pytest again with 2 reactors, with a worker pool, and with both
-	HAMANET_TEST_REACTORS=2 $(RERUN) $(THREADS_SKIP)
-	HAMANET_TEST_WORKERS=2 $(RERUN) $(THREADS_SKIP)
-	HAMANET_TEST_REACTORS=2 HAMANET_TEST_WORKERS=2 $(RERUN) $(THREADS_SKIP)
+	HAMANET_TEST_REACTORS=2 $(PY) -m pytest -q -p no:cacheprovider $(THREADS_SKIP)
+	HAMANET_TEST_WORKERS=2 $(PY) -m pytest -q -p no:cacheprovider $(THREADS_SKIP)
+	HAMANET_TEST_REACTORS=2 HAMANET_TEST_WORKERS=2 $(PY) -m pytest -q -p no:cacheprovider $(THREADS_SKIP)
 
 # cargo fuzz passes nightly-only flags; RUSTC_BOOTSTRAP lets the stable toolchain accept
 # them, so no nightly toolchain is needed. The framers are safe Rust, whose failures are
