@@ -11,6 +11,7 @@ sparse, with markers where they are read back)."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import errno
 import functools
 import hashlib
@@ -24,7 +25,7 @@ from typing import Any, Callable
 
 import hamanet
 import pytest
-from _tls_support import Pki, make_pki, tls_connect
+from _tls_support import Pki, SslServer, make_pki, tls_connect
 from conftest import (
     WAIT,
     Recorder,
@@ -940,6 +941,40 @@ def test_client_session_sends_a_file_from_another_thread(serve, client_factory, 
     assert recorder.wait_closed(accepted.id) == [None]
     assert_same(recorder.received(accepted.id), b"<" + data[1:] + data[:1] + b">")
     assert client_side.wait_closed(session.id) == [None]
+
+
+def test_tls_client_session_sends_a_file(client_factory, pki, tmp_path):
+    path = tmp_path / "file.bin"
+    data = make_file(path, 4 * MiB + 3, seed=21)
+    received: list[bytes] = []
+
+    def serve_one(sock: ssl.SSLSocket) -> None:
+        chunks = bytearray()
+        for _ in range(100_000):
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            chunks += chunk
+        received.append(bytes(chunks))
+        with contextlib.suppress(OSError):
+            sock.unwrap()
+
+    peer = SslServer(pki.cert, pki.key, serve=serve_one)
+    try:
+        client_side = Recorder()
+        client = client_factory(client_side)
+        context = hamanet.TLSClientContext(pki.ca)
+        session = client.connect("127.0.0.1", peer.port, tls=context, server_hostname="localhost")
+        with open(path, "rb") as file:
+            assert session.sendfile(file) == len(data)
+        session.write(b"<end>")
+        session.close()
+        wait_until(lambda: received or peer.errors, what="the peer to read to the end")
+        assert not peer.errors, peer.errors
+        assert_same(received[0], data + b"<end>")
+        assert client_side.wait_closed(session.id) == [None]
+    finally:
+        peer.close()
 
 
 def test_unix_socket_session(tmp_path):

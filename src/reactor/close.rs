@@ -27,15 +27,20 @@ impl Reactor {
             CloseKind::Abortive => {
                 // If this fails the close below is graceful instead; nothing is lost.
                 let _ = net::set_linger_zero(session.fd.as_fd());
+                drop(session.fd);
             }
             CloseKind::Graceful if !session.eof => {
-                // Unread input would make close() send RST, which can destroy data still
-                // in flight to the peer; read it away first (bounded).
-                discard_input(session.fd.as_fd(), &mut self.scratch, DISCARD_LIMIT);
+                // Input unread at close() makes the kernel send RST, which destroys data
+                // still in flight to the peer, and the peer may still be sending (a TLS
+                // peer's tickets, or its reply to our close_notify). So the socket sends
+                // FIN and lingers, its input read away, until the peer's EOF (bounded in
+                // time, bytes and number, as a refused connection's).
+                // Registered anew under the lingering slot's token.
+                let _ = self.poller.delete(session.fd.as_fd());
+                self.refuse(session.fd);
             }
-            CloseKind::Graceful | CloseKind::Dead => {}
+            CloseKind::Graceful | CloseKind::Dead => drop(session.fd),
         }
-        drop(session.fd);
         debug_assert!(self.sessions > 0, "more sessions released than registered");
         self.sessions = self.sessions.saturating_sub(1);
         forget_open_session(&self.config.open_sessions);
