@@ -1,5 +1,7 @@
-//! Connections refused by `max_connections`: FIN at once, their input read away while
-//! they linger (bounded in number, time and bytes), so the peer sees EOF and not RST.
+//! Lingering closes: connections refused by `max_connections` (FIN at once) and
+//! sessions closed gracefully before their peer's EOF (FIN after the buffer), their input
+//! read away while they linger (bounded in number, time and bytes), so the peer sees EOF
+//! and not RST.
 
 use super::*;
 
