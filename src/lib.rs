@@ -7,6 +7,7 @@
 //! sys/        syscalls only: epoll + waker, sockets, what fork() leaves behind
 //! buffer      the write buffer          timers    the timer wheel's heap
 //! framing     streams cut into messages (private fields, checked constructors)
+//! proxy       the PROXY protocol header a load balancer sends first (v1 and v2)
 //! shared/     what other threads touch: a session's core and state, the command
 //!             queue, counters and status
 //! reactor/    the reactor: Reactor::turn is the table of contents, one file per phase
@@ -23,6 +24,7 @@ compile_error!("hamanet is built on epoll and runs on Linux only");
 
 pub mod buffer;
 pub mod framing;
+pub mod proxy;
 #[cfg(feature = "python")]
 mod py;
 pub mod reactor;
