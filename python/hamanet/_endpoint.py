@@ -338,6 +338,8 @@ class Listeners:
         reuse_port: bool = False,
         dual_stack: bool = False,
         tls: TLSServerContext | None = None,
+        proxy_protocol: bool = False,
+        proxy_timeout: float | None = None,
     ) -> tuple[str, int]:
         """Binds and listens on ``host:port`` (port 0 picks a free one); returns the bound
         address. The default host is loopback: listening on every interface takes an
@@ -348,10 +350,15 @@ class Listeners:
         With ``tls`` (a ``TLSServerContext``) every session of this listener is TLS: its
         handler sees plaintext, and ``on_connect`` follows the handshake; a failed
         handshake is ``on_close(session, TLSError)`` without an ``on_connect``.
+        With ``proxy_protocol=True`` (behind HAProxy and the like) every connection must
+        start with a PROXY protocol header (v1 or v2), within ``proxy_timeout`` seconds
+        (default 5): ``session.peer_addr`` is then the client's address, and a connection
+        without a valid header is closed before any callback (see the README).
         """
         # (host, port) for IPv6 too: flowinfo and scope_id say nothing about a listener.
-        listen = self._loop.listen
-        address = listen(host, port, backlog, bool(reuse_port), bool(dual_stack), tls)[:2]
+        flags = (bool(reuse_port), bool(dual_stack))
+        proxy = (bool(proxy_protocol), proxy_timeout)
+        address = self._loop.listen(host, port, backlog, *flags, tls, *proxy)[:2]
         self._addresses.append(address)
         return address
 
@@ -361,12 +368,16 @@ class Listeners:
         *,
         backlog: int = DEFAULT_BACKLOG,
         tls: TLSServerContext | None = None,
+        proxy_protocol: bool = False,
+        proxy_timeout: float | None = None,
     ) -> str:
         """Binds and listens on a Unix domain stream socket at ``path``; returns the path.
         A socket file left behind by a dead process is replaced; one a live server owns
         raises OSError(EADDRINUSE); a path over 107 bytes raises ValueError. The file is
-        removed when the server stops. ``tls`` as for ``open``."""
-        address = self._loop.listen_unix(path, backlog, tls)
+        removed when the server stops. ``tls``, ``proxy_protocol`` and ``proxy_timeout``
+        as for ``open``."""
+        proxy = (bool(proxy_protocol), proxy_timeout)
+        address = self._loop.listen_unix(path, backlog, tls, *proxy)
         self._addresses.append(address)
         return address
 

@@ -231,6 +231,10 @@ class Session:
     @property
     def write_buffer_size(self) -> int: ...
     @property
+    def proxy_addr(self) -> _Address | None: ...
+    @property
+    def proxy_tlvs(self) -> dict[int, bytes] | None: ...
+    @property
     def tls(self) -> TLSInfo | None: ...
     @property
     def closing(self) -> bool: ...
@@ -299,9 +303,16 @@ class Loop:
         reuse_port: bool,
         dual_stack: bool,
         tls: TLSServerContext | None = None,
+        proxy_protocol: bool = False,
+        proxy_timeout: float | None = None,
     ) -> _Address: ...
     def listen_unix(
-        self, path: str | PathLike[str], backlog: int, tls: TLSServerContext | None = None
+        self,
+        path: str | PathLike[str],
+        backlog: int,
+        tls: TLSServerContext | None = None,
+        proxy_protocol: bool = False,
+        proxy_timeout: float | None = None,
     ) -> str: ...
     def open_udp(
         self,

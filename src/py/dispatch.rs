@@ -22,6 +22,7 @@ use super::sessions::Entry;
 use super::view::{Loan, ReceivedBytes, Returned};
 use crate::framing::{FrameDecoder, FrameError};
 use crate::shared::{lock, SessionCore};
+use crate::sys::address::Address;
 
 /// What happened to an open session, for its handler, in the order the reactor saw it.
 #[derive(Debug)]
@@ -265,6 +266,18 @@ impl<'a, 'py> Dispatcher<'a, 'py> {
         self.report.warning(&format!(
             "hamanet: accept failed ({error}); accepting pauses and retries every 100 ms \
              until descriptors or memory free up; queued connections wait in the backlog"
+        ));
+    }
+
+    /// A connection to a `proxy_protocol` listener was closed for its header: said once
+    /// a second at most (the reactor counts the rest), since a flood of them is possible.
+    pub(super) fn proxy_refused(&self, peer: &Address, error: &io::Error, unreported: u64) {
+        let more = match unreported {
+            0 => String::new(),
+            n => format!(" ({n} more since the last such warning)"),
+        };
+        self.report.warning(&format!(
+            "hamanet: connection from {peer} closed before it became a session: {error}{more}"
         ));
     }
 

@@ -4,11 +4,12 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use pyo3::prelude::*;
 
 use super::connect::resolve;
-use super::convert::{self, address_object, C_INT_MAX};
+use super::convert::{self, address_object, optional_timeout, C_INT_MAX};
 use super::errors::{os_error, LifecycleError};
 use super::inner::LoopInner;
 use super::tls::server_context;
@@ -16,13 +17,49 @@ use crate::shared::{Command, Listener, Placement};
 use crate::sys::address::{self, Address};
 use crate::sys::net::{self, SocketOptions};
 use crate::tls::ServerContext;
+use pyo3::exceptions::PyValueError;
+
+/// How long a connection to a `proxy_protocol` listener has to send its header unless
+/// `proxy_timeout` says otherwise: a proxy sends it at once, so this only bounds what a
+/// stray or hostile client can hold (a socket, a slot in `max_connections`).
+pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a TCP listener is made, beside its address.
 pub(super) struct Listening<'a, 'py> {
     pub(super) backlog: &'a Bound<'py, PyAny>,
     pub(super) reuse_port: bool,
     pub(super) dual_stack: bool,
+    pub(super) accepting: Accepting<'a, 'py>,
+}
+
+/// What a listener's sessions go through before they open, as the Python call gave it.
+pub(super) struct Accepting<'a, 'py> {
+    /// A `TLSServerContext`: every session is TLS.
     pub(super) tls: Option<&'a Bound<'py, PyAny>>,
+    /// Every connection starts with a PROXY protocol header.
+    pub(super) proxy_protocol: bool,
+    /// How long it has to send it (None: [`DEFAULT_PROXY_TIMEOUT`]).
+    pub(super) proxy_timeout: Option<&'a Bound<'py, PyAny>>,
+}
+
+impl Accepting<'_, '_> {
+    /// The TLS context and the PROXY header's deadline, checked.
+    fn check(&self) -> PyResult<(Option<Arc<ServerContext>>, Option<Duration>)> {
+        let tls = server_context(self.tls)?;
+        let timeout = match self.proxy_timeout {
+            Some(value) if !value.is_none() => optional_timeout(value, "proxy_timeout")?,
+            _ => None,
+        };
+        if timeout.is_some() && !self.proxy_protocol {
+            return Err(PyValueError::new_err(
+                "proxy_timeout is the PROXY header's deadline: it needs proxy_protocol=True",
+            ));
+        }
+        let proxy_header = self
+            .proxy_protocol
+            .then(|| timeout.unwrap_or(DEFAULT_PROXY_TIMEOUT));
+        Ok((tls, proxy_header))
+    }
 }
 
 /// Binds and listens on `host:port`; returns the bound address.
@@ -37,12 +74,12 @@ pub(super) fn listen<'py>(
         backlog,
         reuse_port,
         dual_stack,
-        tls,
+        accepting,
     } = how;
     let port = convert::port(port)?;
     let host = convert::host(host)?;
     let backlog = convert::size(backlog, "backlog", 1..=C_INT_MAX)? as i32;
-    let tls = server_context(tls)?;
+    let (tls, proxy_header) = accepting.check()?;
     inner.check_running("open()")?;
     let addr = resolve(py, &host, port)?[0];
     let context = format!("{host}:{port}");
@@ -70,7 +107,7 @@ pub(super) fn listen<'py>(
             Ok((fds, Placement::Here))
         })
         .map_err(|e| os_error(&e, Some(&context)))?;
-    add_listeners(py, inner, fds, (placement, tls), &context)
+    add_listeners(py, inner, fds, (placement, tls, proxy_header), &context)
 }
 
 /// Binds and listens on a Unix domain socket at `path`; returns the path.
@@ -79,18 +116,19 @@ pub(super) fn listen_unix<'py>(
     inner: &LoopInner,
     path: &Bound<'py, PyAny>,
     backlog: &Bound<'py, PyAny>,
-    tls: Option<&Bound<'py, PyAny>>,
+    accepting: Accepting<'_, 'py>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let path = convert::unix_path(path)?;
     let backlog = convert::size(backlog, "backlog", 1..=C_INT_MAX)? as i32;
-    let tls = server_context(tls)?;
+    let (tls, proxy_header) = accepting.check()?;
     inner.check_running("open_unix()")?;
     let context = path.display().to_string();
     let fd = py
         .detach(|| net::listen_unix(&path, backlog))
         .map_err(|e| os_error(&e, Some(&context)))?;
     let fds = share(fd, inner.reactors.len()).map_err(|e| os_error(&e, Some(&context)))?;
-    add_listeners(py, inner, fds, (Placement::Spread, tls), &context)
+    let accepting = (Placement::Spread, tls, proxy_header);
+    add_listeners(py, inner, fds, accepting, &context)
 }
 
 /// Hands listener `i` of `fds` (all on one address) to reactor `i`; returns the
@@ -99,7 +137,7 @@ fn add_listeners<'py>(
     py: Python<'py>,
     inner: &LoopInner,
     fds: Vec<OwnedFd>,
-    (placement, tls): (Placement, Option<Arc<ServerContext>>),
+    (placement, tls, proxy_header): (Placement, Option<Arc<ServerContext>>, Option<Duration>),
     context: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut object = None;
@@ -113,6 +151,7 @@ fn add_listeners<'py>(
             addr: bound,
             placement,
             tls: tls.clone(),
+            proxy_header,
         };
         if !slot.shared.submit(Command::Listen(listener)) {
             return Err(LifecycleError::new_err("cannot open(): it has stopped"));

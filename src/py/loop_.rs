@@ -122,8 +122,10 @@ impl PyLoop {
     }
 
     /// Binds and listens on `host:port`; returns the bound address. With `tls` (a
-    /// `TLSServerContext`) every session it accepts is TLS.
-    #[pyo3(signature = (host, port, backlog, reuse_port, dual_stack, tls=None))]
+    /// `TLSServerContext`) every session it accepts is TLS; with `proxy_protocol` each
+    /// connection must start with a PROXY header (within `proxy_timeout` seconds).
+    #[pyo3(signature = (host, port, backlog, reuse_port, dual_stack, tls=None,
+        proxy_protocol=false, proxy_timeout=None))]
     #[allow(clippy::too_many_arguments)] // the Python signature
     fn listen<'py>(
         &self,
@@ -134,26 +136,41 @@ impl PyLoop {
         reuse_port: bool,
         dual_stack: bool,
         tls: Option<&Bound<'py, PyAny>>,
+        proxy_protocol: bool,
+        proxy_timeout: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let accepting = listen::Accepting {
+            tls,
+            proxy_protocol,
+            proxy_timeout,
+        };
         let how = listen::Listening {
             backlog,
             reuse_port,
             dual_stack,
-            tls,
+            accepting,
         };
         listen::listen(py, &self.inner, host, port, how)
     }
 
-    /// Binds and listens on a Unix domain socket at `path`; returns the path.
-    #[pyo3(signature = (path, backlog, tls=None))]
+    /// Binds and listens on a Unix domain socket at `path`; returns the path. `tls`,
+    /// `proxy_protocol` and `proxy_timeout` as for `listen`.
+    #[pyo3(signature = (path, backlog, tls=None, proxy_protocol=false, proxy_timeout=None))]
     fn listen_unix<'py>(
         &self,
         py: Python<'py>,
         path: &Bound<'py, PyAny>,
         backlog: &Bound<'py, PyAny>,
         tls: Option<&Bound<'py, PyAny>>,
+        proxy_protocol: bool,
+        proxy_timeout: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        listen::listen_unix(py, &self.inner, path, backlog, tls)
+        let accepting = listen::Accepting {
+            tls,
+            proxy_protocol,
+            proxy_timeout,
+        };
+        listen::listen_unix(py, &self.inner, path, backlog, accepting)
     }
 
     /// Binds a datagram (UDP) endpoint to `host:port` on one of the reactors; `callbacks`,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
 
 use super::convert::{address_object, optional_size, optional_timeout, MAX_SIZE};
 use super::errors::{os_error, refused, FramingError};
@@ -141,6 +142,32 @@ impl PySession {
     #[getter]
     fn local_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         address_object(py, &self.core.local)
+    }
+
+    /// For a session accepted by a `proxy_protocol` listener, the proxy's own address
+    /// (the connection's real peer; `peer_addr` and `local_addr` are then the client's
+    /// connection as the proxy saw it). None for any other session.
+    #[getter]
+    fn proxy_addr<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.core
+            .proxy()
+            .map(|info| address_object(py, &info.proxy))
+            .transpose()
+    }
+
+    /// For a session accepted by a `proxy_protocol` listener, its PROXY header's TLVs as
+    /// `{type: bytes}` (empty for a version 1 header; a type sent twice keeps its last
+    /// value). None for any other session.
+    #[getter]
+    fn proxy_tlvs<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(info) = self.core.proxy() else {
+            return Ok(None);
+        };
+        let tlvs = PyDict::new(py);
+        for tlv in &info.tlvs {
+            tlvs.set_item(tlv.kind, PyBytes::new(py, &tlv.value))?;
+        }
+        Ok(Some(tlvs))
     }
 
     /// Stops reading: no `on_recv` until `resume_reading()`, and the kernel's receive

@@ -70,6 +70,7 @@ fn stats_dict<'py>(
     dict.set_item("calls_soon", stats.calls_soon)?;
     dict.set_item("tls_handshakes", stats.tls_handshakes)?;
     dict.set_item("tls_failures", stats.tls_failures)?;
+    dict.set_item("proxy_refused", stats.proxy_refused)?;
     dict.set_item("endpoints_open", endpoints_open)?;
     dict.set_item("datagrams_in", stats.datagrams_in)?;
     dict.set_item("datagram_bytes_in", stats.datagram_bytes_in)?;

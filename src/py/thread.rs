@@ -218,6 +218,11 @@ pub(super) fn deliver(
             // Only with a pool (`StopCloses::Handler`).
             Event::Stopping { .. } => {}
             Event::AcceptPaused { error } => dispatcher.accept_paused(&error),
+            Event::ProxyRefused {
+                peer,
+                error,
+                unreported,
+            } => dispatcher.proxy_refused(&peer, &error, unreported),
             Event::EndpointOpened { token, endpoint } => {
                 if let Some(entry) = dispatcher.endpoint_opened(&endpoint) {
                     known.endpoints.insert(token, entry);

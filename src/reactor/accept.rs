@@ -46,6 +46,7 @@ impl Reactor {
                         addr: listener.addr.clone(),
                         placement: listener.placement,
                         tls: listener.tls.clone(),
+                        proxy_header: listener.proxy_header,
                     };
                     self.open_accepted(stream, peer, from);
                 }
@@ -72,11 +73,6 @@ impl Reactor {
     }
 
     pub(super) fn open_accepted(&mut self, stream: OwnedFd, peer: Option<Address>, from: Accepted) {
-        let Accepted {
-            addr: listen_addr,
-            placement,
-            tls,
-        } = from;
         self.stats.accepted += 1;
         if self
             .config
@@ -87,9 +83,9 @@ impl Reactor {
             self.refuse(stream);
             return;
         }
-        let (peer, local) = match listen_addr {
+        let (peer, local) = match &from.addr {
             // A Unix peer is unnamed; the local address is the listener's path.
-            Address::Unix(_) => (Address::Unix(Default::default()), listen_addr),
+            Address::Unix(_) => (Address::Unix(Default::default()), from.addr.clone()),
             Address::Inet(inet) => {
                 // A peer that reset before we got here may have no address: drop it.
                 let Some(peer) = peer.or_else(|| address::peer_addr(stream.as_fd()).ok()) else {
@@ -101,25 +97,54 @@ impl Reactor {
                         Err(_) => return,
                     }
                 } else {
-                    listen_addr
+                    from.addr.clone()
                 };
                 (peer, local)
             }
         };
-        let tls = match tls.map(|context| TlsStream::server(&context)).transpose() {
+        let ends = Ends { peer, local };
+        match from.proxy_header {
+            Some(timeout) => self.await_proxy_header(stream, ends, from, timeout),
+            None => self.start_session(stream, ends, from, None),
+        }
+    }
+
+    /// Makes the session of an accepted connection (whose PROXY header, if its listener
+    /// asked for one, has been read: `proxy`) and registers it here or hands it to the
+    /// reactor whose turn it is.
+    pub(super) fn start_session(
+        &mut self,
+        stream: OwnedFd,
+        Ends { peer, local }: Ends,
+        from: Accepted,
+        proxy: Option<crate::proxy::ProxyInfo>,
+    ) {
+        let tls = match from
+            .tls
+            .map(|context| TlsStream::server(&context))
+            .transpose()
+        {
             Ok(tls) => tls.map(Box::new),
             // Only when out of memory (rustls's own allocations): drop the connection.
             Err(_) => return,
         };
         let limits = self.config.limits;
-        let owner = match placement {
-            Placement::Spread => self.config.siblings.next_owner(&self.shared),
+        let owner = match from.placement {
+            Placement::Spread => self.config.siblings.next_owner(&self.shared).cloned(),
             Placement::Here => None,
         };
+        let core = SessionCore::new(
+            Arc::clone(owner.as_ref().unwrap_or(&self.shared)),
+            peer,
+            local,
+            limits,
+        );
+        if let Some(proxy) = proxy {
+            core.set_proxy(proxy);
+        }
         if let Some(owner) = owner {
             // Another reactor's turn: it registers the session as its own. If it has
             // stopped, the connection is dropped, as a stopping reactor drops its own.
-            let core = SessionCore::new(Arc::clone(owner), peer, local, limits);
             // Counted here, at once: the next accept (on any reactor) must see it.
             self.config.open_sessions.fetch_add(1, Ordering::Relaxed);
             let adoption = Adoption {
@@ -133,7 +158,6 @@ impl Reactor {
             }
             return;
         }
-        let core = SessionCore::new(Arc::clone(&self.shared), peer, local, limits);
         self.register(stream, core, Origin::Accepted, None, tls);
     }
 
@@ -151,6 +175,13 @@ pub(super) struct Accepted {
     addr: Address,
     placement: Placement,
     tls: Option<Arc<crate::tls::ServerContext>>,
+    proxy_header: Option<Duration>,
+}
+
+/// A connection's two ends, as its session will report them.
+pub(super) struct Ends {
+    pub(super) peer: Address,
+    pub(super) local: Address,
 }
 
 /// Closes a listener; for a Unix socket also removes its file, which would otherwise

@@ -6,6 +6,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::shared::{DatagramCore, SessionCore};
+use crate::sys::address::Address;
 use crate::sys::epoll::Token;
 
 /// What happened to a session or a datagram endpoint during a turn, in the order it
@@ -85,6 +86,18 @@ pub enum Event {
     AcceptPaused {
         /// What accept said.
         error: io::Error,
+    },
+    /// A connection to a `proxy_protocol` listener was closed for its PROXY header
+    /// (missing, malformed, oversized, or late) before it became a session. Reported at
+    /// most once a second per reactor: `unreported` counts those closed since the last
+    /// report without one (all are in the `proxy_refused` statistic).
+    ProxyRefused {
+        /// The connection's real peer (the proxy, or whoever connected).
+        peer: Address,
+        /// What was wrong.
+        error: io::Error,
+        /// Refusals since the last report that were not reported.
+        unreported: u64,
     },
     /// A datagram endpoint was registered.
     EndpointOpened {

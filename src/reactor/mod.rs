@@ -16,8 +16,9 @@
 //! `slots` (the slot table and its generations), `accept` (listeners), `refusal` (peers
 //! over `max_connections`), `connect` (connects the reactor finishes), `tls` (handshakes,
 //! and a TLS session's reads and sends), `read`, `flush`, `close` (releasing a session),
-//! `datagram` (UDP endpoints: recvmmsg, sendmmsg, their close),
-//! `idle` (the idle timeout) and `stop`.
+//! `datagram` (UDP endpoints: recvmmsg, sendmmsg, their close), `proxy_header` (a
+//! PROXY protocol header awaited before a session exists), `idle` (the idle timeout),
+//! `deadlines` (what comes due, and when the next thing does) and `stop`.
 
 use std::collections::VecDeque;
 use std::io;
@@ -45,11 +46,13 @@ mod connect;
 mod datagram;
 #[cfg(test)]
 mod datagram_tests;
+mod deadlines;
 #[cfg(test)]
 mod driven_tests;
 mod event;
 mod flush;
 mod idle;
+mod proxy_header;
 mod read;
 mod refusal;
 mod slots;
@@ -68,6 +71,7 @@ use accept::remove_unix_socket_file;
 use close::{discard_input, CloseKind};
 use datagram::{endpoint_slot, DatagramSlot};
 use idle::IdleSweep;
+use proxy_header::{AwaitingHeader, ProxyHeaders};
 use slots::{forget_open_session, Origin, Phase, SessionSlot, Slot};
 use tls::receive_tls;
 
@@ -130,6 +134,8 @@ pub struct Reactor {
     opening: Vec<(Instant, Token)>,
     /// Refused connections lingering, with their deadlines (in deadline order).
     refusals: VecDeque<(Instant, Token)>,
+    /// Connections awaiting their PROXY header.
+    proxy: ProxyHeaders,
     /// The time of the last wakeup: one clock read per turn serves every session.
     now: Instant,
     stats: Stats,
@@ -165,6 +171,7 @@ impl Reactor {
             idle: IdleSweep::new(config.idle_timeout, now),
             opening: Vec::new(),
             refusals: VecDeque::new(),
+            proxy: ProxyHeaders::default(),
             config,
             slots: Vec::new(),
             vacant: Vec::new(),
@@ -346,34 +353,6 @@ impl Reactor {
         }
     }
 
-    /// Whatever came due: accepting after a pause, connects and refusals past their
-    /// deadlines, idle sessions, timers.
-    fn run_deadlines(&mut self) {
-        if self
-            .accept_paused_until
-            .is_some_and(|until| self.now >= until)
-        {
-            self.accept_paused_until = None;
-            for token in self.listener_tokens() {
-                self.accept_ready(token);
-            }
-        }
-        if !self.opening.is_empty() {
-            self.expire_openings();
-        }
-        if !self.refusals.is_empty() {
-            self.expire_refusals();
-        }
-        if self.idle.next.is_some_and(|at| self.now >= at) {
-            self.close_idle_sessions();
-        }
-        let (batch, stats) = (&mut self.batch, &mut self.stats);
-        self.timers.pop_due(self.now, |id| {
-            stats.timers_fired += 1;
-            batch.push(Event::Timer { id });
-        });
-    }
-
     fn handle(&mut self, readiness: Readiness) {
         let token = readiness.token;
         if token == Token::WAKER {
@@ -384,6 +363,9 @@ impl Reactor {
             Some(slot) if slot.generation() != token.generation() => {}
             Some(Slot::Listener { .. }) => self.accept_ready(token),
             Some(Slot::Refused { .. }) => self.discard_refused(token),
+            Some(Slot::AwaitingHeader(_)) => {
+                self.read_proxy_header(token, readiness.read_closed || readiness.error)
+            }
             Some(Slot::Datagram(_)) => self.endpoint_ready(token, readiness),
             // A connect in progress reports its end as writable, or as an error.
             Some(Slot::Session(session))
@@ -456,21 +438,6 @@ impl Reactor {
             }
         }
         self.commands = commands;
-    }
-
-    fn until_next_deadline(&mut self) -> Option<Duration> {
-        let next = [
-            self.stop_deadline,
-            self.accept_paused_until,
-            self.idle.next,
-            self.timers.next_deadline(),
-            self.opening.iter().map(|(deadline, _)| *deadline).min(),
-            self.refusals.front().map(|(deadline, _)| *deadline),
-        ]
-        .into_iter()
-        .flatten()
-        .min()?;
-        Some(next.saturating_duration_since(Instant::now()))
     }
 }
 

@@ -223,6 +223,9 @@ pub(super) enum Slot {
         discarded: usize,
     },
     Session(SessionSlot),
+    /// A connection to a `proxy_protocol` listener awaiting its PROXY header: not yet a
+    /// session.
+    AwaitingHeader(Box<AwaitingHeader>),
     /// A datagram (UDP) endpoint.
     Datagram(DatagramSlot),
 }
@@ -247,6 +250,7 @@ impl Slot {
             | Slot::Listener { generation, .. }
             | Slot::Refused { generation, .. } => *generation,
             Slot::Session(session) => session.generation,
+            Slot::AwaitingHeader(waiting) => waiting.generation,
             Slot::Datagram(endpoint) => endpoint.generation,
         }
     }

@@ -16,6 +16,7 @@ impl Reactor {
     pub fn abort_all(&mut self, error: &io::Error) {
         self.close_listeners();
         self.close_refusals();
+        self.close_proxy_headers();
         for token in self.session_tokens() {
             let error = io::Error::new(error.kind(), error.to_string());
             self.release(token, CloseKind::Abortive, Some(error));
@@ -36,6 +37,7 @@ impl Reactor {
         self.stop_deadline = Some(deadline);
         self.close_listeners();
         self.close_refusals();
+        self.close_proxy_headers();
         for token in self.session_tokens() {
             self.close_for_stop(token);
         }

@@ -51,6 +51,7 @@ pub(super) fn echo_reactor_with(
                     | Event::ResumeWriting { .. }
                     | Event::Timer { .. }
                     | Event::AcceptPaused { .. }
+                    | Event::ProxyRefused { .. }
                     | Event::ReadingResumed { .. }
                     | Event::Stopping { .. } => {}
                     Event::EndpointOpened { .. }
@@ -198,6 +199,7 @@ fn listening_reactor_with(
         addr: bound,
         placement: Placement::Here,
         tls,
+        proxy_header: None,
     })));
     (reactor, addr)
 }
@@ -268,6 +270,7 @@ fn a_queue_longer_than_the_accept_budget_is_accepted_whole() {
         addr: bound,
         placement: Placement::Here,
         tls: None,
+        proxy_header: None,
     })));
     let mut opened = 0;
     turn_until(&mut reactor, |event| {

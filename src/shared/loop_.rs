@@ -77,6 +77,9 @@ pub struct Listener {
     pub placement: Placement,
     /// For a TLS listener, what each of its sessions handshakes with.
     pub tls: Option<Arc<ServerContext>>,
+    /// For a listener behind a load balancer, how long each connection has to send its
+    /// PROXY protocol header (before anything else, a TLS handshake included).
+    pub proxy_header: Option<Duration>,
 }
 
 /// How a socket handed to a reactor as a session arrives. Either way it counts as open in
@@ -132,6 +135,9 @@ pub struct Stats {
     /// TLS sessions that failed: a handshake refused or timed out, a protocol error, a
     /// stream truncated without `close_notify`.
     pub tls_failures: u64,
+    /// Connections to a `proxy_protocol` listener closed for their PROXY header: missing,
+    /// malformed, oversized, or not complete in time.
+    pub proxy_refused: u64,
     /// Datagrams received (whole or truncated).
     pub datagrams_in: u64,
     /// Bytes of them kept (of a truncated one, what its slot held).
@@ -168,6 +174,7 @@ impl std::ops::AddAssign for Stats {
         self.calls_soon += other.calls_soon;
         self.tls_handshakes += other.tls_handshakes;
         self.tls_failures += other.tls_failures;
+        self.proxy_refused += other.proxy_refused;
         self.datagrams_in += other.datagrams_in;
         self.datagram_bytes_in += other.datagram_bytes_in;
         self.datagrams_out += other.datagrams_out;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::{lock, Command, IdleTimeout, LoopShared, WriteLimits};
 use crate::buffer::{FileSegment, WriteBuffer};
+use crate::proxy::ProxyInfo;
 use crate::sys::address::Address;
 use crate::sys::epoll::Token;
 use crate::tls::TlsInfo;
@@ -142,6 +143,9 @@ pub struct SessionCore {
     /// What the TLS handshake settled, once it has (never, for a plain session). Boxed: a
     /// plain session pays a pointer for it, not the whole record.
     tls: OnceLock<Box<TlsInfo>>,
+    /// What its PROXY header said beside the addresses, for a session accepted behind a
+    /// proxy (set before it opens). Boxed for the same reason.
+    proxy: OnceLock<Box<ProxyInfo>>,
 }
 
 impl std::fmt::Debug for SessionCore {
@@ -188,6 +192,7 @@ impl SessionCore {
             }),
             shared,
             tls: OnceLock::new(),
+            proxy: OnceLock::new(),
         })
     }
 
@@ -199,6 +204,16 @@ impl SessionCore {
     /// Records what the handshake settled (the reactor, once, when it completes).
     pub(crate) fn set_tls(&self, info: TlsInfo) {
         let _ = self.tls.set(Box::new(info));
+    }
+
+    /// What the PROXY header said: `None` unless accepted by a `proxy_protocol` listener.
+    pub fn proxy(&self) -> Option<&ProxyInfo> {
+        self.proxy.get().map(|info| &**info)
+    }
+
+    /// Records the PROXY header (the reactor, once, before the session opens).
+    pub(crate) fn set_proxy(&self, info: ProxyInfo) {
+        let _ = self.proxy.set(Box::new(info));
     }
 
     /// The loop this session belongs to.

@@ -120,6 +120,10 @@ const ENDPOINT_INTEREST: EpollFlags = EpollFlags::EPOLLIN.union(EpollFlags::EPOL
 /// Listeners and the waker only ever need read readiness.
 const READ_INTEREST: EpollFlags = EpollFlags::EPOLLIN.union(EpollFlags::EPOLLET);
 
+/// A connection awaiting its PROXY header is only read, but its peer's FIN must be seen
+/// even behind bytes already there (which a peek never takes off).
+const HEADER_INTEREST: EpollFlags = READ_INTEREST.union(EpollFlags::EPOLLRDHUP);
+
 /// A listener may be shared by several reactors' epolls (one per reactor thread): a new
 /// connection then wakes one of the threads waiting, not all of them.
 const LISTEN_INTEREST: EpollFlags = READ_INTEREST.union(EpollFlags::EPOLLEXCLUSIVE);
@@ -176,6 +180,14 @@ impl Poller {
         Ok(self
             .epoll
             .add(fd, EpollEvent::new(READ_INTEREST, token.0))?)
+    }
+
+    /// Registers a connection awaiting its PROXY header: edge-triggered read readiness
+    /// and the peer's FIN.
+    pub fn add_header_reader(&self, fd: BorrowedFd<'_>, token: Token) -> io::Result<()> {
+        Ok(self
+            .epoll
+            .add(fd, EpollEvent::new(HEADER_INTEREST, token.0))?)
     }
 
     /// Registers a listening socket for edge-triggered read readiness, waking only one

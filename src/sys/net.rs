@@ -364,6 +364,17 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Copies what has arrived into `buf` without taking it off the socket (`MSG_PEEK`);
+/// `Ok(0)` is EOF with nothing before it. `EAGAIN` comes back as `WouldBlock`.
+pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match socket::recv(fd.as_raw_fd(), buf, MsgFlags::MSG_PEEK) {
+            Err(Errno::EINTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}
+
 /// Sends from `buf` without ever raising `SIGPIPE`. `EAGAIN` comes back as `WouldBlock`.
 pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: a `BorrowedFd` is open for its lifetime, which spans the call.

@@ -87,6 +87,15 @@ impl Pool {
                     self.push(&self.loop_lane, Work::AcceptPaused(error));
                     continue;
                 }
+                Event::ProxyRefused {
+                    peer,
+                    error,
+                    unreported,
+                } => {
+                    let work = Work::ProxyRefused(peer, error, unreported);
+                    self.push(&self.loop_lane, work);
+                    continue;
+                }
                 Event::Eof { token } => (token, Work::Eof),
                 Event::Drained { token } => (token, Work::Drained),
                 Event::PauseWriting { token } => (token, Work::PauseWriting),

@@ -16,6 +16,7 @@ use crate::framing::{FrameDecoder, FrameError, Framer};
 use crate::py::sessions::{EndpointEntry, Entry};
 use crate::reactor::{DatagramFailure, ReceivedDatagram};
 use crate::shared::{DatagramCore, SessionCore};
+use crate::sys::address::Address;
 
 /// What one queued datagram counts in a lane's backlog beside its bytes, so that a flood
 /// of tiny (or empty) datagrams is bounded too: about what it costs in Python.
@@ -52,6 +53,8 @@ pub(super) enum Work {
     ConnectFailed(Arc<SessionCore>, Option<io::Error>),
     Timer(u64),
     AcceptPaused(io::Error),
+    /// A connection was turned away for its PROXY header (and `u64` more unreported).
+    ProxyRefused(Address, io::Error, u64),
     /// Reading resumed: nothing to run, but held input may go now.
     ReadingResumed,
     /// The loop stops: close the session, now that its handler has had what came before.

@@ -163,6 +163,10 @@ fn run(
             dispatcher.accept_paused(&error);
             return None;
         }
+        Work::ProxyRefused(peer, error, unreported) => {
+            dispatcher.proxy_refused(&peer, &error, unreported);
+            return None;
+        }
         Work::Job {
             function,
             args,
