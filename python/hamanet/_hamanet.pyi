@@ -303,6 +303,10 @@ class Loop:
     def listen_unix(
         self, path: str | PathLike[str], backlog: int, tls: TLSServerContext | None = None
     ) -> str: ...
+    def stop_accepting(self) -> None: ...
+    def listen_socket(
+        self, sock: int | _HasFileno, tls: TLSServerContext | None = None
+    ) -> _Address | str: ...
     def open_udp(
         self,
         host: str,

@@ -1,10 +1,11 @@
 //! Listening: a TCP or Unix listener for every reactor of the loop, shared (one socket in
 //! every reactor's epoll, its sessions handed to each in turn) or, with `reuse_port`, one
-//! SO_REUSEPORT socket per reactor.
+//! SO_REUSEPORT socket per reactor; or a listening socket someone else bound, adopted.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::connect::resolve;
@@ -12,8 +13,9 @@ use super::convert::{self, address_object, C_INT_MAX};
 use super::errors::{os_error, LifecycleError};
 use super::inner::LoopInner;
 use super::tls::server_context;
-use crate::shared::{Command, Listener, Placement};
+use crate::shared::{Command, Listener, Placement, SocketFile};
 use crate::sys::address::{self, Address};
+use crate::sys::file;
 use crate::sys::net::{self, SocketOptions};
 use crate::tls::ServerContext;
 
@@ -70,7 +72,7 @@ pub(super) fn listen<'py>(
             Ok((fds, Placement::Here))
         })
         .map_err(|e| os_error(&e, Some(&context)))?;
-    add_listeners(py, inner, fds, (placement, tls), &context)
+    add_listeners(py, inner, fds, (placement, tls, SocketFile::Ours), &context)
 }
 
 /// Binds and listens on a Unix domain socket at `path`; returns the path.
@@ -90,7 +92,43 @@ pub(super) fn listen_unix<'py>(
         .detach(|| net::listen_unix(&path, backlog))
         .map_err(|e| os_error(&e, Some(&context)))?;
     let fds = share(fd, inner.reactors.len()).map_err(|e| os_error(&e, Some(&context)))?;
-    add_listeners(py, inner, fds, (Placement::Spread, tls), &context)
+    add_listeners(
+        py,
+        inner,
+        fds,
+        (Placement::Spread, tls, SocketFile::Ours),
+        &context,
+    )
+}
+
+/// Serves a listening socket someone else bound (`fd`, which stays theirs): a copy of it
+/// in every reactor's epoll, as for `listen_unix`. Its Unix socket file, if any, is left
+/// alone when the loop stops: whoever bound it removes it.
+pub(super) fn listen_socket<'py>(
+    py: Python<'py>,
+    inner: &LoopInner,
+    fd: &Bound<'py, PyAny>,
+    tls: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let fd = convert::descriptor(fd, "sock", "a listening socket or its file descriptor")?;
+    let tls = server_context(tls)?;
+    inner.check_running("open_socket()")?;
+    let context = format!("open_socket(fd {fd})");
+    let copy = file::duplicate(fd).map_err(|e| os_error(&e, Some(&context)))?;
+    let adopted = net::adopt_listener(copy, &inner.config.options).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => PyValueError::new_err(format!(
+            "open_socket() takes a listening TCP or Unix stream socket: {e}"
+        )),
+        _ => os_error(&e, Some(&context)),
+    })?;
+    let fds = share(adopted, inner.reactors.len()).map_err(|e| os_error(&e, Some(&context)))?;
+    add_listeners(
+        py,
+        inner,
+        fds,
+        (Placement::Spread, tls, SocketFile::Theirs),
+        &context,
+    )
 }
 
 /// Hands listener `i` of `fds` (all on one address) to reactor `i`; returns the
@@ -99,7 +137,7 @@ fn add_listeners<'py>(
     py: Python<'py>,
     inner: &LoopInner,
     fds: Vec<OwnedFd>,
-    (placement, tls): (Placement, Option<Arc<ServerContext>>),
+    (placement, tls, socket_file): (Placement, Option<Arc<ServerContext>>, SocketFile),
     context: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut object = None;
@@ -113,6 +151,7 @@ fn add_listeners<'py>(
             addr: bound,
             placement,
             tls: tls.clone(),
+            socket_file,
         };
         if !slot.shared.submit(Command::Listen(listener)) {
             return Err(LifecycleError::new_err("cannot open(): it has stopped"));

@@ -198,6 +198,7 @@ fn listening_reactor_with(
         addr: bound,
         placement: Placement::Here,
         tls,
+        socket_file: SocketFile::Ours,
     })));
     (reactor, addr)
 }
@@ -268,6 +269,7 @@ fn a_queue_longer_than_the_accept_budget_is_accepted_whole() {
         addr: bound,
         placement: Placement::Here,
         tls: None,
+        socket_file: SocketFile::Ours,
     })));
     let mut opened = 0;
     turn_until(&mut reactor, |event| {
