@@ -31,6 +31,7 @@ from ._hamanet import (
     __version__,
 )
 from ._handler import Handler, HandlerWarning
+from ._serve import serve
 
 __all__ = [
     "Client",
@@ -53,4 +54,5 @@ __all__ = [
     "WriteBufferFullError",
     "__version__",
     "framing",
+    "serve",
 ]

@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import logging
 import os
+import socket
 import threading
 import time
 from concurrent.futures import Future
@@ -35,6 +36,8 @@ from ._handler import Handler, _is_async, bound_callbacks
 _FOREVER = 1e9
 #: How long stop() waits past its timeout before it says which callback holds it up.
 _STOP_GRACE = 1.0
+#: How often drain() looks whether the sessions have all closed.
+_DRAIN_POLL = 0.05
 
 _logger = logging.getLogger("hamanet")
 
@@ -381,6 +384,37 @@ class Listeners:
         self._addresses.append(address)
         return address
 
+    def open_socket(
+        self,
+        sock: socket.socket | int,
+        *,
+        tls: TLSServerContext | None = None,
+        proxy_protocol: bool = False,
+        proxy_timeout: float | None = None,
+    ) -> tuple[str, int] | str:
+        """Serves a listening socket someone else bound: a ``socket.socket`` (or anything
+        with ``fileno()``) or a descriptor number, TCP or Unix, on which ``listen()`` was
+        called. Returns its address. The server works on its own copy and the caller
+        keeps theirs, so a supervisor can hold one socket while its children take turns
+        serving it (its queue of connections outlives each of them): ``hamanet serve``
+        does so. The socket is made non-blocking (a flag of the socket itself, so the
+        caller's copy too), the server's ``nodelay``/``keepalive``/buffer options are set
+        on it, and a Unix socket's file is not removed when the server stops: whoever
+        bound it does that. Anything but a listening stream socket raises ValueError.
+        ``tls``, ``proxy_protocol`` and ``proxy_timeout`` as for ``open``."""
+        proxy = (bool(proxy_protocol), proxy_timeout)
+        address = self._loop.listen_socket(sock, tls, *proxy)
+        if isinstance(address, tuple):
+            address = address[:2]
+        self._addresses.append(address)
+        return address
+
+    def stop_accepting(self) -> None:
+        """Closes every listener (a connection arriving now is refused, or waits in the
+        queue of an adopted socket for whoever else serves it) while the open sessions go
+        on. A drain's first step: see ``drain()``."""
+        self._loop.stop_accepting()
+
     @property
     def addresses(self) -> list[Any]:
         """Every address opened: (host, port) tuples, and paths for Unix sockets."""
@@ -408,6 +442,25 @@ class Server(Listeners, DatagramEndpoints, _Endpoint):
         self._addresses = []
 
     __init__.__signature__ = _Endpoint.__init__.__signature__  # type: ignore[attr-defined]
+
+    def drain(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
+        """Graceful stop that lets the sessions finish: ``stop_accepting()``, then wait
+        up to ``timeout`` seconds for every session to close on its own (its peer done),
+        then ``stop()`` whatever is left with the time that remains (at least a second to
+        flush). How ``hamanet serve`` retires a process on reload and SIGTERM. Waits, so
+        it is refused on the reactor's own thread (a callback), where nothing could close
+        meanwhile: there, call ``stop_accepting()`` and ``stop()`` later."""
+        if self._loop.on_handler_thread():
+            raise LifecycleError(
+                "drain() waits for the sessions to close, which they cannot do while a "
+                "callback waits: call it from another thread, or call stop_accepting() "
+                "now and stop() later"
+            )
+        deadline = time.monotonic() + timeout
+        self.stop_accepting()
+        while self.stats()["sessions_open"] and time.monotonic() < deadline:
+            time.sleep(_DRAIN_POLL)
+        self.stop(max(deadline - time.monotonic(), 1.0))
 
     def serve_forever(self) -> None:
         """start() then join(): runs until stop() or Ctrl-C."""

@@ -314,6 +314,14 @@ class Loop:
         proxy_protocol: bool = False,
         proxy_timeout: float | None = None,
     ) -> str: ...
+    def stop_accepting(self) -> None: ...
+    def listen_socket(
+        self,
+        sock: int | _HasFileno,
+        tls: TLSServerContext | None = None,
+        proxy_protocol: bool = False,
+        proxy_timeout: float | None = None,
+    ) -> _Address | str: ...
     def open_udp(
         self,
         host: str,

@@ -104,6 +104,28 @@ fn in_range(value: &Bound<'_, PyAny>, name: &str, range: RangeInclusive<usize>) 
     }
 }
 
+/// A file descriptor: an int, or what an object's `fileno()` returns (a socket, a file).
+/// `what` is the argument's name and `takes` what the call accepts, for the `TypeError`.
+pub(super) fn descriptor(value: &Bound<'_, PyAny>, what: &str, takes: &str) -> PyResult<i32> {
+    let number = if is_int(value) {
+        value.clone()
+    } else if value.hasattr("fileno")? {
+        value.call_method0("fileno")?
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be {takes}, not {}",
+            type_name(value)
+        )));
+    };
+    if !is_int(&number) {
+        return Err(PyTypeError::new_err(format!(
+            "{what}.fileno() must return an int, not {}",
+            type_name(&number)
+        )));
+    }
+    Ok(in_range(&number, what, 0..=C_INT_MAX)? as i32)
+}
+
 /// A port number; 0 asks the kernel for a free one.
 pub(super) fn port(value: &Bound<'_, PyAny>) -> PyResult<u16> {
     if !is_int(value) {

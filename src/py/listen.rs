@@ -1,11 +1,12 @@
 //! Listening: a TCP or Unix listener for every reactor of the loop, shared (one socket in
 //! every reactor's epoll, its sessions handed to each in turn) or, with `reuse_port`, one
-//! SO_REUSEPORT socket per reactor.
+//! SO_REUSEPORT socket per reactor; or a listening socket someone else bound, adopted.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::connect::resolve;
@@ -13,11 +14,11 @@ use super::convert::{self, address_object, optional_timeout, C_INT_MAX};
 use super::errors::{os_error, LifecycleError};
 use super::inner::LoopInner;
 use super::tls::server_context;
-use crate::shared::{Command, Listener, Placement};
+use crate::shared::{Command, Listener, Placement, SocketFile};
 use crate::sys::address::{self, Address};
+use crate::sys::file;
 use crate::sys::net::{self, SocketOptions};
 use crate::tls::ServerContext;
-use pyo3::exceptions::PyValueError;
 
 /// How long a connection to a `proxy_protocol` listener has to send its header unless
 /// `proxy_timeout` says otherwise: a proxy sends it at once, so this only bounds what a
@@ -107,7 +108,18 @@ pub(super) fn listen<'py>(
             Ok((fds, Placement::Here))
         })
         .map_err(|e| os_error(&e, Some(&context)))?;
-    add_listeners(py, inner, fds, (placement, tls, proxy_header), &context)
+    add_listeners(
+        py,
+        inner,
+        fds,
+        ListenerSpec {
+            placement,
+            tls,
+            proxy_header,
+            socket_file: SocketFile::Ours,
+        },
+        &context,
+    )
 }
 
 /// Binds and listens on a Unix domain socket at `path`; returns the path.
@@ -127,8 +139,61 @@ pub(super) fn listen_unix<'py>(
         .detach(|| net::listen_unix(&path, backlog))
         .map_err(|e| os_error(&e, Some(&context)))?;
     let fds = share(fd, inner.reactors.len()).map_err(|e| os_error(&e, Some(&context)))?;
-    let accepting = (Placement::Spread, tls, proxy_header);
-    add_listeners(py, inner, fds, accepting, &context)
+    add_listeners(
+        py,
+        inner,
+        fds,
+        ListenerSpec {
+            placement: Placement::Spread,
+            tls,
+            proxy_header,
+            socket_file: SocketFile::Ours,
+        },
+        &context,
+    )
+}
+
+/// Serves a listening socket someone else bound (`fd`, which stays theirs): a copy of it
+/// in every reactor's epoll, as for `listen_unix`. Its Unix socket file, if any, is left
+/// alone when the loop stops: whoever bound it removes it.
+pub(super) fn listen_socket<'py>(
+    py: Python<'py>,
+    inner: &LoopInner,
+    fd: &Bound<'py, PyAny>,
+    accepting: Accepting<'_, 'py>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let fd = convert::descriptor(fd, "sock", "a listening socket or its file descriptor")?;
+    let (tls, proxy_header) = accepting.check()?;
+    inner.check_running("open_socket()")?;
+    let context = format!("open_socket(fd {fd})");
+    let copy = file::duplicate(fd).map_err(|e| os_error(&e, Some(&context)))?;
+    let adopted = net::adopt_listener(copy, &inner.config.options).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => PyValueError::new_err(format!(
+            "open_socket() takes a listening TCP or Unix stream socket: {e}"
+        )),
+        _ => os_error(&e, Some(&context)),
+    })?;
+    let fds = share(adopted, inner.reactors.len()).map_err(|e| os_error(&e, Some(&context)))?;
+    add_listeners(
+        py,
+        inner,
+        fds,
+        ListenerSpec {
+            placement: Placement::Spread,
+            tls,
+            proxy_header,
+            socket_file: SocketFile::Theirs,
+        },
+        &context,
+    )
+}
+
+/// What the listeners one call makes (one per reactor) share, beside their sockets.
+struct ListenerSpec {
+    placement: Placement,
+    tls: Option<Arc<ServerContext>>,
+    proxy_header: Option<Duration>,
+    socket_file: SocketFile,
 }
 
 /// Hands listener `i` of `fds` (all on one address) to reactor `i`; returns the
@@ -137,9 +202,15 @@ fn add_listeners<'py>(
     py: Python<'py>,
     inner: &LoopInner,
     fds: Vec<OwnedFd>,
-    (placement, tls, proxy_header): (Placement, Option<Arc<ServerContext>>, Option<Duration>),
+    spec: ListenerSpec,
     context: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let ListenerSpec {
+        placement,
+        tls,
+        proxy_header,
+        socket_file,
+    } = spec;
     let mut object = None;
     for (fd, slot) in fds.into_iter().zip(&inner.reactors) {
         let bound = address::local_addr(fd.as_fd()).map_err(|e| os_error(&e, Some(context)))?;
@@ -152,6 +223,7 @@ fn add_listeners<'py>(
             placement,
             tls: tls.clone(),
             proxy_header,
+            socket_file,
         };
         if !slot.shared.submit(Command::Listen(listener)) {
             return Err(LifecycleError::new_err("cannot open(): it has stopped"));

@@ -173,6 +173,36 @@ impl PyLoop {
         listen::listen_unix(py, &self.inner, path, backlog, accepting)
     }
 
+    /// Serves a listening socket someone else bound (`sock`, a socket or its descriptor,
+    /// which stays theirs); returns its address. `tls`, `proxy_protocol` and
+    /// `proxy_timeout` as for `listen`.
+    #[pyo3(signature = (sock, tls=None, proxy_protocol=false, proxy_timeout=None))]
+    fn listen_socket<'py>(
+        &self,
+        py: Python<'py>,
+        sock: &Bound<'py, PyAny>,
+        tls: Option<&Bound<'py, PyAny>>,
+        proxy_protocol: bool,
+        proxy_timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let accepting = listen::Accepting {
+            tls,
+            proxy_protocol,
+            proxy_timeout,
+        };
+        listen::listen_socket(py, &self.inner, sock, accepting)
+    }
+
+    /// Closes every listener and goes on serving the sessions (each reactor, in its next
+    /// turn). Before `start()`, the listeners close as it starts.
+    fn stop_accepting(&self) -> PyResult<()> {
+        self.inner.check_not_forked("stop_accepting()")?;
+        for slot in &self.inner.reactors {
+            slot.shared.submit(Command::StopAccepting);
+        }
+        Ok(())
+    }
+
     /// Binds a datagram (UDP) endpoint to `host:port` on one of the reactors; `callbacks`,
     /// if given, are its own handler's. `options` are those of `UDP_OPTIONS`.
     #[pyo3(signature = (host, port, callbacks=None, options=None))]

@@ -6,11 +6,11 @@
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use super::convert::{address_object, optional_size, optional_timeout, MAX_SIZE};
+use super::convert::{self, address_object, optional_size, optional_timeout, MAX_SIZE};
 use super::errors::{os_error, refused, FramingError};
 use super::tls::PyTlsInfo;
 use super::view::{chunk, Chunk};
@@ -296,17 +296,8 @@ fn file_segment(
     offset: i128,
     count: Option<i128>,
 ) -> PyResult<FileSegment> {
-    let fd: i32 = if let Ok(fd) = file.extract::<i32>() {
-        fd
-    } else if file.hasattr("fileno")? {
-        file.call_method0("fileno")?.extract()?
-    } else {
-        return Err(PyTypeError::new_err(format!(
-            "sendfile() takes a file opened in binary mode (open(path, 'rb')) or a \
-             descriptor number, not '{}'",
-            file.get_type().name()?
-        )));
-    };
+    let takes = "a file opened in binary mode (open(path, 'rb')) or its descriptor";
+    let fd = convert::descriptor(file, "file", takes)?;
     let owned = sys::file::duplicate(fd).map_err(|err| os_error(&err, Some("sendfile()")))?;
     let readable = sys::file::readable_size(owned.as_fd());
     let size = match readable.map_err(|err| os_error(&err, Some("sendfile()")))? {

@@ -7,7 +7,7 @@ impl Reactor {
     pub(super) fn add_listener(&mut self, listener: Listener) {
         if self.stop_deadline.is_some() {
             // Opened as the server stopped: close it at once, as stop closes the others.
-            remove_unix_socket_file(listener.fd, listener.addr);
+            close_listener(listener);
             return;
         }
         let Some((index, token)) =
@@ -164,7 +164,7 @@ impl Reactor {
     pub(super) fn close_listeners(&mut self) {
         for token in self.listener_tokens() {
             if let Slot::Listener { listener, .. } = self.vacate(token) {
-                remove_unix_socket_file(listener.fd, listener.addr);
+                close_listener(listener);
             }
         }
     }
@@ -184,11 +184,12 @@ pub(super) struct Ends {
     pub(super) local: Address,
 }
 
-/// Closes a listener; for a Unix socket also removes its file, which would otherwise
-/// outlive the server and need removing by hand (it is the file this listener bound).
-pub(super) fn remove_unix_socket_file(fd: OwnedFd, addr: Address) {
-    drop(fd);
-    if let Address::Unix(path) = addr {
+/// Closes a listener; for a Unix socket this loop bound also removes its file, which
+/// would otherwise outlive the server and need removing by hand. An adopted socket's
+/// file is left to whoever bound it, who may still be serving it.
+pub(super) fn close_listener(listener: Listener) {
+    drop(listener.fd);
+    if let (Address::Unix(path), SocketFile::Ours) = (listener.addr, listener.socket_file) {
         let _ = std::fs::remove_file(path);
     }
 }

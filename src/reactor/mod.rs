@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use crate::buffer::ReadArena;
 use crate::shared::{
-    Adoption, Arrival, Command, IdleTimeout, Listener, LoopShared, Placement, SessionCore, Stats,
+    Adoption, Arrival, Command, IdleTimeout, Listener, LoopShared, Placement, SessionCore,
+    SocketFile, Stats,
 };
 use crate::sys::address::{self, Address};
 use crate::sys::datagram::Received;
@@ -67,7 +68,7 @@ pub use config::{LoopConfig, Siblings, StopCloses};
 pub use datagram::DATAGRAM_BUDGET;
 pub use event::{DatagramFailure, Event, ReceivedDatagram};
 
-use accept::remove_unix_socket_file;
+use accept::close_listener;
 use close::{discard_input, CloseKind};
 use datagram::{endpoint_slot, DatagramSlot};
 use idle::IdleSweep;
@@ -428,6 +429,7 @@ impl Reactor {
                 }
                 Command::Bind(binding) => self.register_endpoint(binding),
                 Command::Listen(listener) => self.add_listener(listener),
+                Command::StopAccepting => self.close_listeners(),
                 Command::Stop(deadline) => self.begin_stop(deadline),
                 Command::Timer(id, when) => self.timers.insert(id, when),
                 Command::CallSoon(id) => {

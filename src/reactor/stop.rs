@@ -116,7 +116,7 @@ impl Reactor {
                     binding.core.state().mark_closed();
                     self.shared.endpoint_closed();
                 }
-                Command::Listen(listener) => remove_unix_socket_file(listener.fd, listener.addr),
+                Command::Listen(listener) => close_listener(listener),
                 _ => {}
             }
         }

@@ -200,6 +200,7 @@ fn listening_reactor_with(
         placement: Placement::Here,
         tls,
         proxy_header: None,
+        socket_file: SocketFile::Ours,
     })));
     (reactor, addr)
 }
@@ -271,6 +272,7 @@ fn a_queue_longer_than_the_accept_budget_is_accepted_whole() {
         placement: Placement::Here,
         tls: None,
         proxy_header: None,
+        socket_file: SocketFile::Ours,
     })));
     let mut opened = 0;
     turn_until(&mut reactor, |event| {

@@ -33,6 +33,8 @@ pub enum Command {
     Bind(Binding),
     /// Start accepting on a listening socket.
     Listen(Listener),
+    /// Close every listener and go on serving the sessions (a drain's first step).
+    StopAccepting,
     /// Stop: close listeners, flush and close every session, abort what is left at the
     /// deadline, then finish.
     Stop(Instant),
@@ -80,6 +82,18 @@ pub struct Listener {
     /// For a listener behind a load balancer, how long each connection has to send its
     /// PROXY protocol header (before anything else, a TLS handshake included).
     pub proxy_header: Option<Duration>,
+    /// Who removes its Unix socket file (nothing to remove for TCP).
+    pub socket_file: SocketFile,
+}
+
+/// Who bound a listener, and so removes its Unix socket file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketFile {
+    /// This loop did: the file goes when the listener closes.
+    Ours,
+    /// Someone else did, and handed the listener over with `open_socket()`, keeping a copy
+    /// (a supervisor whose children take turns serving it): the file stays theirs.
+    Theirs,
 }
 
 /// How a socket handed to a reactor as a session arrives. Either way it counts as open in

@@ -12,7 +12,8 @@ use std::sync::{Mutex, MutexGuard};
 pub use datagram::{DatagramCore, DatagramLimits, DatagramRefusal, DatagramState, Outgoing};
 pub use limits::{IdleTimeout, LimitsError, WriteLimits};
 pub use loop_::{
-    Adoption, Arrival, Binding, Command, Listener, LoopShared, LoopStatus, Placement, Stats,
+    Adoption, Arrival, Binding, Command, Listener, LoopShared, LoopStatus, Placement, SocketFile,
+    Stats,
 };
 pub use session::{Refusal, SessionCore, SessionState};
 

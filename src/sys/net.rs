@@ -123,6 +123,39 @@ pub fn listen(
     Ok(fd)
 }
 
+/// Makes `copy`, our own descriptor of a listening stream socket someone else bound (a
+/// supervisor that holds it across its children's lives, say), ready to serve:
+/// non-blocking, with `options`' per-connection settings applied (the kernel copies them
+/// to each accepted socket). `O_NONBLOCK` belongs to the open file, so the owner's copy
+/// turns non-blocking too. Anything but a listening TCP or Unix stream socket is refused
+/// with `InvalidInput`, naming what it is instead.
+pub fn adopt_listener(copy: OwnedFd, options: &SocketOptions) -> io::Result<OwnedFd> {
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+    match socket::getsockopt(&copy, sockopt::SockType) {
+        Ok(SockType::Stream) => {}
+        Ok(_) => return Err(invalid("the socket is not a stream (SOCK_STREAM) socket")),
+        Err(Errno::ENOTSOCK) => return Err(invalid("the file descriptor is not a socket")),
+        Err(other) => return Err(other.into()),
+    }
+    if !socket::getsockopt(&copy, sockopt::AcceptConn)? {
+        return Err(invalid(
+            "the socket is not listening: call listen() on it first",
+        ));
+    }
+    let flags = nix::fcntl::fcntl(&copy, nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&copy, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    match socket::getsockname::<SockaddrStorage>(copy.as_raw_fd())?.family() {
+        Some(AddressFamily::Inet | AddressFamily::Inet6) => {
+            apply_buffer_sizes(copy.as_fd(), options)?;
+            configure_stream(copy.as_fd(), options)?;
+        }
+        Some(AddressFamily::Unix) => {}
+        _ => return Err(invalid("the socket is neither TCP nor a Unix socket")),
+    }
+    Ok(copy)
+}
+
 fn unix_addr(path: &Path) -> io::Result<UnixAddr> {
     UnixAddr::new(path).map_err(|errno| match errno {
         Errno::ENAMETOOLONG => io::Error::new(
