@@ -19,8 +19,11 @@ impl Reactor {
             generation: token.generation(),
             listener,
         };
-        // Connections may already be queued: an edge for them will not come.
-        self.accept_ready(token);
+        // Connections may already be queued: an edge for them will not come. Accepted
+        // after this turn's wait (which `again` makes a poll), so what accepting them
+        // changes is published at the end of the turn, not after a wait that may be long
+        // (a connection awaiting its PROXY header adds no event that would cut it short).
+        self.again.push(token);
     }
 
     pub(super) fn accept_ready(&mut self, token: Token) {

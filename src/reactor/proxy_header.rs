@@ -76,7 +76,10 @@ impl Reactor {
                 Ok(None) if finished => Err(eof()),
                 Ok(None) => return,
                 Ok(Some((header, len))) => match net::recv(fd, &mut window[..len]) {
-                    Ok(taken) if taken == len => Ok(header),
+                    Ok(taken) if taken == len => {
+                        self.stats.bytes_in += len as u64;
+                        Ok(header)
+                    }
                     Ok(_) => Err(io::Error::other("the PROXY header could not be taken")),
                     Err(err) => Err(err),
                 },
