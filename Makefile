@@ -14,7 +14,7 @@ DEMO_PORT ?= 2826
 
 .PHONY: help setup build demo test test-rust test-python test-debug test-threads fuzz lint fmt bench clean
 BENCH_CRATES := bench/benchsys/Cargo.toml bench/loadgen/Cargo.toml bench/servers/rust_echo/Cargo.toml
-FUZZ_TARGETS := delimiter length_prefixed fixed
+FUZZ_TARGETS := delimiter length_prefixed fixed proxy_header
 FUZZ_SECONDS ?= 30
 
 help: ## list the targets
@@ -60,10 +60,11 @@ test-threads: build ## pytest again with 2 reactors, with a worker pool, and wit
 	HAMANET_TEST_REACTORS=2 HAMANET_TEST_WORKERS=2 $(PY) -m pytest -q -p no:cacheprovider $(THREADS_SKIP)
 
 # cargo fuzz passes nightly-only flags; RUSTC_BOOTSTRAP lets the stable toolchain accept
-# them, so no nightly toolchain is needed. The framers are safe Rust, whose failures are
-# panics, so no sanitizer runtime is needed either (--sanitizer none). A failure leaves
+# them, so no nightly toolchain is needed. The framers and the PROXY header parser are
+# safe Rust, whose failures are panics, so no sanitizer runtime is needed either
+# (--sanitizer none). A failure leaves
 # the input that found it in fuzz/artifacts/ and the fuzzer's output in fuzz/logs/.
-fuzz: ## fuzz each framer for FUZZ_SECONDS (installs cargo-fuzz if missing)
+fuzz: ## fuzz each framer and the PROXY header parser for FUZZ_SECONDS (installs cargo-fuzz if missing)
 	command -v cargo-fuzz >/dev/null || cargo install --quiet --locked cargo-fuzz --version 0.13.2
 	mkdir -p fuzz/logs
 	cd fuzz && for target in $(FUZZ_TARGETS); do \

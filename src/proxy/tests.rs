@@ -181,7 +181,7 @@ fn v2_tcp6() {
     block.extend(
         "2001:db8::1"
             .parse::<std::net::Ipv6Addr>()
-            .unwrap()
+            .expect("an address")
             .octets(),
     );
     block.extend(std::net::Ipv6Addr::LOCALHOST.octets());
@@ -359,10 +359,10 @@ impl Lcg {
     fn socket_addr(&mut self, v6: bool) -> SocketAddr {
         let port = self.next() as u16;
         if v6 {
-            let octets: [u8; 16] = self.bytes(16).try_into().unwrap();
+            let octets: [u8; 16] = self.bytes(16).try_into().expect("16 bytes");
             SocketAddr::new(std::net::Ipv6Addr::from(octets).into(), port)
         } else {
-            let octets: [u8; 4] = self.bytes(4).try_into().unwrap();
+            let octets: [u8; 4] = self.bytes(4).try_into().expect("4 bytes");
             SocketAddr::new(std::net::Ipv4Addr::from(octets).into(), port)
         }
     }

@@ -54,6 +54,8 @@ mod event;
 mod flush;
 mod idle;
 mod proxy_header;
+#[cfg(test)]
+mod proxy_tests;
 mod read;
 mod refusal;
 mod slots;

@@ -220,7 +220,7 @@ fn next_opened(reactor: &mut Reactor) -> Arc<SessionCore> {
 
 /// Turns the reactor on this thread until `done` has seen what it waits for. A tick
 /// timer (id 0) keeps any one turn from blocking for long.
-fn turn_until(reactor: &mut Reactor, mut done: impl FnMut(&Event) -> bool) {
+pub(super) fn turn_until(reactor: &mut Reactor, mut done: impl FnMut(&Event) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let tick = Instant::now() + Duration::from_millis(5);
