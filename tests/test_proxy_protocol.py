@@ -7,6 +7,7 @@ killed mid-run (that part skips without haproxy, except in CI, where it must run
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -406,6 +407,31 @@ def test_many_sessions_on_several_reactors_and_a_pool(proxied, options):
     for session in sessions:
         n = clients.index(session.peer_addr)
         assert recorder.received(session.id) == b"%d" % n
+
+
+def test_asyncio_delivery_behind_a_proxy():
+    from hamanet import aio
+
+    seen: list[Any] = []
+
+    class Echo(hamanet.Handler):
+        async def on_connect(self, session):
+            seen.append((session.peer_addr, session.proxy_tlvs))
+
+        def on_recv(self, session, data):
+            session.write(data)
+
+    async def main() -> None:
+        server = await aio.serve(Echo(), "127.0.0.1", 0, proxy_protocol=True)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(v2_inet(tlvs=[(ALPN, b"h2")]) + b"aio")
+            assert await asyncio.wait_for(reader.readexactly(3), WAIT) == b"aio"
+            writer.close()
+
+    asyncio.run(main())
+    assert seen == [(CLIENT4, {ALPN: b"h2"})]
 
 
 # -- behind a real HAProxy -----------------------------------------------------------------

@@ -421,13 +421,25 @@ async def serve(
     reuse_port: bool = False,
     dual_stack: bool = False,
     tls: TLSServerContext | None = None,
+    proxy_protocol: bool = False,
+    proxy_timeout: float | None = None,
     **options: Any,
 ) -> Server:
     """Serves ``handler`` on ``host:port`` from the running asyncio loop and returns the
     started ``Server`` (``async with``, ``serve_forever()``, ``close()`` then
-    ``wait_closed()``, as ``asyncio.Server``). ``options`` are ``hamanet.Server``'s."""
+    ``wait_closed()``, as ``asyncio.Server``). ``options`` are ``hamanet.Server``'s; the
+    keywords before them are ``open()``'s."""
     server = Server(handler, **options)
-    server.open(port, host, backlog=backlog, reuse_port=reuse_port, dual_stack=dual_stack, tls=tls)
+    server.open(
+        port,
+        host,
+        backlog=backlog,
+        reuse_port=reuse_port,
+        dual_stack=dual_stack,
+        tls=tls,
+        proxy_protocol=proxy_protocol,
+        proxy_timeout=proxy_timeout,
+    )
     await server.start_serving()
     return server
 
