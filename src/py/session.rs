@@ -132,13 +132,15 @@ impl PySession {
     }
 
     /// The peer's address: `(host, port)`, `(host, port, flowinfo, scope_id)` for IPv6,
-    /// or the path for a Unix socket (`""` for an unnamed peer).
+    /// or the path for a Unix socket (`""` for an unnamed peer). Behind a PROXY-protocol
+    /// balancer (`proxy_protocol=True`), the client's address as its header gave it.
     #[getter]
     fn peer_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         address_object(py, &self.core.peer)
     }
 
-    /// The local address, in the same shape as `peer_addr`.
+    /// The local address, in the same shape as `peer_addr`. Behind a PROXY-protocol
+    /// balancer, the address the client connected to (the header's destination).
     #[getter]
     fn local_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         address_object(py, &self.core.local)
