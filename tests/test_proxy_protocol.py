@@ -457,7 +457,10 @@ defaults
     timeout connect 2s
     timeout client 10s
     timeout server 10s
-    # A connection refused by a dead backend is retried on the other at once, before
+    # Checks every 100 ms (fall 2: a slow machine's one late answer does not take a live
+    # backend out), each given a second.
+    timeout check 1s
+    # A connection refused by a dead backend is retried on the other one, even before
     # the health check has marked it down.
     retries 3
     option redispatch 1
@@ -469,12 +472,12 @@ frontend v2
     default_backend v2
 backend v1
     balance roundrobin
-    default-server send-proxy check check-send-proxy inter 100ms fall 1 rise 1
+    default-server send-proxy check check-send-proxy inter 100ms fall 2 rise 1
     server a 127.0.0.1:{a}
     server b 127.0.0.1:{b}
 backend v2
     balance roundrobin
-    default-server send-proxy-v2 check check-send-proxy inter 100ms fall 1 rise 1
+    default-server send-proxy-v2 check check-send-proxy inter 100ms fall 2 rise 1
     server a 127.0.0.1:{a}
     server b 127.0.0.1:{b}
 """
