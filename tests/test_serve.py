@@ -15,6 +15,7 @@ import random
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -543,3 +544,25 @@ def test_a_port_in_use_is_refused(supervisors):
         supervisor = supervisors("serve_app:Echo", "--port", str(port), "--processes", "2")
         assert supervisor.wait_exit() == 1
     assert f"cannot listen on 127.0.0.1:{port}" in supervisor.log
+
+
+def test_tls_with_several_reactors_and_workers(supervisors, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    tls = ("--tls-cert", str(tmp_path / "server.pem"), "--tls-key", str(tmp_path / "server.key"))
+    supervisor = start_serving(supervisors, 2, *tls, "--reactors", "2", "--workers", "2")
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    address = ("127.0.0.1", supervisor.port)
+    for i in range(10):
+        raw = socket.create_connection(address, timeout=WAIT)
+        with context.wrap_socket(raw, server_hostname="localhost") as sock:
+            assert GREETING.fullmatch(recv_line(sock))
+            payload = b"over TLS %d" % i
+            sock.sendall(payload)
+            assert recv_up_to(sock, len(payload)) == payload
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait_exit() == 0
