@@ -566,3 +566,58 @@ def test_tls_with_several_reactors_and_workers(supervisors, tmp_path):
             assert recv_up_to(sock, len(payload)) == payload
     supervisor.signal(signal.SIGTERM)
     assert supervisor.wait_exit() == 0
+
+
+SLOW_APP = """\
+import os, time
+import hamanet
+
+if os.path.exists(os.path.join(os.path.dirname(__file__), "slow")):
+    time.sleep(60)  # a reload that never gets ready
+
+class App(hamanet.Handler):
+    def on_connect(self, session):
+        session.write(b"hamanet serve pid %d\\n" % os.getpid())
+
+    def on_recv(self, session, data):
+        time.sleep(60)  # a callback that holds a graceful stop
+"""
+
+
+def test_a_reload_that_is_never_ready_keeps_the_old_processes(supervisors, tmp_path):
+    (tmp_path / "slow_app.py").write_text(SLOW_APP)
+    supervisor = supervisors(
+        "slow_app:App", "--port", "0", "--processes", "2", "--ready-timeout", "1", app_dir=tmp_path
+    )
+    supervisor.wait_serving(2)
+    old = supervisor.children()
+    (tmp_path / "slow").write_text("")
+    supervisor.signal(signal.SIGHUP)
+    supervisor.wait_log(r"reload to generation 2 failed: .* was not ready after 1 s", "failure")
+    wait_until(lambda: supervisor.children() == old, "the new processes to be stopped")
+    with socket.create_connection(("127.0.0.1", supervisor.port), timeout=WAIT) as sock:
+        match = GREETING.fullmatch(recv_line(sock))
+        assert match and int(match.group(1)) in old
+    assert supervisor.proc.poll() is None
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait_exit() == 0
+
+
+def test_a_second_sigterm_kills_what_a_graceful_stop_waits_for(supervisors, tmp_path):
+    (tmp_path / "slow_app.py").write_text(SLOW_APP)
+    supervisor = supervisors(
+        "slow_app:App", "--port", "0", "--processes", "2", "--graceful-timeout", "30",
+        app_dir=tmp_path,
+    )  # fmt: skip
+    supervisor.wait_serving(2)
+    children = supervisor.children()
+    with socket.create_connection(("127.0.0.1", supervisor.port), timeout=WAIT) as sock:
+        assert GREETING.fullmatch(recv_line(sock))
+        sock.sendall(b"x")  # its on_recv sleeps: the stop cannot finish
+        supervisor.signal(signal.SIGTERM)
+        supervisor.wait_log(r"stopping \(SIGTERM received\)")
+        wait_until(lambda: len(supervisor.children()) == 1, "the idle process to stop")
+        supervisor.signal(signal.SIGTERM)
+        assert supervisor.wait_exit() == 0
+    assert "a second SIGTERM: killing 1 process" in supervisor.log
+    assert not any(alive(pid) for pid in children)

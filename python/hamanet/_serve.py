@@ -128,6 +128,8 @@ def serve(
     ``ready_timeout``: how long a new process may take to load the app and serve.
     ``app_dir`` (default: the current directory) goes first on the children's sys.path.
 
+    The supervisor logs what its processes do on the ``hamanet.serve`` logger (the
+    command line sends it to stderr); each process logs to its stderr at the same level.
     Raises ValueError for bad arguments, OSError when an address cannot be listened on,
     and ServeError when the app cannot be loaded or its processes keep dying.
     """
@@ -174,13 +176,11 @@ def serve(
             "graceful_timeout": float(graceful_timeout),
             "log_level": logging.getLevelName(_logger.getEffectiveLevel()),
         }
-        where = ", ".join(listeners.describe())
         _logger.info(
-            "listening on %s: %d processes of %s, one listening socket each%s",
-            where,
+            "listening on %s: %d processes of %s",
+            " and ".join(listeners.describe()),
             processes,
             app,
-            " (shared: a Unix socket)" if unix is not None else "",
         )
         supervisor = _Supervisor(spec, listeners, processes, graceful_timeout, ready_timeout)
         supervisor.run()
@@ -249,9 +249,10 @@ class _Listeners:
         described = []
         if self.tcp:
             host, port = self.tcp[0].getsockname()[:2]
-            described.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            described.append(f"{where} (one SO_REUSEPORT socket per process)")
         if self._unix_path is not None:
-            described.append(self._unix_path)
+            described.append(f"{self._unix_path} (one socket, shared)")
         return described
 
     def close(self) -> None:
@@ -591,7 +592,7 @@ class _Supervisor:
     def _kill_all(self, why: str) -> None:
         live = [child for child in self._children.values() if not child.killed]
         if live:
-            _logger.warning("%s: killing %d processes", why, len(live))
+            _logger.warning("%s: killing %s", why, _processes(len(live)))
         for child in live:
             self._kill(child)
 
@@ -617,9 +618,9 @@ class _Supervisor:
             slot.restart_at = None
         if self._children:
             _logger.info(
-                "stopping (%s): %d processes have up to %g s to finish their sessions",
+                "stopping (%s): %s, up to %g s to finish their sessions",
                 why,
-                len(self._children),
+                _processes(len(self._children)),
                 self._graceful_timeout,
             )
         for child in list(self._children.values()):
@@ -699,6 +700,10 @@ def _signal(child: _Child, signum: int) -> None:
     # can have it, so the signal cannot go astray.
     with contextlib.suppress(ProcessLookupError):
         os.kill(child.pid, signum)
+
+
+def _processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
 
 
 def _describe_status(status: int) -> str:
