@@ -616,8 +616,69 @@ def test_a_second_sigterm_kills_what_a_graceful_stop_waits_for(supervisors, tmp_
         sock.sendall(b"x")  # its on_recv sleeps: the stop cannot finish
         supervisor.signal(signal.SIGTERM)
         supervisor.wait_log(r"stopping \(SIGTERM received\)")
-        wait_until(lambda: len(supervisor.children()) == 1, "the idle process to stop")
+        supervisor.wait_log(r"gen 1\] exited with code 0", "the idle process to stop")
         supervisor.signal(signal.SIGTERM)
         assert supervisor.wait_exit() == 0
     assert "a second SIGTERM: killing 1 process" in supervisor.log
     assert not any(alive(pid) for pid in children)
+
+
+ADOPTER = """\
+import socket, sys, time
+import hamanet
+
+class Hello(hamanet.Handler):
+    def on_connect(self, session):
+        session.write(b"hello\\n")
+
+server = hamanet.Server(Hello())
+server.open_socket(socket.socket(fileno=int(sys.argv[1])))
+server.start()
+if sys.argv[2] == "retiring":
+    server.stop_accepting()
+    time.sleep(0.2)  # the reactor closes its listener in its next turn
+print("ready", flush=True)
+sys.stdin.read()  # until the test is done
+server.stop(0.1)
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a process that called stop_accepting() keeps the shared socket in its epoll "
+    "(closing its copy does not deregister it while another process holds the same open "
+    "file) and takes its EPOLLEXCLUSIVE wakeups; until that is fixed, hamanet serve "
+    "retires a process with stop(), not drain(). When this passes, switch _child to drain()",
+)
+def test_a_process_that_stopped_accepting_leaves_the_socket_to_the_next():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        fd = str(listener.fileno())
+        processes = []
+        try:
+            for role in ("retiring", "serving"):
+                process = subprocess.Popen(
+                    [sys.executable, "-c", ADOPTER, fd, role],
+                    pass_fds=[listener.fileno()],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                )
+                processes.append(process)
+                assert process.stdout.readline() == b"ready\n"
+            served = 0
+            for _ in range(3):
+                with socket.create_connection(listener.getsockname(), timeout=WAIT) as sock:
+                    sock.settimeout(2.0)
+                    with contextlib.suppress(socket.timeout):
+                        served += recv_line(sock) == b"hello\n"
+            assert served == 3
+        finally:
+            for process in processes:
+                process.stdin.close()
+                try:
+                    process.wait(WAIT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                process.stdout.close()

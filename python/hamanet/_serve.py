@@ -10,7 +10,8 @@ imports new code) that imports the app, adopts its slot's socket with
 A listening socket's queue lives as long as any process holds it, so children can come
 and go without a connection being refused or reset: on SIGHUP a new child starts for every
 slot, on the same sockets, and only once all of them are ready are the old ones told to
-stop (SIGTERM: ``server.stop(graceful_timeout)``, which stops accepting and drains), while
+stop (SIGTERM: ``server.stop(graceful_timeout)``, which stops accepting, flushes and
+closes its sessions), while
 connections queued for a child killed with SIGKILL wait in its slot's backlog until its
 replacement accepts them. (Closing one socket of a SO_REUSEPORT group would reset the
 connections queued in it; that is why the children never bind their own.)
@@ -590,6 +591,7 @@ class _Supervisor:
         _signal(child, signal.SIGKILL)
 
     def _kill_all(self, why: str) -> None:
+        self._reap()  # those that have exited meanwhile need no killing
         live = [child for child in self._children.values() if not child.killed]
         if live:
             _logger.warning("%s: killing %s", why, _processes(len(live)))
