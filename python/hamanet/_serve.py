@@ -535,7 +535,9 @@ class _Supervisor:
             _logger.warning("%s %s%s", child, how, "" if child.ready else " before it was ready")
         if child is slot.successor:
             slot.successor = None
-            self._fail_reload(f"{child} {how}: {error or 'before it was ready'}")
+            if error is None:
+                error = "during the reload" if child.ready else "before it was ready"
+            self._fail_reload(f"{child} {how}: {error}")
             return
         slot.current = None
         if error is not None and not self._ever_ready:
