@@ -15,6 +15,7 @@ import random
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -196,6 +197,7 @@ class Load:
 
     def __init__(self, port: int, threads: int = 4, cap: int = 50_000):
         self.port = port
+        self.threads = threads
         self.cap = cap
         self.phase = "before"
         self.counts: Counter[str] = Counter()
@@ -337,9 +339,11 @@ def test_a_verifying_load_runs_through_a_reload(supervisors):
     assert set(load.pids["after"]) <= after
     for outcome in ("refused", "reset", "corrupted", "timeout", "connect_error"):
         assert load.counts[outcome] == 0, load.report()
-    # A graceful stop closes the old process's sessions after what they had buffered is
+    # A graceful stop closes the old process's sessions once what they had buffered is
     # sent: an exchange caught in the middle ends early (cut: EOF, never a wrong byte).
-    assert load.counts["cut"] <= load.counts["ok"] // 10, load.report()
+    # Each load thread has one connection open at a time, so each old process can cut at
+    # most one per thread.
+    assert load.counts["cut"] <= load.threads * len(before), load.report()
     assert set(load.ended_on) <= before, load.ended_on
     assert supervisor.proc.poll() is None
     supervisor.signal(signal.SIGTERM)
@@ -370,6 +374,7 @@ def test_a_verifying_load_runs_through_a_kill_9(supervisors):
     # Only a connection the killed process held may end early (EOF or RST); a connection
     # still queued in its slot waits for the new process instead.
     assert set(load.ended_on) <= {victim}, load.ended_on
+    assert load.counts["cut"] + load.counts["reset"] <= load.threads, load.report()
     supervisor.signal(signal.SIGTERM)
     assert supervisor.wait_exit() == 0
 
@@ -539,3 +544,141 @@ def test_a_port_in_use_is_refused(supervisors):
         supervisor = supervisors("serve_app:Echo", "--port", str(port), "--processes", "2")
         assert supervisor.wait_exit() == 1
     assert f"cannot listen on 127.0.0.1:{port}" in supervisor.log
+
+
+def test_tls_with_several_reactors_and_workers(supervisors, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    tls = ("--tls-cert", str(tmp_path / "server.pem"), "--tls-key", str(tmp_path / "server.key"))
+    supervisor = start_serving(supervisors, 2, *tls, "--reactors", "2", "--workers", "2")
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    address = ("127.0.0.1", supervisor.port)
+    for i in range(10):
+        raw = socket.create_connection(address, timeout=WAIT)
+        with context.wrap_socket(raw, server_hostname="localhost") as sock:
+            assert GREETING.fullmatch(recv_line(sock))
+            payload = b"over TLS %d" % i
+            sock.sendall(payload)
+            assert recv_up_to(sock, len(payload)) == payload
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait_exit() == 0
+
+
+SLOW_APP = """\
+import os, time
+import hamanet
+
+if os.path.exists(os.path.join(os.path.dirname(__file__), "slow")):
+    time.sleep(60)  # a reload that never gets ready
+
+class App(hamanet.Handler):
+    def on_connect(self, session):
+        session.write(b"hamanet serve pid %d\\n" % os.getpid())
+
+    def on_recv(self, session, data):
+        time.sleep(60)  # a callback that holds a graceful stop
+"""
+
+
+def test_a_reload_that_is_never_ready_keeps_the_old_processes(supervisors, tmp_path):
+    (tmp_path / "slow_app.py").write_text(SLOW_APP)
+    supervisor = supervisors(
+        "slow_app:App", "--port", "0", "--processes", "2", "--ready-timeout", "1", app_dir=tmp_path
+    )
+    supervisor.wait_serving(2)
+    old = supervisor.children()
+    (tmp_path / "slow").write_text("")
+    supervisor.signal(signal.SIGHUP)
+    supervisor.wait_log(r"reload to generation 2 failed: .* was not ready after 1 s", "failure")
+    wait_until(lambda: supervisor.children() == old, "the new processes to be stopped")
+    with socket.create_connection(("127.0.0.1", supervisor.port), timeout=WAIT) as sock:
+        match = GREETING.fullmatch(recv_line(sock))
+        assert match and int(match.group(1)) in old
+    assert supervisor.proc.poll() is None
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait_exit() == 0
+
+
+def test_a_second_sigterm_kills_what_a_graceful_stop_waits_for(supervisors, tmp_path):
+    (tmp_path / "slow_app.py").write_text(SLOW_APP)
+    supervisor = supervisors(
+        "slow_app:App", "--port", "0", "--processes", "2", "--graceful-timeout", "30",
+        app_dir=tmp_path,
+    )  # fmt: skip
+    supervisor.wait_serving(2)
+    children = supervisor.children()
+    with socket.create_connection(("127.0.0.1", supervisor.port), timeout=WAIT) as sock:
+        assert GREETING.fullmatch(recv_line(sock))
+        sock.sendall(b"x")  # its on_recv sleeps: the stop cannot finish
+        supervisor.signal(signal.SIGTERM)
+        supervisor.wait_log(r"stopping \(SIGTERM received\)")
+        supervisor.wait_log(r"gen 1\] exited with code 0", "the idle process to stop")
+        supervisor.signal(signal.SIGTERM)
+        assert supervisor.wait_exit() == 0
+    assert "a second SIGTERM: killing 1 process" in supervisor.log
+    assert not any(alive(pid) for pid in children)
+
+
+ADOPTER = """\
+import socket, sys, time
+import hamanet
+
+class Hello(hamanet.Handler):
+    def on_connect(self, session):
+        session.write(b"hello\\n")
+
+server = hamanet.Server(Hello())
+server.open_socket(socket.socket(fileno=int(sys.argv[1])))
+server.start()
+if sys.argv[2] == "retiring":
+    server.stop_accepting()
+    time.sleep(0.2)  # the reactor closes its listener in its next turn
+print("ready", flush=True)
+sys.stdin.read()  # until the test is done
+server.stop(0.1)
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a process that called stop_accepting() keeps the shared socket in its epoll "
+    "(closing its copy does not deregister it while another process holds the same open "
+    "file) and takes its EPOLLEXCLUSIVE wakeups; until that is fixed, hamanet serve "
+    "retires a process with stop(), not drain(). When this passes, switch _child to drain()",
+)
+def test_a_process_that_stopped_accepting_leaves_the_socket_to_the_next():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        fd = str(listener.fileno())
+        processes = []
+        try:
+            for role in ("retiring", "serving"):
+                process = subprocess.Popen(
+                    [sys.executable, "-c", ADOPTER, fd, role],
+                    pass_fds=[listener.fileno()],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                )
+                processes.append(process)
+                assert process.stdout.readline() == b"ready\n"
+            served = 0
+            for _ in range(3):
+                with socket.create_connection(listener.getsockname(), timeout=WAIT) as sock:
+                    sock.settimeout(2.0)
+                    with contextlib.suppress(socket.timeout):
+                        served += recv_line(sock) == b"hello\n"
+            assert served == 3
+        finally:
+            for process in processes:
+                process.stdin.close()
+                try:
+                    process.wait(WAIT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                process.stdout.close()

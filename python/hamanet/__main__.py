@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Callable
 
 from . import __version__
 from ._defaults import DEFAULT_BACKLOG, DEFAULT_HOST
@@ -36,7 +37,7 @@ def _app(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _int_at_least(least: int):  # type: ignore[no-untyped-def]
+def _int_at_least(least: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)

@@ -10,7 +10,8 @@ imports new code) that imports the app, adopts its slot's socket with
 A listening socket's queue lives as long as any process holds it, so children can come
 and go without a connection being refused or reset: on SIGHUP a new child starts for every
 slot, on the same sockets, and only once all of them are ready are the old ones told to
-stop (SIGTERM: ``server.stop(graceful_timeout)``, which stops accepting and drains), while
+stop (SIGTERM: ``server.stop(graceful_timeout)``, which stops accepting, flushes and
+closes its sessions), while
 connections queued for a child killed with SIGKILL wait in its slot's backlog until its
 replacement accepts them. (Closing one socket of a SO_REUSEPORT group would reset the
 connections queued in it; that is why the children never bind their own.)
@@ -128,6 +129,8 @@ def serve(
     ``ready_timeout``: how long a new process may take to load the app and serve.
     ``app_dir`` (default: the current directory) goes first on the children's sys.path.
 
+    The supervisor logs what its processes do on the ``hamanet.serve`` logger (the
+    command line sends it to stderr); each process logs to its stderr at the same level.
     Raises ValueError for bad arguments, OSError when an address cannot be listened on,
     and ServeError when the app cannot be loaded or its processes keep dying.
     """
@@ -174,13 +177,11 @@ def serve(
             "graceful_timeout": float(graceful_timeout),
             "log_level": logging.getLevelName(_logger.getEffectiveLevel()),
         }
-        where = ", ".join(listeners.describe())
         _logger.info(
-            "listening on %s: %d processes of %s, one listening socket each%s",
-            where,
+            "listening on %s: %d processes of %s",
+            " and ".join(listeners.describe()),
             processes,
             app,
-            " (shared: a Unix socket)" if unix is not None else "",
         )
         supervisor = _Supervisor(spec, listeners, processes, graceful_timeout, ready_timeout)
         supervisor.run()
@@ -249,9 +250,10 @@ class _Listeners:
         described = []
         if self.tcp:
             host, port = self.tcp[0].getsockname()[:2]
-            described.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            described.append(f"{where} (one SO_REUSEPORT socket per process)")
         if self._unix_path is not None:
-            described.append(self._unix_path)
+            described.append(f"{self._unix_path} (one socket, shared)")
         return described
 
     def close(self) -> None:
@@ -533,7 +535,9 @@ class _Supervisor:
             _logger.warning("%s %s%s", child, how, "" if child.ready else " before it was ready")
         if child is slot.successor:
             slot.successor = None
-            self._fail_reload(f"{child} {how}: {error or 'before it was ready'}")
+            if error is None:
+                error = "during the reload" if child.ready else "before it was ready"
+            self._fail_reload(f"{child} {how}: {error}")
             return
         slot.current = None
         if error is not None and not self._ever_ready:
@@ -589,9 +593,10 @@ class _Supervisor:
         _signal(child, signal.SIGKILL)
 
     def _kill_all(self, why: str) -> None:
+        self._reap()  # those that have exited meanwhile need no killing
         live = [child for child in self._children.values() if not child.killed]
         if live:
-            _logger.warning("%s: killing %d processes", why, len(live))
+            _logger.warning("%s: killing %s", why, _processes(len(live)))
         for child in live:
             self._kill(child)
 
@@ -617,9 +622,9 @@ class _Supervisor:
             slot.restart_at = None
         if self._children:
             _logger.info(
-                "stopping (%s): %d processes have up to %g s to finish their sessions",
+                "stopping (%s): %s, up to %g s to finish their sessions",
                 why,
-                len(self._children),
+                _processes(len(self._children)),
                 self._graceful_timeout,
             )
         for child in list(self._children.values()):
@@ -699,6 +704,10 @@ def _signal(child: _Child, signum: int) -> None:
     # can have it, so the signal cannot go astray.
     with contextlib.suppress(ProcessLookupError):
         os.kill(child.pid, signum)
+
+
+def _processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
 
 
 def _describe_status(status: int) -> str:
