@@ -329,6 +329,33 @@ def test_stop_closes_connections_awaiting_a_header(proxied):
     assert recorder.events == []
 
 
+def test_refused_and_served_connections_leave_no_descriptor_behind(proxied):
+    recorder = Recorder(echo=True)
+    server = proxied(recorder, open={"proxy_timeout": 0.1})
+
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    echoed(server, v1())  # the first session: whatever it allocates once is there now
+    baseline = descriptors()
+    for _ in range(50):
+        with connect(server.port) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")  # refused at once
+            assert sock.recv(10) == b""
+        with connect(server.port) as sock:
+            sock.sendall(v1() + b"x")  # served, then closed by the client
+            assert recv_exactly(sock, 1) == b"x"
+    with contextlib.ExitStack() as stack:
+        late = [stack.enter_context(connect(server.port)) for _ in range(50)]
+        for sock in late:
+            sock.sendall(v2_inet()[:10])  # refused at the deadline
+        for sock in late:
+            assert sock.recv(10) == b""
+    wait_until(lambda: server.stats()["proxy_refused"] == 100, what="100 refusals")
+    wait_until(lambda: server.stats()["sessions_open"] == 0, what="the sessions closed")
+    wait_until(lambda: descriptors() <= baseline, what="the descriptors back to the baseline")
+
+
 # -- other listeners: Unix, an adopted socket, TLS; several reactors, a pool --------------
 
 
