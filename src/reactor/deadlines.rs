@@ -19,7 +19,7 @@ impl Reactor {
         if !self.opening.is_empty() {
             self.expire_openings();
         }
-        if !self.proxy.pending.is_empty() {
+        if self.proxy.next_deadline().is_some_and(|at| at <= self.now) {
             self.expire_proxy_headers();
         }
         if !self.refusals.is_empty() {
@@ -44,11 +44,7 @@ impl Reactor {
             self.timers.next_deadline(),
             self.opening.iter().map(|(deadline, _)| *deadline).min(),
             self.refusals.front().map(|(deadline, _)| *deadline),
-            self.proxy
-                .pending
-                .iter()
-                .map(|(deadline, _)| *deadline)
-                .min(),
+            self.proxy.next_deadline(),
         ]
         .into_iter()
         .flatten()

@@ -3,6 +3,9 @@
 //! off the socket), then the session opened with the header's addresses, or the
 //! connection turned away (FIN, and logged) without the handler ever seeing it.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
 use super::accept::{Accepted, Ends};
 use super::*;
 use crate::proxy::{self, Addresses, Header, ProxyInfo, MAX_HEADER};
@@ -25,10 +28,21 @@ pub(super) struct AwaitingHeader {
 /// The reactor's connections awaiting a header, and how refusals are being reported.
 #[derive(Default)]
 pub(super) struct ProxyHeaders {
-    /// Their deadlines.
-    pub(super) pending: Vec<(Instant, Token)>,
+    /// Their deadlines (with their tokens), soonest first. An entry outlives a connection
+    /// that sent its header or was turned away (finding it would cost a search per
+    /// connection, which a flood of them would make quadratic): it is skipped when due.
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     last_report: Option<Instant>,
     unreported: u64,
+}
+
+impl ProxyHeaders {
+    /// The soonest deadline (perhaps of a connection gone since: an early look, no more).
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines
+            .peek()
+            .map(|Reverse((deadline, _))| *deadline)
+    }
 }
 
 impl Reactor {
@@ -55,7 +69,8 @@ impl Reactor {
             from,
             timeout,
         }));
-        self.proxy.pending.push((self.now + timeout, token));
+        let deadline = self.now + timeout;
+        self.proxy.deadlines.push(Reverse((deadline, token.0)));
     }
 
     /// Looks at what has arrived: a complete header opens the session, a bad one (or the
@@ -161,17 +176,15 @@ impl Reactor {
 
     /// Turns away the connections whose header did not come in time.
     pub(super) fn expire_proxy_headers(&mut self) {
-        let now = self.now;
-        let expired: Vec<Token> = self
-            .proxy
-            .pending
-            .iter()
-            .filter(|(deadline, _)| *deadline <= now)
-            .map(|(_, token)| *token)
-            .collect();
-        for token in expired {
-            let Some(Slot::AwaitingHeader(waiting)) = self.slots.get(token.slot()) else {
-                continue;
+        while let Some(&Reverse((deadline, token))) = self.proxy.deadlines.peek() {
+            if deadline > self.now {
+                break;
+            }
+            self.proxy.deadlines.pop();
+            let token = Token(token);
+            let waiting = match self.slots.get(token.slot()) {
+                Some(Slot::AwaitingHeader(w)) if w.generation == token.generation() => w,
+                _ => continue, // it sent its header, or was turned away, in time
             };
             let error = io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -187,8 +200,8 @@ impl Reactor {
     /// Closes every connection still awaiting its header (at stop, or a fatal error):
     /// nobody has seen them, so nobody is told.
     pub(super) fn close_proxy_headers(&mut self) {
-        for (_, token) in std::mem::take(&mut self.proxy.pending) {
-            if self.take_awaiting(token).is_some() {
+        for Reverse((_, token)) in std::mem::take(&mut self.proxy.deadlines) {
+            if self.take_awaiting(Token(token)).is_some() {
                 forget_open_session(&self.config.open_sessions);
             }
         }
@@ -201,7 +214,6 @@ impl Reactor {
         {
             return None;
         }
-        self.proxy.pending.retain(|(_, pending)| *pending != token);
         match self.vacate(token) {
             Slot::AwaitingHeader(waiting) => Some(waiting),
             _ => None,
