@@ -319,6 +319,19 @@ def test_connections_awaiting_a_header_count_against_max_connections(proxied):
         assert recv_exactly(first, 2) == b"ok"
 
 
+def test_a_thousand_silent_connections_do_not_keep_others_waiting(proxied):
+    recorder = Recorder(echo=True)
+    server = proxied(recorder, open={"proxy_timeout": 1.0})
+    with contextlib.ExitStack() as stack:
+        silent = [stack.enter_context(connect(server.port)) for _ in range(1000)]
+        wait_until(lambda: server.stats()["accepted"] == 1000, what="1000 accepted")
+        echoed(server, v1())  # served while they wait
+        for sock in silent:
+            assert sock.recv(10) == b""  # closed at their deadline
+    wait_until(lambda: server.stats()["proxy_refused"] == 1000, what="1000 refusals")
+    assert len(recorder.sessions) == 1
+
+
 def test_stop_closes_connections_awaiting_a_header(proxied):
     recorder = Recorder()
     server = proxied(recorder)
