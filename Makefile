@@ -85,7 +85,7 @@ test-debug: build ## pytest again under CPython's debug allocator (memory errors
 # runs one reactor and no pool whatever is asked, and the TLS examples run as programs,
 # which the suite's settings do not reach (conftest applies them in-process).
 THREADS_SKIP := --ignore=tests/test_aio.py --ignore=tests/test_aio_streams.py \
-	--ignore=tests/test_tls_examples.py
+	--ignore=tests/test_tls_examples.py --ignore=tests/test_serve.py
 
 test-threads: build ## pytest again with 2 reactors, with a worker pool, and with both
 	HAMANET_TEST_REACTORS=2 $(PY) -m pytest -q -p no:cacheprovider $(THREADS_SKIP)
