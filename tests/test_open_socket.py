@@ -14,7 +14,15 @@ import threading
 import hamanet
 import pytest
 from _tls_support import make_pki, tls_connect
-from conftest import Echo, Recorder, connect, pattern, recv_exactly, wait_until
+from conftest import (
+    Echo,
+    Recorder,
+    connect,
+    pattern,
+    recv_exactly,
+    round_trip,
+    wait_until,
+)
 
 
 def listening(host: str = "127.0.0.1", backlog: int = 64) -> socket.socket:
@@ -235,6 +243,7 @@ def test_stop_accepting_keeps_the_sessions_and_drain_waits_for_them():
             open_one.sendall(b"a")
             assert recv_exactly(open_one, 1) == b"a"
             server.stop_accepting()
+            round_trip(server)  # the reactors have closed their listeners
             # The listener is gone from the server: a new connection waits in the queue.
             with connect(port) as waiting:
                 waiting.sendall(b"unserved")

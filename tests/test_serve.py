@@ -337,14 +337,10 @@ def test_a_verifying_load_runs_through_a_reload(supervisors):
     assert len(after) == 2
     assert not before & after
     assert set(load.pids["after"]) <= after
-    for outcome in ("refused", "reset", "corrupted", "timeout", "connect_error"):
+    # An old process drains: it stops accepting and serves its open exchanges to the end,
+    # so none is cut.
+    for outcome in ("refused", "reset", "cut", "corrupted", "timeout", "connect_error"):
         assert load.counts[outcome] == 0, load.report()
-    # A graceful stop closes the old process's sessions once what they had buffered is
-    # sent: an exchange caught in the middle ends early (cut: EOF, never a wrong byte).
-    # Each load thread has one connection open at a time, so each old process can cut at
-    # most one per thread.
-    assert load.counts["cut"] <= load.threads * len(before), load.report()
-    assert set(load.ended_on) <= before, load.ended_on
     assert supervisor.proc.poll() is None
     supervisor.signal(signal.SIGTERM)
     assert supervisor.wait_exit() == 0
@@ -643,13 +639,6 @@ server.stop(0.1)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a process that called stop_accepting() keeps the shared socket in its epoll "
-    "(closing its copy does not deregister it while another process holds the same open "
-    "file) and takes its EPOLLEXCLUSIVE wakeups; until that is fixed, hamanet serve "
-    "retires a process with stop(), not drain(). When this passes, switch _child to drain()",
-)
 def test_a_process_that_stopped_accepting_leaves_the_socket_to_the_next():
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))

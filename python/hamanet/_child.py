@@ -2,13 +2,9 @@
 
 It first arranges to die with its parent, then imports the app, serves the listening
 sockets the parent handed it (``Server.open_socket()``: it never binds its own), reports
-ready over a pipe, and on SIGTERM stops gracefully (``server.stop(graceful_timeout)``).
-
-Not ``drain()`` yet, which would let its sessions finish: a process that has stopped
-accepting keeps the shared socket in its epoll (closing its copy does not remove it while
-the supervisor holds the same open file), and while its reactor waits there it takes every
-EPOLLEXCLUSIVE wakeup of the socket, so the process that replaced it is never told of new
-connections. stop() ends the reactor, and with it the waiting, within a moment.
+ready over a pipe, and on SIGTERM drains (``server.drain(graceful_timeout)``: it stops
+accepting, lets its sessions finish, then stops what is left), so a reload cuts no
+exchange short.
 SIGINT and SIGHUP are ignored: a terminal sends them to the whole process group, and the
 supervisor alone decides what they mean.
 
@@ -145,11 +141,11 @@ def main(argument: str) -> int:
             break
     timeout = spec["graceful_timeout"]
     logger.debug(
-        "stopping: up to %g s to flush and close %d sessions",
+        "draining: up to %g s for %d sessions to finish",
         timeout,
         server.session_count,
     )
-    server.stop(timeout)
+    server.drain(timeout)
     return 0
 
 

@@ -164,8 +164,21 @@ impl Reactor {
         self.register(stream, core, Origin::Accepted, None, tls);
     }
 
-    pub(super) fn close_listeners(&mut self) {
+    /// Closes every listener; with `accept_queued`, first accepts what is queued (a drain
+    /// serves it; a stop would only close it).
+    pub(super) fn close_listeners(&mut self, accept_queued: bool) {
         for token in self.listener_tokens() {
+            if let Some(Slot::Listener { listener, .. }) = self.slots.get(token.slot()) {
+                // An adopted socket stays open in other processes, and closing our copy
+                // would not take it out of this epoll, which would go on taking its
+                // EPOLLEXCLUSIVE wakeups from the process that serves it next.
+                let _ = self.poller.delete(listener.fd.as_fd());
+            }
+            if accept_queued {
+                // A wakeup for these may have come here already, and none will go to
+                // the next process.
+                self.accept_ready(token);
+            }
             if let Slot::Listener { listener, .. } = self.vacate(token) {
                 close_listener(listener);
             }

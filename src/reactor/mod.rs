@@ -431,7 +431,7 @@ impl Reactor {
                 }
                 Command::Bind(binding) => self.register_endpoint(binding),
                 Command::Listen(listener) => self.add_listener(listener),
-                Command::StopAccepting => self.close_listeners(),
+                Command::StopAccepting => self.close_listeners(true),
                 Command::Stop(deadline) => self.begin_stop(deadline),
                 Command::Timer(id, when) => self.timers.insert(id, when),
                 Command::CallSoon(id) => {

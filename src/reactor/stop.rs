@@ -14,7 +14,7 @@ impl Reactor {
     /// Closes every session at once with RST and finishes (for a fatal error). Events
     /// this turn already produced stay in the batch, so each session gets its `Closed`.
     pub fn abort_all(&mut self, error: &io::Error) {
-        self.close_listeners();
+        self.close_listeners(false);
         self.close_refusals();
         self.close_proxy_headers();
         for token in self.session_tokens() {
@@ -35,7 +35,7 @@ impl Reactor {
             return;
         }
         self.stop_deadline = Some(deadline);
-        self.close_listeners();
+        self.close_listeners(false);
         self.close_refusals();
         self.close_proxy_headers();
         for token in self.session_tokens() {
