@@ -671,3 +671,33 @@ def test_a_process_that_stopped_accepting_leaves_the_socket_to_the_next():
                     process.kill()
                     process.wait()
                 process.stdout.close()
+
+
+def test_proxy_protocol_reaches_every_process(supervisors, tmp_path):
+    """--proxy-protocol: each process's listener reads the PROXY header, and the client's
+    address it names is the session's peer_addr (written back by the app)."""
+    (tmp_path / "peer_app.py").write_text(
+        "import hamanet\n"
+        "class Peer(hamanet.Handler):\n"
+        "    def on_connect(self, session):\n"
+        "        host, port = session.peer_addr[:2]\n"
+        "        session.write(f'{host} {port}\\n'.encode())\n"
+    )
+    supervisor = supervisors(
+        "peer_app:Peer",
+        "--port",
+        "0",
+        "--processes",
+        "2",
+        "--proxy-protocol",
+        app_dir=tmp_path,
+    )
+    supervisor.wait_serving(2)
+    for i in range(6):
+        with socket.create_connection(("127.0.0.1", supervisor.port), timeout=WAIT) as sock:
+            sock.sendall(f"PROXY TCP4 192.0.2.{i + 1} 127.0.0.1 {40000 + i} 80\r\n".encode())
+            assert recv_line(sock) == f"192.0.2.{i + 1} {40000 + i}\n".encode()
+    # Without the header the connection is closed and the app never hears of it.
+    with socket.create_connection(("127.0.0.1", supervisor.port), timeout=WAIT) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert recv_up_to(sock, 100) == b""

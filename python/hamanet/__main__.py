@@ -122,6 +122,11 @@ def _parser() -> argparse.ArgumentParser:
     add("--app-dir", metavar="DIR", help="where APP is imported from (default: .)")
     add("--backlog", type=_int_at_least(1), default=DEFAULT_BACKLOG, help="listen backlog")
     add(
+        "--proxy-protocol",
+        action="store_true",
+        help="every connection starts with a PROXY protocol v1/v2 header (behind HAProxy)",
+    )
+    add(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -157,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             ready_timeout=args.ready_timeout,
             app_dir=args.app_dir,
             backlog=args.backlog,
+            proxy_protocol=args.proxy_protocol,
         )
     except ServeError:
         return 1  # logged where it happened

@@ -100,7 +100,8 @@ def _open(spec: dict) -> Server:
     for fd in spec["listen_fds"]:
         sock = socket.socket(fileno=fd)
         try:
-            server.open_socket(sock, tls=tls)  # a copy: this one is closed below
+            # A copy: this one is closed below.
+            server.open_socket(sock, tls=tls, proxy_protocol=spec["proxy_protocol"])
         finally:
             sock.close()
     return server

@@ -412,7 +412,8 @@ class Listeners:
     def stop_accepting(self) -> None:
         """Closes every listener, once each reactor has accepted what is queued then,
         while the open sessions go on: a connection arriving later is refused, or waits in
-        the queue of an adopted socket for whoever else serves it. A drain's first step: see ``drain()``."""
+        the queue of an adopted socket for whoever else serves it. A drain's first step:
+        see ``drain()``."""
         self._loop.stop_accepting()
 
     @property

@@ -115,6 +115,7 @@ def serve(
     ready_timeout: float = DEFAULT_READY_TIMEOUT,
     app_dir: str | os.PathLike[str] | None = None,
     backlog: int = DEFAULT_BACKLOG,
+    proxy_protocol: bool = False,
 ) -> None:
     """Runs ``app`` (``"PACKAGE.MODULE:ATTR"``: a Handler subclass, a Handler instance, or a
     function returning a Handler) in ``processes`` server processes (default: one per CPU)
@@ -128,6 +129,8 @@ def serve(
     ``graceful_timeout``: how long a stopping process may take to finish its sessions.
     ``ready_timeout``: how long a new process may take to load the app and serve.
     ``app_dir`` (default: the current directory) goes first on the children's sys.path.
+    ``proxy_protocol``: every connection starts with a PROXY protocol header (behind
+    HAProxy with ``send-proxy``/``send-proxy-v2``), as ``Server.open(proxy_protocol=True)``.
 
     The supervisor logs what its processes do on the ``hamanet.serve`` logger (the
     command line sends it to stderr); each process logs to its stderr at the same level.
@@ -175,6 +178,7 @@ def serve(
             "tls_cert": tls_cert and os.fspath(tls_cert),
             "tls_key": tls_key and os.fspath(tls_key),
             "graceful_timeout": float(graceful_timeout),
+            "proxy_protocol": bool(proxy_protocol),
             "log_level": logging.getLevelName(_logger.getEffectiveLevel()),
         }
         _logger.info(
