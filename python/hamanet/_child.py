@@ -8,7 +8,7 @@ exchange short.
 SIGINT and SIGHUP are ignored: a terminal sends them to the whole process group, and the
 supervisor alone decides what they mean.
 
-It takes one argument, a JSON object from the supervisor (see ``_serve._Supervisor``).
+It takes one argument, a JSON object from the supervisor (see ``_supervisor._Supervisor``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sys
 from ._endpoint import Server
 from ._hamanet import TLSServerContext
 from ._handler import Handler
-from ._serve import APP_ERROR, EXIT_APP_ERROR, READY
+from ._supervisor import APP_ERROR, EXIT_APP_ERROR, READY
 
 _PR_SET_PDEATHSIG = 1
 
