@@ -412,8 +412,9 @@ class Listeners:
     def stop_accepting(self) -> None:
         """Closes every listener, once each reactor has accepted what is queued then,
         while the open sessions go on: a connection arriving later is refused, or waits in
-        the queue of an adopted socket for whoever else serves it. A drain's first step:
-        see ``drain()``."""
+        the queue of an adopted socket for whoever else serves it. From another thread it
+        returns once every reactor has done so (``session_count`` then counts the last
+        ones accepted). A drain's first step: see ``drain()``."""
         self._loop.stop_accepting()
 
     @property
@@ -459,7 +460,9 @@ class Server(Listeners, DatagramEndpoints, _Endpoint):
             )
         deadline = time.monotonic() + timeout
         self.stop_accepting()
-        while self.stats()["sessions_open"] and time.monotonic() < deadline:
+        # session_count, not stats(): it is live, and stop_accepting() has returned once
+        # the last connections queued were accepted, so it counts them.
+        while self.session_count and time.monotonic() < deadline:
             time.sleep(_DRAIN_POLL)
         self.stop(max(deadline - time.monotonic(), 1.0))
 

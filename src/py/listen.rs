@@ -4,7 +4,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use super::connect::resolve;
 use super::convert::{self, address_object, optional_timeout, C_INT_MAX};
 use super::errors::{os_error, LifecycleError};
-use super::inner::LoopInner;
+use super::inner::{LoopInner, Phase};
 use super::tls::server_context;
 use crate::shared::{Command, Listener, Placement, SocketFile};
 use crate::sys::address::{self, Address};
@@ -195,6 +195,39 @@ struct ListenerSpec {
     proxy_header: Option<Duration>,
     socket_file: SocketFile,
 }
+
+/// Has every reactor close its listeners, once it has accepted what is queued, and waits
+/// until they have (at most [`STOP_ACCEPTING_WAIT`]): from then on `session_count` counts
+/// every session a drain must wait for, the last accepted ones included. On the loop's own
+/// handler thread, which a reactor may need to finish its turn, and before `start()`
+/// (the listeners close as it starts), it only asks.
+pub(super) fn stop_accepting(py: Python<'_>, inner: &LoopInner) -> PyResult<()> {
+    inner.check_not_forked("stop_accepting()")?;
+    let wait = inner.phase() == Phase::Running && !inner.on_handler_thread();
+    let (done, acknowledged) = std::sync::mpsc::channel();
+    let mut asked = 0;
+    for slot in &inner.reactors {
+        let done = wait.then(|| done.clone());
+        asked += usize::from(slot.shared.submit(Command::StopAccepting(done)));
+    }
+    drop(done); // a reactor that stops without serving the command drops its sender
+    if wait {
+        let deadline = Instant::now() + STOP_ACCEPTING_WAIT;
+        py.detach(move || {
+            for _ in 0..asked {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if acknowledged.recv_timeout(left).is_err() {
+                    break; // stopped meanwhile, or held by a callback: nothing to wait for
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// The longest `stop_accepting()` waits for the reactors: each serves the command in its
+/// next turn, unless a callback holds it up.
+const STOP_ACCEPTING_WAIT: Duration = Duration::from_secs(5);
 
 /// Hands listener `i` of `fds` (all on one address) to reactor `i`; returns the
 /// bound address.

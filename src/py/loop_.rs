@@ -193,14 +193,10 @@ impl PyLoop {
         listen::listen_socket(py, &self.inner, sock, accepting)
     }
 
-    /// Closes every listener and goes on serving the sessions (each reactor, in its next
-    /// turn). Before `start()`, the listeners close as it starts.
-    fn stop_accepting(&self) -> PyResult<()> {
-        self.inner.check_not_forked("stop_accepting()")?;
-        for slot in &self.inner.reactors {
-            slot.shared.submit(Command::StopAccepting);
-        }
-        Ok(())
+    /// Closes every listener, once what is queued is accepted, and goes on serving the
+    /// sessions; returns when every reactor has done so (see `listen::stop_accepting`).
+    fn stop_accepting(&self, py: Python<'_>) -> PyResult<()> {
+        listen::stop_accepting(py, &self.inner)
     }
 
     /// Binds a datagram (UDP) endpoint to `host:port` on one of the reactors; `callbacks`,

@@ -431,7 +431,12 @@ impl Reactor {
                 }
                 Command::Bind(binding) => self.register_endpoint(binding),
                 Command::Listen(listener) => self.add_listener(listener),
-                Command::StopAccepting => self.close_listeners(true),
+                Command::StopAccepting(done) => {
+                    self.close_listeners(true);
+                    if let Some(done) = done {
+                        let _ = done.send(()); // the waiter may have given up
+                    }
+                }
                 Command::Stop(deadline) => self.begin_stop(deadline),
                 Command::Timer(id, when) => self.timers.insert(id, when),
                 Command::CallSoon(id) => {

@@ -33,8 +33,9 @@ pub enum Command {
     Bind(Binding),
     /// Start accepting on a listening socket.
     Listen(Listener),
-    /// Close every listener and go on serving the sessions (a drain's first step).
-    StopAccepting,
+    /// Close every listener, once what is queued is accepted, and go on serving the
+    /// sessions (a drain's first step); then tell whoever waits, if anyone does.
+    StopAccepting(Option<std::sync::mpsc::Sender<()>>),
     /// Stop: close listeners, flush and close every session, abort what is left at the
     /// deadline, then finish.
     Stop(Instant),
