@@ -78,8 +78,10 @@ test-rust: $(TOOLS) ## the Rust core's tests
 test-python: build ## the Python surface's tests
 	$(PY) -m pytest
 
+# tests/test_serve.py is left out: its supervisors and children are programs, which
+# `make test` runs once already, and it is the slowest file for what it would add.
 test-debug: build ## pytest again under CPython's debug allocator (memory errors, other timings)
-	PYTHONMALLOC=debug $(PY) -m pytest -p no:cacheprovider
+	PYTHONMALLOC=debug $(PY) -m pytest -p no:cacheprovider --ignore=tests/test_serve.py
 
 # Files the reactor and pool settings cannot reach, left out of test-threads: hamanet.aio
 # runs one reactor and no pool whatever is asked, and the TLS examples run as programs,
