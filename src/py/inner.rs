@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
@@ -249,6 +250,77 @@ impl LoopInner {
             },
             |py| py.check_signals(),
         )
+    }
+
+    /// The garbage collector's visit of what the loop holds: the callbacks and the
+    /// scheduled calls. `try_lock`: the collector must not block; a lock held right now
+    /// belongs to a thread that is using the loop, which is then not garbage anyway.
+    pub(super) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(callbacks) = self.callbacks.try_lock() {
+            callbacks.traverse(visit)?;
+        }
+        if let Ok(timers) = self.timers.try_lock() {
+            for (callback, args) in timers.values() {
+                visit.call(callback)?;
+                visit.call(args)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the callbacks and scheduled calls (the collector breaking a cycle). Taken
+    /// out under the locks, freed after them: freeing may run Python code.
+    pub(super) fn clear(&self) {
+        let callbacks = std::mem::replace(&mut *lock(&self.callbacks), Arc::new(Callbacks::none()));
+        let timers = std::mem::take(&mut *lock(&self.timers));
+        drop((callbacks, timers));
+    }
+
+    /// The callback that has been running longest now, on a reactor thread or a worker,
+    /// as `(name, session_id, seconds)` (`session_id` 0 for a timer), or None.
+    pub(super) fn busy_callback(&self) -> Option<(&'static str, u64, f64)> {
+        let workers = self.pool.as_ref().and_then(|pool| pool.longest_busy());
+        let reactors = self.reactors.iter().filter_map(|slot| slot.busy.current());
+        let (name, session, running) = reactors
+            .chain(workers)
+            .max_by_key(|(_, _, running)| *running)?;
+        Some((name, session, running.as_secs_f64()))
+    }
+
+    /// In a forked child: releases this copy of the loop. Closes the child's copies of
+    /// the sockets a running reactor held (or drops a reactor that never started), so the
+    /// parent's connections and listeners are not kept alive by the child. Idempotent.
+    pub(super) fn forget_after_fork(&self) {
+        if !self.is_forked_copy() {
+            return;
+        }
+        for slot in &self.reactors {
+            // try_lock: a lock the fork caught held stays held; then nothing is dropped.
+            let unstarted = slot.reactor.try_lock().ok().and_then(|mut r| r.take());
+            match unstarted {
+                Some(reactor) => drop(reactor),
+                None => slot.shared.close_fork_copies(),
+            }
+        }
+    }
+
+    /// Hands `function(*args)` to the worker pool, whose worker sets its result (or
+    /// exception) on `future`.
+    pub(super) fn run_in_worker(
+        &self,
+        function: Py<PyAny>,
+        args: Py<PyTuple>,
+        future: Py<PyAny>,
+    ) -> PyResult<()> {
+        let Some(pool) = &self.pool else {
+            return Err(LifecycleError::new_err(
+                "run_in_worker() needs a worker pool: create the Server or Client with \
+                 workers=N (N >= 1)",
+            ));
+        };
+        self.check_running("run_in_worker()")?;
+        pool.submit_job(function, args, future);
+        Ok(())
     }
 }
 

@@ -2,11 +2,11 @@
 //! drives. `hamanet.Server` and `hamanet.Client` are thin Python classes over it. Each
 //! method checks its arguments and the loop's phase, then hands the work on: the threads
 //! to `thread`, listeners to `listen`, connects to `connect`, scheduled callbacks to
-//! `timer`, counters to `stats`.
+//! `timer`, counters to `stats`, its making to `options`, and what it shares with its
+//! threads to `inner`.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
@@ -18,17 +18,14 @@ use super::connect;
 use super::convert;
 use super::datagram::PyDatagramEndpoint;
 use super::driven;
-use super::errors::{os_error, LifecycleError};
-use super::inner::{LoopInner, Phase, ReactorSlot};
+use super::inner::{LoopInner, Phase};
 use super::listen;
-use super::options::{loop_options, LoopOptions};
-use super::pool::Pool;
+use super::options::make_loop;
 use super::report::Report;
 use super::session::PySession;
 use super::stats;
 use super::thread;
 use super::timer::{schedule, schedule_at, session_core, PyTimerHandle};
-use crate::reactor::{Reactor, StopCloses};
 use crate::shared::{lock, Command};
 
 /// A reactor thread and its handler. Not for direct use: see `hamanet.Server`/`Client`.
@@ -45,72 +42,18 @@ impl PyLoop {
     #[new]
     #[pyo3(signature = (owner="Loop", **options))]
     fn new(owner: &str, options: Option<&Bound<'_, PyDict>>) -> PyResult<PyLoop> {
-        let LoopOptions {
-            mut config,
-            framer,
-            workers,
-            worker_backlog,
-            reactors,
-        } = loop_options(owner, options)?;
-        let pool = (workers > 0).then(|| Arc::new(Pool::new(workers, worker_backlog)));
-        if pool.is_some() {
-            // The pool closes each session once its handler has had its queued input.
-            config.stop_closes = StopCloses::Handler;
-        }
-        let reactors = (0..reactors)
-            .map(|_| Reactor::new(config.clone()).map(ReactorSlot::new))
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(|e| os_error(&e, None))?;
-        let shared = reactors
-            .iter()
-            .map(|slot| Arc::clone(&slot.shared))
-            .collect();
-        config.siblings.set(shared);
+        let inner = make_loop(owner, options)?;
         Ok(PyLoop {
-            inner: Arc::new(LoopInner {
-                reactors,
-                next_reactor: AtomicUsize::new(0),
-                running_reactors: AtomicUsize::new(0),
-                config,
-                phase: Mutex::new(Phase::Created),
-
-                callbacks: Mutex::new(Arc::new(Callbacks::none())),
-                pending: Mutex::new(HashMap::new()),
-                pending_endpoints: Mutex::new(HashMap::new()),
-                timers: Mutex::new(HashMap::new()),
-                next_timer: AtomicU64::new(1),
-                framer,
-                handler_errors: AtomicU64::new(0),
-                failure: Mutex::new(None),
-                pool,
-                driven: Mutex::new(None),
-            }),
+            inner: Arc::new(inner),
         })
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        // try_lock: the collector must not block; a lock held right now belongs to a
-        // thread that is using the loop, which is then not garbage anyway.
-        if let Ok(callbacks) = self.inner.callbacks.try_lock() {
-            callbacks.traverse(&visit)?;
-        }
-        if let Ok(timers) = self.inner.timers.try_lock() {
-            for (callback, args) in timers.values() {
-                visit.call(callback)?;
-                visit.call(args)?;
-            }
-        }
-        Ok(())
+        self.inner.traverse(&visit)
     }
 
     fn __clear__(&self) {
-        // Taken out under the locks, freed after them: freeing may run Python code.
-        let callbacks = std::mem::replace(
-            &mut *lock(&self.inner.callbacks),
-            Arc::new(Callbacks::none()),
-        );
-        let timers = std::mem::take(&mut *lock(&self.inner.timers));
-        drop((callbacks, timers));
+        self.inner.clear();
     }
 
     /// Replaces the handler's callbacks; takes effect from the next wakeup.
@@ -443,15 +386,7 @@ impl PyLoop {
         args: Py<PyTuple>,
         future: Py<PyAny>,
     ) -> PyResult<()> {
-        let Some(pool) = &self.inner.pool else {
-            return Err(LifecycleError::new_err(
-                "run_in_worker() needs a worker pool: create the Server or Client with \
-                 workers=N (N >= 1)",
-            ));
-        };
-        self.inner.check_running("run_in_worker()")?;
-        pool.submit_job(function, args, future);
-        Ok(())
+        self.inner.run_in_worker(function, args, future)
     }
 
     /// Scheduled callbacks that have not run and were not cancelled.
@@ -468,20 +403,7 @@ impl PyLoop {
     /// The callback the reactor thread is running now, as `(name, session_id, seconds)`
     /// (`session_id` 0 for a timer), or None between callbacks.
     fn busy_callback(&self) -> Option<(&'static str, u64, f64)> {
-        let workers = self
-            .inner
-            .pool
-            .as_ref()
-            .and_then(|pool| pool.longest_busy());
-        let reactors = self
-            .inner
-            .reactors
-            .iter()
-            .filter_map(|slot| slot.busy.current());
-        let (name, session, running) = reactors
-            .chain(workers)
-            .max_by_key(|(_, _, running)| *running)?;
-        Some((name, session, running.as_secs_f64()))
+        self.inner.busy_callback()
     }
 
     /// Whether the caller runs this loop's handler code (on its reactor thread or one of
@@ -519,17 +441,7 @@ impl PyLoop {
     /// the sockets a running reactor held (or drops a reactor that never started), so the
     /// parent's connections and listeners are not kept alive by the child. Idempotent.
     fn forget_after_fork(&self) {
-        if !self.inner.is_forked_copy() {
-            return;
-        }
-        for slot in &self.inner.reactors {
-            // try_lock: a lock the fork caught held stays held; then nothing is dropped.
-            let unstarted = slot.reactor.try_lock().ok().and_then(|mut r| r.take());
-            match unstarted {
-                Some(reactor) => drop(reactor),
-                None => slot.shared.close_fork_copies(),
-            }
-        }
+        self.inner.forget_after_fork();
     }
 }
 

@@ -3,16 +3,22 @@
 //! `hamanet`'s Python classes take them as `**options` and pass them on untouched; their
 //! signatures (for `help()`) are built from [`OPTIONS`].
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString, PyTuple, PyType};
 
+use super::callbacks::Callbacks;
 use super::convert::{optional_size, optional_timeout, repr, size, C_INT_MAX, MAX_SIZE};
+use super::errors::os_error;
 use super::framing::PyFraming;
+use super::inner::{LoopInner, Phase, ReactorSlot};
+use super::pool::Pool;
 use crate::framing::Framer;
-use crate::reactor::LoopConfig;
+use crate::reactor::{LoopConfig, Reactor, StopCloses};
 use crate::shared::{DatagramLimits, WriteLimits};
 use crate::sys::datagram::DatagramOptions;
 use crate::sys::net::SocketOptions;
@@ -334,4 +340,48 @@ pub fn check_framing<'py>(
         "{name} must be a hamanet.framing.Delimiter, LengthPrefixed or FixedSize, not \
          '{type_name}'"
     )))
+}
+
+/// The loop that `owner`'s ("Server" or "Client") `options` make: its reactors, one
+/// configuration they share, and the worker pool if one is asked for.
+pub(super) fn make_loop(owner: &str, options: Option<&Bound<'_, PyDict>>) -> PyResult<LoopInner> {
+    let LoopOptions {
+        mut config,
+        framer,
+        workers,
+        worker_backlog,
+        reactors,
+    } = loop_options(owner, options)?;
+    let pool = (workers > 0).then(|| Arc::new(Pool::new(workers, worker_backlog)));
+    if pool.is_some() {
+        // The pool closes each session once its handler has had its queued input.
+        config.stop_closes = StopCloses::Handler;
+    }
+    let reactors = (0..reactors)
+        .map(|_| Reactor::new(config.clone()).map(ReactorSlot::new))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| os_error(&e, None))?;
+    let shared = reactors
+        .iter()
+        .map(|slot| Arc::clone(&slot.shared))
+        .collect();
+    config.siblings.set(shared);
+    Ok(LoopInner {
+        reactors,
+        next_reactor: AtomicUsize::new(0),
+        running_reactors: AtomicUsize::new(0),
+        config,
+        phase: Mutex::new(Phase::Created),
+
+        callbacks: Mutex::new(Arc::new(Callbacks::none())),
+        pending: Mutex::new(HashMap::new()),
+        pending_endpoints: Mutex::new(HashMap::new()),
+        timers: Mutex::new(HashMap::new()),
+        next_timer: AtomicU64::new(1),
+        framer,
+        handler_errors: AtomicU64::new(0),
+        failure: Mutex::new(None),
+        pool,
+        driven: Mutex::new(None),
+    })
 }
