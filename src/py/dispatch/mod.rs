@@ -1,26 +1,29 @@
 //! What the handler is told, and how: the calls to its callbacks for one session's
 //! notices (the session's own handler's, or the loop's), for timers and for loop-level
 //! reports, and what a callback that raises does to its session. Attached, on whichever
-//! thread runs the handler: the reactor thread, or a worker of the pool.
+//! thread runs the handler: the reactor thread, or a worker of the pool. How received
+//! bytes are handed over (lent as views, or cut into messages) is `received`.
+
+mod received;
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::PyBytes;
 
-use super::callbacks::{Busy, Callback, Callbacks};
-use super::errors::{close_reason, FramingError, SessionClosedError};
-use super::inner::LoopInner;
-use super::report::Report;
-use super::session::PySession;
-use super::sessions::Entry;
-use super::view::{Loan, ReceivedBytes, Returned};
 use crate::framing::{FrameDecoder, FrameError};
+use crate::py::callbacks::{Busy, Callback, Callbacks};
+use crate::py::errors::{close_reason, FramingError, SessionClosedError};
+use crate::py::inner::LoopInner;
+use crate::py::report::Report;
+use crate::py::session::PySession;
+use crate::py::sessions::Entry;
+use crate::py::view::ReceivedBytes;
 use crate::shared::{lock, SessionCore};
 use crate::sys::address::Address;
 
@@ -50,10 +53,6 @@ fn ended_by_peer(py: Python<'_>, err: &PyErr, core: &SessionCore) -> bool {
     let state = core.state();
     state.closed && !state.given_up()
 }
-
-/// Whether the warning about a received view kept past `on_recv` was given (once per
-/// process: it is about how a handler class is written).
-static OUTLIVED_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Adds one to a counter when dropped.
 pub(super) struct CountOnDrop<'a>(pub(super) &'a std::sync::atomic::AtomicU64);
@@ -279,107 +278,6 @@ impl<'a, 'py> Dispatcher<'a, 'py> {
         self.report.warning(&format!(
             "hamanet: connection from {peer} closed before it became a session: {error}{more}"
         ));
-    }
-
-    /// `on_recv` with `data` lent as a memoryview for the call. A view of it that the
-    /// handler kept is put on the `outlived` list (and warned about, once).
-    fn lend(&mut self, entry: &mut Entry, callback: &Py<PyAny>, data: &[u8]) {
-        let py = self.py;
-        let loan = Loan::new(py, data, self.spare_lender.take());
-        let view = match &loan {
-            Ok(loan) => Ok(loan.view().clone()),
-            Err(err) => Err(err.clone_ref(py)),
-        };
-        self.call(entry, Callback::OnRecv, callback, |s| Ok((s, view?)));
-        let returned = loan.map(Loan::end);
-        if let Ok(Returned::Spare(lender)) = returned {
-            self.spare_lender = Some(lender);
-        } else if let Ok(Returned::Outlived(lender)) = returned {
-            if !OUTLIVED_WARNED.swap(true, Ordering::Relaxed) {
-                self.report.warning(
-                    "hamanet: a view of received bytes outlived on_recv (a slice kept, or an \
-                     array made from it); hamanet keeps the buffer it points into alive until \
-                     it is released, up to a whole turn's reads: copy what you keep, with \
-                     bytes(data[start:end])",
-                );
-            }
-            self.outlived.push(lender);
-        }
-    }
-
-    /// The lenders of received bytes that a view outlived since the last call: their
-    /// memory must be handed to them ([`ReceivedBytes::keep`]) before it is reused.
-    pub(super) fn take_outlived(&mut self) -> Vec<Py<ReceivedBytes>> {
-        std::mem::take(&mut self.outlived)
-    }
-
-    /// Cuts `data` into messages with the session's decoder and hands them over: all at
-    /// once to `on_messages`, else one by one to `on_message`. A framing error closes the
-    /// session (after the messages before it), and `on_close` gets a `FramingError`.
-    fn deliver_messages(&mut self, entry: &mut Entry, callbacks: &Callbacks, data: &[u8]) {
-        let py = self.py;
-        let Some(decoder) = entry.decoder.as_mut() else {
-            return;
-        };
-        let mut messages: Vec<Bound<'py, PyBytes>> = Vec::new();
-        let result = decoder.feed(data, |message| messages.push(PyBytes::new(py, message)));
-        self.call_message_callbacks(entry, callbacks, messages);
-        if let Err(err) = result {
-            framing_failed(entry, &err);
-        }
-    }
-
-    /// Hands over messages cut elsewhere (by the worker pool's reactor side): `data`
-    /// holds them back to back, each ending at the next of `ends`.
-    pub(super) fn framed(
-        &mut self,
-        entry: &mut Entry,
-        loop_callbacks: &Callbacks,
-        data: &[u8],
-        ends: &[usize],
-    ) {
-        if given_up(entry) {
-            return;
-        }
-        let own = entry.callbacks.clone();
-        let callbacks = own.as_deref().unwrap_or(loop_callbacks);
-        let mut start = 0;
-        let messages = ends
-            .iter()
-            .map(|&end| {
-                let message = PyBytes::new(self.py, &data[start..end]);
-                start = end;
-                message
-            })
-            .collect();
-        self.call_message_callbacks(entry, callbacks, messages);
-    }
-
-    fn call_message_callbacks(
-        &mut self,
-        entry: &mut Entry,
-        callbacks: &Callbacks,
-        messages: Vec<Bound<'py, PyBytes>>,
-    ) {
-        let py = self.py;
-        if messages.is_empty() {
-            return;
-        }
-        if let Some(callback) = &callbacks[Callback::OnMessages] {
-            let batch = PyList::new(py, messages);
-            self.call(entry, Callback::OnMessages, callback, |s| Ok((s, batch?)));
-        } else if let Some(callback) = &callbacks[Callback::OnMessage] {
-            for message in messages {
-                // A message after a close (by the handler, or for an error) is not delivered.
-                if self
-                    .call(entry, Callback::OnMessage, callback, |s| Ok((s, message)))
-                    .is_none()
-                    || given_up(entry)
-                {
-                    break;
-                }
-            }
-        }
     }
 
     /// Calls a `callback(session)` notification, if overridden and the session is open.
