@@ -26,7 +26,7 @@ import sys
 from ._endpoint import Server
 from ._hamanet import TLSServerContext
 from ._handler import Handler
-from ._supervisor import APP_ERROR, EXIT_APP_ERROR, READY
+from ._processes import APP_ERROR, EXIT_APP_ERROR, READY
 
 _PR_SET_PDEATHSIG = 1
 

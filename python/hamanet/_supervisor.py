@@ -1,5 +1,5 @@
-"""The supervisor of ``hamanet serve`` (see ``_serve``): its children, their slots, and
-the single-threaded loop that starts, reloads, restarts and stops them.
+"""The supervisor of ``hamanet serve`` (see ``_serve``): the single-threaded loop that
+starts, reloads, restarts and stops its children (``_processes``: each child, its slot).
 
 Signals arrive as bytes on a pipe (``signal.set_wakeup_fd``), readiness on each child's
 pipe, and every pass reaps every child that has exited, so a SIGCHLD can never be missed
@@ -16,9 +16,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from typing import Any
 
+from ._processes import READY, _Child, _describe_status, _signal, _Slot
 from ._serve_sockets import _Listeners
 
 _logger = logging.getLogger("hamanet.serve")
@@ -39,63 +39,11 @@ KILL_GRACE = 5.0
 #: The longest the loop sleeps: a bound, not a poll; every event wakes it.
 _TICK = 1.0
 
-#: The exit status of a child (``_child``) that could not load the app (import, attribute,
-#: factory, options, sockets); it also says why on its ready pipe, and the supervisor
-#: gives up at once if no child has ever been ready.
-EXIT_APP_ERROR = 3
-#: Written on the ready pipe: ``READY`` once serving, or ``APP_ERROR`` and the error text.
-READY = b"R"
-APP_ERROR = b"E"
-
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
 
 class ServeError(RuntimeError):
     """The supervisor gave up: the app could not be loaded, or its processes kept dying."""
-
-
-class _Child:
-    """One child process and what the supervisor knows of it."""
-
-    def __init__(self, slot: int, generation: int, proc: subprocess.Popen, ready_fd: int):
-        self.slot = slot
-        self.generation = generation
-        self.proc = proc
-        self.pid = proc.pid
-        self.ready_fd: int | None = ready_fd
-        self.message = b""
-        self.started = time.monotonic()
-        self.ready_at: float | None = None
-        #: Exit expected (told to stop for good): its death restarts nothing.
-        self.retiring = False
-        #: SIGTERM sent; SIGKILL due at this time.
-        self.kill_at: float | None = None
-        self.killed = False
-
-    @property
-    def ready(self) -> bool:
-        return self.ready_at is not None
-
-    @property
-    def load_error(self) -> str | None:
-        if self.message.startswith(APP_ERROR):
-            return self.message[len(APP_ERROR) :].decode(errors="replace")
-        return None
-
-    def __str__(self) -> str:
-        return f"[slot {self.slot} pid {self.pid} gen {self.generation}]"
-
-
-class _Slot:
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.current: _Child | None = None
-        #: The next generation's child during a reload, until every slot's is ready.
-        self.successor: _Child | None = None
-        self.restart_at: float | None = None
-        self.delay = 0.0  # the last restart delay (0: none yet, or reset)
-        self.failures = 0  # deaths in a row without becoming ready
-        self.deaths: deque[float] = deque()
 
 
 class _Supervisor:
@@ -474,22 +422,5 @@ def _ignore_in_python(signum: int, frame: object) -> None:
     """The wakeup pipe carries the signal; the loop handles it there."""
 
 
-def _signal(child: _Child, signum: int) -> None:
-    # A child that has exited but is not yet reaped still has its pid: no other process
-    # can have it, so the signal cannot go astray.
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(child.pid, signum)
-
-
 def _processes(count: int) -> str:
     return f"{count} process" if count == 1 else f"{count} processes"
-
-
-def _describe_status(status: int) -> str:
-    if status < 0:
-        try:
-            name = signal.Signals(-status).name
-        except ValueError:
-            name = f"signal {-status}"
-        return f"was killed by {name}"
-    return f"exited with code {status}"

@@ -24,9 +24,9 @@ from ._defaults import (
     DEFAULT_HOST,
     DEFAULT_STOP_TIMEOUT,
 )
-from ._endpoint import Listeners
 from ._hamanet import Loop, Session, TLSClientContext, TLSServerContext
 from ._handler import CALLBACK_NAMES, Handler, _is_async, bound_callbacks
+from ._listeners import Listeners
 
 __all__ = [
     "Client",
