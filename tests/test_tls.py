@@ -768,6 +768,23 @@ def test_hamanet_client_times_out_against_a_server_that_never_answers(pki, clien
     assert client.session_count == 0
 
 
+def test_a_handshake_outlasting_the_connect_timeout_gets_its_own_deadline(pki, clients):
+    # The connect's deadline (0.2 s) passes while the handshake (1 s of its own) waits:
+    # only the handshake's deadline may end the session, and it says so.
+    recorder = TlsRecorder()
+    client = clients(recorder)
+    context = hamanet.TLSClientContext(pki.ca, handshake_timeout=1.0)
+    with silent_server() as (port, received):
+        session = client.connect_nowait(
+            "127.0.0.1", port, timeout=0.2, tls=context, server_hostname="localhost"
+        )
+        (exc,) = recorder.wait_closed(session.id)
+        assert isinstance(exc, TimeoutError), repr(exc)
+        assert "handshake" in str(exc), str(exc)
+        wait_until(lambda: received, what="the ClientHello")  # it did connect
+    assert client.session_count == 0
+
+
 # == 6. contexts ===============================================================================
 def test_bad_context_files_are_refused_by_name(pki, tmp_path):
     missing = str(tmp_path / "missing.pem")

@@ -47,7 +47,6 @@ impl Reactor {
         if session.phase != Phase::Open {
             // Never opened (a connect or a TLS handshake that did not finish): the handler
             // layer knows it only by its core.
-            self.opening.retain(|(_, pending)| *pending != token);
             let core = session.core;
             self.batch.push(Event::ConnectFailed {
                 session: core,

@@ -13,12 +13,11 @@ impl Reactor {
         match net::take_error(session.fd.as_fd()) {
             Ok(None) => {
                 let core = Arc::clone(&session.core);
-                self.opening.retain(|(_, pending)| *pending != token);
                 if let Some(tls) = &session.tls {
                     // Connected: now the TLS handshake, which opens it.
                     session.phase = Phase::Handshaking;
                     let deadline = self.now + tls.handshake_timeout;
-                    self.opening.push((deadline, token));
+                    self.opening.push(deadline, (token.0, Phase::Handshaking));
                 } else {
                     session.phase = Phase::Open;
                     self.open(token, core);
@@ -36,16 +35,11 @@ impl Reactor {
 
     /// Ends the connects and TLS handshakes whose deadline has passed, with `TimedOut`.
     pub(super) fn expire_openings(&mut self) {
-        let now = self.now;
-        let expired: Vec<Token> = self
-            .opening
-            .iter()
-            .filter(|(deadline, _)| *deadline <= now)
-            .map(|(_, token)| *token)
-            .collect();
-        for token in expired {
-            let Some(session) = session_slot(&mut self.slots, token) else {
-                continue;
+        while let Some((token, phase)) = self.opening.pop_due(self.now) {
+            let token = Token(token);
+            let session = match session_slot(&mut self.slots, token) {
+                Some(session) if session.phase == phase => session,
+                _ => continue, // it connected, or handshook, or closed in time
             };
             let error = match (&session.tls, session.phase) {
                 (Some(tls), Phase::Handshaking) => {

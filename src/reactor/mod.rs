@@ -73,6 +73,7 @@ pub use event::{DatagramFailure, Event, ReceivedDatagram};
 use accept::close_listener;
 use close::{discard_input, CloseKind};
 use datagram::{endpoint_slot, DatagramSlot};
+use deadlines::LazyDeadlines;
 use idle::IdleSweep;
 use proxy_header::{AwaitingHeader, ProxyHeaders};
 use slots::{forget_open_session, Origin, Phase, SessionSlot, Slot};
@@ -133,8 +134,9 @@ pub struct Reactor {
     /// The shortest idle timeout in force (the loop's or a session's), and when to look
     /// for idle sessions next.
     idle: IdleSweep,
-    /// Sessions still connecting or handshaking, with their deadlines.
-    opening: Vec<(Instant, Token)>,
+    /// The deadlines of sessions connecting or handshaking, by token and the phase the
+    /// deadline is for: an entry whose session has left that phase is stale.
+    opening: LazyDeadlines<(u64, Phase)>,
     /// Refused connections lingering, with their deadlines (in deadline order).
     refusals: VecDeque<(Instant, Token)>,
     /// Connections awaiting their PROXY header.
@@ -172,7 +174,7 @@ impl Reactor {
             events: Events::with_capacity(EVENTS_PER_WAIT),
             shared,
             idle: IdleSweep::new(config.idle_timeout, now),
-            opening: Vec::new(),
+            opening: LazyDeadlines::default(),
             refusals: VecDeque::new(),
             proxy: ProxyHeaders::default(),
             config,

@@ -3,10 +3,8 @@
 //! off the socket), then the session opened with the header's addresses, or the
 //! connection turned away (FIN, and logged) without the handler ever seeing it.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
 use super::accept::{Accepted, Ends};
+use super::deadlines::LazyDeadlines;
 use super::*;
 use crate::proxy::{self, Addresses, Header, ProxyInfo, MAX_HEADER};
 
@@ -28,21 +26,11 @@ pub(super) struct AwaitingHeader {
 /// The reactor's connections awaiting a header, and how refusals are being reported.
 #[derive(Default)]
 pub(super) struct ProxyHeaders {
-    /// Their deadlines (with their tokens), soonest first. An entry outlives a connection
-    /// that sent its header or was turned away (finding it would cost a search per
-    /// connection, which a flood of them would make quadratic): it is skipped when due.
-    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Their deadlines, by token: an entry outlives a connection that sent its header or
+    /// was turned away, and is skipped when due.
+    pub(super) deadlines: LazyDeadlines<u64>,
     last_report: Option<Instant>,
     unreported: u64,
-}
-
-impl ProxyHeaders {
-    /// The soonest deadline (perhaps of a connection gone since: an early look, no more).
-    pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines
-            .peek()
-            .map(|Reverse((deadline, _))| *deadline)
-    }
 }
 
 impl Reactor {
@@ -70,7 +58,7 @@ impl Reactor {
             timeout,
         }));
         let deadline = self.now + timeout;
-        self.proxy.deadlines.push(Reverse((deadline, token.0)));
+        self.proxy.deadlines.push(deadline, token.0);
     }
 
     /// Looks at what has arrived: a complete header opens the session, a bad one (or the
@@ -176,11 +164,7 @@ impl Reactor {
 
     /// Turns away the connections whose header did not come in time.
     pub(super) fn expire_proxy_headers(&mut self) {
-        while let Some(&Reverse((deadline, token))) = self.proxy.deadlines.peek() {
-            if deadline > self.now {
-                break;
-            }
-            self.proxy.deadlines.pop();
+        while let Some(token) = self.proxy.deadlines.pop_due(self.now) {
             let token = Token(token);
             let waiting = match self.slots.get(token.slot()) {
                 Some(Slot::AwaitingHeader(w)) if w.generation == token.generation() => w,
@@ -200,7 +184,7 @@ impl Reactor {
     /// Closes every connection still awaiting its header (at stop, or a fatal error):
     /// nobody has seen them, so nobody is told.
     pub(super) fn close_proxy_headers(&mut self) {
-        for Reverse((_, token)) in std::mem::take(&mut self.proxy.deadlines) {
+        for token in self.proxy.deadlines.take_all() {
             if self.take_awaiting(Token(token)).is_some() {
                 forget_open_session(&self.config.open_sessions);
             }

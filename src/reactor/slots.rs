@@ -128,7 +128,7 @@ impl Reactor {
         }
         match (phase, connect_deadline, handshake_deadline) {
             (Phase::Connecting, Some(deadline), _) | (Phase::Handshaking, _, Some(deadline)) => {
-                self.opening.push((deadline, token));
+                self.opening.push(deadline, (token.0, phase));
             }
             _ => self.open(token, core),
         }
@@ -197,7 +197,7 @@ pub(super) struct SessionSlot {
 }
 
 /// How far a session has come: only an open one is known to the handler layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Phase {
     /// A non-blocking connect is in progress: nothing is read or sent yet.
     Connecting,

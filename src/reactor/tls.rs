@@ -49,7 +49,6 @@ impl Reactor {
             session.core.set_tls(tls.info());
             let core = Arc::clone(&session.core);
             self.stats.tls_handshakes += 1;
-            self.opening.retain(|(_, pending)| *pending != token);
             self.open(token, core);
         }
         let Some(session) = session_slot(&mut self.slots, token) else {
