@@ -286,6 +286,16 @@ class Load:
         return f"{self.made} connections: {counts}; {self.bytes_verified} bytes verified"
 
 
+def test_importing_hamanet_loads_no_supervisor():
+    # The supervisor's modules (and subprocess, json, select) load when serve() runs:
+    # a program that never serves does not pay for them at start-up.
+    probe = "import sys, hamanet; print(sorted(m for m in sys.modules if 'supervisor' in m))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    assert callable(hamanet.serve)
+
+
 def test_several_processes_serve_one_port(supervisors):
     supervisor = start_serving(supervisors, 3)
     children = supervisor.children()

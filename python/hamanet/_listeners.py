@@ -4,11 +4,13 @@ share to open them on their native loop."""
 from __future__ import annotations
 
 import os
-import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._defaults import DEFAULT_BACKLOG, DEFAULT_HOST
 from ._hamanet import LifecycleError, Loop, TLSServerContext
+
+if TYPE_CHECKING:
+    import socket
 
 
 class Listeners:

@@ -27,8 +27,6 @@ import threading
 
 from ._defaults import DEFAULT_BACKLOG, DEFAULT_HOST
 from ._hamanet import TLSServerContext
-from ._serve_sockets import _Listeners
-from ._supervisor import ServeError, _Supervisor
 
 __all__ = [
     "DEFAULT_GRACEFUL_TIMEOUT",
@@ -44,6 +42,10 @@ _logger = logging.getLogger("hamanet.serve")
 DEFAULT_PORT = 8080
 DEFAULT_GRACEFUL_TIMEOUT = 10.0
 DEFAULT_READY_TIMEOUT = 30.0
+
+
+class ServeError(RuntimeError):
+    """The supervisor gave up: the app could not be loaded, or its processes kept dying."""
 
 
 def check_app(app: str) -> str:
@@ -131,6 +133,11 @@ def serve(
         raise ValueError(f"port must be 0..65535, not {port!r}")
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("hamanet.serve() handles signals, so it runs on the main thread")
+
+    # Here, not at the top: `import hamanet` stays light for the programs that never
+    # serve (the supervisor brings subprocess, select, json and signal).
+    from ._serve_sockets import _Listeners
+    from ._supervisor import _Supervisor
 
     listeners = _Listeners()
     try:

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from ._processes import READY, _Child, _describe_status, _signal, _Slot
+from ._serve import ServeError
 from ._serve_sockets import _Listeners
 
 _logger = logging.getLogger("hamanet.serve")
@@ -40,10 +41,6 @@ KILL_GRACE = 5.0
 _TICK = 1.0
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
-
-
-class ServeError(RuntimeError):
-    """The supervisor gave up: the app could not be loaded, or its processes kept dying."""
 
 
 class _Supervisor:
