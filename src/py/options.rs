@@ -372,7 +372,6 @@ pub(super) fn make_loop(owner: &str, options: Option<&Bound<'_, PyDict>>) -> PyR
         running_reactors: AtomicUsize::new(0),
         config,
         phase: Mutex::new(Phase::Created),
-
         callbacks: Mutex::new(Arc::new(Callbacks::none())),
         pending: Mutex::new(HashMap::new()),
         pending_endpoints: Mutex::new(HashMap::new()),
